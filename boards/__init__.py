@@ -1,0 +1,1 @@
+"""Board profiles: platform, memory and DSP budget, clocks, UART, default engine."""

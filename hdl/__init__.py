@@ -1,0 +1,1 @@
+"""spine gateware: Amaranth generators of the sparse engines, board shells and build flow."""

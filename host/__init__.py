@@ -1,0 +1,1 @@
+"""spine host side: compression pipeline, package files, bit-exact golden model, driver."""
