@@ -1,0 +1,156 @@
+"""The compressed model: what the hardware runs, layer by layer, in integers.
+
+Every layer with weights is a :class:`SparseMatrix`: an EIE-encoded weight-index matrix, its
+codebook in the layer's weight format, and a bias in accumulator format.  Numbers:
+
+* activations (inputs, hidden states, cell states, layer outputs): ``CompressedModel.act_format``
+* codebook entries: ``SparseMatrix.weight_format`` (one per layer)
+* products and accumulators: ``acc_bits`` wide, ``act.frac + weight.frac`` fraction bits,
+  wrapping; biases are stored in that format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import scipy.sparse
+
+from .activations import TableSpec
+from .encoding import EncodedMatrix
+from .fixedpoint import Format
+
+__all__ = [
+    "SparseMatrix", "QLinear", "QLSTM", "QConv2d", "QMaxPool2d", "QFlatten", "QReLU",
+    "CompressedModel",
+]
+
+
+@dataclass
+class SparseMatrix:
+    """One encoded weight matrix with its codebook and bias.
+
+    Attributes
+    ----------
+    encoded : EncodedMatrix
+        Per-PE CSC entries and column pointers.
+    codebook : ndarray of int64, shape ``(2**index_bits,)``
+        Shared weights in ``weight_format``; ``codebook[0] == 0``.
+    weight_format : Format
+        Fixed-point format of the codebook entries.
+    bias : ndarray of int64, shape ``(rows,)``
+        In accumulator format (``act.frac + weight_format.frac`` fraction bits).
+    """
+
+    encoded: EncodedMatrix
+    codebook: np.ndarray
+    weight_format: Format
+    bias: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return self.encoded.rows
+
+    @property
+    def cols(self) -> int:
+        return self.encoded.cols
+
+    @cached_property
+    def weights_csr(self) -> scipy.sparse.csr_matrix:
+        """Integer weights decoded from the encoded entries (padding dropped): int64 CSR."""
+        rows, cols, values = [], [], []
+        for pe in range(self.encoded.n_pe):
+            row, col, index = self.encoded.coordinates(pe)
+            keep = index != 0
+            rows.append(row[keep])
+            cols.append(col[keep])
+            values.append(self.codebook[index[keep]])
+        return scipy.sparse.csr_matrix(
+            (np.concatenate(values).astype(np.int64),
+             (np.concatenate(rows), np.concatenate(cols))),
+            shape=(self.rows, self.cols), dtype=np.int64)
+
+    def nonzeros(self) -> int:
+        return int(self.weights_csr.nnz)
+
+
+@dataclass
+class QLinear:
+    matrix: SparseMatrix
+    relu: bool = False
+    kind = "linear"
+
+
+@dataclass
+class QLSTM:
+    """LSTM layer; ``matrix`` is ``[W_ih | W_hh]`` ``(4H, I + H)``, gates (i, f, g, o)."""
+
+    matrix: SparseMatrix
+    input_size: int
+    hidden: int
+    return_sequences: bool = False
+    kind = "lstm"
+
+
+@dataclass
+class QConv2d:
+    """Conv layer; ``matrix`` is ``(C_out, C_in*k*k)`` over (c, ky, kx) patches."""
+
+    matrix: SparseMatrix
+    in_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    relu: bool = False
+    kind = "conv2d"
+
+
+@dataclass
+class QMaxPool2d:
+    kind = "maxpool2d"
+
+
+@dataclass
+class QFlatten:
+    kind = "flatten"
+
+
+@dataclass
+class QReLU:
+    kind = "relu"
+
+
+@dataclass
+class CompressedModel:
+    """A whole compressed network.
+
+    Attributes
+    ----------
+    name : str
+    input_shape : tuple
+    layers : list
+        ``QLinear``, ``QLSTM``, ``QConv2d``, ``QMaxPool2d``, ``QFlatten``, ``QReLU``.
+    n_pe : int
+        PE count the matrices are encoded for.
+    act_format : Format
+    acc_bits : int
+    table_spec : TableSpec
+        Sigmoid/tanh tables (used by LSTM layers).
+    info : dict
+        Free-form metadata: source model, compression settings, report figures.
+    """
+
+    name: str
+    input_shape: tuple
+    layers: list
+    n_pe: int
+    act_format: Format
+    acc_bits: int = 32
+    table_spec: TableSpec = field(default_factory=TableSpec)
+    info: dict = field(default_factory=dict)
+
+    def matrices(self) -> list[tuple[int, SparseMatrix]]:
+        """``(layer index, matrix)`` of every layer with weights."""
+        return [(i, layer.matrix) for i, layer in enumerate(self.layers)
+                if hasattr(layer, "matrix")]

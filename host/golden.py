@@ -1,0 +1,163 @@
+"""The bit-exact golden model: what the hardware computes, in NumPy integers.
+
+All arithmetic follows :mod:`host.fixedpoint`:
+
+* **Sparse matrix-vector product** (every weight layer)::
+
+      acc[i] = wrap(bias[i] + sum_j codebook[index[i, j]] * a[j], acc_bits)
+      out[i] = saturate(round_shift(acc[i], weight.frac), act)      (then max(0, .) with ReLU)
+
+  The weights come from the encoded entries (:attr:`SparseMatrix.weights_csr`), the same bytes
+  the hardware gets.  Accumulators wrap, so the order of the additions does not matter.
+* **LSTM step** (``z`` = the product above over ``[x_t ; h_(t-1)]``, in act format)::
+
+      i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);   g = tanh(z_g)      (tables)
+      c_t = saturate(round_shift(f * c_(t-1) + i * g, act.frac), act)
+      h_t = saturate(round_shift(o * tanh(c_t), act.frac), act)
+
+* **Conv**: the product above for every output pixel's (c, ky, kx) input patch, zero padding.
+* **Max-pool** 2x2 stride 2 and **flatten** (C, H, W order) on the integers.
+
+Inputs are quantized with :func:`host.fixedpoint.quantize` to the activation format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .activations import lookup, make_table
+from .compressed import (CompressedModel, QConv2d, QFlatten, QLinear, QLSTM, QMaxPool2d,
+                         QReLU, SparseMatrix)
+from .fixedpoint import Format, quantize, requantize, round_shift, saturate, wrap
+from .floatmodel import im2col
+
+__all__ = ["GoldenModel", "spmv_accumulate", "spmv", "Diagnostics"]
+
+
+def spmv_accumulate(matrix: SparseMatrix, activations: np.ndarray, acc_bits: int,
+                    diagnostics: "Diagnostics | None" = None) -> np.ndarray:
+    """Accumulators of ``matrix @ a + bias`` for a batch ``activations`` ``(B, cols)``: int64.
+
+    ``diagnostics`` (optional) counts accumulators whose true sum did not fit ``acc_bits``.
+    """
+    a = np.asarray(activations, dtype=np.int64)
+    exact = (matrix.weights_csr @ a.T).T + matrix.bias
+    acc = wrap(exact, acc_bits)
+    if diagnostics is not None:
+        diagnostics.accumulator_overflows += int(np.count_nonzero(acc != exact))
+    return acc
+
+
+def spmv(matrix: SparseMatrix, activations, act: Format, acc_bits: int, relu: bool = False,
+         diagnostics=None) -> np.ndarray:
+    """Layer output in act format: requantized (and ReLU'd) accumulators."""
+    acc = spmv_accumulate(matrix, activations, acc_bits, diagnostics)
+    out = requantize(acc, matrix.weight_format.frac, act)
+    if diagnostics is not None:
+        shifted = round_shift(acc, matrix.weight_format.frac)
+        diagnostics.saturations += int(np.count_nonzero(shifted != out))
+    return np.maximum(out, 0) if relu else out
+
+
+@dataclass
+class Diagnostics:
+    """Counts of events the fixed-point formats could not represent exactly."""
+
+    accumulator_overflows: int = 0
+    saturations: int = 0
+
+
+@dataclass
+class GoldenModel:
+    """Runs a :class:`CompressedModel` bit-exactly.
+
+    Use :meth:`quantize_input` then :meth:`forward_int`, or :meth:`forward` from floats.
+    """
+
+    model: CompressedModel
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+
+    def __post_init__(self):
+        act = self.model.act_format
+        self._sigmoid = make_table("sigmoid", act, self.model.table_spec)
+        self._tanh = make_table("tanh", act, self.model.table_spec)
+
+    @property
+    def act(self) -> Format:
+        return self.model.act_format
+
+    def quantize_input(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[1:] != tuple(self.model.input_shape):
+            raise ValueError(f"model {self.model.name!r} expects inputs of shape "
+                             f"(batch, {', '.join(map(str, self.model.input_shape))}), "
+                             f"gets {x.shape}")
+        return quantize(x, self.act)
+
+    def forward(self, x) -> np.ndarray:
+        """Output integers (act format) of float inputs ``x`` ``(B, *input_shape)``."""
+        return self.forward_int(self.quantize_input(x))
+
+    def predict(self, x) -> np.ndarray:
+        """Class of every input: argmax of the output (lowest index on ties)."""
+        return np.argmax(self.forward(x), axis=1)
+
+    def forward_int(self, q) -> np.ndarray:
+        """Output integers of quantized inputs ``q`` (int64, ``(B, *input_shape)``)."""
+        x = np.asarray(q, dtype=np.int64)
+        for layer in self.model.layers:
+            x = self.layer_forward(layer, x)
+        return x
+
+    def layer_forward(self, layer, x: np.ndarray) -> np.ndarray:
+        act, acc_bits = self.act, self.model.acc_bits
+        if isinstance(layer, QLinear):
+            return spmv(layer.matrix, x, act, acc_bits, layer.relu, self.diagnostics)
+        if isinstance(layer, QLSTM):
+            return self.lstm_forward(layer, x)
+        if isinstance(layer, QConv2d):
+            return self.conv_forward(layer, x)
+        if isinstance(layer, QMaxPool2d):
+            b, c, h, w = x.shape
+            x = x[:, :, :h // 2 * 2, :w // 2 * 2]
+            return x.reshape(b, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+        if isinstance(layer, QFlatten):
+            return x.reshape(x.shape[0], -1)
+        if isinstance(layer, QReLU):
+            return np.maximum(x, 0)
+        raise TypeError(f"unknown layer {layer!r}")
+
+    def lstm_step(self, layer: QLSTM, x_t, h, c):
+        """One time step on a batch: returns ``(h_t, c_t)`` (act-format int64)."""
+        act, hsz = self.act, layer.hidden
+        z = spmv(layer.matrix, np.concatenate([x_t, h], axis=1), act, self.model.acc_bits,
+                 False, self.diagnostics)
+        gate_i = lookup("sigmoid", z[:, 0:hsz], act, table=self._sigmoid)
+        gate_f = lookup("sigmoid", z[:, hsz:2 * hsz], act, table=self._sigmoid)
+        gate_g = lookup("tanh", z[:, 2 * hsz:3 * hsz], act, table=self._tanh)
+        gate_o = lookup("sigmoid", z[:, 3 * hsz:4 * hsz], act, table=self._sigmoid)
+        c = saturate(round_shift(gate_f * c + gate_i * gate_g, act.frac), act)
+        h = saturate(round_shift(gate_o * lookup("tanh", c, act, table=self._tanh), act.frac),
+                     act)
+        return h, c
+
+    def lstm_forward(self, layer: QLSTM, x: np.ndarray) -> np.ndarray:
+        batch, steps, _ = x.shape
+        h = np.zeros((batch, layer.hidden), dtype=np.int64)
+        c = np.zeros((batch, layer.hidden), dtype=np.int64)
+        outputs = []
+        for t in range(steps):
+            h, c = self.lstm_step(layer, x[:, t], h, c)
+            outputs.append(h)
+        return np.stack(outputs, axis=1) if layer.return_sequences else h
+
+    def conv_forward(self, layer: QConv2d, x: np.ndarray) -> np.ndarray:
+        batch, _, height, width = x.shape
+        k, s, p = layer.kernel, layer.stride, layer.padding
+        oh, ow = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
+        patches = im2col(x, k, s, p).reshape(batch * oh * ow, -1)
+        out = spmv(layer.matrix, patches, self.act, self.model.acc_bits, layer.relu,
+                   self.diagnostics)
+        return out.reshape(batch, oh * ow, -1).transpose(0, 2, 1).reshape(batch, -1, oh, ow)
