@@ -1,0 +1,309 @@
+"""The Deep Compression pipeline: float model in, :class:`CompressedModel` and figures out.
+
+Per weight layer: (1) magnitude pruning to the target density, load-balance-aware over the PEs
+by default (ESE); (2) weight sharing by k-means into ``2**bits`` codebook entries (entry 0 is
+0.0), optionally fine-tuned with PyTorch (trained quantization); (3) fixed-point formats;
+(4) EIE encoding per PE.  ReLU layers after a Linear or Conv2d are fused into it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .activations import TableSpec
+from .compressed import (CompressedModel, QConv2d, QFlatten, QLinear, QLSTM, QMaxPool2d,
+                         QReLU, SparseMatrix)
+from .encoding import encode
+from .errors import FitError, ModelError
+from .fixedpoint import MAX_WIDTH, Format, quantize
+from .floatmodel import (LSTM, Conv2d, Flatten, FloatModel, Linear, MaxPool2d, ReLU,
+                         weight_matrix, with_weight_matrix)
+from .pruning import balanced_mask, magnitude_mask, pe_balance
+from .sharing import share_weights
+
+__all__ = ["CompressConfig", "LayerStats", "CompressionResult", "compress_model",
+           "calibrate_act_frac", "weight_format_for", "apply_shared_weights"]
+
+MAX_POINTER = (1 << 16) - 1
+"""Largest per-PE entry count a 16-bit column pointer (EIE) can address."""
+
+
+@dataclass
+class CompressConfig:
+    """Settings of one compression run (all validated by :meth:`validate`).
+
+    Parameters
+    ----------
+    n_pe : int
+        PEs the rows are interleaved over (1..1024).
+    density : float
+        Fraction of weights kept per layer, in (0, 1].
+    bits : int
+        Codebook index width B (1..8): ``2**B`` shared values including 0.
+    run_bits : int
+        EIE relative-index (zero-run) field width (1..8).
+    balance : bool
+        Load-balance-aware pruning (ESE); plain magnitude pruning when False.
+    act_width, act_frac : int
+        Activation format; ``act_frac=None`` picks the fraction bits from calibration data.
+    weight_width : int
+        Codebook entry width in bits (16 matches the iCE40 DSP).
+    acc_bits : int
+        Accumulator width in bits.
+    layer_density : dict
+        Per-layer density overrides, keyed by layer index of the float model.
+    finetune_epochs : int
+        Epochs of centroid fine-tuning (needs PyTorch and training data); 0 = off.
+    """
+
+    n_pe: int = 8
+    density: float = 0.25
+    bits: int = 4
+    run_bits: int = 4
+    balance: bool = True
+    act_width: int = 16
+    act_frac: int | None = None
+    weight_width: int = 16
+    acc_bits: int = 32
+    layer_density: dict = field(default_factory=dict)
+    finetune_epochs: int = 0
+    table_spec: TableSpec = field(default_factory=TableSpec)
+
+    def validate(self) -> "CompressConfig":
+        def integer(name, lo, hi):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"`{name}` must be an integer from {lo} to {hi}, "
+                                 f"not {value!r}")
+        integer("n_pe", 1, 1024)
+        integer("bits", 1, 8)
+        integer("run_bits", 1, 8)
+        integer("act_width", 4, MAX_WIDTH)
+        integer("weight_width", 2, MAX_WIDTH)
+        integer("acc_bits", 8, 48)
+        integer("finetune_epochs", 0, 10_000)
+        for where, value in [("density", self.density)] + [
+                (f"layer_density[{k}]", v) for k, v in self.layer_density.items()]:
+            if not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"`{where}` must be a number in (0, 1], not {value!r}")
+        if self.act_frac is not None:
+            integer("act_frac", 0, self.act_width - 2)
+        if self.act_width + self.weight_width > self.acc_bits + 16:
+            raise ValueError(f"`acc_bits` = {self.acc_bits} is too narrow for "
+                             f"{self.act_width}-bit activations times "
+                             f"{self.weight_width}-bit weights")
+        return self
+
+    def to_dict(self) -> dict:
+        return {"n_pe": self.n_pe, "density": self.density, "bits": self.bits,
+                "run_bits": self.run_bits, "balance": self.balance,
+                "act_width": self.act_width, "act_frac": self.act_frac,
+                "weight_width": self.weight_width, "acc_bits": self.acc_bits,
+                "layer_density": {str(k): v for k, v in self.layer_density.items()},
+                "finetune_epochs": self.finetune_epochs}
+
+
+@dataclass
+class LayerStats:
+    """Per-weight-layer figures of one compression run."""
+
+    index: int
+    kind: str
+    shape: tuple
+    density: float
+    nonzeros: int
+    padding: int
+    balance_before: dict
+    balance_after: dict
+    weight_format: str
+    max_entries_per_pe: int
+
+
+@dataclass
+class CompressionResult:
+    model: CompressedModel
+    layers: list
+    float_model: FloatModel
+    config: CompressConfig
+
+
+def calibrate_act_frac(model: FloatModel, x: np.ndarray | None, width: int) -> int:
+    """Fraction bits of the activation format so that calibration activations fit.
+
+    Looks at the inputs, every layer output that is not fed straight into a ReLU (those are
+    clipped anyway), and LSTM cell states; leaves a 25% margin.  At least one integer bit is
+    kept (sigmoid/tanh reach 1.0).  Without data, 8 fraction bits.
+    """
+    if x is None or len(x) == 0:
+        return min(8, width - 2)
+    x = np.asarray(x, dtype=np.float64)
+    peak = float(np.abs(x).max())
+    for index, layer in enumerate(model.layers):
+        if isinstance(layer, LSTM):
+            peak = max(peak, _lstm_cell_peak(layer, x))
+        x = layer.forward(x)
+        next_is_relu = index + 1 < len(model.layers) and isinstance(model.layers[index + 1], ReLU)
+        if not next_is_relu:
+            peak = max(peak, float(np.abs(x).max()))
+    int_bits = max(1, math.ceil(math.log2(max(peak * 1.25, 1.0))))
+    return int(np.clip(width - 1 - int_bits, 0, width - 2))
+
+
+def _lstm_cell_peak(layer: LSTM, x: np.ndarray) -> float:
+    hsz = layer.hidden
+    h = np.zeros((x.shape[0], hsz))
+    c = np.zeros((x.shape[0], hsz))
+    peak = 0.0
+    for t in range(x.shape[1]):
+        z = x[:, t] @ layer.w_ih.T + h @ layer.w_hh.T + layer.b_ih + layer.b_hh
+        i, f, g, o = (z[:, k * hsz:(k + 1) * hsz] for k in range(4))
+        sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = sig(o) * np.tanh(c)
+        peak = max(peak, float(np.abs(c).max()))
+    return peak
+
+
+def weight_format_for(codebook: np.ndarray, width: int) -> Format:
+    """Widest-fraction format of ``width`` bits that holds every codebook value."""
+    peak = float(np.abs(codebook).max())
+    if peak == 0:
+        return Format(width, width - 1)
+    frac = math.floor(math.log2(((1 << (width - 1)) - 1) / peak))
+    return Format(width, int(np.clip(frac, 0, width - 1)))
+
+
+def apply_shared_weights(model: FloatModel, codebooks: dict, indices: dict) -> FloatModel:
+    """The float model with every weight replaced by its (float) shared value."""
+    layers = [with_weight_matrix(layer, codebooks[i][indices[i]]) if i in indices else layer
+              for i, layer in enumerate(model.layers)]
+    return FloatModel(model.name, model.input_shape, layers)
+
+
+def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
+                   train=None, progress=None) -> CompressionResult:
+    """Compress ``model``.
+
+    Parameters
+    ----------
+    calib_x : ndarray, optional
+        Inputs used to choose the activation format when ``config.act_frac`` is None.
+    train : tuple (x, y), optional
+        Training data for centroid fine-tuning (``config.finetune_epochs > 0``).
+    progress : callable, optional
+        Called with a short text for every stage (the CLI feeds a progress bar).
+
+    Raises
+    ------
+    ModelError
+        For a layer spine cannot map.
+    FitError
+        For a layer whose encoding exceeds the 16-bit column pointers of the engine.
+    """
+    config.validate()
+    step = progress or (lambda text: None)
+    for index in config.layer_density:
+        if not isinstance(index, int) or not 0 <= index < len(model.layers) \
+                or weight_matrix(model.layers[index]) is None:
+            raise ValueError(f"`layer_density` names layer {index!r}, which is not a weight "
+                             f"layer of {model.name!r} (weight layers: "
+                             f"{[i for i, l in enumerate(model.layers) if weight_matrix(l) is not None]})")
+    codebooks, indices, masks = {}, {}, {}
+    stats = []
+    for index, layer in enumerate(model.layers):
+        matrix = weight_matrix(layer)
+        if matrix is None:
+            continue
+        step(f"layer {index} ({layer.kind}): prune and share")
+        density = float(config.layer_density.get(index, config.density))
+        plain = magnitude_mask(matrix, density)
+        mask = balanced_mask(matrix, density, config.n_pe) if config.balance else plain
+        mask &= matrix != 0
+        codebooks[index], indices[index] = share_weights(matrix, mask, config.bits)
+        masks[index] = (mask, plain)
+
+    if config.finetune_epochs > 0:
+        if train is None:
+            raise ValueError("centroid fine-tuning needs training data; this model has none "
+                             "(use a bundled example, or give --data)")
+        from .finetune import finetune_codebooks
+        step("fine-tune centroids")
+        assignments = [indices.get(i) for i in range(len(model.layers))]
+        books = [codebooks.get(i) for i in range(len(model.layers))]
+        tuned = finetune_codebooks(model, assignments, books, train[0], train[1],
+                                   epochs=config.finetune_epochs)
+        codebooks = {i: np.asarray(tuned[i], dtype=np.float64) for i in codebooks}
+
+    act_frac = config.act_frac
+    if act_frac is None:
+        act_frac = calibrate_act_frac(apply_shared_weights(model, codebooks, indices),
+                                      calib_x, config.act_width)
+    act = Format(config.act_width, act_frac)
+
+    layers = []
+    position = 0
+    while position < len(model.layers):
+        layer = model.layers[position]
+        fuse_relu = (position + 1 < len(model.layers)
+                     and isinstance(model.layers[position + 1], ReLU)
+                     and isinstance(layer, (Linear, Conv2d)))
+        if position in codebooks:
+            step(f"layer {position} ({layer.kind}): encode")
+            sparse, layer_stats = _encode_layer(position, layer, codebooks[position],
+                                                indices[position], masks[position], act,
+                                                config)
+            stats.append(layer_stats)
+            if isinstance(layer, Linear):
+                layers.append(QLinear(sparse, relu=fuse_relu))
+            elif isinstance(layer, Conv2d):
+                layers.append(QConv2d(sparse, layer.weight.shape[1], layer.kernel,
+                                      layer.stride, layer.padding, relu=fuse_relu))
+            else:
+                layers.append(QLSTM(sparse, layer.input_size, layer.hidden,
+                                    layer.return_sequences))
+        elif isinstance(layer, ReLU):
+            layers.append(QReLU())
+        elif isinstance(layer, MaxPool2d):
+            layers.append(QMaxPool2d())
+        elif isinstance(layer, Flatten):
+            layers.append(QFlatten())
+        else:
+            raise ModelError(f"layer {position} ({type(layer).__name__}) cannot be compressed")
+        position += 2 if fuse_relu else 1
+
+    compressed = CompressedModel(model.name, model.input_shape, layers, config.n_pe, act,
+                                 config.acc_bits, config.table_spec,
+                                 info={"config": config.to_dict()})
+    return CompressionResult(compressed, stats, model, config)
+
+
+def _encode_layer(index, layer, codebook, idx, masks, act, config):
+    mask, plain = masks
+    wfmt = weight_format_for(codebook, config.weight_width)
+    codebook_q = quantize(codebook, wfmt)
+    codebook_q[0] = 0
+    if isinstance(layer, LSTM):
+        bias = layer.b_ih + layer.b_hh
+    else:
+        bias = layer.bias
+    acc_fmt = Format(config.acc_bits, act.frac + wfmt.frac) \
+        if act.frac + wfmt.frac < config.acc_bits else None
+    if acc_fmt is None:
+        raise FitError(f"layer {index} ({layer.kind}): accumulator of {config.acc_bits} bits "
+                       f"cannot hold {act.frac + wfmt.frac} fraction bits; raise --acc-bits "
+                       f"or lower --weight-width")
+    encoded = encode(idx, config.n_pe, index_bits=config.bits, run_bits=config.run_bits)
+    per_pe = encoded.entries_per_pe()
+    if per_pe.max() > MAX_POINTER:
+        raise FitError(f"layer {index} ({layer.kind}): PE {int(per_pe.argmax())} holds "
+                       f"{int(per_pe.max())} entries, more than the 16-bit column pointers "
+                       f"address ({MAX_POINTER}); use more PEs or a lower density")
+    sparse = SparseMatrix(encoded, codebook_q, wfmt, quantize(bias, acc_fmt))
+    stats = LayerStats(index, layer.kind, tuple(idx.shape), float(mask.mean()),
+                       int(np.count_nonzero(idx)), encoded.padding_count(),
+                       pe_balance(plain, config.n_pe).to_dict(),
+                       pe_balance(mask, config.n_pe).to_dict(), str(wfmt), int(per_pe.max()))
+    return sparse, stats
