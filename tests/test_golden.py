@@ -1,0 +1,181 @@
+"""The golden model against independent float references, within stated bounds.
+
+References take the *same* shared, quantized weights and quantized inputs as floats, so the
+only differences are the golden model's own roundings:
+
+* sparse matrix-vector product (scipy.sparse): at most half an LSB of the activation format
+  (one rounding of the exact accumulator);
+* conv (torch.nn.functional.conv2d) and max-pool: the same half LSB;
+* sigmoid/tanh tables: :func:`host.activations.error_bound`;
+* LSTM (torch.nn.LSTM): the per-step bound derived in :func:`lstm_error_bound`.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from host.activations import TableSpec, error_bound, lookup
+from host.compressed import QConv2d, QLSTM, QLinear, CompressedModel, SparseMatrix
+from host.encoding import encode
+from host.fixedpoint import Format, quantize
+from host.golden import GoldenModel, spmv
+
+ACT = Format(16, 10)
+
+
+def random_matrix(rng, rows, cols, density, n_pe=4, bits=4, wfmt=Format(16, 13),
+                  bias_scale=0.5, weight_scale=1.0):
+    codebook = np.zeros(1 << bits, dtype=np.int64)
+    codebook[1:] = quantize(rng.uniform(-weight_scale, weight_scale, (1 << bits) - 1), wfmt)
+    idx = (rng.random((rows, cols)) < density) * rng.integers(1, 1 << bits, (rows, cols))
+    bias = quantize(rng.uniform(-bias_scale, bias_scale, rows), Format(32, ACT.frac + wfmt.frac))
+    return SparseMatrix(encode(idx, n_pe, index_bits=bits), codebook, wfmt, bias), idx
+
+
+def dequantized(matrix: SparseMatrix, idx):
+    weights = matrix.codebook[idx] * matrix.weight_format.scale
+    bias = matrix.bias * 2.0 ** -(ACT.frac + matrix.weight_format.frac)
+    return weights, bias
+
+
+@pytest.mark.parametrize("rows, cols, n_pe, density", [
+    (1, 1, 1, 1.0), (37, 53, 8, 0.2), (64, 17, 3, 0.9), (100, 300, 16, 0.05), (9, 40, 64, 0.3),
+])
+def test_spmv_matches_scipy_within_half_lsb(rows, cols, n_pe, density):
+    rng = np.random.default_rng(rows * cols)
+    matrix, idx = random_matrix(rng, rows, cols, density, n_pe)
+    x = quantize(rng.uniform(-1, 1, (20, cols)) * (rng.random((20, cols)) < 0.6), ACT)
+    weights, bias = dequantized(matrix, idx)
+    reference = (scipy.sparse.csr_matrix(weights) @ (x * ACT.scale).T).T + bias
+    for relu in (False, True):
+        got = spmv(matrix, x, ACT, 32, relu) * ACT.scale
+        expected = np.maximum(reference, 0) if relu else reference
+        assert np.abs(got - np.clip(expected, ACT.min_value, ACT.max_value)).max() \
+            <= ACT.scale / 2 + 1e-12
+
+
+def test_spmv_saturates_and_wraps_like_fixed_width_hardware():
+    rng = np.random.default_rng(1)
+    matrix, idx = random_matrix(rng, 8, 64, 1.0, 2, wfmt=Format(16, 2))
+    x = np.full((1, 64), ACT.max_int)
+    got = spmv(matrix, x, ACT, 32)
+    exact = matrix.codebook[idx] @ x[0] + matrix.bias
+    wrapped = ((exact + 2**31) % 2**32) - 2**31
+    expected = np.clip((wrapped + 2) >> 2, ACT.min_int, ACT.max_int)
+    assert np.array_equal(got[0], expected)
+
+
+@pytest.mark.parametrize("function", ["sigmoid", "tanh"])
+@pytest.mark.parametrize("fmt", [Format(16, 10), Format(16, 8), Format(12, 6)])
+def test_tables_within_error_bound(function, fmt):
+    q = np.arange(fmt.min_int, fmt.max_int + 1)
+    got = lookup(function, q, fmt) * fmt.scale
+    x = q * fmt.scale
+    reference = 1 / (1 + np.exp(-x)) if function == "sigmoid" else np.tanh(x)
+    bound = error_bound(function, fmt)
+    assert np.abs(got - reference).max() <= bound
+    if fmt.frac >= 8:
+        assert bound < 0.01
+
+
+def lstm_error_bound(w_hh, c_peak, steps, spec=TableSpec()):
+    """Bound on |h_golden - h_float| after ``steps`` steps (see the module docstring).
+
+    Per step, with s = 1 LSB and tau the table bounds: e_z <= s/2 + |W_hh|_inf e_h;
+    gate errors e_sig <= tau_sig + e_z/4, e_g <= tau_tanh + e_z;
+    e_c' <= e_c + c_peak e_sig + e_g + e_sig + s/2  (|f|, |i| <= 1);
+    e_h' <= tau_tanh + e_c' + e_sig + s/2.
+    """
+    s = ACT.scale
+    tau_sig, tau_tanh = error_bound("sigmoid", ACT, spec), error_bound("tanh", ACT, spec)
+    norm = np.abs(w_hh).sum(axis=1).max()
+    e_h = e_c = 0.0
+    for _ in range(steps):
+        e_z = s / 2 + norm * e_h
+        e_sig, e_g = tau_sig + e_z / 4, tau_tanh + e_z
+        e_c = e_c + c_peak * e_sig + e_g + e_sig + s / 2
+        e_h = tau_tanh + e_c + e_sig + s / 2
+    return e_h
+
+
+@pytest.mark.parametrize("input_size, hidden, steps, n_pe", [(5, 7, 6, 4), (8, 1, 8, 8),
+                                                             (3, 16, 6, 5)])
+def test_lstm_matches_torch_within_derived_bound(input_size, hidden, steps, n_pe):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(hidden)
+    matrix, idx = random_matrix(rng, 4 * hidden, input_size + hidden, 0.6, n_pe, bits=6,
+                                wfmt=Format(16, 14), bias_scale=0.3,
+                                weight_scale=0.6 / (input_size + hidden))
+    model = CompressedModel("lstm", (steps, input_size),
+                            [QLSTM(matrix, input_size, hidden)], n_pe, ACT)
+    x = quantize(rng.uniform(-1, 1, (10, steps, input_size)), ACT)
+    golden = GoldenModel(model)
+    h_golden = golden.forward_int(x) * ACT.scale
+    assert golden.diagnostics.saturations == 0
+
+    weights, bias = dequantized(matrix, idx)
+    lstm = torch.nn.LSTM(input_size, hidden, batch_first=True).double()
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(weights[:, :input_size]))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(weights[:, input_size:]))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(bias))
+        lstm.bias_hh_l0.zero_()
+        out, (h_n, c_n) = lstm(torch.from_numpy(x * ACT.scale))
+    # Peak |c| of the reference over all steps, from torch's LSTMCell run step by step.
+    cell = torch.nn.LSTMCell(input_size, hidden).double()
+    with torch.no_grad():
+        cell.weight_ih.copy_(lstm.weight_ih_l0)
+        cell.weight_hh.copy_(lstm.weight_hh_l0)
+        cell.bias_ih.copy_(lstm.bias_ih_l0)
+        cell.bias_hh.zero_()
+        h_c = None
+        c_peak = 0.0
+        for t in range(steps):
+            h_c = cell(torch.from_numpy(x[:, t] * ACT.scale), h_c)
+            c_peak = max(c_peak, float(h_c[1].abs().max()))
+        assert np.allclose(h_c[0].numpy(), h_n[0].numpy())
+    bound = lstm_error_bound(weights[:, input_size:], c_peak, steps)
+    error = np.abs(h_golden - h_n[0].numpy()).max()
+    assert error <= bound, (error, bound)
+    assert bound < 0.3, "bound too loose to mean anything (h lies in (-1, 1))"
+    assert error > 0, "identical results would mean no fixed point was exercised"
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 0), (3, 1, 1), (3, 2, 1),
+                                                     (5, 1, 2), (5, 2, 0), (3, 2, 0)])
+def test_conv_and_pool_match_torch(kernel, stride, padding):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(kernel * 10 + stride)
+    c_in, c_out, size = 3, 5, 9
+    matrix, idx = random_matrix(rng, c_out, c_in * kernel * kernel, 0.5, 4)
+    layer = QConv2d(matrix, c_in, kernel, stride, padding, relu=True)
+    model = CompressedModel("conv", (c_in, size, size), [layer], 4, ACT)
+    x = quantize(rng.uniform(-1, 1, (4, c_in, size, size)), ACT)
+    got = GoldenModel(model).forward_int(x) * ACT.scale
+    weights, bias = dequantized(matrix, idx)
+    reference = torch.nn.functional.conv2d(
+        torch.from_numpy(x * ACT.scale), torch.from_numpy(weights.reshape(c_out, c_in, kernel,
+                                                                          kernel)),
+        torch.from_numpy(bias), stride=stride, padding=padding).relu().numpy()
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() <= ACT.scale / 2 + 1e-12
+    if got.shape[2] >= 2:
+        from host.compressed import QMaxPool2d
+        pooled = GoldenModel(model).layer_forward(QMaxPool2d(), (got / ACT.scale).astype(int))
+        ref_pool = torch.nn.functional.max_pool2d(torch.from_numpy(got), 2).numpy()
+        assert np.array_equal(pooled * ACT.scale, ref_pool)
+
+
+def test_golden_reads_the_encoded_bytes():
+    """Changing one encoded entry's weight index changes the golden output: the model runs
+    on the encoding, not on a dense copy."""
+    rng = np.random.default_rng(5)
+    matrix, _ = random_matrix(rng, 6, 6, 1.0, 2)
+    model = CompressedModel("m", (6,), [QLinear(matrix)], 2, ACT)
+    x = quantize(rng.uniform(0.5, 1, (1, 6)), ACT)
+    before = GoldenModel(model).forward_int(x)
+    entries = matrix.encoded.entries[0]
+    entries[0] = (entries[0] & 0xF0) | ((entries[0] & 0x0F) % 15 + 1)
+    matrix.__dict__.pop("weights_csr", None)
+    after = GoldenModel(model).forward_int(x)
+    assert not np.array_equal(before, after)
