@@ -293,7 +293,7 @@ def load_npz(path) -> FloatModel:
     try:
         with np.load(path, allow_pickle=False) as data:
             content = {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, TypeError) as error:
         raise ModelError(f"{where} is not a readable NumPy .npz file ({error}); "
                          f"re-save it with numpy.savez or host.floatmodel.save_npz") from None
     if "spine_float_model" not in content:
@@ -330,9 +330,14 @@ def load_npz(path) -> FloatModel:
             layer = cls(**params)
             _check_param_shapes(layer, f"{where}, layer {index} ({kind})")
             layers.append(layer)
-        return FloatModel(str(header.get("name", path.stem)), tuple(header["input_shape"]),
-                          layers)
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        try:
+            return FloatModel(str(header.get("name", path.stem)), tuple(header["input_shape"]),
+                              layers)
+        except ModelError as error:
+            raise ModelError(f"{where}: {error}") from None
+    except ModelError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
         raise ModelError(f"{where} has a malformed 'spine_float_model' header ({error!r})") \
             from None
 
