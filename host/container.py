@@ -261,8 +261,8 @@ def _describe_foreign(data: bytes) -> str:
         text = None
     if text is not None and text.isprintable():
         return f"it starts with the text {text!r}"
-    return f"it starts with the bytes {head[:8].hex(' ')} (a spine package starts with " \
-           f"{MAGIC.hex(' ')})"
+    return (f"it starts with the bytes {head[:8].hex(' ')} (a spine package starts with "
+            f"{MAGIC.hex(' ')})")
 
 
 def _reject_constant(name: str):

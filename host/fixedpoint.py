@@ -107,7 +107,7 @@ class Format:
         return {"width": self.width, "frac": self.frac}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Format":
+    def from_dict(cls, d: dict) -> Format:
         return cls(int(d["width"]), int(d["frac"]))
 
     def __str__(self):

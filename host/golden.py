@@ -37,7 +37,7 @@ __all__ = ["GoldenModel", "spmv_accumulate", "spmv", "Diagnostics"]
 
 
 def spmv_accumulate(matrix: SparseMatrix, activations: np.ndarray, acc_bits: int,
-                    diagnostics: "Diagnostics | None" = None) -> np.ndarray:
+                    diagnostics: Diagnostics | None = None) -> np.ndarray:
     """Accumulators of ``matrix @ a + bias`` for a batch ``activations`` ``(B, cols)``: int64.
 
     ``diagnostics`` (optional) counts accumulators whose true sum did not fit ``acc_bits``.

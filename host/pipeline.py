@@ -72,7 +72,7 @@ class CompressConfig:
     finetune_epochs: int = 0
     table_spec: TableSpec = field(default_factory=TableSpec)
 
-    def validate(self) -> "CompressConfig":
+    def validate(self) -> CompressConfig:
         def integer(name, lo, hi):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
@@ -160,7 +160,7 @@ def _lstm_cell_peak(layer: LSTM, x: np.ndarray) -> float:
     for t in range(x.shape[1]):
         z = x[:, t] @ layer.w_ih.T + h @ layer.w_hh.T + layer.b_ih + layer.b_hh
         i, f, g, o = (z[:, k * hsz:(k + 1) * hsz] for k in range(4))
-        sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+        sig = lambda v: 1 / (1 + np.exp(-v))
         c = sig(f) * c + sig(i) * np.tanh(g)
         h = sig(o) * np.tanh(c)
         peak = max(peak, float(np.abs(c).max()))
@@ -205,12 +205,11 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
     """
     config.validate()
     step = progress or (lambda text: None)
+    weight_layers = [i for i, lay in enumerate(model.layers) if weight_matrix(lay) is not None]
     for index in config.layer_density:
-        if not isinstance(index, int) or not 0 <= index < len(model.layers) \
-                or weight_matrix(model.layers[index]) is None:
+        if index not in weight_layers:
             raise ValueError(f"`layer_density` names layer {index!r}, which is not a weight "
-                             f"layer of {model.name!r} (weight layers: "
-                             f"{[i for i, l in enumerate(model.layers) if weight_matrix(l) is not None]})")
+                             f"layer of {model.name!r} (weight layers: {weight_layers})")
     codebooks, indices, masks = {}, {}, {}
     stats = []
     for index, layer in enumerate(model.layers):

@@ -133,12 +133,12 @@ def format_report(report: dict) -> str:
     """Human-readable text of :func:`build_report`'s dict."""
     act = report["act_format"]
     lines = [
-        f"spine compression report: {report['model']}  ({report['n_pe']} PEs, "
-        f"{report['config']['bits']}-bit codebooks, activations Q"
-        f"{act['width'] - act['frac'] - 1}.{act['frac']}, {report['acc_bits']}-bit accumulators)",
+        (f"spine compression report: {report['model']}  ({report['n_pe']} PEs, "
+         f"{report['config']['bits']}-bit codebooks, activations Q"
+         f"{act['width'] - act['frac'] - 1}.{act['frac']}, {report['acc_bits']}-bit accumulators)"),
         "",
-        f"  {'layer':<14}{'shape':>12}{'density':>9}{'nnz':>8}{'pad':>6}"
-        f"{'PE nnz mean/max before':>24}{'after':>14}{'ratio':>8}",
+        (f"  {'layer':<14}{'shape':>12}{'density':>9}{'nnz':>8}{'pad':>6}"
+         f"{'PE nnz mean/max before':>24}{'after':>14}{'ratio':>8}"),
     ]
     for layer in report["layers"]:
         before, after = layer["balance_before"], layer["balance_after"]
@@ -151,21 +151,21 @@ def format_report(report: dict) -> str:
     lines += [
         "",
         f"  storage  dense (float32)       {_kb(report['dense_bytes'])}",
-        f"           after pruning         {_kb(report['pruned_bytes'])}   "
-        f"{report['compression_ratio_pruned']:6.1f}x",
-        f"           after weight sharing  {_kb(report['quantized_bytes'])}   "
-        f"{report['compression_ratio']:6.1f}x   <- compression ratio",
-        f"           after Huffman         {_kb(report['huffman_bytes'])}   "
-        f"{report['compression_ratio_huffman']:6.1f}x",
+        (f"           after pruning         {_kb(report['pruned_bytes'])}   "
+         f"{report['compression_ratio_pruned']:6.1f}x"),
+        (f"           after weight sharing  {_kb(report['quantized_bytes'])}   "
+         f"{report['compression_ratio']:6.1f}x   <- compression ratio"),
+        (f"           after Huffman         {_kb(report['huffman_bytes'])}   "
+         f"{report['compression_ratio_huffman']:6.1f}x"),
     ]
     if "accuracy_float" in report:
         lines += [
             "",
-            f"  accuracy on {report['eval_samples']} samples: float "
-            f"{100 * report['accuracy_float']:.2f}%  ->  compressed (bit-exact hardware) "
-            f"{100 * report['accuracy_compressed']:.2f}%  "
-            f"({-report['accuracy_drop_points']:+.2f} points)",
-            f"  fixed point: {report['accumulator_overflows']} accumulator overflows, "
-            f"{report['saturations']} saturated outputs",
+            (f"  accuracy on {report['eval_samples']} samples: float "
+             f"{100 * report['accuracy_float']:.2f}%  ->  compressed (bit-exact hardware) "
+             f"{100 * report['accuracy_compressed']:.2f}%  "
+             f"({-report['accuracy_drop_points']:+.2f} points)"),
+            (f"  fixed point: {report['accumulator_overflows']} accumulator overflows, "
+             f"{report['saturations']} saturated outputs"),
         ]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from host.golden import GoldenModel, spmv
 ACT = Format(16, 10)
 
 
-def random_matrix(rng, rows, cols, density, n_pe=4, bits=4, wfmt=Format(16, 13),
+def random_matrix(rng, rows, cols, density, n_pe=4, bits=4, wfmt=Format(16, 13),  # noqa: B008
                   bias_scale=0.5, weight_scale=1.0):
     codebook = np.zeros(1 << bits, dtype=np.int64)
     codebook[1:] = quantize(rng.uniform(-weight_scale, weight_scale, (1 << bits) - 1), wfmt)
@@ -78,7 +78,7 @@ def test_tables_within_error_bound(function, fmt):
         assert bound < 0.01
 
 
-def lstm_error_bound(w_hh, c_peak, steps, spec=TableSpec()):
+def lstm_error_bound(w_hh, c_peak, steps, spec=TableSpec()):  # noqa: B008
     """Bound on |h_golden - h_float| after ``steps`` steps (see the module docstring).
 
     Per step, with s = 1 LSB and tau the table bounds: e_z <= s/2 + |W_hh|_inf e_h;
