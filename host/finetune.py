@@ -136,7 +136,8 @@ class _Shared:
         return out
 
     def codebooks(self):
-        return [None if c is None else np.concatenate([[0.0], c.detach().numpy().astype(np.float64)])
+        return [None if c is None
+                else np.concatenate([[0.0], c.detach().numpy().astype(np.float64)])
                 for c in self.centroids]
 
 

@@ -29,6 +29,10 @@ __all__ = [
     "REQUEST_SYNC", "RESPONSE_SYNC", "MAX_PAYLOAD", "HEADER_BYTES", "FRAME_OVERHEAD",
     "Command", "Status", "crc16", "pack_request", "pack_response", "Frame",
     "ResponseParser", "ProtocolError", "FRAME_TIMEOUT_BYTES",
+    "PROTOCOL_VERSION", "CRC16_POLY", "CRC16_INIT", "crc16_bitwise", "RegionId", "Control",
+    "IDENTIFY_MAGIC", "EngineKind", "RegionDescription", "Identity", "pack_identity",
+    "parse_identity", "DeviceStatus", "STATUS_LAYOUT", "STATUS_BYTES", "StatusFlag",
+    "pack_status", "parse_status", "engine_config_digest", "CONFIG_DIGEST_BYTES",
 ]
 
 REQUEST_SYNC = 0xA5
@@ -38,6 +42,12 @@ MAX_PAYLOAD = 1024
 HEADER_BYTES = 5
 """sync, cmd/status, seq, len (2)."""
 FRAME_OVERHEAD = HEADER_BYTES + 2
+PROTOCOL_VERSION = 1
+"""Version byte in the IDENTIFY answer; bumped on any incompatible change of this file."""
+CRC16_POLY = 0x1021
+"""CRC-16/CCITT-FALSE polynomial (x^16 + x^12 + x^5 + 1), MSB first; also used by the gateware."""
+CRC16_INIT = 0xFFFF
+"""CRC-16/CCITT-FALSE initial value."""
 FRAME_TIMEOUT_BYTES = 64
 """A frame stalled for this many byte times (at the link's baud rate) is dropped by the device
 with status TIMEOUT, so a truncated frame never hangs the decoder."""
@@ -75,6 +85,17 @@ class ProtocolError(Exception):
 def crc16(data: bytes, value: int = 0xFFFF) -> int:
     """CRC-16/CCITT-FALSE of ``data`` (``binascii.crc_hqx`` is exactly this CRC)."""
     return binascii.crc_hqx(bytes(data), value)
+
+
+def crc16_bitwise(data: bytes, value: int = CRC16_INIT) -> int:
+    """The same CRC as :func:`crc16`, computed bit by bit the way the gateware does it
+    (``hdl.command.crc16_next``): for each byte, ``crc ^= byte << 8`` then 8 times
+    ``crc = (crc << 1) ^ (CRC16_POLY if crc & 0x8000 else 0)`` (16 bits)."""
+    for byte in bytes(data):
+        value ^= byte << 8
+        for _ in range(8):
+            value = ((value << 1) ^ (CRC16_POLY if value & 0x8000 else 0)) & 0xFFFF
+    return value
 
 
 def _pack(sync: int, code: int, seq: int, payload: bytes) -> bytes:
@@ -146,3 +167,209 @@ class ResponseParser:
                 continue
             del self.buffer[:total]
             yield Frame(code, seq, body[4:])
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory regions, IDENTIFY and STATUS payloads (docs/protocol.md has the same tables)
+
+
+class RegionId(enum.IntEnum):
+    """Region numbers of WRITE/READ/CHECKSUM (the ``region`` byte).
+
+    0-5 are the loader regions of ``hdl.spmv.SpmvEngine`` (same numbers as ``hdl.spmv.Region``).
+    The IDENTIFY answer lists which regions a particular bitstream has, with word size, depth,
+    index count and access rights; a region not listed is answered with BAD_ADDRESS.
+    """
+
+    ENTRY = 0       #: per PE (index = PE): packed (run, weight index) entries
+    POINTER = 1     #: per PE (index = PE): column pointers
+    CODEBOOK = 2    #: address = slot << index_bits | weight index: shared weight
+    BIAS = 3        #: biases (accumulator format)
+    DESCRIPTOR = 4  #: address = layer << 3 | field: layer descriptors
+    INPUT = 5       #: input activations (written by INFER; write-only)
+    OUTPUT = 6      #: output activations of the last run (read-only)
+    CONTROL = 7     #: shell registers, see :class:`Control`
+
+
+class Control(enum.IntEnum):
+    """Word addresses of the CONTROL region (u32 words, read/write)."""
+
+    N_LAYERS = 0    #: layers run by INFER; 0 = no model loaded (INFER answers NOT_LOADED)
+    N_INPUTS = 1    #: input activations INFER expects (its payload is N_INPUTS act words)
+    N_OUTPUTS = 2   #: output activations INFER answers with
+    USER = 3        #: free for the host (e.g. a model id); not used by the device
+
+
+class EngineKind(enum.IntEnum):
+    """``engine`` byte of IDENTIFY."""
+
+    MEMORIES = 0    #: plain memory regions, no engine (test shell): INFER copies INPUT to OUTPUT
+    SPMV = 1        #: hdl.spmv.SpmvEngine
+
+
+IDENTIFY_MAGIC = b"SPN1"
+CONFIG_DIGEST_BYTES = 8
+_IDENTIFY_HEAD = struct.Struct("<4sBBBBII8sBBBBBBBBHHIHHH")
+_REGION_ENTRY = struct.Struct("<BBBBI")
+
+
+def engine_config_digest(params: dict) -> bytes:
+    """8-byte digest of an engine configuration (the IDENTIFY ``config_hash``).
+
+    ``params`` is the engine parameter dictionary (``n_pe``, ``index_bits``, ``run_bits``,
+    ``act_width``, ``act_frac``, ``weight_width``, ``acc_bits``, ``max_rows``, ``max_cols``,
+    ``max_entries_per_pe``, ``max_layers``, ...): the first 8 bytes of the SHA-256 of its
+    canonical JSON (sorted keys, no spaces).  The HDL bakes it into the bitstream at generation
+    time; the host recomputes it from the IDENTIFY fields to check it talks to what it thinks.
+    """
+    import hashlib
+    import json
+
+    text = json.dumps({str(k): params[k] for k in params}, sort_keys=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(text.encode()).digest()[:CONFIG_DIGEST_BYTES]
+
+
+@dataclass(frozen=True)
+class RegionDescription:
+    """One entry of the IDENTIFY region table.
+
+    ``word_bytes``: bytes per word on the wire (1, 2 or 4; little endian, two's complement for
+    signed values, sign-extended on READ); ``count``: number of indexes (PEs for per-PE regions,
+    else 1); ``depth``: words per index; ``readable``/``writable``: access by READ/CHECKSUM and
+    WRITE.
+    """
+
+    region: int
+    word_bytes: int
+    count: int
+    depth: int
+    readable: bool = True
+    writable: bool = True
+
+    def pack(self) -> bytes:
+        flags = (1 if self.readable else 0) | (2 if self.writable else 0)
+        return _REGION_ENTRY.pack(self.region, self.word_bytes, self.count, flags, self.depth)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The decoded IDENTIFY answer (layout: docs/protocol.md, "IDENTIFY")."""
+
+    version: int
+    engine: int
+    clock_hz: int
+    baud: int
+    config_hash: bytes
+    n_pe: int
+    index_bits: int
+    run_bits: int
+    act_width: int
+    act_frac: int
+    weight_width: int
+    acc_bits: int
+    max_layers: int
+    max_rows: int
+    max_cols: int
+    max_entries_per_pe: int
+    max_pointers: int
+    max_bias: int
+    max_payload: int
+    regions: tuple = ()
+
+    def engine_params(self) -> dict:
+        """The parameter dictionary whose :func:`engine_config_digest` is ``config_hash``."""
+        return {k: getattr(self, k) for k in _ENGINE_PARAM_KEYS}
+
+    def region(self, region: int) -> RegionDescription:
+        for r in self.regions:
+            if r.region == int(region):
+                return r
+        raise KeyError(f"region {int(region)} is not in this device's region table")
+
+
+_ENGINE_PARAM_KEYS = ("engine", "n_pe", "index_bits", "run_bits", "act_width", "act_frac",
+                      "weight_width", "acc_bits", "max_layers", "max_rows", "max_cols",
+                      "max_entries_per_pe", "max_pointers", "max_bias")
+
+
+def pack_identity(identity: Identity) -> bytes:
+    """IDENTIFY payload bytes of ``identity`` (used by the HDL generator to fill its ROM)."""
+    i = identity
+    head = _IDENTIFY_HEAD.pack(
+        IDENTIFY_MAGIC, i.version, i.engine, len(i.regions), 0, i.clock_hz, i.baud,
+        i.config_hash, i.n_pe, i.index_bits, i.run_bits, i.act_width, i.act_frac & 0xFF,
+        i.weight_width, i.acc_bits, i.max_layers, i.max_rows, i.max_cols,
+        i.max_entries_per_pe, i.max_pointers, i.max_bias, i.max_payload)
+    return head + b"".join(r.pack() for r in i.regions)
+
+
+def parse_identity(payload: bytes) -> Identity:
+    """Decode an IDENTIFY payload; raises :class:`ProtocolError` if it is not one."""
+    payload = bytes(payload)
+    if len(payload) < _IDENTIFY_HEAD.size or payload[:4] != IDENTIFY_MAGIC:
+        raise ProtocolError(f"not an IDENTIFY answer (magic {payload[:4]!r}, "
+                            f"{len(payload)} bytes)")
+    (_, version, engine, n_regions, _, clock_hz, baud, digest, n_pe, index_bits, run_bits,
+     act_width, act_frac, weight_width, acc_bits, max_layers, max_rows, max_cols, max_entries,
+     max_pointers, max_bias, max_payload) = _IDENTIFY_HEAD.unpack_from(payload)
+    if len(payload) != _IDENTIFY_HEAD.size + n_regions * _REGION_ENTRY.size:
+        raise ProtocolError(f"IDENTIFY answer of {len(payload)} bytes for {n_regions} regions")
+    regions = []
+    for n in range(n_regions):
+        region, word_bytes, count, flags, depth = _REGION_ENTRY.unpack_from(
+            payload, _IDENTIFY_HEAD.size + n * _REGION_ENTRY.size)
+        regions.append(RegionDescription(region, word_bytes, count, depth, bool(flags & 1),
+                                         bool(flags & 2)))
+    return Identity(version, engine, clock_hz, baud, digest, n_pe, index_bits, run_bits,
+                    act_width, act_frac - 256 if act_frac > 127 else act_frac, weight_width,
+                    acc_bits, max_layers, max_rows, max_cols, max_entries, max_pointers,
+                    max_bias, max_payload, tuple(regions))
+
+
+class StatusFlag(enum.IntFlag):
+    """``flags`` byte of the STATUS answer."""
+
+    LOADED = 1        #: CONTROL.N_LAYERS != 0
+    ENGINE_BUSY = 2   #: the engine is running (never seen by a STATUS: INFER is synchronous)
+    ENGINE_DONE = 4   #: the engine finished a run since the last RESET
+
+
+#: (name, struct code) of the STATUS answer, in order, little endian.
+STATUS_LAYOUT = (
+    ("flags", "B"),           # StatusFlag
+    ("last_error", "B"),      # status code of the last error response (0 = none since RESET)
+    ("reserved", "H"),
+    ("good_frames", "I"),     # frames with a good CRC (this STATUS request included)
+    ("bad_crc", "I"),         # frames answered BAD_CRC
+    ("timeouts", "I"),        # frames answered TIMEOUT
+    ("rejected", "I"),        # answered BAD_LENGTH / UNKNOWN_COMMAND / BAD_ADDRESS / NOT_LOADED
+    ("infers", "I"),          # INFER runs completed
+    ("last_cycles", "I"),     # engine clock cycles of the last INFER run
+)
+_STATUS = struct.Struct("<" + "".join(code for _, code in STATUS_LAYOUT))
+STATUS_BYTES = _STATUS.size
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    flags: int
+    last_error: int
+    reserved: int
+    good_frames: int
+    bad_crc: int
+    timeouts: int
+    rejected: int
+    infers: int
+    last_cycles: int
+
+
+def pack_status(status: DeviceStatus) -> bytes:
+    return _STATUS.pack(*(getattr(status, name) for name, _ in STATUS_LAYOUT))
+
+
+def parse_status(payload: bytes) -> DeviceStatus:
+    """Decode a STATUS payload; raises :class:`ProtocolError` if the length is wrong."""
+    if len(payload) != STATUS_BYTES:
+        raise ProtocolError(f"STATUS answer must be {STATUS_BYTES} bytes, not {len(payload)}")
+    return DeviceStatus(*_STATUS.unpack(bytes(payload)))

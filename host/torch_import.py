@@ -295,7 +295,7 @@ def load_torch_checkpoint(path, input_shape=None) -> FloatModel:
         raise ModelError(f"{where} refers to a class that cannot be imported ({error}); make "
                          f"the module that defines the network importable (on sys.path) "
                          f"before loading") from None
-    except Exception as error:  # noqa: BLE001 - torch.load raises many unrelated types
+    except Exception as error:  # torch.load raises many unrelated types
         raise ModelError(f"{where} is not a readable PyTorch file ({type(error).__name__}: "
                          f"{error})") from None
     name = path.stem

@@ -15,8 +15,8 @@ module.  Their weights were pruned during training (Deep Compression's prune-and
 the load-balance-aware masks of an 8-PE engine at the recommended density, then retrained
 through 4-bit weight sharing, so the shipped float weights are already sparse, sit close to
 their shared values and compress without retraining; ``README.md`` here says exactly how they
-were made and what "float accuracy" means for them.  ``load_example(name)`` returns the model, the data in its input layout and
-the recommended compression settings.
+were made and what "float accuracy" means for them.  ``load_example(name)`` returns the model,
+the data in its input layout and the recommended compression settings.
 """
 
 from __future__ import annotations

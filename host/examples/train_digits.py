@@ -1,4 +1,6 @@
-"""Train the bundled digit models: ``python -m host.examples.train_digits [--model NAME] [--out DIR]``.
+"""Train the bundled digit models.
+
+``python -m host.examples.train_digits [--model NAME] [--out DIR]``.
 
 What this script does, for each model (see ``README.md`` beside it for the numbers):
 

@@ -1,0 +1,37 @@
+"""1BitSquared iCEBreaker: Lattice iCE40UP5K-SG48, 12 MHz oscillator, FT2232H USB (channel B
+is the UART on FPGA pins 6 = RX, 9 = TX), two user LEDs (red 11, green 37).
+
+Budget: 5280 logic cells, 30 EBR blocks of 4 kbit, 4 SPRAM blocks of 256 kbit, 8 SB_MAC16 DSPs.
+Default clock: the 12 MHz oscillator directly (no PLL), because the SpmvEngine's output stage
+(accumulator memory -> requantizer -> list write, ~72 ns) limits Fmax to ~13.8 MHz on this
+device; ``--freq 16 .. 275`` uses the SB_PLL40_PAD (e.g. 36 MHz = 12 MHz x 48 / 16) once the
+engine is pipelined.  Default UART 1 Mbaud (the FT2232H does up to 12 Mbaud; 1 Mbaud = 12
+clocks per bit at 12 MHz, exact; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
+"""
+
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+
+from . import Board, Budget
+
+OSC_HZ = 12_000_000
+CLOCK_HZ = 12_000_000
+BAUD = 1_000_000
+
+BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4,
+                spram_bits=262_144, dsp=8,
+                nextpnr_cells={"ICESTORM_LC": "logic_cells", "ICESTORM_RAM": "bram",
+                               "ICESTORM_SPRAM": "spram", "ICESTORM_DSP": "dsp"})
+
+#: The engine of a build without ``--model`` (``hdl.spmv.SpmvEngine`` keyword arguments).
+#: The engine keeps entries in EBR (SPRAM support is not implemented in hdl.spmv yet) and a PE
+#: costs ~1500 logic cells: 2 PEs + the UART shell use ~94 % of the 5280 LCs.
+DEFAULT_ENGINE = dict(n_pe=2, index_bits=4, run_bits=4, act_width=16, act_frac=10,
+                      weight_width=16, acc_bits=32, max_rows=64, max_cols=64,
+                      max_entries_per_pe=512, max_layers=2)
+
+BOARD = Board(
+    name="icebreaker", family="ice40", device="iCE40UP5K", package="SG48",
+    platform_factory=ICEBreakerPlatform, osc_hz=OSC_HZ, clock_hz=CLOCK_HZ, baud=BAUD,
+    budget=BUDGET, default_engine=DEFAULT_ENGINE,
+    notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator "
+          "(PLL for --freq 16-275 MHz); UART on the FT2232H channel B at 1 Mbaud.")

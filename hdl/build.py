@@ -1,0 +1,590 @@
+"""Build a spine bitstream for a board: capacity check, synthesis, place and route, report.
+
+::
+
+    python -m hdl.build --board icebreaker [--model FILE.spn] [--pes N] [--freq MHZ]
+                        [--baud B] [--name NAME] [--seed S] [--out DIR]
+
+1. The engine is sized: for ``--model``, exactly for that model's matrices (PEs, field widths,
+   formats, rows, columns, entries per PE, layers); without, the board's default engine.
+2. Capacity check, before any synthesis: the engine's and the shell's memories are counted in
+   block RAMs (each memory mapped to the best EBR shape) and multipliers in DSPs, against the
+   board budget.  A model that does not fit is refused naming the memory and the overflow.
+3. Amaranth's build plan (``platform.build(..., do_build=False)``) is executed with the tools
+   from :mod:`hdl.toolchain` (system or YoWASP Yosys/nextpnr); progress is shown per stage.
+   nextpnr runs with ``--report`` (JSON utilisation and Fmax) and ``--timing-allow-fail`` so
+   that a timing miss is reported (and fails the command) instead of aborting without a report.
+4. Outputs ``bitstreams/<board>/<name>.bin``, ``<name>.json`` (machine-readable report: keys
+   ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``utilisation``, ...) and ``<name>.txt``.
+
+Exit status: 0 built and timing met; 1 does not fit / timing missed / tool failure (message on
+stderr); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "default_engine",
+           "memory_inventory", "check_capacity", "build_bitstream", "parse_nextpnr_report",
+           "main"]
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class BuildError(RuntimeError):
+    """The build cannot be done or failed; the message says why."""
+
+
+class CapacityError(BuildError):
+    """The design (model) does not fit the board."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Engine sizing
+
+
+def _mlp_layers(model):
+    """The model's matrices as ``(QLinear, relu)`` layers of an MLP; ValueError otherwise."""
+    from host.compressed import QLinear
+    layers = []
+    for i, layer in enumerate(model.layers):
+        kind = type(layer).__name__
+        if isinstance(layer, QLinear):
+            layers.append(layer)
+        elif kind in ("QReLU",) and layers or kind == "QFlatten" and not layers:
+            continue
+        else:
+            raise ValueError(f"layer {i} of {model.name!r} is {kind}; the SPMV engine runs "
+                             f"only linear layers with ReLU (an MLP)")
+    if not layers:
+        raise ValueError(f"model {model.name!r} has no linear layer")
+    return layers
+
+
+def engine_for_model(model, *, max_layers=None):
+    """:class:`hdl.spmv.SpmvEngine` keyword arguments sized exactly for ``model``'s matrices.
+
+    Works for any model with matrices (an LSTM's gate matrices are counted too, so the
+    capacity check is meaningful), but only MLPs run on the engine: ``mlp`` in the returned
+    dict says whether it does.
+    """
+    matrices = [matrix for _, matrix in model.matrices()]
+    if not matrices:
+        raise ValueError(f"model {model.name!r} has no weight matrices")
+    encs = [m.encoded for m in matrices]
+    fields = {(e.index_bits, e.run_bits) for e in encs}
+    index_bits = max(f[0] for f in fields)
+    run_bits = max(f[1] for f in fields)
+    try:
+        _mlp_layers(model)
+        mlp = True
+    except ValueError:
+        mlp = False
+    return dict(
+        n_pe=model.n_pe, index_bits=index_bits, run_bits=run_bits,
+        act_width=model.act_format.width, act_frac=model.act_format.frac,
+        weight_width=max(m.weight_format.width for m in matrices), acc_bits=model.acc_bits,
+        max_rows=max(e.rows for e in encs), max_cols=max(e.cols for e in encs),
+        max_entries_per_pe=max(16, sum(int(e.entries_per_pe().max()) for e in encs)),
+        max_layers=max(max_layers or 1, len(encs)),
+        max_pointers=max(2, sum(e.cols + 1 for e in encs)),
+        max_bias=max(1, sum(e.rows for e in encs)), mlp=mlp,
+        uniform_fields=len(fields) == 1)
+
+
+def default_engine(board, n_pe=None):
+    params = dict(board.default_engine)
+    if n_pe is not None:
+        params["n_pe"] = n_pe
+    params.setdefault("mlp", True)
+    params.setdefault("uniform_fields", True)
+    return params
+
+
+def make_engine(params):
+    from host.fixedpoint import Format
+
+    from .spmv import SpmvEngine
+    return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
+                      run_bits=params["run_bits"],
+                      act_format=Format(params["act_width"], params["act_frac"]),
+                      weight_width=params["weight_width"], acc_bits=params["acc_bits"],
+                      max_rows=params["max_rows"], max_cols=params["max_cols"],
+                      max_entries_per_pe=params["max_entries_per_pe"],
+                      max_layers=params["max_layers"],
+                      max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Capacity
+
+
+#: iCE40 EBR shapes (depth, width) of a 4 kbit block.
+_EBR_SHAPES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
+#: Memories smaller than this many bits are expected in logic (Yosys maps them to LUTs/FFs);
+#: measured on the iCE40 flow: 650-bit pointer memories go to EBR, so the limit is low.
+_LOGIC_MEMORY_BITS = 512
+
+
+def ebr_blocks(width: int, depth: int, shapes=_EBR_SHAPES) -> int:
+    """Block RAMs for a ``width`` x ``depth`` memory (best of ``shapes``, default iCE40 EBR)."""
+    return min(math.ceil(depth / d) * math.ceil(width / w) for d, w in shapes)
+
+
+@dataclass
+class MemoryUse:
+    name: str
+    width: int
+    depth: int
+    copies: int = 1
+    shapes: tuple = _EBR_SHAPES
+
+    @property
+    def bits(self) -> int:
+        return self.width * self.depth * self.copies
+
+    @property
+    def blocks(self) -> int:
+        if self.width * self.depth < _LOGIC_MEMORY_BITS:
+            return 0
+        return ebr_blocks(self.width, self.depth, self.shapes) * self.copies
+
+
+def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
+    """The memories of engine ``params`` + shell, as :class:`MemoryUse` (the same shapes
+    ``hdl/spmv.py``, ``hdl/pe.py`` and ``hdl/command.py`` instantiate)."""
+    from amaranth.utils import bits_for, ceil_log2
+
+    from host.protocol import MAX_PAYLOAD
+    n_pe = params["n_pe"]
+    entries = params["max_entries_per_pe"]
+    max_rows, max_cols, layers = params["max_rows"], params["max_cols"], params["max_layers"]
+    pointers = params.get("max_pointers") or layers * (max_cols + 1)
+    bias = params.get("max_bias") or layers * max_rows
+    entry_bits = params["index_bits"] + params["run_bits"]
+    ptr_bits = ceil_log2(entries + 1)
+    list_depth = max(max_rows, max_cols)
+    col_bits = max(1, ceil_log2(list_depth))
+    rows_per_pe = -(-max_rows // n_pe)
+    inventory = [
+        MemoryUse("entry memory (per PE)", entry_bits, entries, n_pe),
+        MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
+        MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse("codebook (per PE)", params["weight_width"],
+                  layers << params["index_bits"], n_pe),
+        MemoryUse("accumulators (per PE)", params["acc_bits"], rows_per_pe, n_pe),
+        MemoryUse("bias memory", params["acc_bits"], bias),
+        MemoryUse("non-zero activation lists", col_bits + params["act_width"], list_depth, 2),
+        MemoryUse("output buffer", params["act_width"], max_rows),
+        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
+        MemoryUse("IDENTIFY ROM", 8, identify_bytes),
+        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
+    ]
+    del bits_for
+    return [m for m in inventory if m.depth > 0]
+
+
+def check_capacity(board, params, *, model_name=None):
+    """Raise :class:`CapacityError` if the engine ``params`` (+ shell) do not fit ``board``.
+
+    Returns ``{"bram_blocks": used, "dsp": used, "inventory": [...]}`` (estimates).
+    """
+    budget = board.budget
+    inventory = memory_inventory(params)
+    for m in inventory:
+        m.shapes = budget.bram_shapes
+    used = sum(m.blocks for m in inventory)
+    what = f"model {model_name!r}" if model_name else "the engine"
+    problems = []
+    if used > budget.bram_blocks:
+        top = sorted((m for m in inventory if m.blocks), key=lambda m: -m.blocks)
+        detail = "; ".join(
+            f"{m.name}: {m.copies} x {m.width} bit x {m.depth} = {m.blocks} blocks"
+            if m.copies > 1 else f"{m.name}: {m.width} bit x {m.depth} = {m.blocks} blocks"
+            for m in top[:4])
+        problems.append(f"block RAM overflows: {used} blocks of {budget.bram_bits // 1024} kbit "
+                        f"needed, the "
+                        f"{board.device} has {budget.bram_blocks} ({used - budget.bram_blocks} "
+                        f"too many); largest: {detail}")
+    dsp = params["n_pe"]
+    if dsp > budget.dsp:
+        problems.append(f"DSP overflows: {params['n_pe']} PEs need {dsp} multipliers, the "
+                        f"{board.device} has {budget.dsp} ({dsp - budget.dsp} too many)")
+    if problems:
+        sizes = (f"{params['n_pe']} PEs, {params['max_entries_per_pe']} entries per PE, "
+                 f"{params['max_rows']} rows x {params['max_cols']} cols, "
+                 f"{params['max_layers']} layers")
+        raise CapacityError(f"{what} does not fit the {board.name} ({sizes}):\n  "
+                            + "\n  ".join(problems))
+    return {"bram_blocks": used, "dsp": dsp,
+            "inventory": [dict(name=m.name, width=m.width, depth=m.depth, copies=m.copies,
+                               blocks=m.blocks) for m in inventory]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Reports
+
+
+def parse_nextpnr_report(report: dict, budget) -> dict:
+    """Utilisation and Fmax from nextpnr's ``--report`` JSON.
+
+    Returns ``{"utilisation": {key: {"used", "available", "percent"}}, "clocks": {net:
+    {"achieved_mhz", "constraint_mhz"}}, "fmax_mhz", "constraint_mhz", "timing_met"}``.
+    """
+    util = {}
+    cells = report.get("utilization", {})
+    for cell, key in budget.nextpnr_cells.items():
+        entry = cells.get(cell, {"used": 0, "available": budget.total(key)})
+        used, available = int(entry["used"]), int(entry["available"])
+        util[key] = {"used": used, "available": available,
+                     "percent": round(100.0 * used / available, 1) if available else 0.0}
+    for cell, entry in cells.items():
+        if cell not in budget.nextpnr_cells and entry.get("used"):
+            util[cell] = {"used": int(entry["used"]), "available": int(entry["available"]),
+                          "percent": round(100.0 * entry["used"] / entry["available"], 1)
+                          if entry.get("available") else 0.0}
+    clocks = {}
+    for net, entry in report.get("fmax", {}).items():
+        clocks[net] = {"achieved_mhz": round(float(entry["achieved"]), 2),
+                       "constraint_mhz": round(float(entry["constraint"]), 2)}
+    if clocks:
+        worst = min(clocks.values(), key=lambda c: c["achieved_mhz"] / c["constraint_mhz"])
+        fmax, constraint = worst["achieved_mhz"], worst["constraint_mhz"]
+        met = all(c["achieved_mhz"] >= c["constraint_mhz"] for c in clocks.values())
+    else:
+        fmax, constraint, met = None, None, False
+    return {"utilisation": util, "clocks": clocks, "fmax_mhz": fmax,
+            "constraint_mhz": constraint, "timing_met": met}
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"spine bitstream {rep['name']} for {rep['board']} ({rep['device']})",
+             f"  bitstream      {rep['bitstream']}",
+             f"  engine         {rep['engine_summary']}",
+             f"  model          {rep.get('model') or '(none: default engine)'}",
+             (f"  clock          target {rep['target_mhz']:g} MHz, "
+              f"{'PLL' if rep.get('pll') else 'oscillator'} {rep['clock_mhz']:.3f} "
+              f"MHz; Fmax {rep['fmax_mhz']} MHz -> timing "
+              f"{'MET' if rep['timing_met'] else 'MISSED'}"),
+             f"  UART           {rep['baud']} baud ({rep['divisor']} clocks per bit)",
+             f"  config hash    {rep['config_hash']}",
+             "  utilisation:"]
+    for key, u in rep["utilisation"].items():
+        lines.append(f"    {key:14s} {u['used']:6d} / {u['available']:6d}  ({u['percent']:5.1f} %)")
+    est = rep.get("estimate", {})
+    if est:
+        lines.append(f"  pre-synthesis estimate: {est['bram_blocks']} block RAMs, "
+                     f"{est['dsp']} DSPs")
+    lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in rep["stages"].items())
+                 + f"; total {rep['build_seconds']:.1f} s")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Build
+
+
+class _Progress:
+    """Stage messages with elapsed time; a spinner line on a terminal."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.start = time.monotonic()
+        self.stage = None
+        self.stage_start = self.start
+        self.stages = {}
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def elapsed(self):
+        return time.monotonic() - self.start
+
+    def begin(self, stage):
+        self.end()
+        self.stage = stage
+        self.stage_start = time.monotonic()
+        self._write(f"[{self.elapsed():7.1f} s] {stage} ...", newline=True)
+
+    def end(self):
+        if self.stage is not None:
+            seconds = time.monotonic() - self.stage_start
+            self.stages[self.stage] = round(seconds, 1)
+            self.stage = None
+
+    def _write(self, text, newline=False):
+        if self.stream is None:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if newline else ""))
+        elif newline:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def spin(self):
+        def run():
+            frames = "|/-\\"
+            n = 0
+            while not self._stop.wait(0.5):
+                if self.tty and self.stage:
+                    self._write(f"{frames[n % 4]} {self.stage}: "
+                                f"{time.monotonic() - self.stage_start:6.1f} s")
+                n += 1
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self.end()
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self.tty:
+            self._write("")
+
+
+def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None, baud=None,
+                    name=None, seed=1, out_dir=None, build_root=None, progress=True,
+                    memories_only=False):
+    """Build ``board``'s bitstream; returns the report dict (also written as JSON and text).
+
+    Raises :class:`BuildError` on tool failure; does *not* raise on a timing miss (the report
+    says ``timing_met: false``; :func:`main` turns that into exit status 1).
+    """
+
+    from .toolchain import apply_fpga_tool_env, describe_toolchain, fpga_tool_env
+    from .top import BoardTop, EngineBackend, MemoriesBackend, SpineCore
+
+    prog = _Progress() if progress else _Progress(None)
+    freq_hz = (freq_mhz or board.clock_hz / 1e6) * 1e6
+    baud = baud or board.baud
+    name = name or "spine"
+    out_dir = Path(out_dir) if out_dir else _REPO_ROOT / "bitstreams" / board.name
+    build_dir = Path(build_root) if build_root else _REPO_ROOT / "build" / "fpga" / board.name
+    build_dir = build_dir / name
+
+    prog.begin("elaborating (Amaranth)")
+    apply_fpga_tool_env()
+
+    def core_factory(clock_hz):
+        backend = (MemoriesBackend() if memories_only
+                   else EngineBackend(make_engine(params)))
+        return SpineCore(backend, clock_hz=int(round(clock_hz)), baud=baud)
+
+    if board.family not in ("ice40", "ecp5"):
+        raise BuildError(f"board family {board.family!r} is not supported by this build yet")
+    use_pll = abs(freq_hz - board.osc_hz) > 1
+    if use_pll and board.family != "ice40":
+        raise BuildError(f"the {board.name} runs at its {board.osc_hz / 1e6:g} MHz oscillator "
+                         f"(no PLL support for {board.family} yet); --freq must be "
+                         f"{board.osc_hz / 1e6:g}")
+    try:
+        top = BoardTop(core_factory, osc_hz=board.osc_hz, freq_hz=freq_hz, use_pll=use_pll)
+    except ValueError as error:
+        raise BuildError(str(error)) from None
+    platform = board.platform()
+    report_file = f"{name}.report.json"
+    plan = platform.build(top, name=name, build_dir=str(build_dir), do_build=False,
+                          synth_opts=["-dsp"] if board.family == "ice40" else [],
+                          nextpnr_opts=["--report", report_file, "--timing-allow-fail",
+                                        "--seed", str(seed)])
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    plan.extract(str(build_dir))
+
+    placed, packer, product = (("asc", "icepack", "bin") if board.family == "ice40"
+                               else ("config", "ecppack", "bit"))
+    log_path = build_dir / "build.log"
+    script = build_dir / f"build_{name}.sh"
+    env = fpga_tool_env()
+    prog.begin("synthesis (yosys)")
+    prog.spin()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["sh", script.name], cwd=build_dir, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        stage = "synthesis (yosys)"
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if stage.startswith("synthesis") and (build_dir / f"{name}.tim").exists():
+                stage = f"place and route (nextpnr-{board.family})"
+                prog.begin(stage)
+            if stage.startswith("place") and (build_dir / f"{name}.{placed}").exists():
+                stage = f"bitstream ({packer})"
+                prog.begin(stage)
+    prog.stop()
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise BuildError(f"the FPGA tools failed (exit {proc.returncode}); log {log_path}:\n"
+                         f"{tail}")
+
+    nextpnr = json.loads((build_dir / report_file).read_text())
+    parsed = parse_nextpnr_report(nextpnr, board.budget)
+    core = top.core
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bitstream = out_dir / f"{name}.{product}"
+    shutil.copyfile(build_dir / f"{name}.{product}", bitstream)
+    target_mhz = round(freq_hz / 1e6, 3)
+    engine_summary = ("memories only (no engine)" if memories_only else
+                      f"SpmvEngine {params['n_pe']} PEs, index/run {params['index_bits']}/"
+                      f"{params['run_bits']} bits, act Q{params['act_width']}.{params['act_frac']},"
+                      f" weights {params['weight_width']} bits, acc {params['acc_bits']} bits, "
+                      f"{params['max_rows']}x{params['max_cols']} max, "
+                      f"{params['max_entries_per_pe']} entries/PE, {params['max_layers']} layers")
+    toolchain = describe_toolchain()
+    rep = {
+        "name": name, "board": board.name, "device": board.device,
+        "bitstream": str(bitstream), "model": str(model_path) if model_path else None,
+        "engine": {k: v for k, v in params.items()}, "engine_summary": engine_summary,
+        "target_mhz": target_mhz, "clock_mhz": round(top.clock_hz / 1e6, 3),
+        "pll": top.pll, "fmax_mhz": parsed["fmax_mhz"], "timing_met": parsed["timing_met"],
+        "clocks": parsed["clocks"], "utilisation": parsed["utilisation"],
+        "baud": baud, "divisor": core.divisor,
+        "config_hash": core.decoder.config_hash.hex(),
+        "estimate": check_capacity(board, params) if not memories_only else {},
+        "stages": prog.stages, "build_seconds": round(prog.elapsed(), 1), "seed": seed,
+        "tools": {k: v.get("version") for k, v in toolchain.get("fpga", {}).items()
+                  if isinstance(v, dict)},
+    }
+    (out_dir / f"{name}.json").write_text(json.dumps(rep, indent=2) + "\n")
+    (out_dir / f"{name}.txt").write_text(format_report(rep))
+    return rep
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _positive(kind, name):
+    def convert(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a positive number, not {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, not {text}")
+        return value
+    return convert
+
+
+def _name(text):
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise argparse.ArgumentTypeError(f"--name must be an identifier (letters, digits, _), "
+                                         f"not {text!r}")
+    return text
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m hdl.build", description="Build a spine bitstream for a board.",
+        epilog="Outputs bitstreams/<board>/<name>.bin, .json and .txt.  See docs/boards.md.")
+    parser.add_argument("--board", default="icebreaker", help="board profile (default "
+                        "icebreaker)")
+    parser.add_argument("--model", help=".spn package the engine is sized for (default: the "
+                        "board's default engine)")
+    parser.add_argument("--pes", type=_positive(int, "--pes"), help="processing elements "
+                        "(must match the model's)")
+    parser.add_argument("--freq", type=_positive(float, "--freq"), help="engine clock in MHz "
+                        "(default: the board's)")
+    parser.add_argument("--baud", type=_positive(int, "--baud"), help="UART baud rate "
+                        "(default: the board's)")
+    parser.add_argument("--name", type=_name, default="spine", help="output name (default "
+                        "spine)")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    parser.add_argument("--out", help="output folder (default bitstreams/<board>)")
+    parser.add_argument("--memories-only", action="store_true", help="the shell with plain "
+                        "memories instead of the engine (bring-up of the UART link)")
+    parser.add_argument("--check-only", action="store_true", help="stop after the capacity "
+                        "check")
+    return parser
+
+
+def prepare(args):
+    """Resolve board, engine parameters and model from parsed ``args``; raises BuildError /
+    CapacityError / ValueError with a message."""
+    from boards import get_board
+
+    from .uart import baud_divisor
+    board = get_board(args.board)
+    model = None
+    if args.model:
+        from host.package import load_package
+        path = Path(args.model)
+        if not path.is_file():
+            raise BuildError(f"--model {args.model}: no such file")
+        try:
+            model = load_package(path)
+        except Exception as error:  # the package reader's own message
+            raise BuildError(f"--model {args.model}: {error}") from None
+        params = engine_for_model(model)
+        if args.pes is not None and args.pes != model.n_pe:
+            raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
+                             f"{model.n_pe} PEs (recompress it with --pes {args.pes})")
+    else:
+        params = default_engine(board, args.pes)
+    freq_hz = (args.freq or board.clock_hz / 1e6) * 1e6
+    if board.family != "ice40" and abs(freq_hz - board.osc_hz) > 1:
+        raise BuildError(f"the {board.name} runs at its {board.osc_hz / 1e6:g} MHz oscillator "
+                         f"(no PLL support for {board.family} yet); --freq must be "
+                         f"{board.osc_hz / 1e6:g}")
+    if board.family == "ice40" and abs(freq_hz - board.osc_hz) > 1:
+        from .top import pll_config
+        freq_hz = pll_config(board.osc_hz, freq_hz)["f_out_hz"]   # ValueError if impossible
+    baud_divisor(freq_hz, args.baud or board.baud)     # ValueError naming clock, baud, error
+    estimate = None
+    if not args.memories_only:
+        estimate = check_capacity(board, params, model_name=model.name if model else None)
+        if not params.get("mlp", True):
+            print(f"warning: model {model.name!r} is not an MLP; the engine is sized for its "
+                  f"matrices but cannot run it", file=sys.stderr)
+    return board, params, model, estimate
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        board, params, model, estimate = prepare(args)
+    except (BuildError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if estimate:
+        print(f"capacity check: {estimate['bram_blocks']} of {board.budget.bram_blocks} block RAM "
+              f"blocks, {estimate['dsp']} of {board.budget.dsp} DSPs (estimate): fits",
+              file=sys.stderr)
+    if args.check_only:
+        return 0
+    try:
+        rep = build_bitstream(board, params=params, model=model, model_path=args.model,
+                              freq_mhz=args.freq, baud=args.baud, name=args.name,
+                              seed=args.seed, out_dir=args.out,
+                              memories_only=args.memories_only)
+    except BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_report(rep), end="")
+    util = rep["utilisation"]
+    over = [k for k, u in util.items() if u["used"] > u["available"]]
+    if over:
+        print(f"error: does not fit: {', '.join(over)}", file=sys.stderr)
+        return 1
+    if not rep["timing_met"]:
+        print(f"error: timing missed: Fmax {rep['fmax_mhz']} MHz < target "
+              f"{rep['target_mhz']} MHz (try --freq {math.floor(rep['fmax_mhz'] or 1)})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

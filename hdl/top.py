@@ -1,0 +1,346 @@
+"""Board top level: clock (PLL) and reset, UART, command decoder, engine or plain memories, LEDs.
+
+:class:`SpineCore` is the platform-independent part (pins ``rx``/``tx``/``leds`` as ports) and is
+what the simulations run; :class:`BoardTop` wraps it for an amaranth-boards platform (PLL,
+power-on reset, pin requests).
+
+Back ends (what sits behind the region bus):
+
+* :class:`MemoriesBackend`: :class:`hdl.command.RegionMemories`, real memories with the engine's
+  region table and a copy engine (INFER copies INPUT to OUTPUT); for shell tests.
+* :class:`EngineBackend`: :class:`hdl.spmv.SpmvEngine` behind a thin adapter
+  (:class:`EngineAdapter`).  Engine memories are write-only (the engine has no read ports);
+  the OUTPUT region (the dense output buffer) is readable.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from host.protocol import EngineKind, RegionId
+
+from .command import (DATA_BITS, CommandDecoder, EngineControlSignature, RegionBusSignature,
+                      RegionMemories, RegionSpec, _addr_width)
+from .uart import UART, baud_divisor, check_divisor
+
+__all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "SpineCore", "BoardTop",
+           "pll_config", "default_test_regions", "N_LEDS"]
+
+N_LEDS = 4
+"""``leds``: 0 heartbeat, 1 frame in progress, 2 last answer was an error, 3 engine busy."""
+
+
+def default_test_regions(n_pe=2, *, entries=64, pointers=32, codebook=32, bias=32,
+                         descriptors=16, inputs=32, outputs=32):
+    """A small region table shaped like the engine's, for :class:`MemoriesBackend`."""
+    return [
+        RegionSpec(RegionId.ENTRY, 8, entries, n_pe),
+        RegionSpec(RegionId.POINTER, 12, pointers, n_pe),
+        RegionSpec(RegionId.CODEBOOK, 16, codebook, signed=True),
+        RegionSpec(RegionId.BIAS, 32, bias, signed=True),
+        RegionSpec(RegionId.DESCRIPTOR, 32, descriptors),
+        RegionSpec(RegionId.INPUT, 16, inputs, readable=False, signed=True),
+        RegionSpec(RegionId.OUTPUT, 16, outputs, writable=False, signed=True),
+    ]
+
+
+class MemoriesBackend:
+    """Plain memories behind the region bus (no engine).
+
+    Parameters
+    ----------
+    regions : list of RegionSpec, optional
+        Default :func:`default_test_regions`.
+    """
+
+    kind = EngineKind.MEMORIES
+    read_latency = 1
+
+    def __init__(self, regions=None):
+        self.regions = list(regions) if regions is not None else default_test_regions()
+        by_id = {int(r.region): r for r in self.regions}
+        entry, inp = by_id.get(RegionId.ENTRY), by_id.get(RegionId.INPUT)
+        out = by_id.get(RegionId.OUTPUT)
+        self.params = {
+            "engine": int(self.kind), "n_pe": entry.count if entry else 0, "index_bits": 0,
+            "run_bits": 0, "act_width": inp.width if inp else 0, "act_frac": 0,
+            "weight_width": 0, "acc_bits": 0, "max_layers": 0,
+            "max_rows": out.depth if out else 0, "max_cols": inp.depth if inp else 0,
+            "max_entries_per_pe": entry.depth if entry else 0, "max_pointers": 0, "max_bias": 0,
+        }
+
+    def build(self):
+        return RegionMemories(self.regions)
+
+
+class EngineAdapter(wiring.Component):
+    """:class:`hdl.spmv.SpmvEngine` behind the region bus.
+
+    Writes: region ENTRY/POINTER go to PE ``index`` only (``mask = 1 << index``, every lane
+    carries ``wdata``); CODEBOOK, BIAS, DESCRIPTOR, INPUT go to the engine's loader with
+    ``addr``/``wdata``.  Reads: OUTPUT only (``out_addr``/``out_data``, latency 1, sign-extended).
+    ``ctl.reset`` (the RESET command) is ignored: the engine keeps its layer descriptors in
+    registers, which a reset would clear, and it is always idle when a request is executed
+    (INFER waits for ``done``).
+    """
+
+    read_latency = 1
+
+    def __init__(self, engine):
+        from .spmv import SpmvEngine
+
+        if not isinstance(engine, SpmvEngine):
+            raise TypeError(f"`engine` must be an hdl.spmv.SpmvEngine, not {engine!r}")
+        if engine.acc_bits > DATA_BITS:
+            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; `acc_bits` must be "
+                             f"at most {DATA_BITS}, not {engine.acc_bits}")
+        if engine.n_pe > 256:
+            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
+        self.engine = engine
+        self.regions = self.region_table(engine)
+        self.addr_width = _addr_width(self.regions)
+        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
+                          "ctl": In(EngineControlSignature())})
+
+    @staticmethod
+    def region_table(engine):
+        """The :class:`RegionSpec` list of ``engine``'s memories (no elaboration needed)."""
+        e = engine
+        act = e.act_format
+        return [
+            RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe,
+                       readable=False),
+            RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe, readable=False),
+            RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
+                       readable=False, signed=True),
+            RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, readable=False, signed=True),
+            RegionSpec(RegionId.DESCRIPTOR, 32, e.max_layers * 8, readable=False),
+            RegionSpec(RegionId.INPUT, act.width, e.max_cols, readable=False, signed=True),
+            RegionSpec(RegionId.OUTPUT, act.width, e.max_rows, writable=False, signed=True),
+        ]
+
+    def elaborate(self, platform):
+        m = Module()
+        e, bus, ctl = self.engine, self.bus, self.ctl
+        m.submodules.engine = e
+        load = e.load
+        m.d.comb += [
+            load.region.eq(bus.region[:3]),
+            load.addr.eq(bus.addr),
+            load.data.eq(bus.wdata),
+            load.valid.eq(bus.we & (bus.region != RegionId.OUTPUT)),
+            load.mask.eq(Const(1, e.n_pe) << bus.index),
+        ]
+        for p in range(e.n_pe):
+            m.d.comb += load.lanes[p].eq(bus.wdata)
+        m.d.comb += [e.out_addr.eq(bus.addr), bus.rdata.eq(e.out_data.as_signed())]
+        max_layers = e.max_layers
+        n_layers = Signal(range(1, max_layers + 1), init=1)
+        with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
+            m.d.comb += n_layers.eq(ctl.n_layers)
+        m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
+                     ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+        return m
+
+
+class EngineBackend:
+    """:class:`hdl.spmv.SpmvEngine` behind :class:`EngineAdapter`.
+
+    Parameters
+    ----------
+    engine : SpmvEngine
+    """
+
+    kind = EngineKind.SPMV
+    read_latency = 1
+
+    def __init__(self, engine):
+        from .spmv import SpmvEngine
+
+        if not isinstance(engine, SpmvEngine):
+            raise TypeError(f"`engine` must be an hdl.spmv.SpmvEngine, not {engine!r}")
+        self.engine = engine
+        self.regions = EngineAdapter.region_table(engine)
+        e = engine
+        self.params = {
+            "engine": int(self.kind), "n_pe": e.n_pe, "index_bits": e.index_bits,
+            "run_bits": e.run_bits, "act_width": e.act_format.width,
+            "act_frac": e.act_format.frac, "weight_width": e.weight_width,
+            "acc_bits": e.acc_bits, "max_layers": e.max_layers, "max_rows": e.max_rows,
+            "max_cols": e.max_cols, "max_entries_per_pe": e.max_entries_per_pe,
+            "max_pointers": e.max_pointers, "max_bias": e.max_bias,
+        }
+
+    def build(self):
+        return EngineAdapter(self.engine)
+
+
+class SpineCore(wiring.Component):
+    """UART + :class:`hdl.command.CommandDecoder` + back end, in the ``sync`` domain.
+
+    Parameters
+    ----------
+    backend : MemoriesBackend or EngineBackend
+    clock_hz : int
+        ``sync`` clock frequency (Hz), reported by IDENTIFY.
+    baud : int
+        Baud rate; the divisor is ``baud_divisor(clock_hz, baud)`` unless ``divisor`` is given
+        (simulations use a small divisor with nominal clock/baud numbers).
+    divisor : int, optional
+        Clock cycles per bit (>= 4).
+    rx_fifo_depth : int
+        Bytes buffered between the UART receiver and the decoder (default 256: one EBR block,
+        fewer logic cells than a small FIFO in flip-flops).
+
+    Attributes
+    ----------
+    rx : In(1), tx : Out(1)
+        UART pins (idle high).
+    leds : Out(4)
+        0 heartbeat (~1.4 Hz at 48 MHz), 1 frame in progress, 2 error, 3 engine busy.
+    """
+
+    def __init__(self, backend, *, clock_hz, baud, divisor=None, rx_fifo_depth=256):
+        self.backend = backend
+        self.clock_hz = clock_hz
+        self.baud = baud
+        self.divisor = (baud_divisor(clock_hz, baud) if divisor is None
+                        else check_divisor(divisor))
+        self.decoder_args = dict(divisor=self.divisor, clock_hz=int(clock_hz), baud=int(baud),
+                                 params=backend.params, read_latency=backend.read_latency,
+                                 rx_fifo_depth=rx_fifo_depth)
+        # Built here so that IDENTIFY bytes / config hash are inspectable before elaboration.
+        self.decoder = CommandDecoder(backend.regions, **self.decoder_args)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(N_LEDS)})
+
+    @property
+    def identity_bytes(self) -> bytes:
+        return self.decoder.identity_bytes
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart = uart = UART(self.divisor)
+        m.submodules.decoder = dec = self.decoder
+        m.submodules.backend = back = self.backend.build()
+        m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx)]
+        wiring.connect(m, uart.rx_stream, dec.rx)
+        wiring.connect(m, dec.tx, uart.tx_stream)
+        wiring.connect(m, dec.bus, back.bus)
+        ctl = back.ctl
+        wiring.connect(m, dec.engine, ctl)
+        heartbeat = Signal(26)
+        m.d.sync += heartbeat.eq(heartbeat + 1)
+        m.d.comb += self.leds.eq(Const(0, N_LEDS) | (heartbeat[-1]
+                                                     | (dec.frame_active << 1)
+                                                     | (dec.error << 2)
+                                                     | (ctl.busy << 3)))
+        return m
+
+
+def pll_config(f_in_hz: float, f_out_hz: float) -> dict:
+    """iCE40 SB_PLL40 settings for ``f_out_hz`` from ``f_in_hz`` (like Project IceStorm's icepll).
+
+    Returns a dict with ``divr``, ``divf``, ``divq``, ``filter_range`` and the achieved
+    ``f_out_hz``.  Raises ValueError if no setting lands within 1 % (the PLL makes 16-275 MHz).
+    """
+    if not f_out_hz > 0 or not f_in_hz > 0:
+        raise ValueError(f"PLL frequencies must be positive, not {f_in_hz!r} -> {f_out_hz!r}")
+    best = None
+    for divr in range(16):
+        f_pfd = f_in_hz / (divr + 1)
+        if not 10e6 <= f_pfd <= 133e6:
+            continue
+        for divf in range(128):
+            f_vco = f_pfd * (divf + 1)
+            if not 533e6 <= f_vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                f_out = f_vco / 2 ** divq
+                if not 16e6 <= f_out <= 275e6:
+                    continue
+                err = abs(f_out - f_out_hz)
+                if best is None or err < best[0]:
+                    best = (err, divr, divf, divq, f_pfd, f_out)
+    if best is None or best[0] > 0.01 * f_out_hz:
+        raise ValueError(f"the iCE40 PLL cannot make {f_out_hz / 1e6:g} MHz from "
+                         f"{f_in_hz / 1e6:g} MHz within 1 %")
+    _, divr, divf, divq, f_pfd, f_out = best
+    filter_range = next(i for i, limit in enumerate((17e6, 26e6, 44e6, 66e6, 101e6, 1e12), 1)
+                        if f_pfd < limit)
+    return {"divr": divr, "divf": divf, "divq": divq, "filter_range": filter_range,
+            "f_out_hz": f_out}
+
+
+class BoardTop(wiring.Component):
+    """A :class:`SpineCore` on an iCE40 board: SB_PLL40_PAD from the board oscillator to the
+    ``sync`` clock, a power-on reset held until the PLL locks (+ the iCE40 BRAM start-up delay),
+    UART resource ``uart`` 0, LEDs ``led`` 0.. (as many as the board has, up to 4).
+
+    Parameters
+    ----------
+    core_factory : callable
+        ``core_factory(clock_hz) -> SpineCore`` (the core needs the achieved PLL frequency).
+    freq_hz : float
+        Requested ``sync`` frequency; the nearest PLL setting is used (see :attr:`clock_hz`).
+    use_pll : bool
+        False: run from the board oscillator directly.
+    """
+
+    def __init__(self, core_factory, *, osc_hz, freq_hz, use_pll=True):
+        self.use_pll = use_pll
+        self.osc_hz = osc_hz
+        if use_pll:
+            self.pll = pll_config(osc_hz, freq_hz)
+            self.clock_hz = self.pll["f_out_hz"]
+        else:
+            self.pll = None
+            self.clock_hz = osc_hz
+        self.core = core_factory(self.clock_hz)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = cd_sync = ClockDomain("sync")
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        clk_io = platform.request(platform.default_clk, dir="-")
+        locked = Signal()
+        clk = Signal()
+        if self.use_pll:
+            p = self.pll
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD",
+                p_FEEDBACK_PATH="SIMPLE",
+                p_DIVR=p["divr"], p_DIVF=p["divf"], p_DIVQ=p["divq"],
+                p_FILTER_RANGE=p["filter_range"],
+                i_PACKAGEPIN=clk_io.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        else:
+            from amaranth.lib import io
+            m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_io)
+            m.d.comb += [clk.eq(clk_buf.i), locked.eq(1)]
+        platform.add_clock_constraint(clk, self.clock_hz)
+        m.d.comb += [ClockSignal("sync").eq(clk), ClockSignal("por").eq(clk)]
+        # Reset: until the PLL locks, then 15 us more (iCE40 BRAMs read 0 for ~3 us).
+        delay = int(15e-6 * self.clock_hz)
+        timer = Signal(range(delay + 1))
+        ready = Signal()
+        with m.If(~locked):
+            m.d.por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.por += ready.eq(1)
+        with m.Else():
+            m.d.por += timer.eq(timer + 1)
+        m.d.comb += cd_sync.rst.eq(~ready)
+
+        m.submodules.core = core = self.core
+        uart = platform.request("uart", 0)
+        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+        for i in range(N_LEDS):
+            try:
+                led = platform.request("led", i)
+            except Exception:
+                break
+            m.d.comb += led.o.eq(core.leds[i])
+        return m

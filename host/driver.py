@@ -1,0 +1,721 @@
+"""Host driver of a spine board: identify, load a model, run inferences, over one UART.
+
+::
+
+    from host.driver import Accelerator
+
+    with Accelerator("/dev/ttyUSB1") as acc:          # or "socket://127.0.0.1:7777" (hdl.sim)
+        print(acc.identify())
+        acc.load("lstm.spn")                           # checks, writes, verifies every region
+        y = acc.infer(x)                               # one float input -> output integers
+        for y in acc.stream(xs):                       # results in input order
+            ...
+
+The wire protocol is :mod:`host.protocol` (docs/protocol.md); the link layer (sequence
+numbers, retries, pipelining) is :class:`host.transport.FrameLink`.  Errors are
+:class:`host.driver_errors.LinkError` (no valid answer), :class:`~host.driver_errors.DeviceError`
+(an error status), :class:`~host.driver_errors.ModelMismatchError` (the model does not fit the
+bitstream's engine) and :class:`~host.driver_errors.VerifyError` (read-back differs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from .compressed import CompressedModel, QFlatten, QLinear, QReLU
+from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyError
+from .errors import SpineError
+from .fixedpoint import Format
+from .protocol import (
+    FRAME_TIMEOUT_BYTES,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    Command,
+    Control,
+    DeviceStatus,
+    EngineKind,
+    Identity,
+    ProtocolError,
+    RegionId,
+    Status,
+    crc16,
+    engine_config_digest,
+    parse_identity,
+    parse_status,
+)
+from .transport import FrameLink, open_link
+
+__all__ = [
+    "DEFAULT_BAUD",
+    "DEFAULT_TIMEOUT",
+    "Accelerator",
+    "DeviceStatus",
+    "EngineInfo",
+    "LoadBlock",
+    "model_mismatches",
+    "pack_words",
+    "unpack_words",
+]
+
+DEFAULT_BAUD = 1_000_000
+"""The iCEBreaker bitstream's default baud rate (docs/protocol.md)."""
+DEFAULT_TIMEOUT = 2.0
+#: Shortest quiet time when opening a link (a simulated board's byte times are slow).
+RESYNC_MIN_SECONDS = 0.02
+#: WRITE/READ/CHECKSUM address header: region u8, index u8, address u32 LE.
+_ADDR = struct.Struct("<BBI")
+#: INFER answer header: engine clock cycles of the run, u32 LE.
+_INFER_HEADER = struct.Struct("<I")
+
+
+# ------------------------------------------------------------------------------------------------
+# Words
+
+
+def pack_words(values, word_bytes: int) -> bytes:
+    """``values`` as little-endian two's-complement words of ``word_bytes`` bytes each."""
+    v = np.asarray(values, dtype=np.int64).ravel()
+    mask = (1 << (8 * word_bytes)) - 1 if word_bytes < 8 else -1
+    u = (v & mask).astype(np.uint64)
+    out = np.zeros((len(u), word_bytes), dtype=np.uint8)
+    for b in range(word_bytes):
+        out[:, b] = (u >> np.uint64(8 * b)) & np.uint64(0xFF)
+    return out.tobytes()
+
+
+def unpack_words(data: bytes, word_bytes: int, signed: bool = True, bits: int | None = None
+                 ) -> np.ndarray:
+    """Little-endian words of ``word_bytes`` bytes -> int64 (sign-extended from ``bits``)."""
+    if len(data) % word_bytes:
+        raise ValueError(f"{len(data)} bytes is not a whole number of {word_bytes}-byte words")
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, word_bytes).astype(np.int64)
+    value = np.zeros(len(raw), dtype=np.int64)
+    for b in range(word_bytes):
+        value |= raw[:, b] << (8 * b)
+    bits = bits or 8 * word_bytes
+    value &= (1 << bits) - 1
+    if signed:
+        value = np.where(value >= (1 << (bits - 1)), value - (1 << bits), value)
+    return value
+
+
+# ------------------------------------------------------------------------------------------------
+# Engine description (IDENTIFY) and status (STATUS)
+
+
+@dataclass(frozen=True)
+class EngineInfo(Identity):
+    """The engine in the bitstream: the decoded IDENTIFY answer (:class:`host.protocol.Identity`)
+    plus derived facts.  Layout: docs/protocol.md."""
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> EngineInfo:
+        """Decode an IDENTIFY payload; raises ``ValueError`` if it is not one."""
+        try:
+            ident = parse_identity(payload)
+        except ProtocolError as error:
+            raise ValueError(str(error)) from None
+        return cls(**{f.name: getattr(ident, f.name) for f in fields(Identity)})
+
+    @property
+    def act_format(self) -> Format:
+        return Format(self.act_width, self.act_frac)
+
+    @property
+    def kind(self) -> str:
+        """Engine kind name (``"SPMV"``, ``"MEMORIES"``, or the number)."""
+        try:
+            return EngineKind(self.engine).name
+        except ValueError:
+            return str(self.engine)
+
+    @property
+    def hash_ok(self) -> bool:
+        """The bitstream's configuration hash matches its own IDENTIFY fields."""
+        return engine_config_digest(self.engine_params()) == self.config_hash
+
+    def word_bytes(self, region: int) -> int:
+        """Bytes per word of ``region`` on the wire (from the region table)."""
+        try:
+            return self.region(region).word_bytes
+        except KeyError:
+            have = ", ".join(_region_name(r.region) for r in self.regions)
+            raise ModelMismatchError(f"the bitstream has no region {_region_name(region)} "
+                                     f"(its regions: {have})") from None
+
+    @property
+    def act_bytes(self) -> int:
+        """Bytes per activation word of INFER requests and answers."""
+        for region in (RegionId.INPUT, RegionId.OUTPUT):
+            try:
+                return self.region(region).word_bytes
+            except KeyError:
+                pass
+        return (self.act_width + 7) // 8
+
+    def describe(self) -> str:
+        """Several lines for people."""
+        lines = [
+            (f"engine {self.kind} (protocol {self.version}), {self.n_pe} PEs, clock "
+             f"{self.clock_hz / 1e6:g} MHz, {self.baud} baud, config "
+             f"0x{self.config_hash.hex()}"
+             f"{'' if self.hash_ok else ' (does NOT match the fields below)'}"),
+            (f"entries {self.index_bits}-bit index + {self.run_bits}-bit run, activations "
+             f"{self.act_format}, weights {self.weight_width} bit, accumulators "
+             f"{self.acc_bits} bit"),
+            (f"up to {self.max_layers} layers of {self.max_rows} x {self.max_cols}, "
+             f"{self.max_entries_per_pe} entries per PE, {self.max_pointers} pointers, "
+             f"{self.max_bias} biases, payload {self.max_payload} bytes"),
+        ]
+        for r in self.regions:
+            access = ("r" if r.readable else "") + ("w" if r.writable else "")
+            lines.append(f"  region {_region_name(r.region):10s} {r.count} x {r.depth} words of "
+                         f"{r.word_bytes} B ({access})")
+        return "\n".join(lines)
+
+
+def _region_name(region: int) -> str:
+    try:
+        return RegionId(region).name
+    except ValueError:
+        return str(region)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model checks and the memory image of a model
+
+
+@dataclass
+class LoadBlock:
+    """Consecutive words of one region index: what one or more WRITE requests carry.
+
+    Attributes
+    ----------
+    name : str
+        For messages (``"entries of PE 3"``).
+    region, index, address : int
+        Where the first word goes.
+    words : ndarray of int64
+        The values (two's complement on the wire).
+    word_bytes : int
+        Bytes per word on the wire.
+    check : bool
+        Compared by :meth:`Accelerator.verify` (False for words a later block overwrites).
+    """
+
+    name: str
+    region: int
+    index: int
+    address: int
+    words: np.ndarray
+    word_bytes: int
+    check: bool = True
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.words) * self.word_bytes
+
+    def chunks(self, max_bytes: int, max_words: int = 0xFFFF):
+        """``(address header, word bytes)`` pieces of at most ``max_bytes`` data bytes."""
+        per = max(1, min(max_bytes // self.word_bytes, max_words))
+        for start in range(0, len(self.words), per):
+            part = self.words[start:start + per]
+            yield (_ADDR.pack(self.region, self.index, self.address + start),
+                   pack_words(part, self.word_bytes))
+
+
+def _engine_layers(model: CompressedModel):
+    """The model as the SPMV engine's list of ``(QLinear, relu)`` (ReLU layers folded into the
+    linear layer before them, a leading flatten dropped); ``ValueError`` if it is not an MLP."""
+    layers = []
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, QLinear):
+            layers.append(QLinear(layer.matrix, bool(layer.relu)))
+        elif isinstance(layer, QReLU) and layers:
+            layers[-1] = QLinear(layers[-1].matrix, True)
+        elif isinstance(layer, QFlatten) and not layers:
+            continue
+        else:
+            raise ValueError(f"model {model.name!r}: layer {i} is {layer.kind}; the SPMV "
+                             f"engine runs only linear layers (with ReLU), i.e. an MLP such "
+                             f"as digits-mlp")
+    if not layers:
+        raise ValueError(f"model {model.name!r} has no linear layer")
+    return layers
+
+
+def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
+    """Every way ``model`` does not fit ``info``'s engine, as readable lines (empty: fits)."""
+    problems = []
+    if not info.hash_ok:
+        problems.append(f"the bitstream's configuration hash 0x{info.config_hash.hex()} does "
+                        f"not match its IDENTIFY fields (0x"
+                        f"{engine_config_digest(info.engine_params()).hex()}): a damaged "
+                        f"answer or a bitstream from another spine version")
+    if info.engine != EngineKind.SPMV:
+        problems.append(f"the bitstream's engine is {info.kind}, not SPMV: it cannot run "
+                        f"models")
+        return problems
+    if info.version != PROTOCOL_VERSION:
+        problems.append(f"protocol version: bitstream {info.version}, driver "
+                        f"{PROTOCOL_VERSION}")
+    try:
+        layers = _engine_layers(model)
+    except ValueError as error:
+        return problems + [str(error)]
+
+    def differ(what, model_value, engine_value):
+        if model_value != engine_value:
+            problems.append(f"{what}: model {model_value}, engine {engine_value}")
+
+    differ("PE count", model.n_pe, info.n_pe)
+    differ("activation format", str(model.act_format), str(info.act_format))
+    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    if len(layers) > info.max_layers:
+        problems.append(f"layers: model {len(layers)}, engine at most {info.max_layers}")
+    entries = pointers = bias = 0
+    for n, layer in enumerate(layers):
+        m = layer.matrix
+        enc = m.encoded
+        where = f"layer {n}"
+        differ(f"{where} index bits", enc.index_bits, info.index_bits)
+        differ(f"{where} run bits", enc.run_bits, info.run_bits)
+        if m.weight_format.width > info.weight_width:
+            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
+                            f"{info.weight_width}")
+        if m.weight_format.frac >= info.weight_width:
+            problems.append(f"{where} weight fraction bits {m.weight_format.frac} do not fit "
+                            f"the engine's {info.weight_width}-bit weights")
+        if enc.rows > info.max_rows or enc.cols > info.max_cols:
+            problems.append(f"{where} size: model {enc.rows} x {enc.cols}, engine at most "
+                            f"{info.max_rows} x {info.max_cols}")
+        entries += int(enc.entries_per_pe().max()) if enc.n_pe == info.n_pe else 0
+        pointers += enc.cols + 1
+        bias += enc.rows
+    if entries > info.max_entries_per_pe:
+        problems.append(f"entries per PE: model {entries}, engine {info.max_entries_per_pe}")
+    if pointers > info.max_pointers:
+        problems.append(f"pointer slots: model {pointers}, engine {info.max_pointers}")
+    if bias > info.max_bias:
+        problems.append(f"biases: model {bias}, engine {info.max_bias}")
+    return problems
+
+
+def _spmv_engine(info: EngineInfo):
+    """The engine description :func:`hdl.spmv_image.build_image` lays the model out for (an
+    :class:`hdl.spmv.SpmvEngine` with the IDENTIFY parameters; never elaborated)."""
+    from hdl.spmv import SpmvEngine
+    engine = SpmvEngine(info.n_pe, index_bits=info.index_bits, run_bits=info.run_bits,
+                        act_format=info.act_format, weight_width=info.weight_width,
+                        acc_bits=info.acc_bits, max_rows=info.max_rows, max_cols=info.max_cols,
+                        max_entries_per_pe=info.max_entries_per_pe,
+                        max_layers=info.max_layers, max_pointers=info.max_pointers,
+                        max_bias=info.max_bias)
+    engine._MustUse__silence = True  # only its layout attributes are used: no "unused" warning
+    return engine
+
+
+def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
+    """The WRITE blocks that load ``model`` into ``info``'s engine, in write order: CONTROL
+    cleared (no model), the per-PE entries and pointers, codebooks, biases, descriptors, and
+    last the CONTROL words that make the model runnable.  ``ValueError`` if it does not fit."""
+    from hdl.spmv_image import build_image
+    layers = _engine_layers(model)
+    image = build_image(_spmv_engine(info), layers)
+    n_inputs = int(np.prod(model.input_shape))
+    n_outputs = layers[-1].matrix.rows
+    wb = info.word_bytes
+    blocks = [LoadBlock("control (unload)", RegionId.CONTROL, 0, Control.N_LAYERS,
+                        np.zeros(1, np.int64), wb(RegionId.CONTROL), check=False)]
+    for p in range(info.n_pe):
+        blocks.append(LoadBlock(f"entries of PE {p}", RegionId.ENTRY, p, 0,
+                                image.entries[:, p], wb(RegionId.ENTRY)))
+    for p in range(info.n_pe):
+        blocks.append(LoadBlock(f"pointers of PE {p}", RegionId.POINTER, p, 0,
+                                image.pointers[:, p], wb(RegionId.POINTER)))
+    for slot, book in enumerate(image.codebooks):
+        blocks.append(LoadBlock(f"codebook {slot}", RegionId.CODEBOOK, 0,
+                                slot << info.index_bits, book, wb(RegionId.CODEBOOK)))
+    blocks.append(LoadBlock("biases", RegionId.BIAS, 0, 0, image.bias, wb(RegionId.BIAS)))
+    for n, desc in enumerate(image.descriptors):
+        blocks.append(LoadBlock(f"descriptor of layer {n}", RegionId.DESCRIPTOR, 0, n << 3,
+                                desc, wb(RegionId.DESCRIPTOR)))
+    control = np.array([len(layers), n_inputs, n_outputs, _image_id(blocks)], np.int64)
+    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
+                            wb(RegionId.CONTROL)))
+    return blocks
+
+
+def _image_id(blocks) -> int:
+    """CRC-32 of the image: stored in CONTROL.USER so :meth:`Accelerator.attach` can tell
+    which model a board holds."""
+    import zlib
+    crc = 0
+    for block in blocks:
+        for header, data in block.chunks(MAX_PAYLOAD):
+            crc = zlib.crc32(header + data, crc)
+    return crc & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------------------------
+# The accelerator
+
+
+class Accelerator:
+    """A spine board (or its simulation) behind a serial link.
+
+    Parameters
+    ----------
+    url : str
+        ``/dev/ttyUSB1``, ``COM3``, ``socket://HOST:PORT`` (simulated board), ``loop://``.
+    baud : int
+        Baud rate of a serial port (the bitstream's; ignored for sockets).
+    timeout : float
+        Seconds without an answer after which a request counts as lost and is re-sent.
+    retries : int
+        Extra attempts per request before :class:`LinkError`.
+    transport : object, optional
+        A ready pyserial-like object to use instead of opening ``url`` (tests).
+
+    Raises
+    ------
+    LinkError
+        If the port cannot be opened.
+    """
+
+    def __init__(self, url: str | None = None, *, baud: int = DEFAULT_BAUD,
+                 timeout: float = DEFAULT_TIMEOUT, retries: int = 3, transport=None):
+        if transport is None:
+            transport = open_link(url, baud=baud, timeout=timeout)
+        self.url = url or getattr(transport, "name", "transport")
+        self.port = transport
+        self.link = FrameLink(transport, name=str(self.url), timeout=timeout, retries=retries)
+        self._resync(baud)
+        self._info: EngineInfo | None = None
+        self.model: CompressedModel | None = None
+        self._golden = None
+        self.last_cycles: int | None = None   #: engine cycles of the last inference
+        self.last_load: dict | None = None    #: figures of the last load()
+
+    # --- context manager -----------------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the link (idempotent)."""
+        port, self.port = self.port, None
+        if port is not None:
+            with contextlib.suppress(OSError):  # pyserial's SerialException is an OSError
+                port.close()
+
+    def _resync(self, baud: int) -> None:
+        """Stay silent for 64 byte times (so a half frame left in the device by a previous
+        session times out), then drop whatever arrived (docs/protocol.md, "Frames")."""
+        import time
+        time.sleep(max(FRAME_TIMEOUT_BYTES * 10 / baud, RESYNC_MIN_SECONDS))
+        with contextlib.suppress(AttributeError, OSError):
+            self.port.reset_input_buffer()
+
+    def _request(self, command: Command, payload: bytes = b"") -> bytes:
+        if self.port is None:
+            raise LinkError(f"the link to {self.url} is closed; open a new Accelerator")
+        return self.link.request(command, payload)
+
+    # --- plain commands ------------------------------------------------------------------------
+
+    def identify(self) -> EngineInfo:
+        """The engine in the bitstream (IDENTIFY); cached after the first call."""
+        if self._info is None:
+            payload = self._request(Command.IDENTIFY)
+            try:
+                self._info = EngineInfo.from_payload(payload)
+            except ValueError as error:
+                raise DeviceError(f"{self.url}: the IDENTIFY answer cannot be understood "
+                                  f"({error}); is this a spine bitstream of the same version as "
+                                  f"this driver?", None, Command.IDENTIFY) from None
+        return self._info
+
+    def status(self) -> DeviceStatus:
+        """State and counters of the device (STATUS)."""
+        payload = self._request(Command.STATUS)
+        try:
+            return parse_status(payload)
+        except ProtocolError as error:
+            raise DeviceError(f"{self.url}: bad STATUS answer ({error})", None,
+                              Command.STATUS) from None
+
+    def reset(self) -> None:
+        """Clear the device's counters and engine state (RESET; memories are kept)."""
+        self._request(Command.RESET)
+
+    def write(self, region: int, index: int, address: int, data: bytes) -> None:
+        """One WRITE of raw word bytes."""
+        self._request(Command.WRITE, _ADDR.pack(region, index, address) + bytes(data))
+
+    def read(self, region: int, index: int, address: int, count: int) -> bytes:
+        """``count`` words from a region (READ), as raw bytes."""
+        return self._request(Command.READ, _ADDR.pack(region, index, address)
+                             + struct.pack("<H", count))
+
+    def checksum(self, region: int, index: int, address: int, count: int) -> int:
+        """CRC-16 of ``count`` words of a region as computed by the device (CHECKSUM)."""
+        answer = self._request(Command.CHECKSUM, _ADDR.pack(region, index, address)
+                               + struct.pack("<H", count))
+        if len(answer) != 2:
+            raise DeviceError(f"{self.url}: CHECKSUM answered {len(answer)} bytes, not 2",
+                              None, Command.CHECKSUM)
+        return struct.unpack("<H", answer)[0]
+
+    # --- models --------------------------------------------------------------------------------
+
+    def check_model(self, model: CompressedModel) -> None:
+        """Refuse a model whose encoding does not match the bitstream's engine.
+
+        Raises
+        ------
+        ModelMismatchError
+            Naming every difference (model value vs engine value) and how to fix it.
+        """
+        info = self.identify()
+        problems = model_mismatches(model, info)
+        if problems:
+            raise ModelMismatchError(
+                f"model {model.name!r} does not fit the engine on {self.url}:\n  - "
+                + "\n  - ".join(problems)
+                + f"\nFix: compress the model for this engine (`python -m host.compress MODEL "
+                  f"--pes {info.n_pe} --act-width {info.act_format.width} --act-frac "
+                  f"{info.act_format.frac} --bits {info.index_bits} --run-bits {info.run_bits} "
+                  f"--acc-bits {info.acc_bits}`) or build a bitstream for the model")
+
+    def _blocks(self, model) -> list[LoadBlock]:
+        try:
+            return model_image(model, self.identify())
+        except ValueError as error:
+            raise ModelMismatchError(f"model {model.name!r} does not fit the engine on "
+                                     f"{self.url}: {error}") from None
+
+    def load(self, model, *, verify: bool = True, progress: bool = True,
+             window: int = 1) -> CompressedModel:
+        """Write every memory region of ``model`` and verify it (CHECKSUM per region).
+
+        Parameters
+        ----------
+        model : CompressedModel or path of a ``.spn`` package
+        verify : bool
+            Compare the device's CRC-16 of every region with the host's.
+        progress : bool
+            Show a tqdm progress bar (bytes written).
+        window : int
+            WRITE requests in flight at once (1, the safe default; see :meth:`stream`).
+
+        Returns
+        -------
+        CompressedModel
+            The loaded model (now used by :meth:`infer` and :meth:`stream`).
+
+        Raises
+        ------
+        ModelMismatchError, VerifyError, DeviceError, LinkError
+        """
+        model = _as_model(model)
+        self.check_model(model)
+        blocks = self._blocks(model)
+        chunks = [chunk for block in blocks for chunk in block.chunks(MAX_PAYLOAD - _ADDR.size)]
+        total = sum(len(data) for _, data in chunks)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"load {model.name}",
+                       leave=False)
+        try:
+            requests = ((Command.WRITE, header + data, len(data)) for header, data in chunks)
+            for size, _ in self.link.pipeline(requests, window):
+                if bar is not None:
+                    bar.update(size)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.last_load = {"bytes": total, "blocks": len(blocks), "requests": len(chunks)}
+        if verify:
+            self.last_load["verify"] = self.verify(model, blocks)
+        self._attach(model)
+        return model
+
+    def verify(self, model, blocks: list[LoadBlock] | None = None) -> dict:
+        """Compare the device memory with ``model``'s image, block by block (CHECKSUM).
+
+        Regions the bitstream marks write-only (the engine's own memories may be) cannot be
+        read back and are skipped.
+
+        Returns
+        -------
+        dict
+            ``{"verified": blocks checked, "words": words checked, "skipped": [names]}``.
+
+        Raises
+        ------
+        VerifyError
+            Naming the first block whose CRC differs.
+        """
+        model = _as_model(model)
+        info = self.identify()
+        blocks = blocks if blocks is not None else self._blocks(model)
+        report = {"verified": 0, "words": 0, "skipped": []}
+        for block in blocks:
+            if not block.check:
+                continue
+            try:
+                readable = info.region(block.region).readable
+            except KeyError:
+                readable = False
+            if not readable:
+                report["skipped"].append(block.name)
+                continue
+            for header, data in block.chunks(MAX_PAYLOAD - _ADDR.size):
+                region, index, address = _ADDR.unpack(header)
+                count = len(data) // block.word_bytes
+                expected = crc16(data)
+                got = self.checksum(region, index, address, count)
+                if got != expected:
+                    raise VerifyError(
+                        f"{self.url}: {block.name} (region {_region_name(region)}, index "
+                        f"{index}, words {address}..{address + count - 1}) reads back with CRC "
+                        f"0x{got:04X}, expected 0x{expected:04X}: the memory did not take the "
+                        f"model; reset the board and load again", Status.OK, Command.CHECKSUM)
+                report["words"] += count
+            report["verified"] += 1
+        return report
+
+    def attach(self, model, *, verify: bool = True) -> CompressedModel:
+        """Use ``model`` for :meth:`infer` without writing it (it is already on the board,
+        e.g. preloaded by ``python -m hdl.sim --model``); checks it and, with ``verify``,
+        compares the device memory with it."""
+        model = _as_model(model)
+        self.check_model(model)
+        if verify:
+            self.verify(model)
+        self._attach(model)
+        return model
+
+    def _attach(self, model: CompressedModel) -> None:
+        from .golden import GoldenModel
+        self.model = model
+        self._golden = GoldenModel(model)
+        self._out_count = _output_count(model)
+
+    # --- inference -----------------------------------------------------------------------------
+
+    def _need_model(self) -> CompressedModel:
+        if self.model is None:
+            raise SpineError(f"no model on {self.url}: call load(model) (or attach(model) if "
+                             f"the board already holds it) before infer()/stream()")
+        return self.model
+
+    def quantize(self, x) -> np.ndarray:
+        """Float inputs ``(batch, *input_shape)`` -> activation integers (golden model's)."""
+        model = self._need_model()
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape == tuple(model.input_shape):
+            x = x[None]
+        if x.shape[1:] != tuple(model.input_shape):
+            raise SpineError(f"inputs of shape {x.shape}: model {model.name!r} takes one input "
+                             f"of shape {tuple(model.input_shape)} or a batch "
+                             f"(B, {', '.join(map(str, model.input_shape))})")
+        if not np.all(np.isfinite(x)):
+            raise SpineError("the inputs hold NaN or infinite values")
+        return self._golden.quantize_input(x)
+
+    def _infer_payload(self, q) -> bytes:
+        info = self.identify()
+        return pack_words(q, info.act_bytes)
+
+    def _decode_output(self, payload: bytes) -> tuple[np.ndarray, int]:
+        """INFER answer -> (outputs, engine cycles): cycles u32 LE, then the output words."""
+        info = self.identify()
+        expected = _INFER_HEADER.size + self._out_count * info.act_bytes
+        if len(payload) != expected:
+            raise DeviceError(f"{self.url}: INFER answered {len(payload)} bytes, expected "
+                              f"{expected} (cycles and {self._out_count} outputs of "
+                              f"{info.act_bytes} bytes): is the loaded model the one the "
+                              f"driver thinks?", Status.OK, Command.INFER)
+        (cycles,) = _INFER_HEADER.unpack_from(payload)
+        outputs = unpack_words(payload[_INFER_HEADER.size:], info.act_bytes, True,
+                               info.act_format.width)
+        return outputs, cycles
+
+    def infer(self, x) -> np.ndarray:
+        """Output integers of one float input (shape ``input_shape``), or of a batch
+        ``(B, *input_shape)`` (then ``(B, outputs)``)."""
+        model = self._need_model()
+        single = np.asarray(x).shape == tuple(model.input_shape)
+        out = np.stack(list(self.stream_int(self.quantize(x), window=1)))
+        return out[0] if single else out
+
+    def infer_int(self, q) -> np.ndarray:
+        """Output integers of one quantized input (activation integers, ``input_shape``)."""
+        return next(iter(self.stream_int(np.asarray(q)[None], window=1)))
+
+    def stream(self, inputs, window: int = 1):
+        """Yield the output integers of every float input, in order, with up to ``window``
+        INFER requests in flight.
+
+        ``inputs``: an array ``(B, *input_shape)`` or any iterable of inputs.
+
+        ``window > 1`` keeps the line busy while the host waits for answers, but only works
+        if the bitstream's receive FIFO holds what arrives while the device answers (the
+        current shell queues 16 bytes: too few for pipelined INFERs).  If pipelined requests
+        arrive damaged, the link falls back to one in flight for good and re-sends them
+        (``self.link.window_limit``, ``self.link.stats.window_drops``); results stay exact.
+        """
+        model = self._need_model()
+        if isinstance(inputs, np.ndarray) and inputs.ndim == len(model.input_shape) + 1:
+            q = self.quantize(inputs)
+            return self.stream_int(q, window=window)
+        return self.stream_int((self.quantize(x)[0] for x in inputs), window=window)
+
+    def stream_int(self, q_inputs, window: int = 1, *, cycles: bool = False):
+        """:meth:`stream` for quantized inputs (an iterable of ``input_shape`` int arrays).
+
+        With ``cycles=True`` yields ``(outputs, engine clock cycles)`` pairs.
+        """
+        model = self._need_model()
+        shape = tuple(model.input_shape)
+
+        def requests():
+            for i, q in enumerate(q_inputs):
+                q = np.asarray(q)
+                if q.shape != shape:
+                    raise SpineError(f"input {i} has shape {q.shape}; model {model.name!r} "
+                                     f"takes {shape}")
+                yield Command.INFER, self._infer_payload(q), i
+
+        for _, frame in self.link.pipeline(requests(), window):
+            outputs, count = self._decode_output(frame.payload)
+            self.last_cycles = count
+            yield (outputs, count) if cycles else outputs
+
+
+def _as_model(model) -> CompressedModel:
+    if isinstance(model, CompressedModel):
+        return model
+    if isinstance(model, (str, Path)):
+        from .package import load_package
+        return load_package(model)
+    raise TypeError(f"expected a CompressedModel or the path of a .spn package, not "
+                    f"{type(model).__name__}")
+
+
+def _output_count(model: CompressedModel) -> int:
+    from .golden import GoldenModel
+    probe = np.zeros((1, *model.input_shape), dtype=np.int64)
+    return int(np.prod(GoldenModel(model).forward_int(probe).shape[1:]))

@@ -1,0 +1,132 @@
+"""cocotb driver of hdl.spmv.SpmvEngine: runs many cases per simulation.
+
+The pytest side (tests/hw/test_spmv.py, hdl/bench/spmv.py) writes an .npz (``$SPINE_TEST_DATA``)
+with ``n_cases`` and, per case ``i``, arrays prefixed ``c{i}_``:
+
+* ``w_region, w_addr, w_data, w_lanes``: loader writes of the model image (may be empty when
+  the previous case's image is reused),
+* ``x``: input activations (written as INPUT region writes),
+* ``n_layers``, ``expected`` (last layer's outputs), ``layer_cycles``, ``cycles``.
+
+All inputs change after a falling edge and outputs are sampled after a falling edge.  Results
+(outputs, cycle counts) are written to ``$SPINE_RESULTS`` (.npz) if set, so the caller can
+report them; mismatches fail the test unless ``SPINE_NO_CHECK=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
+
+from hdl.simulate import load_test_data
+from hdl.spmv_image import pack_lanes
+
+
+async def _write(dut, region, addr, data, lanes=None):
+    dut.load__region.value = int(region)
+    dut.load__addr.value = int(addr)
+    dut.load__data.value = int(data)
+    if lanes is not None:
+        dut.load__lanes.value = lanes
+    dut.load__valid.value = 1
+    await FallingEdge(dut.clk)
+
+
+async def load_writes(dut, region, addr, data, lanes, lane_width, progress=None):
+    packed = pack_lanes(lanes, lane_width) if len(lanes) and lanes.ndim == 2 else None
+    for i in range(len(region)):
+        await _write(dut, region[i], addr[i], data[i], packed[i] if packed else None)
+        if progress is not None:
+            progress(i)
+    dut.load__valid.value = 0
+
+
+@cocotb.test()
+async def spmv_cases(dut):
+    data = load_test_data()
+    lane_width = int(data["lane_width"])
+    n_pe = int(data["n_pe"])
+    check = os.environ.get("SPINE_NO_CHECK") != "1"
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.load__valid.value = 0
+    dut.load__mask.value = (1 << n_pe) - 1
+    dut.start.value = 0
+    dut.rst.value = 1
+    await FallingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    await FallingEdge(dut.clk)
+
+    results = {}
+    failures = []
+    progress_path = os.environ.get("SPINE_PROGRESS")
+    written = [0]
+
+    def progress(_):
+        written[0] += 1
+        if progress_path and written[0] % 1024 == 0:
+            with open(progress_path, "w") as f:
+                f.write(f"{written[0]}\n")
+    for i in range(int(data["n_cases"])):
+        c = {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+        t0 = time.perf_counter()
+        await load_writes(dut, c["w_region"], c["w_addr"], c["w_data"], c["w_lanes"],
+                          lane_width, progress)
+        x = c["x"]
+        mask = (1 << int(data["data_width"])) - 1
+        for col, value in enumerate(x):
+            await _write(dut, 5, col, int(value) & mask)
+            progress(col)
+        dut.load__valid.value = 0
+        t_load = time.perf_counter() - t0
+        dut.n_layers.value = int(c["n_layers"])
+        dut.start.value = 1
+        await FallingEdge(dut.clk)
+        dut.start.value = 0
+        t1 = time.perf_counter()
+        await with_timeout(RisingEdge(dut.done), 10 * int(c["cycles"]) + 10_000, "ns")
+        await FallingEdge(dut.clk)
+        t_run = time.perf_counter() - t1
+        cycles = int(dut.cycles.value)
+        layer_cycles = []
+        for n in range(int(c["n_layers"])):
+            dut.stat_layer.value = n
+            await FallingEdge(dut.clk)
+            layer_cycles.append(int(dut.stat_cycles.value))
+        expected = c["expected"]
+        out = []
+        for r in range(len(expected)):
+            dut.out_addr.value = r
+            await FallingEdge(dut.clk)
+            out.append(dut.out_data.value.to_signed())
+        out = np.array(out, dtype=np.int64)
+        results[f"c{i}_out"] = out
+        results[f"c{i}_cycles"] = np.int64(cycles)
+        results[f"c{i}_layer_cycles"] = np.array(layer_cycles, dtype=np.int64)
+        results[f"c{i}_load_seconds"] = np.float64(t_load)
+        results[f"c{i}_run_seconds"] = np.float64(t_run)
+        name = str(c["name"]) if "name" in c else f"case {i}"
+        problems = []
+        if not np.array_equal(out, expected):
+            bad = np.flatnonzero(out != expected)
+            problems.append(f"{len(bad)} outputs differ, first at row {bad[0]}: "
+                            f"rtl {out[bad[0]]} golden {expected[bad[0]]}")
+        if list(layer_cycles) != [int(v) for v in c["layer_cycles"]]:
+            problems.append(f"layer cycles rtl {layer_cycles} model "
+                            f"{[int(v) for v in c['layer_cycles']]}")
+        if cycles != int(c["cycles"]):
+            problems.append(f"run cycles rtl {cycles} expected {int(c['cycles'])}")
+        if problems:
+            failures.append(f"{name}: " + "; ".join(problems))
+        dut._log.info("%s: %d layer(s), %d cycles, load %.2f s, run %.3f s%s", name,
+                      int(c["n_layers"]), cycles, t_load, t_run,
+                      " MISMATCH" if problems else "")
+    if os.environ.get("SPINE_RESULTS"):
+        np.savez(os.environ["SPINE_RESULTS"], **results)
+    if check:
+        assert not failures, "\n".join(failures)

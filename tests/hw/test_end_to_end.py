@@ -1,0 +1,215 @@
+"""End to end on the real RTL: compress a bundled model, run the simulated board (hdl/top.py's
+SpineCore under Verilator, UART bridged to TCP by hdl/sim_harness.cpp), load it with the host
+driver over ``socket://``, stream inputs and compare every output bit for bit with the golden
+model.  The Verilator build is cached (build/sim), so only the first run pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from hdl.sim import SimBoard, board_top, build_harness, free_port
+from host.driver import Accelerator
+from host.driver_errors import ModelMismatchError
+from host.golden import GoldenModel
+from host.modelsource import resolve_model
+from host.package import save_package
+from host.pipeline import CompressConfig, compress_model
+from host.protocol import Command, pack_request
+
+N_INPUTS = 150
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    """digits-mlp compressed for 8 PEs, saved as .spn, with test inputs and labels."""
+    source = resolve_model("digits-mlp")
+    result = compress_model(source.model, CompressConfig(n_pe=8, density=0.2),
+                            calib_x=source.train[0])
+    folder = tmp_path_factory.mktemp("e2e")
+    path = folder / "mlp.spn"
+    save_package(result.model, path)
+    x, y = source.test
+    return {"model": result.model, "path": path, "x": x[:N_INPUTS], "y": y[:N_INPUTS],
+            "source": source, "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def build(workload):
+    component, rx, tx, cpb = board_top("icebreaker", workload["model"])
+    return build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
+
+
+@pytest.fixture(scope="module")
+def board(build):
+    with SimBoard(build) as running:
+        yield running
+
+
+def expected(model, x):
+    golden = GoldenModel(model)
+    return golden.forward_int(golden.quantize_input(x))
+
+
+def test_stream_bit_exact(board, workload):
+    model, x, y = workload["model"], workload["x"], workload["y"]
+    with Accelerator(board.url, timeout=5.0) as acc:
+        info = acc.identify()
+        assert info.kind == "SPMV" and info.hash_ok and info.n_pe == 8
+        acc.load(workload["path"], progress=False)
+        start = time.monotonic()
+        got = list(acc.stream(x))
+        seconds = time.monotonic() - start
+        status = acc.status()
+        stats = acc.link.stats
+    assert len(got) == len(x) >= 100
+    out = np.stack(got)
+    want = expected(model, x)
+    mismatches = int(np.count_nonzero((out != want).any(axis=1)))
+    assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
+    assert status.infers == len(x)
+    assert stats.retries == 0 and stats.bad_crc == 0
+    accuracy = float(np.mean(out.argmax(axis=1) == y))
+    assert accuracy > 0.8
+    print(f"\n{len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
+          f"accuracy {accuracy:.3f}, link {stats.as_dict()}")
+
+
+def test_pipelined_stream_is_exact(board, workload):
+    """window 4: exact results whether the bitstream's receive FIFO holds pipelined requests
+    (no retries) or not (the link falls back to one in flight and re-sends)."""
+    model, x = workload["model"], workload["x"][:40]
+    with Accelerator(board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        got = list(acc.stream(x, window=4))
+        stats = acc.link.stats
+    assert len(got) == len(x)
+    assert np.array_equal(np.stack(got), expected(model, x))
+    assert stats.retries == 0 or (stats.window_drops == 1 and acc.link.window_limit == 1)
+
+
+def test_attach_after_reconnect_and_single_infer(board, workload):
+    """A second client finds the model loaded by the first (CONTROL verified) and infers."""
+    model, x = workload["model"], workload["x"][:3]
+    with Accelerator(board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+    with Accelerator(board.url, timeout=5.0) as acc:
+        acc.attach(model)
+        assert np.array_equal(acc.infer(x[0]), expected(model, x[:1])[0])
+        assert acc.last_cycles > 0
+
+
+def test_disconnect_mid_frame_then_next_client(board, workload):
+    """A client that vanishes half way through a frame leaves the board usable."""
+    frame = pack_request(Command.IDENTIFY, 9, b"")
+    host, port = board.url.removeprefix("socket://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(pack_request(Command.WRITE, 1, bytes(200))[:50])
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(frame[:3])
+    with Accelerator(board.url, timeout=2.0, retries=3) as acc:
+        assert acc.identify().n_pe == 8
+        acc.load(workload["model"], progress=False)
+        x = workload["x"][:5]
+        assert np.array_equal(acc.infer(x), expected(workload["model"], x))
+
+
+def test_board_stopped_mid_session_is_a_link_error(build):
+    from host.driver_errors import LinkError
+
+    second = SimBoard(build).start()
+    with Accelerator(second.url, timeout=0.5, retries=1) as acc:
+        assert acc.identify().n_pe == 8
+        second.stop()
+        with pytest.raises(LinkError, match="was it stopped"):
+            acc.status()
+
+
+def test_model_for_other_engine_is_refused(board, workload):
+    source = workload["source"]
+    other = compress_model(source.model, CompressConfig(n_pe=4, density=0.2),
+                           calib_x=source.train[0]).model
+    with Accelerator(board.url, timeout=5.0) as acc, \
+            pytest.raises(ModelMismatchError, match="PE count: model 4, engine 8"):
+        acc.load(other, progress=False)
+
+
+def test_run_cli_against_board(board, workload, tmp_path):
+    x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x_path, workload["x"][:40].astype(np.float32))
+    np.save(y_path, workload["y"][:40])
+    out_path = tmp_path / "out.npy"
+    proc = subprocess.run(
+        [sys.executable, "-m", "host.run", "--port", board.url, "--model",
+         str(workload["path"]), "--input", str(x_path), "--labels", str(y_path), "--check",
+         "--json", "--output", str(out_path)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["inferences"] == 40 and report["mismatches"] == 0
+    assert report["throughput_per_s"] > 0 and 0.8 < report["accuracy"] <= 1
+    assert np.array_equal(np.load(out_path), expected(workload["model"], workload["x"][:40]))
+
+
+def test_sim_cli_preloads_model(build, workload):
+    """``python -m hdl.sim --model`` builds (cached), preloads and serves; SIGTERM stops it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hdl.sim", "--board", "icebreaker",
+                             "--model", str(workload["path"]), "--listen",
+                             f"127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "ready" in line:
+                break
+        assert any("loaded" in line for line in lines), lines
+        with Accelerator(f"socket://127.0.0.1:{port}", timeout=5.0) as acc:
+            acc.attach(workload["model"])
+            x = workload["x"][:4]
+            assert np.array_equal(acc.infer(x), expected(workload["model"], x))
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert '"cycles"' in out
+
+
+@pytest.mark.slow
+def test_harness_echo_raw_bytes():
+    """The harness alone, on a UART echo top (tests/hw/echo_top.py): bytes round-trip exactly,
+    back to back, across sequential clients (the second waits in the backlog)."""
+    from echo_top import EchoTop
+
+    echo = build_harness(EchoTop(4, depth=512), clocks_per_bit=4, name="echo")
+    with SimBoard(echo) as running:
+        host, port = running.url.removeprefix("socket://").rsplit(":", 1)
+        data = bytes(range(256)) * 8   # the echo's TX is 1 clock per byte slower than RX
+        first = socket.create_connection((host, int(port)))
+        second = socket.create_connection((host, int(port)))   # queued until first closes
+        first.sendall(data)
+        got = b""
+        first.settimeout(10)
+        while len(got) < len(data):
+            got += first.recv(65536)
+        assert got == data
+        first.close()
+        second.settimeout(10)
+        second.sendall(b"hello")
+        got = b""
+        while len(got) < 5:
+            got += second.recv(16)
+        assert got == b"hello"
+        second.close()
+    assert running.stats["framing_errors"] == 0

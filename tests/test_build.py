@@ -1,0 +1,191 @@
+"""hdl.build / boards: board registry, argument validation, capacity check (fast), and the
+full iCEBreaker build (slow)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import hdl  # noqa: F401
+except ModuleNotFoundError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from boards import BOARDS, get_board
+from hdl import build
+from hdl.top import pll_config
+
+
+def test_board_registry():
+    board = get_board("icebreaker")
+    assert board.device == "iCE40UP5K" and board.osc_hz == 12_000_000
+    assert board.budget.bram_blocks == 30 and board.budget.spram_blocks == 4
+    assert board.budget.dsp == 8 and board.budget.logic_cells == 5280
+    assert {"icebreaker", "ulx3s"} <= set(BOARDS)
+    with pytest.raises(ValueError, match=r"unknown board 'nope'; valid boards: icebreaker, "
+                                         r"ulx3s"):
+        get_board("nope")
+    ecp5 = get_board("ulx3s")
+    assert ecp5.family == "ecp5" and ecp5.device == "LFE5U-85F" and ecp5.budget.dsp == 156
+
+
+def test_icebreaker_profile_module_constants():
+    from boards import icebreaker
+    assert icebreaker.CLOCK_HZ == 12_000_000 and icebreaker.BAUD == 1_000_000
+
+
+def test_pll_config():
+    p = pll_config(12e6, 36e6)
+    assert p["f_out_hz"] == 36e6
+    assert (p["divr"], p["divf"], p["divq"]) == (0, 47, 4)
+    assert pll_config(12e6, 48e6)["f_out_hz"] == 48e6
+    with pytest.raises(ValueError, match=r"cannot make 1 MHz from 12 MHz"):
+        pll_config(12e6, 1e6)
+
+
+def _run(argv, capsys):
+    code = build.main(argv)
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pes", "0"], "--pes must be positive, not 0"),
+    (["--pes", "x"], "--pes must be a positive number, not 'x'"),
+    (["--freq", "-3"], "--freq must be positive"),
+    (["--baud", "0"], "--baud must be positive, not 0"),
+    (["--name", "a b"], "--name must be an identifier"),
+])
+def test_bad_arguments_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build.main(["--check-only", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_board(capsys):
+    code, text = _run(["--board", "nope", "--check-only"], capsys)
+    assert code == 1 and "unknown board 'nope'; valid boards: icebreaker" in text
+
+
+def test_baud_error_names_clock_and_baud(capsys):
+    code, text = _run(["--baud", "7000000", "--freq", "36", "--check-only"], capsys)
+    assert code == 1
+    assert "baud 7000000 from a 36 MHz clock" in text and "error" in text
+
+
+def test_pll_cannot_make_frequency(capsys):
+    # 500 MHz is outside the iCE40 PLL's range: refused before any synthesis.
+    code, text = _run(["--freq", "500", "--check-only"], capsys)
+    assert code == 1 and "the iCE40 PLL cannot make 500 MHz from 12 MHz" in text
+
+
+def test_ulx3s_has_no_pll_yet(capsys):
+    code, text = _run(["--board", "ulx3s", "--freq", "50", "--check-only"], capsys)
+    assert code == 1 and "runs at its 25 MHz oscillator" in text
+    code, text = _run(["--board", "ulx3s", "--check-only"], capsys)
+    assert code == 0 and "of 208 block RAM blocks" in text
+
+
+def test_default_engine_fits(capsys):
+    code, text = _run(["--check-only"], capsys)
+    assert code == 0, text
+    assert "capacity check:" in text and "fits" in text
+
+
+def test_capacity_error_names_memory_and_overflow():
+    board = get_board("icebreaker")
+    params = build.default_engine(board)
+    params["max_entries_per_pe"] = 4000
+    with pytest.raises(build.CapacityError) as info:
+        build.check_capacity(board, params, model_name="big")
+    text = str(info.value)
+    assert "model 'big' does not fit the icebreaker" in text
+    assert "block RAM overflows" in text and "entry memory (per PE)" in text
+    used = sum(m.blocks for m in build.memory_inventory(params))
+    assert f"{used} blocks of 4 kbit needed, the iCE40UP5K has 30 ({used - 30} too many)" in text
+
+
+def test_dsp_overflow():
+    board = get_board("icebreaker")
+    params = build.default_engine(board, n_pe=9)
+    params["max_entries_per_pe"] = 16
+    params["max_rows"] = params["max_cols"] = 16
+    with pytest.raises(build.CapacityError, match=r"DSP overflows: 9 PEs need 9 multipliers, "
+                                                  r"the iCE40UP5K has 8 \(1 too many\)"):
+        build.check_capacity(board, params)
+
+
+def test_ebr_blocks():
+    assert build.ebr_blocks(8, 512) == 1
+    assert build.ebr_blocks(16, 256) == 1
+    assert build.ebr_blocks(32, 256) == 2
+    assert build.ebr_blocks(8, 1024) == 2
+    assert build.ebr_blocks(4, 1024) == 1
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """digits-mlp compressed for 8 PEs: more block RAM than the iCE40UP5K has."""
+    from host.modelsource import resolve_model
+    from host.package import save_package
+    from host.pipeline import CompressConfig, compress_model
+    source = resolve_model("digits-mlp")
+    result = compress_model(source.model, CompressConfig(n_pe=8, density=0.5),
+                            calib_x=source.train[0][:64])
+    path = tmp_path_factory.mktemp("models") / "big.spn"
+    save_package(result.model, path)
+    return path
+
+
+def test_model_too_large_is_refused(big_model, capsys):
+    code, text = _run(["--model", str(big_model), "--check-only"], capsys)
+    assert code == 1
+    assert "does not fit the icebreaker" in text and "block RAM overflows" in text
+    assert "too many" in text
+
+
+def test_model_pes_mismatch(big_model, capsys):
+    code, text = _run(["--model", str(big_model), "--pes", "4", "--check-only"], capsys)
+    assert code == 1
+    assert "--pes 4 does not match the model, which is encoded for 8 PEs" in text
+
+
+def test_missing_model_file(capsys, tmp_path):
+    code, text = _run(["--model", str(tmp_path / "nope.spn"), "--check-only"], capsys)
+    assert code == 1 and "no such file" in text
+
+
+def test_parse_nextpnr_report():
+    board = get_board("icebreaker")
+    report = {
+        "utilization": {"ICESTORM_LC": {"used": 2640, "available": 5280},
+                        "ICESTORM_RAM": {"used": 12, "available": 30},
+                        "ICESTORM_DSP": {"used": 4, "available": 8},
+                        "SB_IO": {"used": 5, "available": 39}},
+        "fmax": {"clk": {"achieved": 41.2, "constraint": 36.0}},
+    }
+    parsed = build.parse_nextpnr_report(report, board.budget)
+    assert parsed["utilisation"]["logic_cells"] == {"used": 2640, "available": 5280,
+                                                    "percent": 50.0}
+    assert parsed["utilisation"]["spram"]["used"] == 0
+    assert parsed["utilisation"]["SB_IO"]["used"] == 5
+    assert parsed["fmax_mhz"] == 41.2 and parsed["timing_met"] is True
+    report["fmax"]["clk"]["achieved"] = 30.0
+    assert build.parse_nextpnr_report(report, board.budget)["timing_met"] is False
+
+
+@pytest.mark.slow
+def test_full_icebreaker_build(tmp_path):
+    """Synthesis + place and route of the default iCEBreaker design: fits and meets timing."""
+    code = build.main(["--board", "icebreaker", "--name", "ci_build", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "ci_build.json").read_text())
+    assert (tmp_path / "ci_build.bin").stat().st_size > 100_000
+    assert (tmp_path / "ci_build.txt").read_text().startswith("spine bitstream ci_build")
+    for key in ("fmax_mhz", "target_mhz", "timing_met", "utilisation"):
+        assert key in report
+    for key, use in report["utilisation"].items():
+        assert use["used"] <= use["available"], (key, use)
+    assert report["timing_met"], (report["fmax_mhz"], report["target_mhz"])
+    assert code == 0

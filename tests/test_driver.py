@@ -1,0 +1,398 @@
+"""Host driver (host/driver.py, host/transport.py) against the in-process fake board.
+
+The fake (tests/fake_board.py, a test fixture) implements host/protocol.py in Python; these
+tests cover the driver's framing, retries, pipelining and model checks.  They do not replace
+the end-to-end test against the real RTL (tests/hw/test_end_to_end.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+from fake_board import FakeBoard, make_identity
+
+from hdl.spmv_image import random_layer
+from host.activations import TableSpec
+from host.compressed import CompressedModel, QLinear, QReLU
+from host.driver import Accelerator, EngineInfo, model_image, pack_words, unpack_words
+from host.driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyError
+from host.errors import SpineError
+from host.fixedpoint import Format
+from host.golden import GoldenModel
+from host.protocol import Command, RegionId, Status
+from host.transport import open_link
+
+ACT = Format(16, 10)
+
+
+def small_mlp(n_pe=2, sizes=(16, 24, 8), seed=1, act=ACT) -> CompressedModel:
+    rng = np.random.default_rng(seed)
+    layers = []
+    for n, (cols, rows) in enumerate(itertools.pairwise(sizes)):
+        matrix = random_layer(rng, rows, cols, 0.4, n_pe, weight_format=Format(16, 12),
+                              bias_scale=0.5)
+        layers.append(QLinear(matrix, relu=False))
+        if n < len(sizes) - 2:
+            layers.append(QReLU())
+    return CompressedModel("small-mlp", (sizes[0],), layers, n_pe, act, 32, TableSpec())
+
+
+def inputs(model, count, seed=2):
+    return np.random.default_rng(seed).uniform(-2, 2, (count, *model.input_shape))
+
+
+def golden(model, x):
+    g = GoldenModel(model)
+    return g.forward_int(g.quantize_input(x))
+
+
+@pytest.fixture
+def model():
+    return small_mlp()
+
+
+@pytest.fixture
+def board(model):
+    return FakeBoard(make_identity(2), model)
+
+
+def connect(board, timeout=0.1, retries=3):
+    return Accelerator(transport=board, timeout=timeout, retries=retries)
+
+
+# --- words and identity -------------------------------------------------------------------------
+
+
+def test_words_round_trip():
+    values = np.array([0, 1, -1, 32767, -32768, 1234, -4321])
+    for wb in (2, 4):
+        assert np.array_equal(unpack_words(pack_words(values, wb), wb), values)
+    assert pack_words([-1, 2], 2) == b"\xff\xff\x02\x00"
+    assert np.array_equal(unpack_words(b"\xff\x0f", 2, True, 12), [-1])
+
+
+def test_identify(board):
+    with connect(board) as acc:
+        info = acc.identify()
+        assert isinstance(info, EngineInfo)
+        assert (info.n_pe, info.act_format, info.kind, info.hash_ok) == (2, ACT, "SPMV", True)
+        assert info.word_bytes(RegionId.BIAS) == 4
+        assert "2 PEs" in info.describe()
+        status = acc.status()
+        assert status.infers == 0
+
+
+# --- load, verify, infer ------------------------------------------------------------------------
+
+
+def test_load_and_infer_match_golden(board, model):
+    x = inputs(model, 5)
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        assert acc.last_load["verify"]["verified"] > 0
+        assert np.array_equal(acc.infer(x[0]), golden(model, x[:1])[0])
+        assert np.array_equal(acc.infer(x), golden(model, x))
+        assert acc.last_cycles is not None
+        assert acc.status().infers == 6
+
+
+def test_load_from_package(tmp_path, board, model):
+    from host.package import save_package
+    path = tmp_path / "m.spn"
+    save_package(model, path)
+    with connect(board) as acc:
+        loaded = acc.load(path, progress=False)
+        assert loaded.name == model.name
+
+
+def test_image_writes_control_last(board, model):
+    blocks = model_image(model, EngineInfo.from_payload(
+        __import__("host.protocol").protocol.pack_identity(board.identity)))
+    assert blocks[0].region == RegionId.CONTROL and blocks[0].words.tolist() == [0]
+    assert blocks[-1].region == RegionId.CONTROL
+    assert blocks[-1].words[:3].tolist() == [2, 16, 8]
+
+
+def test_verify_detects_corrupted_memory(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        board.memory[(RegionId.BIAS, 0)][3] ^= 1
+        with pytest.raises(VerifyError, match="biases"):
+            acc.verify(model)
+
+
+def test_attach_preloaded(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+    board.closed = False
+    with connect(board) as acc:
+        acc.attach(model)
+        x = inputs(model, 3)
+        assert np.array_equal(acc.infer(x), golden(model, x))
+
+
+def test_infer_before_load(board, model):
+    with connect(board) as acc, pytest.raises(SpineError, match="load"):
+        acc.infer(inputs(model, 1)[0])
+
+
+def test_not_loaded_status_is_an_error(model):
+    board = FakeBoard(make_identity(2), model)
+    with connect(board) as acc:
+        acc._attach(model)  # the driver thinks it is loaded; the device says no
+        acc._info = acc.identify()
+        with pytest.raises(DeviceError, match="NOT_LOADED.*load a model"):
+            acc.infer(inputs(model, 1)[0])
+
+
+def test_wrong_input_shape(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        with pytest.raises(SpineError, match="shape"):
+            acc.infer(np.zeros((3, 5)))
+
+
+# --- model checks -------------------------------------------------------------------------------
+
+
+def test_mismatch_pe_count_and_format(model):
+    board = FakeBoard(make_identity(4, act_frac=8), model)
+    with connect(board) as acc, pytest.raises(ModelMismatchError) as error:
+        acc.load(model, progress=False)
+    text = str(error.value)
+    assert "PE count: model 2, engine 4" in text
+    assert "activation format" in text and "--pes 4" in text
+    assert board.commands.count(Command.WRITE) == 0  # refused before writing anything
+
+
+def test_mismatch_size_and_widths():
+    model = small_mlp(sizes=(16, 80, 8))
+    board = FakeBoard(make_identity(2, run_bits=3, max_rows=64), model)
+    with connect(board) as acc, pytest.raises(ModelMismatchError) as error:
+        acc.check_model(model)
+    text = str(error.value)
+    assert "layer 0 size: model 80 x 16, engine at most 64 x 64" in text
+    assert "layer 0 run bits: model 4, engine 3" in text
+
+
+def test_mismatch_layer_kind(board):
+    from host.compressed import QLSTM
+    model = small_mlp()
+    lstm = QLSTM(random_layer(np.random.default_rng(0), 16, 8, 0.5, 2), 4, 4)
+    model.layers = [lstm]
+    with connect(board) as acc, pytest.raises(ModelMismatchError, match="layer 0 is lstm"):
+        acc.check_model(model)
+
+
+def test_mismatch_bad_config_hash(model):
+    from dataclasses import replace
+    identity = replace(make_identity(2), config_hash=b"\0" * 8)
+    with connect(FakeBoard(identity, model)) as acc, \
+            pytest.raises(ModelMismatchError, match="configuration hash"):
+        acc.check_model(model)
+
+
+# --- link errors and retries --------------------------------------------------------------------
+
+
+def test_retry_on_device_bad_crc(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        board.corrupt_requests.add(board.requests)          # the next request arrives damaged
+        x = inputs(model, 1)
+        assert np.array_equal(acc.infer(x), golden(model, x))
+        assert acc.link.stats.device_bad_crc == 1 and acc.link.stats.retries == 1
+
+
+def test_corrupted_answer_is_never_returned(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        board.corrupt_answers.add(board.requests)
+        x = inputs(model, 1)
+        assert np.array_equal(acc.infer(x), golden(model, x))
+        assert acc.link.stats.bad_crc == 1 and acc.link.stats.retries == 1
+
+
+def test_lost_answer_times_out_and_retries(board, model):
+    with connect(board, timeout=0.05) as acc:
+        acc.load(model, progress=False)
+        board.drop_answers.add(board.requests)
+        x = inputs(model, 1)
+        assert np.array_equal(acc.infer(x), golden(model, x))
+        assert acc.link.stats.stalls == 1
+
+
+def test_garbage_before_answer(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        board.garbage = b"\x00\xff\x5a\x01noise\x5a"
+        x = inputs(model, 2)
+        assert np.array_equal(acc.infer(x), golden(model, x))
+        assert acc.link.stats.skipped_bytes > 0
+
+
+def test_duplicate_answer_is_dropped(board, model):
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        board.duplicate_answers.add(board.requests)
+        x = inputs(model, 4)
+        got = list(acc.stream(x, window=1))
+        assert len(got) == 4 and np.array_equal(np.stack(got), golden(model, x))
+        assert acc.link.stats.stale == 1
+
+
+def test_silent_device_raises_link_error(board):
+    board.silent = True
+    with connect(board, timeout=0.05, retries=2) as acc:
+        start = time.monotonic()
+        with pytest.raises(LinkError, match=r"IDENTIFY request #0 .* failed 3 times"):
+            acc.identify()
+        assert time.monotonic() - start < 2
+
+
+def test_device_error_status(board):
+    with connect(board) as acc:
+        with pytest.raises(DeviceError, match="BAD_ADDRESS") as error:
+            acc.write(RegionId.BIAS, 0, 10**6, b"\0\0\0\0")
+        assert error.value.status == Status.BAD_ADDRESS
+
+
+def test_closed_link(board):
+    acc = connect(board)
+    acc.close()
+    with pytest.raises(LinkError, match="closed"):
+        acc.identify()
+
+
+def test_open_missing_port():
+    with pytest.raises(LinkError, match=r"/dev/ttyNOPE.*serial.tools.list_ports"):
+        open_link("/dev/ttyNOPE", baud=115200, timeout=0.1)
+
+
+def test_open_refused_socket():
+    from hdl.sim import free_port
+    with pytest.raises(LinkError, match="hdl.sim"):
+        Accelerator(f"socket://127.0.0.1:{free_port()}")
+
+
+# --- pipelining ---------------------------------------------------------------------------------
+
+
+def test_stream_keeps_window_in_flight_and_order(board, model):
+    x = inputs(model, 40)
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        board.max_unread_answers = 0
+        got = list(acc.stream(x, window=4))
+    assert np.array_equal(np.stack(got), golden(model, x))
+    assert board.max_unread_answers == 4
+
+
+def test_stream_with_random_faults_loses_and_duplicates_nothing(model):
+    board = FakeBoard(make_identity(2), model, rng=np.random.default_rng(7))
+    x = inputs(model, 200, seed=5)
+    with connect(board, timeout=0.03, retries=6) as acc:
+        acc.load(model, progress=False)
+        board.fail_random = 0.1
+        got = list(acc.stream_int(acc.quantize(x), window=5, cycles=True))
+        stats = acc.link.stats
+    outputs = np.stack([o for o, _ in got])
+    assert np.array_equal(outputs, golden(model, x))
+    assert stats.retries > 5
+    # every INFER the device executed beyond the 200 is a retry whose answer was dropped or stale
+    assert board.infers >= 200
+
+
+def test_small_device_fifo_falls_back_to_one_in_flight(board, model):
+    x = inputs(model, 30)
+    with connect(board) as acc:
+        acc.load(model, progress=False, window=1)
+        board.small_fifo = True
+        got = list(acc.stream(x, window=4))
+        assert np.array_equal(np.stack(got), golden(model, x))
+        assert acc.link.stats.window_drops == 1 and acc.link.window_limit == 1
+        retries = acc.link.stats.retries
+        board.max_unread_answers = 0
+        assert len(list(acc.stream(x, window=4))) == 30
+        assert acc.link.stats.retries == retries and board.max_unread_answers == 1
+
+
+def test_persistent_bad_length_is_a_device_error(board):
+    with connect(board, retries=2) as acc:
+        with pytest.raises(DeviceError, match="BAD_LENGTH 3 times") as error:
+            acc.write(RegionId.BIAS, 0, 0, b"\0\0\0")        # 3 bytes: not a 4-byte word
+        assert error.value.status == Status.BAD_LENGTH
+
+
+def test_second_stream_while_one_is_open(board, model):
+    x = inputs(model, 4)
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        first = acc.stream(x, window=2)
+        next(first)
+        with pytest.raises(RuntimeError, match="still open"):
+            next(acc.stream(x))
+        first.close()
+        assert len(list(acc.stream(x))) == 4
+
+
+# --- host.run input handling (no board needed) ----------------------------------------------------
+
+
+def test_run_cli_input_errors(tmp_path, model, capsys):
+    from host.package import save_package
+    from host.run import load_inputs, load_labels, main
+    spn = tmp_path / "m.spn"
+    save_package(model, spn)
+    with pytest.raises(SpineError, match="does not exist"):
+        load_inputs(tmp_path / "nope.npy", (16,))
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    with pytest.raises(SpineError, match="not a readable .npy"):
+        load_inputs(bad, (16,))
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((3, 5), np.float32))
+    with pytest.raises(SpineError, match=r"shape \(3, 5\); the model takes \(batch, 16\)"):
+        load_inputs(wrong, (16,))
+    one = tmp_path / "one.npy"
+    np.save(one, np.zeros(16, np.float32))
+    assert load_inputs(one, (16,)).shape == (1, 16)
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.zeros(2, np.int64))
+    with pytest.raises(SpineError, match=r"one per input"):
+        load_labels(labels, 3)
+    assert main(["--port", "loop://", "--model", str(spn), "--input", str(wrong)]) == 2
+    assert "shape (3, 5)" in capsys.readouterr().err
+
+
+def test_run_cli_reports_json_against_fake(monkeypatch, tmp_path, model, capsys):
+    import json
+
+    import host.driver
+    from host.package import save_package
+    from host.run import main
+    spn, x_path = tmp_path / "m.spn", tmp_path / "x.npy"
+    save_package(model, spn)
+    x = inputs(model, 20).astype(np.float32)
+    np.save(x_path, x)
+    board = FakeBoard(make_identity(2), model)
+    monkeypatch.setattr(host.driver, "open_link", lambda url, **kw: board)
+    assert main(["--port", "fake://", "--model", str(spn), "--input", str(x_path), "--check",
+                 "--json", "--output", str(tmp_path / "o.npy")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inferences"] == 20 and report["mismatches"] == 0
+    assert report["throughput_per_s"] > 0
+    assert np.array_equal(np.load(tmp_path / "o.npy"), golden(model, x.astype(np.float64)))
+
+
+def test_endless_garbage_is_a_link_error(board):
+    class Noisy(FakeBoard):
+        def read(self, n):
+            return b"\x5a\x00\x01\xff\x03" * 4     # headers that never complete a frame
+
+    with connect(Noisy(make_identity(2)), timeout=0.05, retries=1) as acc, \
+            pytest.raises(LinkError, match="failed 2 times"):
+        acc.identify()
