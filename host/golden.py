@@ -131,15 +131,15 @@ class GoldenModel:
 
     def lstm_step(self, layer: QLSTM, x_t, h, c):
         """One time step on a batch: returns ``(h_t, c_t)`` (act-format int64)."""
-        act, hsz = self.act, layer.hidden
+        act, hsz, spec = self.act, layer.hidden, self.model.table_spec
         z = spmv(layer.matrix, np.concatenate([x_t, h], axis=1), act, self.model.acc_bits,
                  False, self.diagnostics)
-        gate_i = lookup("sigmoid", z[:, 0:hsz], act, table=self._sigmoid)
-        gate_f = lookup("sigmoid", z[:, hsz:2 * hsz], act, table=self._sigmoid)
-        gate_g = lookup("tanh", z[:, 2 * hsz:3 * hsz], act, table=self._tanh)
-        gate_o = lookup("sigmoid", z[:, 3 * hsz:4 * hsz], act, table=self._sigmoid)
+        gate_i = lookup("sigmoid", z[:, 0:hsz], act, spec, table=self._sigmoid)
+        gate_f = lookup("sigmoid", z[:, hsz:2 * hsz], act, spec, table=self._sigmoid)
+        gate_g = lookup("tanh", z[:, 2 * hsz:3 * hsz], act, spec, table=self._tanh)
+        gate_o = lookup("sigmoid", z[:, 3 * hsz:4 * hsz], act, spec, table=self._sigmoid)
         c = saturate(round_shift(gate_f * c + gate_i * gate_g, act.frac), act)
-        h = saturate(round_shift(gate_o * lookup("tanh", c, act, table=self._tanh), act.frac),
+        h = saturate(round_shift(gate_o * lookup("tanh", c, act, spec, table=self._tanh), act.frac),
                      act)
         return h, c
 

@@ -179,3 +179,24 @@ def test_golden_reads_the_encoded_bytes():
     matrix.__dict__.pop("weights_csr", None)
     after = GoldenModel(model).forward_int(x)
     assert not np.array_equal(before, after)
+
+
+def test_lstm_uses_the_model_table_spec():
+    """A model with a non-default table shape gets its own tables: the golden LSTM step must
+    equal a direct computation with lookup() on that spec (regression: lookups once used the
+    default spec with the model's tables)."""
+    from host.activations import lookup as table_lookup
+    from host.fixedpoint import requantize, round_shift, saturate
+    rng = np.random.default_rng(11)
+    spec = TableSpec(index_bits=6, range_log2=2)
+    matrix, _ = random_matrix(rng, 4 * 3, 2 + 3, 0.8, 2)
+    model = CompressedModel("l", (1, 2), [QLSTM(matrix, 2, 3)], 2, ACT, table_spec=spec)
+    x = quantize(rng.uniform(-4, 4, (6, 1, 2)), ACT)
+    h = GoldenModel(model).forward_int(x)
+    z = requantize(matrix.weights_csr @ np.concatenate([x[:, 0], np.zeros((6, 3), int)], 1).T
+                   + matrix.bias[:, None], matrix.weight_format.frac, ACT).T
+    i, f, g, o = (z[:, k * 3:(k + 1) * 3] for k in range(4))
+    sig = lambda v: table_lookup("sigmoid", v, ACT, spec)
+    c = saturate(round_shift(sig(i) * table_lookup("tanh", g, ACT, spec), ACT.frac), ACT)
+    expected = saturate(round_shift(sig(o) * table_lookup("tanh", c, ACT, spec), ACT.frac), ACT)
+    assert np.array_equal(h, expected)

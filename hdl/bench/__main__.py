@@ -1,4 +1,4 @@
-"""``python -m hdl.bench {spmv} ...``: run an engine's RTL under Verilator and report cycles.
+"""``python -m hdl.bench {spmv,lstm} ...``: run an engine's RTL under Verilator and report cycles.
 
 Subcommands register themselves through ``add_parser(subparsers)`` in their module; ``lstm``
 and ``cnn`` can be added the same way.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import spmv
+from . import lstm, spmv
 
-SUBCOMMANDS = {"spmv": spmv}
+SUBCOMMANDS = {"spmv": spmv, "lstm": lstm}
 
 
 def build_parser() -> argparse.ArgumentParser:

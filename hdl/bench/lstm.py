@@ -1,0 +1,214 @@
+"""``python -m hdl.bench lstm``: an LSTM sequence on the LstmEngine RTL.
+
+Examples::
+
+    python -m hdl.bench lstm --model digits-lstm --pes 8
+    python -m hdl.bench lstm --model model.spn --pes 8 --steps 8 --json
+    python -m hdl.bench lstm --hidden 128 --input 128 --density 0.1 --pes 8 --steps 4
+
+Builds (or reuses) the Verilator model of an engine sized for the LSTM, loads it and a random
+input sequence, runs the sequence and prints the cycles per time step split into the MAC
+(matrix-vector) and element-wise parts, the ideal bound (busiest PE's entries over the
+broadcast columns), dense-equivalent operations per cycle (``2 * 4H * (I + H)`` per step), and
+whether h_T (and the classifier outputs) match the golden model and the cycles match
+:mod:`host.lstm_cycles`.  Exit status 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_parser", "add_arguments", "run", "bench_lstm"]
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], not {value}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--model", help="a .spn package (QLSTM [+ QLinear]) or a bundled model "
+                                   "name (e.g. digits-lstm, compressed for --pes at its "
+                                   "default density); default: a random LSTM")
+    p.add_argument("--hidden", type=_positive_int, default=128, help="hidden units (128)")
+    p.add_argument("--input", type=_positive_int, default=None,
+                   help="input size (default: = hidden)")
+    p.add_argument("--density", type=_fraction, default=0.1,
+                   help="fraction of non-zero weights (0.1)")
+    p.add_argument("--act-density", type=_fraction, default=1.0,
+                   help="fraction of non-zero inputs x_t (1.0)")
+    p.add_argument("--pes", type=_positive_int, default=8, help="processing elements (8)")
+    p.add_argument("--fifo", type=_positive_int, default=8, help="broadcast FIFO depth (8)")
+    p.add_argument("--lanes", type=int, choices=(1, 2, 4), default=None,
+                   help="element-wise lanes (accumulator reads per cycle; default: 4, or "
+                        "the largest of 1, 2, 4 not above --pes)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="time steps (model's sequence length, or 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("lstm", help="an LSTM sequence on the LstmEngine RTL",
+                              description=__doc__.split("\n\n")[0])
+    return add_arguments(p)
+
+
+def _load_model(name, pes):
+    from host.compressed import QLinear, QLSTM
+    path = Path(name)
+    if path.exists():
+        from host.package import load_package
+        model = load_package(path)
+    else:
+        from host.modelsource import resolve_model
+        from host.pipeline import CompressConfig, compress_model
+        source = resolve_model(name)
+        config = CompressConfig(n_pe=pes, density=source.defaults.get("density", 0.25),
+                                bits=source.defaults.get("bits", 4))
+        model = compress_model(source.model, config, calib_x=source.train[0]).model
+    layers = list(model.layers)
+    if not layers or not isinstance(layers[0], QLSTM) or len(layers) > 2 \
+            or (len(layers) == 2 and not isinstance(layers[1], QLinear)):
+        raise SystemExit(f"model {name!r}: the LSTM engine runs QLSTM [+ QLinear], not "
+                         f"{[type(layer).__name__ for layer in layers]}")
+    if model.n_pe != pes:
+        raise SystemExit(f"model {name!r} is encoded for {model.n_pe} PEs, not --pes {pes}")
+    return model, layers[0], (layers[1] if len(layers) == 2 else None)
+
+
+def bench_lstm(*, model=None, hidden=128, input_size=None, density=0.1, act_density=1.0,
+               pes=8, fifo=8, steps=None, seed=0, lanes=None) -> dict:
+    """Run the benchmark; returns the figures (see the module docstring)."""
+    from hdl.lstm import LstmEngine
+    from hdl.lstm_image import build_engine, build_image, random_lstm, run_lstm_cases
+    from host.activations import TableSpec
+    from host.fixedpoint import Format
+
+    wall = time.monotonic()
+    if lanes is None:
+        lanes = max(v for v in (1, 2, 4) if v <= pes)
+    rng = np.random.default_rng(seed)
+    if model is not None:
+        cm, lstm, cls = _load_model(model, pes)
+        act, acc_bits, spec = cm.act_format, cm.acc_bits, cm.table_spec
+        steps = steps or int(cm.input_shape[0])
+        index_bits, run_bits = lstm.matrix.encoded.index_bits, lstm.matrix.encoded.run_bits
+        label = str(model)
+    else:
+        act, acc_bits, spec = Format(16, 10), 32, TableSpec()
+        input_size = input_size or hidden
+        lstm, cls = random_lstm(rng, input_size, hidden, density, pes, bias_scale=0.5)
+        steps = steps or 4
+        index_bits, run_bits = 4, 4
+        label = "random"
+    hidden, input_size = lstm.hidden, lstm.input_size
+    entries = int(lstm.matrix.encoded.entries_per_pe().max())
+    if cls is not None:
+        entries += int(cls.matrix.encoded.entries_per_pe().max())
+    depth = 1 << max(4, (entries - 1).bit_length())
+    engine = LstmEngine(pes, hidden_max=hidden, input_max=input_size, steps_max=steps,
+                        classes_max=cls.matrix.rows if cls is not None else 0,
+                        index_bits=index_bits, run_bits=run_bits, act_format=act,
+                        acc_bits=acc_bits, table_spec=spec, max_entries_per_pe=depth,
+                        fifo_depth=fifo, ew_lanes=lanes)
+    image = build_image(engine, lstm, cls)
+    span = max(1, act.max_int // 4)
+    x = rng.integers(-span, span + 1, (steps, input_size))
+    x = np.where(rng.random(x.shape) < act_density, x, 0).astype(np.int64)
+    build, build_now, build_first = build_engine(engine)
+    (result,), sim_seconds = run_lstm_cases(engine, build, [("bench", image, x)],
+                                            check=False)
+    rep = result.expected.cycles
+    mac = np.asarray(result.mac, dtype=np.int64)
+    ew = np.asarray(result.ew, dtype=np.int64)
+    step_cycles = mac + 2 + ew                         # host.lstm_cycles.MAC_OVERHEAD = 2
+    dense_ops = 2 * 4 * hidden * (input_size + hidden)
+    per_step = float(step_cycles.mean())
+    return {
+        "model": label, "hidden": hidden, "input": input_size, "steps": steps, "pes": pes,
+        "fifo": fifo, "seed": seed, "ew_lanes": lanes,
+        "density": float(lstm.matrix.nonzeros() / (4 * hidden * (input_size + hidden))),
+        "nonzero_weights": int(lstm.matrix.nonzeros()),
+        "entries_per_pe_max": int(lstm.matrix.encoded.entries_per_pe().max()),
+        "cycles_per_step": per_step,
+        "matvec_cycles_per_step": float(mac.mean()),
+        "elementwise_cycles_per_step": float(ew.mean()),
+        "overhead_cycles_per_step": 2,
+        "elementwise_ratio": float(ew.sum() / mac.sum()) if mac.sum() else None,
+        "ideal_cycles_per_step": float(rep.ideal.mean()),
+        "matvec_over_ideal": float(mac.sum() / rep.ideal.sum()) if rep.ideal.sum() else None,
+        "dense_ops_per_cycle": dense_ops / per_step,
+        "mac_cycles": [int(v) for v in mac],
+        "elementwise_cycles": [int(v) for v in ew],
+        "classifier_mac_cycles": int(result.cls_mac),
+        "total_cycles": int(result.cycles),
+        "model_total_cycles": int(rep.total),
+        "matches_golden": result.matches_golden,
+        "matches_model": result.matches_model,
+        "sim_cycles_per_second": result.cycles / result.run_seconds if result.run_seconds
+        else None,
+        "simulator_seconds": round(sim_seconds, 2),
+        "build_seconds": round(build_first, 1),
+        "build_reused": build_now < 0.5 * build_first,
+        "wall_seconds": round(time.monotonic() - wall, 2),
+    }
+
+
+def _format(r: dict) -> str:
+    ratio = f"{r['elementwise_ratio']:.3f}" if r["elementwise_ratio"] is not None else "n/a"
+    lines = [
+        (f"lstm {r['model']}: hidden {r['hidden']}, input {r['input']}, {r['steps']} steps, "
+         f"{r['pes']} PEs, FIFO {r['fifo']}, {r['ew_lanes']} element-wise lane(s), "
+         f"weight density {r['density']:.3f}"),
+        (f"  cycles per step      {r['cycles_per_step']:.1f} = matvec "
+         f"{r['matvec_cycles_per_step']:.1f} + element-wise "
+         f"{r['elementwise_cycles_per_step']:.1f} + {r['overhead_cycles_per_step']}"),
+        f"  element-wise / MAC   {ratio}",
+        (f"  ideal matvec         {r['ideal_cycles_per_step']:.1f} per step (RTL / ideal "
+         f"{r['matvec_over_ideal']:.3f})"),
+        f"  dense-equiv. ops/cyc {r['dense_ops_per_cycle']:.1f}",
+        (f"  total cycles         {r['total_cycles']} (model {r['model_total_cycles']}, "
+         f"{'equal' if r['matches_model'] else 'DIFFERENT'}; classifier MAC "
+         f"{r['classifier_mac_cycles']})"),
+        f"  matches golden       {r['matches_golden']}",
+        (f"  wall time            {r['wall_seconds']} s (simulator {r['simulator_seconds']} s, "
+         f"Verilator build {r['build_seconds']} s{', reused' if r['build_reused'] else ''})"),
+    ]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    result = bench_lstm(model=args.model, hidden=args.hidden, input_size=args.input,
+                        density=args.density, act_density=args.act_density, pes=args.pes,
+                        fifo=args.fifo, steps=args.steps, seed=args.seed, lanes=args.lanes)
+    print(json.dumps(result, indent=1) if args.json else _format(result))
+    return 0 if result["matches_golden"] and result["matches_model"] else 1
+
+
+if __name__ == "__main__":
+    import sys
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m hdl.bench.lstm",
+                                                   description=__doc__.split("\n\n")[0]))
+    sys.exit(run(parser.parse_args()))

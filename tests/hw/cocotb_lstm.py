@@ -1,0 +1,111 @@
+"""cocotb driver of hdl.lstm.LstmEngine: many sequences per simulation.
+
+``$SPINE_TEST_DATA`` (.npz, written by ``hdl.lstm_image.case_data``): ``n_cases`` and per case
+``c{i}_``: loader writes ``w_region, w_addr, w_data, w_lanes`` (model image if any, then the
+sequence), ``hidden``, ``steps``, ``expected_h``, ``expected_out``, ``mac``, ``ew``,
+``cls_mac``, ``cycles``, ``name``.  Inputs change after a falling edge, outputs are sampled
+after a falling edge.  Results go to ``$SPINE_RESULTS``; mismatches fail the test unless
+``SPINE_NO_CHECK=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
+
+from hdl.simulate import load_test_data
+from hdl.spmv_image import pack_lanes
+
+
+@cocotb.test()
+async def lstm_cases(dut):
+    data = load_test_data()
+    lane_width = int(data["lane_width"])
+    n_pe = int(data["n_pe"])
+    check = os.environ.get("SPINE_NO_CHECK") != "1"
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.load__valid.value = 0
+    dut.load__mask.value = (1 << n_pe) - 1
+    dut.start.value = 0
+    dut.rst.value = 1
+    await FallingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    await FallingEdge(dut.clk)
+
+    results, failures = {}, []
+    for i in range(int(data["n_cases"])):
+        c = {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+        region, addr, wdata, lanes = c["w_region"], c["w_addr"], c["w_data"], c["w_lanes"]
+        packed = pack_lanes(lanes, lane_width) if len(lanes) else []
+        for j in range(len(region)):
+            dut.load__region.value = int(region[j])
+            dut.load__addr.value = int(addr[j])
+            dut.load__data.value = int(wdata[j])
+            if region[j] <= 1:
+                dut.load__lanes.value = packed[j]
+            dut.load__valid.value = 1
+            await FallingEdge(dut.clk)
+        dut.load__valid.value = 0
+        dut.start.value = 1
+        await FallingEdge(dut.clk)
+        dut.start.value = 0
+        t1 = time.perf_counter()
+        await with_timeout(RisingEdge(dut.done), 10 * int(c["cycles"]) + 10_000, "ns")
+        await FallingEdge(dut.clk)
+        t_run = time.perf_counter() - t1
+        cycles = int(dut.cycles.value)
+        cls_mac = int(dut.cls_cycles.value)
+        mac, ew = [], []
+        for t in range(int(c["steps"])):
+            dut.stat_step.value = t
+            await FallingEdge(dut.clk)
+            mac.append(int(dut.stat_mac.value))
+            ew.append(int(dut.stat_ew.value))
+        h = []
+        for u in range(int(c["hidden"])):
+            dut.h_addr.value = u
+            await FallingEdge(dut.clk)
+            h.append(dut.h_data.value.to_signed())
+        out = []
+        for r in range(len(c["expected_out"])):
+            dut.out_addr.value = r
+            await FallingEdge(dut.clk)
+            out.append(dut.out_data.value.to_signed())
+        h, out = np.array(h, dtype=np.int64), np.array(out, dtype=np.int64)
+        p = f"c{i}_"
+        results[p + "h"] = h
+        results[p + "out"] = out
+        results[p + "mac"] = np.array(mac, dtype=np.int64)
+        results[p + "ew"] = np.array(ew, dtype=np.int64)
+        results[p + "cls_mac"] = np.int64(cls_mac)
+        results[p + "cycles"] = np.int64(cycles)
+        results[p + "run_seconds"] = np.float64(t_run)
+        name = str(c["name"])
+        problems = []
+        for what, got, exp in (("h_T", h, c["expected_h"]), ("outputs", out, c["expected_out"])):
+            if not np.array_equal(got, exp):
+                bad = np.flatnonzero(got != exp)
+                problems.append(f"{len(bad)} {what} differ, first at {bad[0]}: rtl "
+                                f"{got[bad[0]]} golden {exp[bad[0]]}")
+        if mac != [int(v) for v in c["mac"]]:
+            problems.append(f"MAC cycles rtl {mac} model {[int(v) for v in c['mac']]}")
+        if ew != [int(v) for v in c["ew"]]:
+            problems.append(f"element-wise cycles rtl {ew} model {[int(v) for v in c['ew']]}")
+        if cls_mac != int(c["cls_mac"]):
+            problems.append(f"classifier MAC cycles rtl {cls_mac} model {int(c['cls_mac'])}")
+        if cycles != int(c["cycles"]):
+            problems.append(f"run cycles rtl {cycles} model {int(c['cycles'])}")
+        if problems:
+            failures.append(f"{name}: " + "; ".join(problems))
+        dut._log.info("%s: %d steps, %d cycles, run %.3f s%s", name, int(c["steps"]), cycles,
+                      t_run, " MISMATCH " + "; ".join(problems) if problems else "")
+    if os.environ.get("SPINE_RESULTS"):
+        np.savez(os.environ["SPINE_RESULTS"], **results)
+    if check:
+        assert not failures, "\n".join(failures[:20])

@@ -1,0 +1,234 @@
+"""LstmEngine on Verilator (cocotb): bit-exact against host.golden.GoldenModel.lstm_step,
+cycle-exact against host.lstm_cycles.  One Verilator build per configuration, all cases of a
+configuration in one simulation.
+
+Every case checks h_T, the classifier outputs (when present), every step's MAC cycles
+(== host.cyclemodel.spmv_cycles over the broadcast columns), every step's element-wise
+cycles, the classifier's MAC cycles and the whole run's cycles.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hdl.lstm import LstmEngine
+from hdl.lstm_image import build_engine, build_image, random_lstm, run_lstm_cases
+from host.fixedpoint import Format
+
+# Engines built only for their host-side facts (images, validation) are never elaborated.
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+CONFIGS = {
+    # 3 PEs (hidden sizes mostly not multiples of 3), narrow formats so that z, c and the
+    # accumulators saturate / wrap, shallow FIFO, 2-bit zero runs (padding).  Default tables:
+    # GoldenModel.lstm_step indexes its tables with the default TableSpec (see the docs).
+    "n3": dict(n_pe=3, hidden_max=16, input_max=9, steps_max=32, classes_max=6,
+               act_format=Format(10, 6), weight_width=10, acc_bits=22, run_bits=2,
+               max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2),
+    # 8 PEs, the digits-lstm formats (also runs the bundled model).
+    "n8": dict(n_pe=8, hidden_max=64, input_max=8, steps_max=32, classes_max=10,
+               act_format=Format(16, 10), max_entries_per_pe=4096, fifo_depth=8, ew_lanes=4),
+    # 2 PEs, FIFO depth 1, one element-wise lane (4H accumulator reads per step).
+    "n2_l1": dict(n_pe=2, hidden_max=12, input_max=5, steps_max=32, classes_max=6,
+                  max_entries_per_pe=512, fifo_depth=1, ew_lanes=1),
+}
+
+
+def make_engine(config) -> LstmEngine:
+    params = dict(config)
+    return LstmEngine(params.pop("n_pe"), **params)
+
+
+def run(engine, cases, tmp_path):
+    t0 = time.monotonic()
+    build, now, first = build_engine(engine)
+    print(f"\nVerilator build: {now:.1f} s now, {first:.1f} s when built")
+    results, seconds = run_lstm_cases(engine, build, cases, test_dir=tmp_path)
+    print(f"{len(results)} cases in {seconds:.1f} s simulator, "
+          f"{time.monotonic() - t0:.1f} s total")
+    for r in results:           # the cocotb test already failed on any mismatch
+        assert r.matches_golden and r.matches_model, r.name
+    return results
+
+
+def sequence(rng, steps, inputs, fmt: Format, density=0.7, scale=0.5):
+    span = max(1, int(fmt.max_int * scale))
+    x = rng.integers(-span, span + 1, (steps, inputs))
+    return np.where(rng.random((steps, inputs)) < density, x, 0).astype(np.int64)
+
+
+def random_cases(engine: LstmEngine, seed: int):
+    rng = np.random.default_rng(seed)
+    act, n = engine.act_format, engine.n_pe
+    wf = Format(engine.weight_width, engine.weight_width - 2)
+    kw = dict(index_bits=engine.index_bits, run_bits=engine.run_bits, weight_format=wf)
+    cases = []
+
+    def add(name, lstm, cls, seqs):
+        image = build_image(engine, lstm, cls)
+        for k, x in enumerate(seqs):
+            cases.append((f"{name}#{k}", image if k == 0 else None, x))
+
+    hiddens = [min(h, engine.hidden_max)
+               for h in (1, 2, n + 1, 7, 13, engine.hidden_max, engine.hidden_max - 1, 5)]
+    for rep, hidden in enumerate(hiddens):
+        inputs = int(rng.integers(1, engine.input_max + 1))
+        density = [0.3, 0.6, 1.0, 0.15][rep % 4]
+        lstm, cls = random_lstm(rng, inputs, hidden, density, n, classes=(rep % 3) * 3, **kw,
+                                bias_scale=0.5)
+        steps = [3, 12, 1, 30][rep % 4]
+        add(f"H{hidden} I{inputs} d{density}", lstm, cls,
+            [sequence(rng, steps, inputs, act),
+             sequence(rng, int(rng.integers(1, engine.steps_max + 1)), inputs, act, 0.3),
+             np.zeros((2, inputs), np.int64)])
+    # Saturating: extreme inputs, large weights and biases, 30 steps (c and z saturate).
+    hidden = min(engine.hidden_max, 11)
+    inputs = engine.input_max
+    lstm, cls = random_lstm(rng, inputs, hidden, 0.8, n, classes=min(engine.classes_max, 4),
+                            bias_scale=8.0, **kw)
+    x = rng.choice([act.min_int, act.max_int, 0], (30, inputs))
+    add(f"saturating z H{hidden}", lstm, cls, [x, np.clip(-x, act.min_int, act.max_int)])
+    # Saturating c: i, f, g biases at +-64.0 dominate z, so c moves by ~1 per step.
+    lstm, cls = random_lstm(rng, inputs, hidden, 0.2, n, classes=2, **kw)
+    big = 1 << (act.frac + wf.frac + 6)
+    signs = np.where(np.arange(hidden) % 2 == 0, 1, -1)
+    lstm.matrix.bias[:2 * hidden] = big
+    lstm.matrix.bias[2 * hidden:3 * hidden] = big * signs
+    add(f"saturating c H{hidden}", lstm, cls, [sequence(rng, 30, inputs, act, 0.5, 0.05)])
+    # All-zero matrix: bias only.
+    lstm, cls = random_lstm(rng, 3, 4, 0.0, n, classes=2, bias_scale=4.0, **kw)
+    add("zero matrix", lstm, cls, [sequence(rng, 5, 3, act)])
+    return cases
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_lstm_random(name, tmp_path):
+    engine = make_engine(CONFIGS[name])
+    cases = random_cases(engine, seed=sum(map(ord, name)))
+    run(engine, cases, tmp_path)
+
+
+def test_saturating_cases_saturate():
+    """The 'saturating' random cases of n3 drive z and c into saturation (golden model)."""
+    from host.fixedpoint import requantize, round_shift
+    from host.golden import spmv_accumulate
+    engine = make_engine(CONFIGS["n3"])
+    act = engine.act_format
+    z_sat = c_sat = 0
+    image = None
+    for name, new_image, x in random_cases(engine, seed=sum(map(ord, "n3"))):
+        image = new_image or image
+        if not name.startswith("saturating"):
+            continue
+        lstm, golden = image.lstm, image.golden
+        frac = lstm.matrix.weight_format.frac
+        h = c = np.zeros((1, lstm.hidden), np.int64)
+        for t in range(len(x)):
+            acc = spmv_accumulate(lstm.matrix, np.concatenate([x[t][None], h], axis=1),
+                                  engine.acc_bits)
+            z_sat += int(np.count_nonzero(round_shift(acc, frac) != requantize(acc, frac, act)))
+            h, c = golden.lstm_step(lstm, x[t][None], h, c)
+            c_sat += int(np.count_nonzero((c == act.max_int) | (c == act.min_int)))
+    assert z_sat > 0 and c_sat > 0, (z_sat, c_sat)
+
+
+def _digits(n_samples):
+    from host.golden import GoldenModel
+    from host.pipeline import CompressConfig, compress_model
+    try:
+        from host.modelsource import resolve_model
+        source = resolve_model("digits-lstm")
+    except Exception as error:
+        pytest.skip(f"bundled digits-lstm not available: {error}")
+    model = compress_model(source.model, CompressConfig(n_pe=8, density=0.25),
+                           calib_x=source.train[0]).model
+    lstm, cls = model.layers
+    assert type(lstm).__name__ == "QLSTM" and type(cls).__name__ == "QLinear"
+    params = dict(CONFIGS["n8"], act_format=model.act_format, acc_bits=model.acc_bits,
+                  table_spec=model.table_spec)
+    engine = make_engine(params)
+    golden = GoldenModel(model)
+    x_test, y_test = source.test
+    q = golden.quantize_input(x_test)[:n_samples]
+    image = build_image(engine, lstm, cls)
+    return engine, golden, image, q, y_test[:n_samples]
+
+
+def _run_digits(n_samples, tmp_path):
+    engine, golden, image, q, y = _digits(n_samples)
+    cases = [(f"sample {i}", image if i == 0 else None, q[i]) for i in range(len(q))]
+    t0 = time.monotonic()
+    results = run(engine, cases, tmp_path)
+    hw = np.array([np.argmax(r.outputs) for r in results])
+    expected = np.argmax(golden.forward_int(q), axis=1)
+    assert np.array_equal(hw, expected)
+    accuracy = float(np.mean(hw == y))
+    steps = np.concatenate([r.mac for r in results])
+    ew = results[0].ew[0]
+    print(f"digits-lstm on the engine: {len(q)} samples, accuracy {accuracy:.3f}, "
+          f"{np.mean([r.cycles for r in results]):.0f} cycles per inference, "
+          f"MAC {steps.mean():.1f} + element-wise {ew} cycles per step, "
+          f"{time.monotonic() - t0:.1f} s")
+    return accuracy
+
+
+def test_digits_lstm_on_engine(tmp_path):
+    """Bundled digits-lstm (8 PEs, 4 element-wise lanes), the whole test split (450 samples,
+    ~1 min): predictions == golden on every sample, h_T and scores bit-exact, cycles exact."""
+    _run_digits(450, tmp_path)
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="`hidden_max` must be a positive integer, not 0"):
+        LstmEngine(4, hidden_max=0, input_max=4, steps_max=4, max_entries_per_pe=64)
+    with pytest.raises(ValueError, match="`n_pe` must be a positive integer"):
+        LstmEngine(0, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64)
+    with pytest.raises(ValueError, match="cannot hold 1.0"):
+        LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
+                   act_format=Format(8, 7))
+    with pytest.raises(ValueError, match="`ew_lanes` must be 1, 2 or 4 and at most `n_pe`"):
+        LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
+                   ew_lanes=4)
+    with pytest.raises(TypeError, match="table_spec"):
+        LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
+                   table_spec=9)
+
+
+def test_image_validation():
+    engine = LstmEngine(2, hidden_max=4, input_max=3, steps_max=4, classes_max=2,
+                        max_entries_per_pe=256)
+    rng = np.random.default_rng(0)
+    lstm, cls = random_lstm(rng, 3, 5, 0.5, 2, classes=2)
+    with pytest.raises(ValueError, match="hidden 5 does not fit"):
+        build_image(engine, lstm, cls)
+    lstm, cls = random_lstm(rng, 3, 4, 0.5, 3, classes=2)
+    with pytest.raises(ValueError, match="encoded for 3 PEs"):
+        build_image(engine, lstm, cls)
+    lstm, cls = random_lstm(rng, 3, 4, 0.5, 2, classes=3)
+    with pytest.raises(ValueError, match="3 outputs"):
+        build_image(engine, lstm, cls)
+
+
+def test_ew_cycles_model():
+    """host.lstm_cycles: element-wise cycles for 1, 2 and 4 lanes (the RTL tests above compare
+    every step's MAC / element-wise cycles and the totals with this model)."""
+    from host.lstm_cycles import EW_LATENCY, ew_cycles
+    assert ew_cycles(64, 1) == 256 + EW_LATENCY + 1
+    assert ew_cycles(64, 4) == 64 + EW_LATENCY + 4
+    assert ew_cycles(13, 2) == 4 * 7 + EW_LATENCY + 2
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_lstm_lint(name):
+    """``verilator --lint-only -Wall`` with only the generic Amaranth waivers."""
+    from hdl.lstm_image import engine_verilog
+    from hdl.simulate import AMARANTH_LINT_WAIVERS, lint_verilog
+    lint_verilog(engine_verilog(make_engine(CONFIGS[name])), "lstm_engine",
+                 waivers=AMARANTH_LINT_WAIVERS)
