@@ -142,11 +142,8 @@ def test_saturating_cases_saturate():
 def _digits(n_samples):
     from host.golden import GoldenModel
     from host.pipeline import CompressConfig, compress_model
-    try:
-        from host.modelsource import resolve_model
-        source = resolve_model("digits-lstm")
-    except Exception as error:
-        pytest.skip(f"bundled digits-lstm not available: {error}")
+    from host.modelsource import resolve_model
+    source = resolve_model("digits-lstm")
     model = compress_model(source.model, CompressConfig(n_pe=8, density=0.25),
                            calib_x=source.train[0]).model
     lstm, cls = model.layers

@@ -84,11 +84,8 @@ def test_digits_mlp_on_engine(tmp_path):
     hardware predictions == golden predictions on every test sample (and outputs bit-exact)."""
     from host.golden import GoldenModel
     from host.pipeline import CompressConfig, compress_model
-    try:
-        from host.modelsource import resolve_model
-        source = resolve_model("digits-mlp")
-    except Exception as error:
-        pytest.skip(f"bundled digits-mlp not available: {error}")
+    from host.modelsource import resolve_model
+    source = resolve_model("digits-mlp")
     config = CompressConfig(n_pe=8, density=source.defaults.get("density", 0.25),
                             bits=source.defaults.get("bits", 4))
     model = compress_model(source.model, config, calib_x=source.train[0]).model
