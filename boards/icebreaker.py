@@ -23,8 +23,8 @@ BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4
                                "ICESTORM_SPRAM": "spram", "ICESTORM_DSP": "dsp"})
 
 #: The engine of a build without ``--model`` (``hdl.spmv.SpmvEngine`` keyword arguments).
-#: The engine keeps entries in EBR (SPRAM support is not implemented in hdl.spmv yet) and a PE
-#: costs ~1500 logic cells: 2 PEs + the UART shell use ~94 % of the 5280 LCs.
+#: The engine keeps entries in EBR (SPRAM support is not implemented in hdl.spmv yet): 2 PEs +
+#: the UART shell use ~92 % of the 5280 LCs (docs/ice40-resources.md has the breakdown).
 DEFAULT_ENGINE = dict(n_pe=2, index_bits=4, run_bits=4, act_width=16, act_frac=10,
                       weight_width=16, acc_bits=32, max_rows=64, max_cols=64,
                       max_entries_per_pe=512, max_layers=2)

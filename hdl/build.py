@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "default_engine",
+           "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "build_bitstream", "parse_nextpnr_report",
            "main"]
 
@@ -72,13 +73,54 @@ def _mlp_layers(model):
     return layers
 
 
-def engine_for_model(model, *, max_layers=None):
-    """:class:`hdl.spmv.SpmvEngine` keyword arguments sized exactly for ``model``'s matrices.
+def _lstm_layers(model):
+    """``(QLSTM, QLinear classifier)`` of an LSTM package; ValueError otherwise (the driver's
+    rule, :func:`host.driver._lstm_layers`)."""
+    from host.driver import _lstm_layers
+    return _lstm_layers(model)
 
-    Works for any model with matrices (an LSTM's gate matrices are counted too, so the
-    capacity check is meaningful), but only MLPs run on the engine: ``mlp`` in the returned
-    dict says whether it does.
+
+def lstm_ew_lanes(n_pe: int) -> int:
+    """Element-wise lanes of an LSTM engine built for ``n_pe`` PEs: 4 (or the most <= n_pe)."""
+    return max(lanes for lanes in (1, 2, 4) if lanes <= n_pe)
+
+
+def _lstm_engine_for_model(model, lstm, cls):
+    from .lstm import GATES
+    encs = [lstm.matrix.encoded, cls.matrix.encoded]
+    fields = {(e.index_bits, e.run_bits) for e in encs}
+    steps, inputs = (int(v) for v in model.input_shape)
+    hidden, classes = lstm.hidden, cls.matrix.rows
+    return dict(
+        engine="lstm", n_pe=model.n_pe, hidden_max=hidden, input_max=inputs, steps_max=steps,
+        classes_max=classes, index_bits=max(f[0] for f in fields),
+        run_bits=max(f[1] for f in fields), act_width=model.act_format.width,
+        act_frac=model.act_format.frac,
+        weight_width=max(lstm.matrix.weight_format.width, cls.matrix.weight_format.width),
+        acc_bits=model.acc_bits, table_spec=model.table_spec.to_dict(),
+        max_entries_per_pe=max(16, sum(int(e.entries_per_pe().max()) for e in encs)),
+        ew_lanes=lstm_ew_lanes(model.n_pe),
+        # the SpMV-style keys (messages, IDENTIFY): as LstmBackend reports them
+        max_rows=GATES * hidden, max_cols=inputs + hidden, max_layers=2,
+        max_pointers=(inputs + hidden + 1) + (hidden + 1), max_bias=GATES * hidden + classes,
+        mlp=False, uniform_fields=len(fields) == 1)
+
+
+def engine_for_model(model, *, max_layers=None):
+    """Engine keyword arguments sized exactly for ``model``'s matrices.
+
+    An LSTM package (one QLSTM on a ``(T, I)`` input, then one QLinear classifier) gets an
+    :class:`hdl.lstm.LstmEngine` (``engine == "lstm"`` in the dict; :func:`make_engine` builds
+    it).  Anything else gets :class:`hdl.spmv.SpmvEngine` arguments; that works for any model
+    with matrices (so the capacity check is meaningful), but only MLPs run on it: ``mlp`` in
+    the returned dict says whether it does.
     """
+    try:
+        lstm, cls = _lstm_layers(model)
+    except ValueError:
+        pass
+    else:
+        return _lstm_engine_for_model(model, lstm, cls)
     matrices = [matrix for _, matrix in model.matrices()]
     if not matrices:
         raise ValueError(f"model {model.name!r} has no weight matrices")
@@ -113,8 +155,22 @@ def default_engine(board, n_pe=None):
 
 
 def make_engine(params):
+    """The engine of ``params`` (:func:`engine_for_model` / :func:`default_engine`)."""
     from host.fixedpoint import Format
 
+    if params.get("engine") == "lstm":
+        from host.activations import TableSpec
+
+        from .lstm import LstmEngine
+        return LstmEngine(params["n_pe"], hidden_max=params["hidden_max"],
+                          input_max=params["input_max"], steps_max=params["steps_max"],
+                          classes_max=params["classes_max"], index_bits=params["index_bits"],
+                          run_bits=params["run_bits"],
+                          act_format=Format(params["act_width"], params["act_frac"]),
+                          weight_width=params["weight_width"], acc_bits=params["acc_bits"],
+                          table_spec=TableSpec(**params["table_spec"]),
+                          max_entries_per_pe=params["max_entries_per_pe"],
+                          ew_lanes=params["ew_lanes"])
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -124,6 +180,14 @@ def make_engine(params):
                       max_entries_per_pe=params["max_entries_per_pe"],
                       max_layers=params["max_layers"],
                       max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"))
+
+
+def make_backend(params):
+    """The :mod:`hdl.top` back end of engine ``params``: :class:`hdl.top.LstmBackend` for an
+    LSTM engine, else :class:`hdl.top.EngineBackend`."""
+    from .top import EngineBackend, LstmBackend
+    engine = make_engine(params)
+    return LstmBackend(engine) if params.get("engine") == "lstm" else EngineBackend(engine)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,6 +231,9 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     from amaranth.utils import bits_for, ceil_log2
 
     from host.protocol import MAX_PAYLOAD
+    if params.get("engine") == "lstm":
+        return _lstm_inventory(params, rx_fifo_depth=rx_fifo_depth,
+                               identify_bytes=identify_bytes)
     n_pe = params["n_pe"]
     entries = params["max_entries_per_pe"]
     max_rows, max_cols, layers = params["max_rows"], params["max_cols"], params["max_layers"]
@@ -195,6 +262,48 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     return [m for m in inventory if m.depth > 0]
 
 
+def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
+    """The memories of an :class:`hdl.lstm.LstmEngine` (``params`` from
+    :func:`engine_for_model`) + shell, as ``hdl/lstm.py`` and ``hdl/pe.py`` instantiate them."""
+    from amaranth.utils import bits_for, ceil_log2
+
+    from host.protocol import MAX_PAYLOAD
+    n_pe, lanes = params["n_pe"], params["ew_lanes"]
+    hidden, inputs, steps = params["hidden_max"], params["input_max"], params["steps_max"]
+    classes = params["classes_max"]
+    entries = params["max_entries_per_pe"]
+    acc, act = params["acc_bits"], params["act_width"]
+    ptr_bits = ceil_log2(entries + 1)
+    pointers = params["max_pointers"]
+    rows_per_pe = -(-max(4 * hidden, classes) // n_pe)
+    col_bits = max(1, ceil_log2(inputs + hidden))
+    xlist = steps * inputs
+    table = params.get("table_spec") or {}
+    entries_tbl = 1 << int(table.get("index_bits", 9))
+    per_lane = -(-hidden // lanes)
+    inventory = [
+        MemoryUse("entry memory (per PE)", params["index_bits"] + params["run_bits"], entries,
+                  n_pe),
+        MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
+        MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse("codebook (per PE)", params["weight_width"], 2 << params["index_bits"], n_pe),
+        MemoryUse("accumulators (per PE)", acc, rows_per_pe, n_pe),
+        MemoryUse("bias memory (per lane)", acc, params["max_bias"], lanes),
+        MemoryUse("x list", col_bits + act, xlist),
+        MemoryUse("x step ends", bits_for(xlist), steps),
+        MemoryUse("h lists", col_bits + act, hidden, 2),
+        MemoryUse("dense h (per lane)", act, per_lane, lanes),
+        MemoryUse("c memory (per lane)", act, per_lane, lanes),
+        MemoryUse("gate ROM, sigmoid + tanh (per lane)", act, 2 * entries_tbl, lanes),
+        MemoryUse("cell ROM, tanh (per lane)", act, entries_tbl, lanes),
+        MemoryUse("output buffer", act, max(1, classes)),
+        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
+        MemoryUse("IDENTIFY ROM", 8, identify_bytes),
+        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
+    ]
+    return [m for m in inventory if m.depth > 0]
+
+
 def check_capacity(board, params, *, model_name=None):
     """Raise :class:`CapacityError` if the engine ``params`` (+ shell) do not fit ``board``.
 
@@ -217,9 +326,12 @@ def check_capacity(board, params, *, model_name=None):
                         f"needed, the "
                         f"{board.device} has {budget.bram_blocks} ({used - budget.bram_blocks} "
                         f"too many); largest: {detail}")
-    dsp = params["n_pe"]
+    lanes = params.get("ew_lanes", 0) if params.get("engine") == "lstm" else 0
+    dsp = params["n_pe"] + lanes
     if dsp > budget.dsp:
-        problems.append(f"DSP overflows: {params['n_pe']} PEs need {dsp} multipliers, the "
+        who = (f"{params['n_pe']} PEs + {lanes} element-wise lanes" if lanes
+               else f"{params['n_pe']} PEs")
+        problems.append(f"DSP overflows: {who} need {dsp} multipliers, the "
                         f"{board.device} has {budget.dsp} ({dsp - budget.dsp} too many)")
     if problems:
         sizes = (f"{params['n_pe']} PEs, {params['max_entries_per_pe']} entries per PE, "
@@ -363,7 +475,7 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     """
 
     from .toolchain import apply_fpga_tool_env, describe_toolchain, fpga_tool_env
-    from .top import BoardTop, EngineBackend, MemoriesBackend, SpineCore
+    from .top import BoardTop, MemoriesBackend, SpineCore
 
     prog = _Progress() if progress else _Progress(None)
     freq_hz = (freq_mhz or board.clock_hz / 1e6) * 1e6
@@ -377,8 +489,7 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     apply_fpga_tool_env()
 
     def core_factory(clock_hz):
-        backend = (MemoriesBackend() if memories_only
-                   else EngineBackend(make_engine(params)))
+        backend = MemoriesBackend() if memories_only else make_backend(params)
         return SpineCore(backend, clock_hz=int(round(clock_hz)), baud=baud)
 
     if board.family not in ("ice40", "ecp5"):
@@ -435,7 +546,8 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     shutil.copyfile(build_dir / f"{name}.{product}", bitstream)
     target_mhz = round(freq_hz / 1e6, 3)
     engine_summary = ("memories only (no engine)" if memories_only else
-                      f"SpmvEngine {params['n_pe']} PEs, index/run {params['index_bits']}/"
+                      f"{'LstmEngine' if params.get('engine') == 'lstm' else 'SpmvEngine'} "
+                      f"{params['n_pe']} PEs, index/run {params['index_bits']}/"
                       f"{params['run_bits']} bits, act Q{params['act_width']}.{params['act_frac']},"
                       f" weights {params['weight_width']} bits, acc {params['acc_bits']} bits, "
                       f"{params['max_rows']}x{params['max_cols']} max, "
@@ -544,7 +656,7 @@ def prepare(args):
     estimate = None
     if not args.memories_only:
         estimate = check_capacity(board, params, model_name=model.name if model else None)
-        if not params.get("mlp", True):
+        if not params.get("mlp", True) and params.get("engine") != "lstm":
             print(f"warning: model {model.name!r} is not an MLP; the engine is sized for its "
                   f"matrices but cannot run it", file=sys.stderr)
     return board, params, model, estimate

@@ -288,7 +288,9 @@ def board_top(board: str, model):
     ``model`` (a :class:`CompressedModel` or ``.spn`` path).
 
     The core is the one :mod:`hdl.build` puts in the bitstream (:class:`hdl.top.SpineCore`
-    around :class:`hdl.top.EngineBackend` with :func:`hdl.build.engine_for_model`'s engine),
+    around :func:`hdl.build.make_backend`: :class:`hdl.top.EngineBackend` with an SpMV engine
+    for an MLP, :class:`hdl.top.LstmBackend` with an LSTM engine for an LSTM package, sized by
+    :func:`hdl.build.engine_for_model`),
     without the PLL/reset wrapper, its UART at :data:`SIM_CLOCKS_PER_BIT` clocks per bit;
     IDENTIFY reports the board profile's clock and baud rate.
 
@@ -299,23 +301,27 @@ def board_top(board: str, model):
     Raises
     ------
     ValueError
-        Unknown board, or a model the engine cannot run (not an MLP).
+        Unknown board, or a model no engine can run (neither an MLP nor LSTM + classifier).
     """
     from boards import get_board
     from host.driver import _as_model
 
-    from .build import engine_for_model, make_engine
-    from .top import EngineBackend, SpineCore
+    from .build import engine_for_model, make_backend
+    from .top import SpineCore
 
     profile = get_board(board)
     model = _as_model(model)
     params = engine_for_model(model)
-    if not params.get("mlp", True) or not params.get("uniform_fields", True):
+    if params.get("engine") == "lstm":
+        if not params.get("uniform_fields", True):
+            raise ValueError(f"model {model.name!r} uses different entry widths in its LSTM "
+                             f"and classifier matrices; one engine has one")
+    elif not params.get("mlp", True) or not params.get("uniform_fields", True):
         from host.driver import _engine_layers
         _engine_layers(model)  # raises naming the layer the engine cannot run
         raise ValueError(f"model {model.name!r} uses different entry widths in different "
                          f"layers; one engine has one")
-    core = SpineCore(EngineBackend(make_engine(params)), clock_hz=int(profile.clock_hz),
+    core = SpineCore(make_backend(params), clock_hz=int(profile.clock_hz),
                      baud=int(profile.baud), divisor=SIM_CLOCKS_PER_BIT)
     return core, "rx", "tx", SIM_CLOCKS_PER_BIT
 

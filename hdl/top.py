@@ -11,11 +11,15 @@ Back ends (what sits behind the region bus):
 * :class:`EngineBackend`: :class:`hdl.spmv.SpmvEngine` behind a thin adapter
   (:class:`EngineAdapter`).  Engine memories are write-only (the engine has no read ports);
   the OUTPUT region (the dense output buffer) is readable.
+* :class:`LstmBackend`: :class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.  Regions 0-4
+  as for the SpMV engine; INFER's dense T x I input sequence (INPUT region, written in address
+  order) is turned into the engine's x list (non-zeros with their columns) and per-step ends
+  on the fly; OUTPUT reads the classifier scores.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -25,7 +29,8 @@ from .command import (DATA_BITS, CommandDecoder, EngineControlSignature, RegionB
                       RegionMemories, RegionSpec, _addr_width)
 from .uart import UART, baud_divisor, check_divisor
 
-__all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "SpineCore", "BoardTop",
+__all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "LstmBackend", "LstmAdapter",
+           "SpineCore", "BoardTop",
            "pll_config", "default_test_regions", "N_LEDS"]
 
 N_LEDS = 4
@@ -175,6 +180,158 @@ class EngineBackend:
 
     def build(self):
         return EngineAdapter(self.engine)
+
+
+class LstmAdapter(wiring.Component):
+    """:class:`hdl.lstm.LstmEngine` behind the region bus.
+
+    Writes: ENTRY/POINTER go to PE ``index`` only; CODEBOOK, BIAS, DESCRIPTOR to the engine's
+    loader (descriptor "layer" 2 is :class:`hdl.lstm.LstmField`; the adapter keeps its own copy
+    of ``INPUT`` = I).  INPUT (region 5, ``steps_max * input_max`` act words, written by INFER
+    in address order from 0) is the dense sequence ``x[t, i]`` at address ``t * I + i``: a write
+    to address 0 restarts the list; every non-zero word becomes the next x-list entry
+    ``column << act.width | value`` (engine region XLIST), and after column ``I - 1`` of step
+    ``t`` the list length goes to XEND[t] one cycle later (the decoder leaves at least two idle
+    bus cycles between writes).  STEPS is a descriptor field written when the model is loaded.
+    ``ctl.start`` is delayed by one cycle (the last XEND write lands first) and ``ctl.done`` is
+    masked in that cycle.  Reads: OUTPUT only (classifier scores, latency 1, sign-extended).
+    ``ctl.reset`` and ``ctl.n_layers`` are ignored.
+    """
+
+    read_latency = 1
+
+    def __init__(self, engine):
+        from .lstm import LstmEngine
+
+        if not isinstance(engine, LstmEngine):
+            raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
+        if engine.acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
+            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
+                             f"loader words are {engine.data_width} bits")
+        if engine.n_pe > 256:
+            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
+        self.engine = engine
+        self.regions = self.region_table(engine)
+        self.addr_width = _addr_width(self.regions)
+        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
+                          "ctl": In(EngineControlSignature())})
+
+    @staticmethod
+    def region_table(engine):
+        """The :class:`RegionSpec` list of ``engine``'s regions (no elaboration needed)."""
+        e = engine
+        act = e.act_format
+        return [
+            RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe,
+                       readable=False),
+            RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe, readable=False),
+            RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
+                       readable=False, signed=True),
+            RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, readable=False, signed=True),
+            RegionSpec(RegionId.DESCRIPTOR, 32, 3 * 8, readable=False),
+            RegionSpec(RegionId.INPUT, act.width, e.steps_max * e.input_max, readable=False,
+                       signed=True),
+            RegionSpec(RegionId.OUTPUT, act.width, max(1, e.classes_max), writable=False,
+                       signed=True),
+        ]
+
+    def elaborate(self, platform):
+        from amaranth.utils import bits_for
+
+        from .lstm import LstmField, LstmRegion
+
+        m = Module()
+        e, bus, ctl = self.engine, self.bus, self.ctl
+        m.submodules.engine = e
+        load = e.load
+        aw = e.act_format.width
+        in_size = Signal(bits_for(e.input_max))
+        col = Signal(bits_for(e.input_max))
+        step = Signal(bits_for(e.steps_max))
+        ptr = Signal(e.xlist_bits)
+        end_pending = Signal()
+        end_step = Signal.like(step)
+        end_value = Signal.like(ptr)
+        start_d = Signal()
+
+        # Defaults: the bus straight to the loader (regions 0-4 have the engine's numbers).
+        m.d.comb += [
+            load.region.eq(bus.region[:3]),
+            load.addr.eq(bus.addr),
+            load.data.eq(bus.wdata),
+            load.valid.eq(bus.we & (bus.region <= RegionId.DESCRIPTOR)),
+            load.mask.eq(Const(1, e.n_pe) << bus.index),
+        ]
+        for p in range(e.n_pe):
+            m.d.comb += load.lanes[p].eq(bus.wdata)
+        seq_input = (2 << 3) | int(LstmField.INPUT)
+        with m.If(bus.we & (bus.region == RegionId.DESCRIPTOR) & (bus.addr == seq_input)):
+            m.d.sync += in_size.eq(bus.wdata[:len(in_size)])
+
+        # INPUT: the dense sequence -> x list + per-step ends.
+        first = bus.addr == 0
+        cur_col = Signal.like(col)
+        cur_step = Signal.like(step)
+        cur_ptr = Signal.like(ptr)
+        m.d.comb += [cur_col.eq(Mux(first, 0, col)), cur_step.eq(Mux(first, 0, step)),
+                     cur_ptr.eq(Mux(first, 0, ptr))]
+        value = bus.wdata[:aw]
+        nonzero = value != 0
+        next_ptr = Signal.like(ptr)
+        m.d.comb += next_ptr.eq(cur_ptr + nonzero)
+        m.d.sync += end_pending.eq(0)
+        with m.If(bus.we & (bus.region == RegionId.INPUT)):
+            m.d.comb += [load.region.eq(LstmRegion.XLIST), load.addr.eq(cur_ptr),
+                         load.data.eq((cur_col << aw) | value), load.valid.eq(nonzero)]
+            m.d.sync += ptr.eq(next_ptr)
+            with m.If(cur_col + 1 >= in_size):
+                m.d.sync += [col.eq(0), step.eq(cur_step + 1), end_pending.eq(1),
+                             end_step.eq(cur_step), end_value.eq(next_ptr)]
+            with m.Else():
+                m.d.sync += [col.eq(cur_col + 1), step.eq(cur_step)]
+        with m.Elif(end_pending):
+            m.d.comb += [load.region.eq(LstmRegion.XEND), load.addr.eq(end_step),
+                         load.data.eq(end_value), load.valid.eq(1)]
+
+        m.d.comb += [e.out_addr.eq(bus.addr), bus.rdata.eq(e.out_data.as_signed())]
+        m.d.sync += start_d.eq(ctl.start)
+        m.d.comb += [e.start.eq(start_d), ctl.busy.eq(e.busy | start_d),
+                     ctl.done.eq(e.done & ~start_d), ctl.cycles.eq(e.cycles)]
+        return m
+
+
+class LstmBackend:
+    """:class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.
+
+    IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.LSTM`, ``max_layers`` 2,
+    ``max_rows = 4 * hidden_max``, ``max_cols = input_max + hidden_max`` (the host derives
+    ``hidden_max`` and ``input_max`` from them, ``steps_max`` from the INPUT region's depth and
+    ``classes_max`` from the OUTPUT region's).
+    """
+
+    kind = EngineKind.LSTM
+    read_latency = 1
+
+    def __init__(self, engine):
+        from .lstm import GATES, LstmEngine
+
+        if not isinstance(engine, LstmEngine):
+            raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
+        self.engine = engine
+        self.regions = LstmAdapter.region_table(engine)
+        e = engine
+        self.params = {
+            "engine": int(self.kind), "n_pe": e.n_pe, "index_bits": e.index_bits,
+            "run_bits": e.run_bits, "act_width": e.act_format.width,
+            "act_frac": e.act_format.frac, "weight_width": e.weight_width,
+            "acc_bits": e.acc_bits, "max_layers": e.max_layers,
+            "max_rows": GATES * e.hidden_max, "max_cols": e.input_max + e.hidden_max,
+            "max_entries_per_pe": e.max_entries_per_pe,
+            "max_pointers": e.max_pointers, "max_bias": e.max_bias,
+        }
+
+    def build(self):
+        return LstmAdapter(self.engine)
 
 
 class SpineCore(wiring.Component):

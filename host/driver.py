@@ -28,7 +28,7 @@ from typing import Self
 
 import numpy as np
 
-from .compressed import CompressedModel, QFlatten, QLinear, QReLU
+from .compressed import QLSTM, CompressedModel, QFlatten, QLinear, QReLU
 from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyError
 from .errors import SpineError
 from .fixedpoint import Format
@@ -250,6 +250,77 @@ def _engine_layers(model: CompressedModel):
     return layers
 
 
+def _lstm_layers(model: CompressedModel):
+    """``(QLSTM, QLinear classifier)`` of an LSTM package (a ``(T, I)`` input, one QLSTM that
+    returns h_T, then one QLinear); ``ValueError`` naming what is different otherwise."""
+    layers = list(model.layers)
+    if not layers or not isinstance(layers[0], QLSTM):
+        raise ValueError(f"model {model.name!r} does not start with an LSTM layer")
+    lstm = layers[0]
+    if lstm.return_sequences:
+        raise ValueError(f"model {model.name!r}: the LSTM engine keeps only h_T "
+                         f"(return_sequences is not supported)")
+    if len(layers) != 2 or not isinstance(layers[1], QLinear):
+        kinds = ", ".join(type(layer).__name__ for layer in layers)
+        raise ValueError(f"model {model.name!r} is {kinds}; the LSTM engine runs one QLSTM "
+                         f"followed by one QLinear classifier")
+    if len(model.input_shape) != 2 or int(model.input_shape[1]) != lstm.input_size:
+        raise ValueError(f"model {model.name!r} takes inputs of shape "
+                         f"{tuple(model.input_shape)}, not (steps, {lstm.input_size})")
+    return lstm, layers[1]
+
+
+def _lstm_limits(info: EngineInfo) -> dict:
+    """An LSTM engine's sizes from IDENTIFY (see :class:`host.protocol.EngineKind`)."""
+    hidden = info.max_rows // 4
+    inputs = max(1, info.max_cols - hidden)
+    try:
+        steps = info.region(RegionId.INPUT).depth // inputs
+        classes = info.region(RegionId.OUTPUT).depth
+    except KeyError:
+        steps = classes = 0
+    return {"hidden_max": hidden, "input_max": inputs, "steps_max": steps,
+            "classes_max": classes}
+
+
+def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> list[str]:
+    try:
+        lstm, cls = _lstm_layers(model)
+    except ValueError as error:
+        return problems + [str(error)]
+
+    def differ(what, model_value, engine_value):
+        if model_value != engine_value:
+            problems.append(f"{what}: model {model_value}, engine {engine_value}")
+
+    limits = _lstm_limits(info)
+    differ("PE count", model.n_pe, info.n_pe)
+    differ("activation format", str(model.act_format), str(info.act_format))
+    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    steps = int(model.input_shape[0])
+    for what, value, limit in (("hidden units", lstm.hidden, limits["hidden_max"]),
+                               ("input size", lstm.input_size, limits["input_max"]),
+                               ("time steps", steps, limits["steps_max"]),
+                               ("classes", cls.matrix.rows, limits["classes_max"])):
+        if not 1 <= value <= limit:
+            problems.append(f"{what}: model {value}, engine at most {limit}")
+    entries = 0
+    for where, m in (("LSTM matrix", lstm.matrix), ("classifier", cls.matrix)):
+        enc = m.encoded
+        differ(f"{where} index bits", enc.index_bits, info.index_bits)
+        differ(f"{where} run bits", enc.run_bits, info.run_bits)
+        if m.weight_format.width > info.weight_width:
+            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
+                            f"{info.weight_width}")
+        if m.weight_format.frac >= info.weight_width:
+            problems.append(f"{where} weight fraction bits {m.weight_format.frac} do not fit "
+                            f"the engine's {info.weight_width}-bit weights")
+        entries += int(enc.entries_per_pe().max()) if enc.n_pe == info.n_pe else 0
+    if entries > info.max_entries_per_pe:
+        problems.append(f"entries per PE: model {entries}, engine {info.max_entries_per_pe}")
+    return problems
+
+
 def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
     """Every way ``model`` does not fit ``info``'s engine, as readable lines (empty: fits)."""
     problems = []
@@ -258,17 +329,23 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
                         f"not match its IDENTIFY fields (0x"
                         f"{engine_config_digest(info.engine_params()).hex()}): a damaged "
                         f"answer or a bitstream from another spine version")
-    if info.engine != EngineKind.SPMV:
-        problems.append(f"the bitstream's engine is {info.kind}, not SPMV: it cannot run "
-                        f"models")
+    if info.engine not in (EngineKind.SPMV, EngineKind.LSTM):
+        problems.append(f"the bitstream's engine is {info.kind}, not SPMV or LSTM: it cannot "
+                        f"run models")
         return problems
     if info.version != PROTOCOL_VERSION:
         problems.append(f"protocol version: bitstream {info.version}, driver "
                         f"{PROTOCOL_VERSION}")
+    if info.engine == EngineKind.LSTM:
+        return _lstm_mismatches(model, info, problems)
     try:
         layers = _engine_layers(model)
     except ValueError as error:
-        return problems + [str(error)]
+        hint = ""
+        if any(isinstance(layer, QLSTM) for layer in model.layers):
+            hint = (" (an LSTM package runs on a bitstream with the LSTM engine: build the "
+                    "board for it, `python -m hdl.sim --model` / `python -m hdl.build --model`)")
+        return problems + [str(error) + hint]
 
     def differ(what, model_value, engine_value):
         if model_value != engine_value:
@@ -321,10 +398,62 @@ def _spmv_engine(info: EngineInfo):
     return engine
 
 
+def _lstm_engine(info: EngineInfo, model: CompressedModel):
+    """The :class:`hdl.lstm.LstmEngine` description :func:`hdl.lstm_image.build_image` lays
+    the model out for (IDENTIFY's sizes, the model's tables; never elaborated)."""
+    from hdl.lstm import LstmEngine
+    limits = _lstm_limits(info)
+    engine = LstmEngine(info.n_pe, hidden_max=max(1, limits["hidden_max"]),
+                        input_max=limits["input_max"], steps_max=max(1, limits["steps_max"]),
+                        classes_max=limits["classes_max"], index_bits=info.index_bits,
+                        run_bits=info.run_bits, act_format=info.act_format,
+                        weight_width=info.weight_width, acc_bits=info.acc_bits,
+                        table_spec=model.table_spec,
+                        max_entries_per_pe=info.max_entries_per_pe)
+    engine._MustUse__silence = True
+    return engine
+
+
+def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
+    """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4; the descriptor
+    block holds both matrix descriptors and the sequence descriptor with STEPS = T)."""
+    from hdl.lstm import LstmField
+    from hdl.lstm_image import build_image
+    lstm, cls = _lstm_layers(model)
+    image = build_image(_lstm_engine(info, model), lstm, cls)
+    steps = int(model.input_shape[0])
+    wb = info.word_bytes
+    blocks = [LoadBlock("control (unload)", RegionId.CONTROL, 0, Control.N_LAYERS,
+                        np.zeros(1, np.int64), wb(RegionId.CONTROL), check=False)]
+    for p in range(info.n_pe):
+        blocks.append(LoadBlock(f"entries of PE {p}", RegionId.ENTRY, p, 0,
+                                image.entries[:, p], wb(RegionId.ENTRY)))
+    for p in range(info.n_pe):
+        blocks.append(LoadBlock(f"pointers of PE {p}", RegionId.POINTER, p, 0,
+                                image.pointers[:, p], wb(RegionId.POINTER)))
+    for slot, book in enumerate(image.codebooks):
+        blocks.append(LoadBlock(f"codebook {slot}", RegionId.CODEBOOK, 0,
+                                slot << info.index_bits, book, wb(RegionId.CODEBOOK)))
+    blocks.append(LoadBlock("biases", RegionId.BIAS, 0, 0, image.bias, wb(RegionId.BIAS)))
+    desc = np.zeros(3 * 8, np.int64)
+    for addr, value in image.descriptors:
+        desc[addr] = value
+    desc[(2 << 3) | LstmField.STEPS] = steps
+    blocks.append(LoadBlock("descriptors (LSTM, classifier, sequence)", RegionId.DESCRIPTOR,
+                            0, 0, desc, wb(RegionId.DESCRIPTOR)))
+    control = np.array([2, steps * lstm.input_size, cls.matrix.rows, _image_id(blocks)],
+                       np.int64)
+    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
+                            wb(RegionId.CONTROL)))
+    return blocks
+
+
 def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     """The WRITE blocks that load ``model`` into ``info``'s engine, in write order: CONTROL
     cleared (no model), the per-PE entries and pointers, codebooks, biases, descriptors, and
     last the CONTROL words that make the model runnable.  ``ValueError`` if it does not fit."""
+    if info.engine == EngineKind.LSTM:
+        return _lstm_model_image(model, info)
     from hdl.spmv_image import build_image
     layers = _engine_layers(model)
     image = build_image(_spmv_engine(info), layers)

@@ -205,6 +205,9 @@ class EngineKind(enum.IntEnum):
 
     MEMORIES = 0    #: plain memory regions, no engine (test shell): INFER copies INPUT to OUTPUT
     SPMV = 1        #: hdl.spmv.SpmvEngine
+    LSTM = 2        #: hdl.lstm.LstmEngine (one QLSTM + a QLinear classifier on h_T); IDENTIFY's
+    #:                 max_rows = 4 * hidden_max, max_cols = input_max + hidden_max, max_layers 2;
+    #:                 INFER's payload is the dense T x I input sequence (docs/protocol.md)
 
 
 IDENTIFY_MAGIC = b"SPN1"

@@ -61,20 +61,36 @@ def balanced_mask(weights: np.ndarray, density: float, n_pe: int) -> np.ndarray:
     rows, cols = weights.shape
     total = keep_count(weights.size, density)
     capacity = np.array([len(range(pe, rows, n_pe)) * cols for pe in range(n_pe)])
-    quota = np.zeros(n_pe, dtype=np.int64)
-    remaining = total
-    # Water-filling: give every PE with room an equal share until the total is placed.
-    while remaining > 0:
-        open_pes = np.flatnonzero(quota < capacity)
-        share, extra = divmod(remaining, len(open_pes))
-        for rank, pe in enumerate(open_pes):
-            add = min(share + (1 if rank < extra else 0), capacity[pe] - quota[pe])
-            quota[pe] += add
-            remaining -= add
+    quota = _water_fill(capacity, total)
     mask = np.zeros(weights.shape, dtype=bool)
     for pe in range(n_pe):
         mask[pe::n_pe] = _top_k_mask(weights[pe::n_pe], int(quota[pe]))
     return mask
+
+
+def _water_fill(capacity: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over bins of the given capacities as evenly as possible.
+
+    PEs whose sub-matrix is too small are filled; the others get ``base`` or ``base + 1``,
+    so any two PEs that are not full differ by at most one.
+    """
+    quota = np.zeros(len(capacity), dtype=np.int64)
+    remaining = int(total)
+    order = np.argsort(capacity, kind="stable")
+    for rank, pe in enumerate(order):
+        left = len(order) - rank
+        if capacity[pe] * left <= remaining:
+            quota[pe] = capacity[pe]
+            remaining -= int(capacity[pe])
+            continue
+        base, extra = divmod(remaining, left)
+        rest = order[rank:]
+        quota[rest] = base
+        # Every PE from here on has room for base + 1 (its capacity exceeds the average);
+        # the lowest-numbered ones take the extra non-zeros.
+        quota[np.sort(rest)[:extra]] += 1
+        break
+    return quota
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def format_report(report: dict) -> str:
             (f"  accuracy on {report['eval_samples']} samples: float "
              f"{100 * report['accuracy_float']:.2f}%  ->  compressed (bit-exact hardware) "
              f"{100 * report['accuracy_compressed']:.2f}%  "
-             f"({-report['accuracy_drop_points']:+.2f} points)"),
+             f"({0.0 - report['accuracy_drop_points']:+.2f} points)"),
             (f"  fixed point: {report['accumulator_overflows']} accumulator overflows, "
              f"{report['saturations']} saturated outputs"),
         ]

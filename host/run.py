@@ -189,8 +189,9 @@ def _parser() -> argparse.ArgumentParser:
                    "model (exit 1 on any difference)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--output", help="save the output integers to this .npy")
-    p.add_argument("--window", type=int, default=1, help="requests in flight (default 1; more "
-                   "needs a bitstream whose receive FIFO holds them, see docs/driver.md)")
+    p.add_argument("--window", type=int, default=2, help="requests in flight (default 2: the "
+                   "next request arrives while the engine runs; the 256-byte receive FIFO holds "
+                   "one 135-byte request besides the one being executed, see docs/driver.md)")
     p.add_argument("--baud", type=int, default=None,
                    help="serial baud rate (default 1000000, the iCEBreaker bitstream's)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds before a request is "

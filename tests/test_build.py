@@ -189,3 +189,47 @@ def test_full_icebreaker_build(tmp_path):
         assert use["used"] <= use["available"], (key, use)
     assert report["timing_met"], (report["fmax_mhz"], report["target_mhz"])
     assert code == 0
+
+
+@pytest.fixture(scope="module")
+def lstm_model():
+    """digits-lstm compressed for 8 PEs (as ``python -m host.compress digits-lstm --pes 8``)."""
+    from host.modelsource import resolve_model
+    from host.pipeline import CompressConfig, compress_model
+    source = resolve_model("digits-lstm")
+    return compress_model(source.model, CompressConfig(n_pe=8, density=0.25),
+                          calib_x=source.train[0]).model
+
+
+def test_engine_for_lstm_model(lstm_model):
+    """An LSTM package gets an LstmEngine sized for it; IDENTIFY's fields give the driver back
+    the engine's sizes."""
+    from hdl.top import LstmBackend
+    from host.driver import EngineInfo, _lstm_limits, model_mismatches
+    from host.protocol import PROTOCOL_VERSION, Identity, engine_config_digest
+    params = build.engine_for_model(lstm_model)
+    assert params["engine"] == "lstm" and not params["mlp"]
+    assert (params["hidden_max"], params["input_max"], params["steps_max"],
+            params["classes_max"], params["ew_lanes"]) == (64, 8, 8, 10, 4)
+    backend = build.make_backend(params)
+    assert isinstance(backend, LstmBackend)
+    p = backend.params
+    regions = tuple(r.describe() for r in backend.regions)
+    info = EngineInfo(PROTOCOL_VERSION, p["engine"], 12_000_000, 1_000_000,
+                      engine_config_digest(p), p["n_pe"], p["index_bits"], p["run_bits"],
+                      p["act_width"], p["act_frac"], p["weight_width"], p["acc_bits"],
+                      p["max_layers"], p["max_rows"], p["max_cols"], p["max_entries_per_pe"],
+                      p["max_pointers"], p["max_bias"], 1024, regions)
+    assert isinstance(info, Identity) and info.kind == "LSTM" and info.hash_ok
+    assert _lstm_limits(info) == {"hidden_max": 64, "input_max": 8, "steps_max": 8,
+                                  "classes_max": 10}
+    assert model_mismatches(lstm_model, info) == []
+
+
+def test_lstm_capacity_counts_lanes(lstm_model):
+    params = build.engine_for_model(lstm_model)
+    with pytest.raises(build.CapacityError, match=r"DSP overflows: 8 PEs \+ 4 element-wise "
+                                                  r"lanes need 12 multipliers"):
+        build.check_capacity(get_board("icebreaker"), params, model_name=lstm_model.name)
+    names = {m.name for m in build.memory_inventory(params)}
+    assert {"x list", "gate ROM, sigmoid + tanh (per lane)", "entry memory (per PE)"} <= names

@@ -213,3 +213,88 @@ def test_harness_echo_raw_bytes():
         assert got == b"hello"
         second.close()
     assert running.stats["framing_errors"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The LSTM: digits-lstm on the LSTM engine's board (hdl.top.LstmBackend), one more Verilator build
+
+N_LSTM_INPUTS = 150
+
+
+@pytest.fixture(scope="module")
+def lstm_workload(tmp_path_factory):
+    """digits-lstm compressed for 8 PEs (its default density 0.25, as ``python -m
+    host.compress digits-lstm --pes 8``), saved as .spn, with test inputs and labels."""
+    source = resolve_model("digits-lstm")
+    density = source.defaults.get("density", 0.25)
+    result = compress_model(source.model, CompressConfig(n_pe=8, density=density),
+                            calib_x=source.train[0])
+    path = tmp_path_factory.mktemp("e2e-lstm") / "lstm.spn"
+    save_package(result.model, path)
+    x, y = source.test
+    return {"model": result.model, "path": path, "x": x[:N_LSTM_INPUTS],
+            "y": y[:N_LSTM_INPUTS]}
+
+
+@pytest.fixture(scope="module")
+def lstm_board(lstm_workload):
+    component, rx, tx, cpb = board_top("icebreaker", lstm_workload["path"])
+    harness = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
+    with SimBoard(harness) as running:
+        yield running
+
+
+def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
+    """Every class score bit-exact with the golden model, every run's cycle count equal to the
+    LSTM cycle model (host.lstm_cycles via hdl.lstm_image.expected_run)."""
+    from hdl.build import engine_for_model, make_engine
+    from hdl.lstm_image import build_image, expected_run
+
+    model, x, y = lstm_workload["model"], lstm_workload["x"], lstm_workload["y"]
+    with Accelerator(lstm_board.url, timeout=5.0) as acc:
+        info = acc.identify()
+        assert info.kind == "LSTM" and info.hash_ok and info.n_pe == 8
+        acc.load(lstm_workload["path"], progress=False)
+        q = acc.quantize(x)
+        start = time.monotonic()
+        got = list(acc.stream_int(q, window=2, cycles=True))
+        seconds = time.monotonic() - start
+        status = acc.status()
+        stats = acc.link.stats
+    assert len(got) == len(x) >= 100
+    out = np.stack([o for o, _ in got])
+    want = GoldenModel(model).forward_int(q)
+    mismatches = int(np.count_nonzero((out != want).any(axis=1)))
+    assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
+    assert status.infers == len(x)
+    assert stats.bad_crc == 0
+    engine = make_engine(engine_for_model(model))
+    engine._MustUse__silence = True
+    image = build_image(engine, model.layers[0], model.layers[1])
+    cycles = [c for _, c in got]
+    assert cycles == [expected_run(engine, image, s).cycles.total for s in q]
+    accuracy = float(np.mean(out.argmax(axis=1) == y))
+    assert accuracy > 0.9
+    print(f"\nLSTM: {len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
+          f"{np.mean(cycles):.0f} cycles each, accuracy {accuracy:.3f}, link {stats.as_dict()}")
+
+
+def test_lstm_single_infer_and_zero_input(lstm_board, lstm_workload):
+    """One float input through infer(); an all-zero sequence (empty x list) is exact too."""
+    model = lstm_workload["model"]
+    with Accelerator(lstm_board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        x0 = lstm_workload["x"][0]
+        assert np.array_equal(acc.infer(x0), expected(model, x0[None])[0])
+        zero = np.zeros((1, *model.input_shape))
+        assert np.array_equal(acc.infer(zero), expected(model, zero))
+
+
+def test_mlp_and_lstm_boards_refuse_each_others_models(board, lstm_board, workload,
+                                                       lstm_workload):
+    with Accelerator(lstm_board.url, timeout=5.0) as acc, \
+            pytest.raises(ModelMismatchError, match="does not start with an LSTM layer"):
+        acc.load(workload["model"], progress=False)
+    with Accelerator(board.url, timeout=5.0) as acc, \
+            pytest.raises(ModelMismatchError, match="layer 0 is lstm.*LSTM engine"):
+        acc.load(lstm_workload["model"], progress=False)
