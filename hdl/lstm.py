@@ -43,6 +43,7 @@ from host.fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 
 from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
+from .params import check_int
 from .requant import Requantizer
 from .spmv import (DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, Field, LoadSignature)
 
@@ -77,17 +78,6 @@ class LstmField(enum.IntEnum):
     GATE0 = 4       #: gate g's first row g*H as ``local << pe_bits | pe`` (fields 4..7)
 
 
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo \
-            or (hi is not None and value > hi):
-        if hi is None:
-            kind = "a positive integer" if lo == 1 else f"an integer >= {lo}"
-        else:
-            kind = f"an integer from {lo} to {hi}"
-        raise ValueError(f"`{name}` must be {kind}, not {value!r}")
-    return value
-
-
 class LstmEngine(wiring.Component):
     """Sparse LSTM sequence engine (see the module docstring).
 
@@ -113,13 +103,13 @@ class LstmEngine(wiring.Component):
                  index_bits=4, run_bits=4, act_format=_DEFAULT_ACT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
                  max_xlist=None, ew_lanes=1):
-        _check_int("n_pe", n_pe, 1)
-        _check_int("hidden_max", hidden_max, 1)
-        _check_int("input_max", input_max, 1)
-        _check_int("steps_max", steps_max, 1)
-        _check_int("classes_max", classes_max, 0)
-        _check_int("index_bits", index_bits, 1, 8)
-        _check_int("run_bits", run_bits, 1, 8)
+        check_int("n_pe", n_pe, 1)
+        check_int("hidden_max", hidden_max, 1)
+        check_int("input_max", input_max, 1)
+        check_int("steps_max", steps_max, 1)
+        check_int("classes_max", classes_max, 0)
+        check_int("index_bits", index_bits, 1, 8)
+        check_int("run_bits", run_bits, 1, 8)
         if not isinstance(act_format, Format):
             raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
                             f"{act_format!r}")
@@ -129,16 +119,16 @@ class LstmEngine(wiring.Component):
         if act_format.max_int < (1 << act_format.frac):
             raise ValueError(f"`act_format` {act_format} cannot hold 1.0 (sigmoid/tanh "
                              f"outputs); give it at least one integer bit")
-        _check_int("weight_width", weight_width, 2, MAX_WIDTH)
-        _check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
+        check_int("weight_width", weight_width, 2, MAX_WIDTH)
+        check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
         if not isinstance(table_spec, TableSpec):
             raise TypeError(f"`table_spec` must be a host.activations.TableSpec, not "
                             f"{table_spec!r}")
-        _check_int("max_entries_per_pe", max_entries_per_pe, 1)
-        _check_int("fifo_depth", fifo_depth, 1)
+        check_int("max_entries_per_pe", max_entries_per_pe, 1)
+        check_int("fifo_depth", fifo_depth, 1)
         if max_xlist is None:
             max_xlist = steps_max * input_max
-        _check_int("max_xlist", max_xlist, 1)
+        check_int("max_xlist", max_xlist, 1)
         if ew_lanes not in (1, 2, 4) or ew_lanes > n_pe:
             raise ValueError(f"`ew_lanes` must be 1, 2 or 4 and at most `n_pe` ({n_pe}), "
                              f"not {ew_lanes!r}")

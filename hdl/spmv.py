@@ -40,6 +40,7 @@ from host.fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .broadcast import BroadcastFifo
 from .ice40_spram import SPRAM_DEPTH
 from .pe import ProcessingElement, addr_bits, column_layout
+from .params import check_int
 from .requant import Requantizer
 
 __all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "LoadSignature",
@@ -112,17 +113,6 @@ class LoadSignature(wiring.Signature):
         })
 
 
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo \
-            or (hi is not None and value > hi):
-        if hi is None:
-            kind = "a positive integer" if lo == 1 else f"an integer >= {lo}"
-        else:
-            kind = f"an integer from {lo} to {hi}"
-        raise ValueError(f"`{name}` must be {kind}, not {value!r}")
-    return value
-
-
 class SpmvEngine(wiring.Component):
     """Sparse MLP engine: ``n_pe`` EIE processing elements and a layer sequencer.
 
@@ -183,22 +173,22 @@ class SpmvEngine(wiring.Component):
                  weight_width=16, acc_bits=32, max_rows, max_cols, max_entries_per_pe,
                  fifo_depth=8, max_layers=4, memory="bram", max_pointers=None,
                  max_bias=None):
-        _check_int("n_pe", n_pe, 1)
-        _check_int("index_bits", index_bits, 1, 8)
-        _check_int("run_bits", run_bits, 1, 8)
+        check_int("n_pe", n_pe, 1)
+        check_int("index_bits", index_bits, 1, 8)
+        check_int("run_bits", run_bits, 1, 8)
         if not isinstance(act_format, Format):
             raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
                             f"{act_format!r}")
         if act_format.width > MAX_WIDTH:
             raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
                              f"{act_format.width}")
-        _check_int("weight_width", weight_width, 2, MAX_WIDTH)
-        _check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
-        _check_int("max_rows", max_rows, 1)
-        _check_int("max_cols", max_cols, 1)
-        _check_int("max_entries_per_pe", max_entries_per_pe, 1)
-        _check_int("fifo_depth", fifo_depth, 1)
-        _check_int("max_layers", max_layers, 1)
+        check_int("weight_width", weight_width, 2, MAX_WIDTH)
+        check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
+        check_int("max_rows", max_rows, 1)
+        check_int("max_cols", max_cols, 1)
+        check_int("max_entries_per_pe", max_entries_per_pe, 1)
+        check_int("fifo_depth", fifo_depth, 1)
+        check_int("max_layers", max_layers, 1)
         if memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
         if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
@@ -207,10 +197,10 @@ class SpmvEngine(wiring.Component):
                              f"{max_entries_per_pe}")
         if max_pointers is None:
             max_pointers = max_layers * (max_cols + 1)
-        _check_int("max_pointers", max_pointers, 2)
+        check_int("max_pointers", max_pointers, 2)
         if max_bias is None:
             max_bias = max_layers * max_rows
-        _check_int("max_bias", max_bias, 1)
+        check_int("max_bias", max_bias, 1)
 
         self.n_pe = n_pe
         self.index_bits = index_bits
