@@ -414,14 +414,10 @@ def _lstm_engine(info: EngineInfo, model: CompressedModel):
     return engine
 
 
-def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
-    """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4; the descriptor
-    block holds both matrix descriptors and the sequence descriptor with STEPS = T)."""
-    from hdl.lstm import LstmField
-    from hdl.lstm_image import build_image
-    lstm, cls = _lstm_layers(model)
-    image = build_image(_lstm_engine(info, model), lstm, cls)
-    steps = int(model.input_shape[0])
+def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
+    """The first WRITE blocks of every engine image: CONTROL cleared (no model), then the
+    per-PE entries and pointers, the codebooks and the biases (``image`` from
+    ``hdl.spmv_image.build_image`` or ``hdl.lstm_image.build_image``)."""
     wb = info.word_bytes
     blocks = [LoadBlock("control (unload)", RegionId.CONTROL, 0, Control.N_LAYERS,
                         np.zeros(1, np.int64), wb(RegionId.CONTROL), check=False)]
@@ -435,6 +431,19 @@ def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBloc
         blocks.append(LoadBlock(f"codebook {slot}", RegionId.CODEBOOK, 0,
                                 slot << info.index_bits, book, wb(RegionId.CODEBOOK)))
     blocks.append(LoadBlock("biases", RegionId.BIAS, 0, 0, image.bias, wb(RegionId.BIAS)))
+    return blocks
+
+
+def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
+    """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4; the descriptor
+    block holds both matrix descriptors and the sequence descriptor with STEPS = T)."""
+    from hdl.lstm import LstmField
+    from hdl.lstm_image import build_image
+    lstm, cls = _lstm_layers(model)
+    image = build_image(_lstm_engine(info, model), lstm, cls)
+    steps = int(model.input_shape[0])
+    wb = info.word_bytes
+    blocks = _matrix_blocks(image, info)
     desc = np.zeros(3 * 8, np.int64)
     for addr, value in image.descriptors:
         desc[addr] = value
@@ -460,18 +469,7 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     n_inputs = int(np.prod(model.input_shape))
     n_outputs = layers[-1].matrix.rows
     wb = info.word_bytes
-    blocks = [LoadBlock("control (unload)", RegionId.CONTROL, 0, Control.N_LAYERS,
-                        np.zeros(1, np.int64), wb(RegionId.CONTROL), check=False)]
-    for p in range(info.n_pe):
-        blocks.append(LoadBlock(f"entries of PE {p}", RegionId.ENTRY, p, 0,
-                                image.entries[:, p], wb(RegionId.ENTRY)))
-    for p in range(info.n_pe):
-        blocks.append(LoadBlock(f"pointers of PE {p}", RegionId.POINTER, p, 0,
-                                image.pointers[:, p], wb(RegionId.POINTER)))
-    for slot, book in enumerate(image.codebooks):
-        blocks.append(LoadBlock(f"codebook {slot}", RegionId.CODEBOOK, 0,
-                                slot << info.index_bits, book, wb(RegionId.CODEBOOK)))
-    blocks.append(LoadBlock("biases", RegionId.BIAS, 0, 0, image.bias, wb(RegionId.BIAS)))
+    blocks = _matrix_blocks(image, info)
     for n, desc in enumerate(image.descriptors):
         blocks.append(LoadBlock(f"descriptor of layer {n}", RegionId.DESCRIPTOR, 0, n << 3,
                                 desc, wb(RegionId.DESCRIPTOR)))

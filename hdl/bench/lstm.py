@@ -23,46 +23,28 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fraction, positive_int
+
 __all__ = ["add_parser", "add_arguments", "run", "bench_lstm"]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], not {value}")
-    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", help="a .spn package (QLSTM [+ QLinear]) or a bundled model "
                                    "name (e.g. digits-lstm, compressed for --pes at its "
                                    "default density); default: a random LSTM")
-    p.add_argument("--hidden", type=_positive_int, default=128, help="hidden units (128)")
-    p.add_argument("--input", type=_positive_int, default=None,
+    p.add_argument("--hidden", type=positive_int, default=128, help="hidden units (128)")
+    p.add_argument("--input", type=positive_int, default=None,
                    help="input size (default: = hidden)")
-    p.add_argument("--density", type=_fraction, default=0.1,
+    p.add_argument("--density", type=fraction, default=0.1,
                    help="fraction of non-zero weights (0.1)")
-    p.add_argument("--act-density", type=_fraction, default=1.0,
+    p.add_argument("--act-density", type=fraction, default=1.0,
                    help="fraction of non-zero inputs x_t (1.0)")
-    p.add_argument("--pes", type=_positive_int, default=8, help="processing elements (8)")
-    p.add_argument("--fifo", type=_positive_int, default=8, help="broadcast FIFO depth (8)")
+    p.add_argument("--pes", type=positive_int, default=8, help="processing elements (8)")
+    p.add_argument("--fifo", type=positive_int, default=8, help="broadcast FIFO depth (8)")
     p.add_argument("--lanes", type=int, choices=(1, 2, 4), default=None,
                    help="element-wise lanes (accumulator reads per cycle; default: 4, or "
                         "the largest of 1, 2, 4 not above --pes)")
-    p.add_argument("--steps", type=_positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
                    help="time steps (model's sequence length, or 4)")
     p.add_argument("--seed", type=int, default=0, help="random seed (0)")
     p.add_argument("--json", action="store_true", help="print a JSON object")

@@ -25,40 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
+from . import fraction, positive_int
+
 __all__ = ["add_parser", "run", "bench_spmv"]
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
-    return value
-
-
-def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], not {value}")
-    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("spmv", help="one random sparse layer on the SpmvEngine RTL",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=_positive_int, default=512, help="layer outputs (512)")
-    p.add_argument("--cols", type=_positive_int, default=512, help="layer inputs (512)")
-    p.add_argument("--density", type=_fraction, default=0.1,
+    p.add_argument("--rows", type=positive_int, default=512, help="layer outputs (512)")
+    p.add_argument("--cols", type=positive_int, default=512, help="layer inputs (512)")
+    p.add_argument("--density", type=fraction, default=0.1,
                    help="fraction of non-zero weights (0.1)")
-    p.add_argument("--act-density", type=_fraction, default=0.5,
+    p.add_argument("--act-density", type=fraction, default=0.5,
                    help="fraction of non-zero activations (0.5)")
-    p.add_argument("--pes", type=_positive_int, default=8, help="processing elements (8)")
-    p.add_argument("--fifo", type=_positive_int, default=8, help="broadcast FIFO depth (8)")
+    p.add_argument("--pes", type=positive_int, default=8, help="processing elements (8)")
+    p.add_argument("--fifo", type=positive_int, default=8, help="broadcast FIFO depth (8)")
     p.add_argument("--balance", action="store_true",
                    help="load-balance-aware pruning (host.pruning.balanced_mask) instead of "
                         "uniform random sparsity")
