@@ -45,7 +45,8 @@ from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
 from .params import check_int
 from .requant import Requantizer
-from .spmv import (DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, Field, LoadSignature)
+from .spmv import (DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, Field, LoadSignature,
+                   connect_matrix_loader, write_descriptor_field)
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
@@ -256,22 +257,9 @@ class LstmEngine(wiring.Component):
         gate_start = [Signal(self.local_bits + self.pe_bits, name=f"gate_start{g}")
                       for g in range(GATES)]
 
-        for p, pe in enumerate(pes):
-            lane = load.lanes[p]
-            m.d.comb += [
-                pe.entry_w.addr.eq(load.addr), pe.entry_w.data.eq(lane[:self.entry_bits]),
-                pe.entry_w.en.eq(load.valid & (region == LstmRegion.ENTRY) & load.mask[p]),
-                pe.ptr_w.addr.eq(load.addr), pe.ptr_w.data.eq(lane[:self.ptr_bits]),
-                pe.ptr_w.en.eq(load.valid & (region == LstmRegion.POINTER) & load.mask[p]),
-                pe.cb_w.addr.eq(load.addr), pe.cb_w.data.eq(load.data[:self.weight_width]),
-                pe.cb_w.en.eq(load.valid & (region == LstmRegion.CODEBOOK)),
-                pe.entry_base.eq(desc.entry_base), pe.cb_slot.eq(desc.cb_slot),
-            ]
-        m.submodules.bias_mem = bias_mem = Memory(shape=signed(self.acc_bits),
-                                                  depth=self.max_bias, init=[])
-        bias_w = bias_mem.write_port()
-        m.d.comb += [bias_w.addr.eq(load.addr), bias_w.data.eq(load.data[:self.acc_bits]),
-                     bias_w.en.eq(load.valid & (region == LstmRegion.BIAS))]
+        bias_mem = connect_matrix_loader(
+            m, pes, load, desc, entry_bits=self.entry_bits, ptr_bits=self.ptr_bits,
+            weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias)
         with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
             with m.If(load.addr[3:] == 2):
                 with m.Switch(load.addr[:3]):
@@ -284,16 +272,7 @@ class LstmEngine(wiring.Component):
                         with m.Case(LstmField.GATE0 + g):
                             m.d.sync += gate_start[g].eq(load.data[:len(gate_start[g])])
             with m.Elif(load.addr[3:] < 2):
-                target = descs[load.addr[3]]
-                with m.Switch(load.addr[:3]):
-                    for field, name in ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
-                                        (Field.PTR_BASE, "ptr_base"),
-                                        (Field.BIAS_BASE, "bias_base"),
-                                        (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"),
-                                        (Field.RELU, "relu")):
-                        with m.Case(field):
-                            member = getattr(target, name)
-                            m.d.sync += member.eq(load.data[:len(member.as_value())])
+                write_descriptor_field(m, descs[load.addr[3]], load)
 
         # --- x list (all steps) and per-step ends ----------------------------------------------
         m.submodules.xlist = xlist = Memory(shape=self.list_layout, depth=self.max_xlist,

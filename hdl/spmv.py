@@ -89,6 +89,50 @@ class Field(enum.IntEnum):
 DESCRIPTOR_FIELDS = tuple(Field)
 
 
+#: The descriptor-layout member each :class:`Field` writes.
+DESCRIPTOR_MEMBERS = ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
+                      (Field.PTR_BASE, "ptr_base"), (Field.BIAS_BASE, "bias_base"),
+                      (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"), (Field.RELU, "relu"))
+
+
+def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_width, acc_bits,
+                          max_bias):
+    """Loader writes shared by the engines (regions 0..3 of :class:`Region`).
+
+    ENTRY and POINTER words go from the per-PE ``load.lanes`` into the PEs that ``load.mask``
+    selects, CODEBOOK words into every PE, BIAS words into a new bias memory (``acc_bits`` wide,
+    ``max_bias`` deep); every PE reads its entry base and codebook slot from ``desc``.
+    Returns the bias memory (the caller adds its read ports).
+    """
+    region = load.region
+    for p, pe in enumerate(pes):
+        lane = load.lanes[p]
+        m.d.comb += [
+            pe.entry_w.addr.eq(load.addr), pe.entry_w.data.eq(lane[:entry_bits]),
+            pe.entry_w.en.eq(load.valid & (region == Region.ENTRY) & load.mask[p]),
+            pe.ptr_w.addr.eq(load.addr), pe.ptr_w.data.eq(lane[:ptr_bits]),
+            pe.ptr_w.en.eq(load.valid & (region == Region.POINTER) & load.mask[p]),
+            pe.cb_w.addr.eq(load.addr), pe.cb_w.data.eq(load.data[:weight_width]),
+            pe.cb_w.en.eq(load.valid & (region == Region.CODEBOOK)),
+            pe.entry_base.eq(desc.entry_base), pe.cb_slot.eq(desc.cb_slot),
+        ]
+    m.submodules.bias_mem = bias_mem = Memory(shape=signed(acc_bits), depth=max_bias, init=[])
+    bias_w = bias_mem.write_port()
+    m.d.comb += [bias_w.addr.eq(load.addr), bias_w.data.eq(load.data[:acc_bits]),
+                 bias_w.en.eq(load.valid & (region == Region.BIAS))]
+    return bias_mem
+
+
+def write_descriptor_field(m, target, load):
+    """Within a DESCRIPTOR write: the member of ``target`` named by field ``load.addr[:3]``
+    takes ``load.data`` (truncated to its width)."""
+    with m.Switch(load.addr[:3]):
+        for field, name in DESCRIPTOR_MEMBERS:
+            with m.Case(field):
+                member = getattr(target, name)
+                m.d.sync += member.eq(load.data[:len(member.as_value())])
+
+
 class LoadSignature(wiring.Signature):
     """Loader write port (driven by the host / UART shell).
 
@@ -325,33 +369,11 @@ class SpmvEngine(wiring.Component):
 
         # --- loader -----------------------------------------------------------------------------
         region = load.region
-        for p, pe in enumerate(pes):
-            lane = load.lanes[p]
-            m.d.comb += [
-                pe.entry_w.addr.eq(load.addr), pe.entry_w.data.eq(lane[:self.entry_bits]),
-                pe.entry_w.en.eq(load.valid & (region == Region.ENTRY) & load.mask[p]),
-                pe.ptr_w.addr.eq(load.addr), pe.ptr_w.data.eq(lane[:self.ptr_bits]),
-                pe.ptr_w.en.eq(load.valid & (region == Region.POINTER) & load.mask[p]),
-                pe.cb_w.addr.eq(load.addr), pe.cb_w.data.eq(load.data[:self.weight_width]),
-                pe.cb_w.en.eq(load.valid & (region == Region.CODEBOOK)),
-                pe.entry_base.eq(desc.entry_base), pe.cb_slot.eq(desc.cb_slot),
-            ]
-        m.submodules.bias_mem = bias_mem = Memory(shape=signed(self.acc_bits),
-                                                  depth=self.max_bias, init=[])
-        bias_w = bias_mem.write_port()
-        m.d.comb += [bias_w.addr.eq(load.addr), bias_w.data.eq(load.data[:self.acc_bits]),
-                     bias_w.en.eq(load.valid & (region == Region.BIAS))]
+        bias_mem = connect_matrix_loader(
+            m, pes, load, desc, entry_bits=self.entry_bits, ptr_bits=self.ptr_bits,
+            weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias)
         with m.If(load.valid & (region == Region.DESCRIPTOR)):
-            target = descs[load.addr[3:]]
-            with m.Switch(load.addr[:3]):
-                for field, name in ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
-                                    (Field.PTR_BASE, "ptr_base"),
-                                    (Field.BIAS_BASE, "bias_base"),
-                                    (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"),
-                                    (Field.RELU, "relu")):
-                    with m.Case(field):
-                        member = getattr(target, name)
-                        m.d.sync += member.eq(load.data[:len(member.as_value())])
+            write_descriptor_field(m, descs[load.addr[3:]], load)
 
         # --- non-zero lists (two banks) and the dense output buffer -----------------------------
         lists, list_r, list_w = [], [], []

@@ -80,6 +80,44 @@ class MemoriesBackend:
         return RegionMemories(self.regions)
 
 
+def _matrix_regions(e) -> list:
+    """ENTRY, POINTER, CODEBOOK and BIAS of an engine built on :mod:`hdl.pe` (write-only)."""
+    return [
+        RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe, readable=False),
+        RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe, readable=False),
+        RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
+                   readable=False, signed=True),
+        RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, readable=False, signed=True),
+    ]
+
+
+def _drive_loader(m, e, bus, *, valid):
+    """Bus writes straight into engine ``e``'s loader: region numbers 0..4 are shared, ENTRY and
+    POINTER words go to PE ``bus.index`` only (its lane), ``valid`` says which writes count."""
+    load = e.load
+    m.d.comb += [
+        load.region.eq(bus.region[:3]),
+        load.addr.eq(bus.addr),
+        load.data.eq(bus.wdata),
+        load.valid.eq(valid),
+        load.mask.eq(Const(1, e.n_pe) << bus.index),
+    ]
+    for p in range(e.n_pe):
+        m.d.comb += load.lanes[p].eq(bus.wdata)
+
+
+def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
+    """The engine parameters IDENTIFY reports (and the configuration hash covers)."""
+    return {
+        "engine": int(kind), "n_pe": e.n_pe, "index_bits": e.index_bits,
+        "run_bits": e.run_bits, "act_width": e.act_format.width,
+        "act_frac": e.act_format.frac, "weight_width": e.weight_width,
+        "acc_bits": e.acc_bits, "max_layers": e.max_layers, "max_rows": max_rows,
+        "max_cols": max_cols, "max_entries_per_pe": e.max_entries_per_pe,
+        "max_pointers": e.max_pointers, "max_bias": e.max_bias,
+    }
+
+
 class EngineAdapter(wiring.Component):
     """:class:`hdl.spmv.SpmvEngine` behind the region bus.
 
@@ -115,12 +153,7 @@ class EngineAdapter(wiring.Component):
         e = engine
         act = e.act_format
         return [
-            RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe,
-                       readable=False),
-            RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe, readable=False),
-            RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
-                       readable=False, signed=True),
-            RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, readable=False, signed=True),
+            *_matrix_regions(e),
             RegionSpec(RegionId.DESCRIPTOR, 32, e.max_layers * 8, readable=False),
             RegionSpec(RegionId.INPUT, act.width, e.max_cols, readable=False, signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, e.max_rows, writable=False, signed=True),
@@ -130,16 +163,7 @@ class EngineAdapter(wiring.Component):
         m = Module()
         e, bus, ctl = self.engine, self.bus, self.ctl
         m.submodules.engine = e
-        load = e.load
-        m.d.comb += [
-            load.region.eq(bus.region[:3]),
-            load.addr.eq(bus.addr),
-            load.data.eq(bus.wdata),
-            load.valid.eq(bus.we & (bus.region != RegionId.OUTPUT)),
-            load.mask.eq(Const(1, e.n_pe) << bus.index),
-        ]
-        for p in range(e.n_pe):
-            m.d.comb += load.lanes[p].eq(bus.wdata)
+        _drive_loader(m, e, bus, valid=bus.we & (bus.region != RegionId.OUTPUT))
         m.d.comb += [e.out_addr.eq(bus.addr), bus.rdata.eq(e.out_data.as_signed())]
         max_layers = e.max_layers
         n_layers = Signal(range(1, max_layers + 1), init=1)
@@ -169,14 +193,7 @@ class EngineBackend:
         self.engine = engine
         self.regions = EngineAdapter.region_table(engine)
         e = engine
-        self.params = {
-            "engine": int(self.kind), "n_pe": e.n_pe, "index_bits": e.index_bits,
-            "run_bits": e.run_bits, "act_width": e.act_format.width,
-            "act_frac": e.act_format.frac, "weight_width": e.weight_width,
-            "acc_bits": e.acc_bits, "max_layers": e.max_layers, "max_rows": e.max_rows,
-            "max_cols": e.max_cols, "max_entries_per_pe": e.max_entries_per_pe,
-            "max_pointers": e.max_pointers, "max_bias": e.max_bias,
-        }
+        self.params = _engine_params(self.kind, e, max_rows=e.max_rows, max_cols=e.max_cols)
 
     def build(self):
         return EngineAdapter(self.engine)
@@ -222,12 +239,7 @@ class LstmAdapter(wiring.Component):
         e = engine
         act = e.act_format
         return [
-            RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe,
-                       readable=False),
-            RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe, readable=False),
-            RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
-                       readable=False, signed=True),
-            RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, readable=False, signed=True),
+            *_matrix_regions(e),
             RegionSpec(RegionId.DESCRIPTOR, 32, 3 * 8, readable=False),
             RegionSpec(RegionId.INPUT, act.width, e.steps_max * e.input_max, readable=False,
                        signed=True),
@@ -255,15 +267,7 @@ class LstmAdapter(wiring.Component):
         start_d = Signal()
 
         # Defaults: the bus straight to the loader (regions 0-4 have the engine's numbers).
-        m.d.comb += [
-            load.region.eq(bus.region[:3]),
-            load.addr.eq(bus.addr),
-            load.data.eq(bus.wdata),
-            load.valid.eq(bus.we & (bus.region <= RegionId.DESCRIPTOR)),
-            load.mask.eq(Const(1, e.n_pe) << bus.index),
-        ]
-        for p in range(e.n_pe):
-            m.d.comb += load.lanes[p].eq(bus.wdata)
+        _drive_loader(m, e, bus, valid=bus.we & (bus.region <= RegionId.DESCRIPTOR))
         seq_input = (2 << 3) | int(LstmField.INPUT)
         with m.If(bus.we & (bus.region == RegionId.DESCRIPTOR) & (bus.addr == seq_input)):
             m.d.sync += in_size.eq(bus.wdata[:len(in_size)])
@@ -320,15 +324,8 @@ class LstmBackend:
         self.engine = engine
         self.regions = LstmAdapter.region_table(engine)
         e = engine
-        self.params = {
-            "engine": int(self.kind), "n_pe": e.n_pe, "index_bits": e.index_bits,
-            "run_bits": e.run_bits, "act_width": e.act_format.width,
-            "act_frac": e.act_format.frac, "weight_width": e.weight_width,
-            "acc_bits": e.acc_bits, "max_layers": e.max_layers,
-            "max_rows": GATES * e.hidden_max, "max_cols": e.input_max + e.hidden_max,
-            "max_entries_per_pe": e.max_entries_per_pe,
-            "max_pointers": e.max_pointers, "max_bias": e.max_bias,
-        }
+        self.params = _engine_params(self.kind, e, max_rows=GATES * e.hidden_max,
+                                     max_cols=e.input_max + e.hidden_max)
 
     def build(self):
         return LstmAdapter(self.engine)
