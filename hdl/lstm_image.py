@@ -10,10 +10,7 @@ results (:meth:`host.golden.GoldenModel.lstm_step`) and the cycle model
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -295,38 +292,23 @@ _SOURCES = ("lstm.py", "spmv.py", "pe.py", "broadcast.py", "requant.py")
 
 def engine_verilog(engine: LstmEngine) -> str:
     """Simulation Verilog (identical PE modules merged), cached by parameters + sources."""
-    import amaranth
-
     from host import activations
 
-    from .simulate import default_build_root, generate_verilog
-    from .spmv_sim import dedupe_modules, strip_memory_init
-    h = hashlib.sha256(json.dumps(engine.config(), sort_keys=True).encode())
-    h.update(amaranth.__version__.encode())
+    from .simulate import generate_verilog
+    from .spmv_sim import cached_verilog, dedupe_modules, strip_memory_init
     here = Path(__file__).resolve().parent
-    for name in _SOURCES:
-        h.update((here / name).read_bytes())
-    h.update(Path(inspect.getfile(activations)).read_bytes())
-    cache = default_build_root() / "verilog-cache" / f"lstm-{h.hexdigest()[:20]}.v"
-    if cache.exists():
-        engine._MustUse__silence = True            # not elaborated: the Verilog is cached
-        return cache.read_text()
+    sources = [here / name for name in _SOURCES] + [inspect.getfile(activations)]
     # Only the accumulators (must start at zero) and the table ROMs keep their initial
     # contents; every other memory is written before it is read.
-    verilog = dedupe_modules(strip_memory_init(generate_verilog(engine, TOPLEVEL),
-                                               keep=("acc_mem", "gate_rom", "cell_rom")))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(verilog)
-    os.replace(tmp, cache)
-    return verilog
+    return cached_verilog(
+        "lstm", engine, sources,
+        lambda: dedupe_modules(strip_memory_init(generate_verilog(engine, TOPLEVEL),
+                                                 keep=("acc_mem", "gate_rom", "cell_rom"))))
 
 
 def build_engine(engine: LstmEngine) -> tuple[Path, float, float]:
     """Verilator build (cached); returns ``(build_dir, seconds now, seconds when built)``."""
     from .simulate import build_info, build_simulation
-    from .spmv_sim import apply_make_workarounds
-    apply_make_workarounds()
     start = time.monotonic()
     build = build_simulation(engine_verilog(engine), TOPLEVEL)
     return build, time.monotonic() - start, float(build_info(build).get("seconds") or 0.0)

