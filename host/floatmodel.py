@@ -92,19 +92,28 @@ class LSTM:
                              f"gets {tuple(shape)}")
         return (shape[0], self.hidden) if self.return_sequences else (self.hidden,)
 
-    def forward(self, x):
+    def sequences(self, x):
+        """Hidden and cell states of every step: two arrays ``(B, T, H)``."""
         batch, steps, _ = x.shape
         hsz = self.hidden
         h = np.zeros((batch, hsz))
         c = np.zeros((batch, hsz))
-        outputs = []
+        hs, cs = [], []
         for t in range(steps):
             z = x[:, t] @ self.w_ih.T + h @ self.w_hh.T + self.b_ih + self.b_hh
             i, f, g, o = (z[:, k * hsz:(k + 1) * hsz] for k in range(4))
             c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
             h = _sigmoid(o) * np.tanh(c)
-            outputs.append(h)
-        return np.stack(outputs, axis=1) if self.return_sequences else h
+            hs.append(h)
+            cs.append(c)
+        return np.stack(hs, axis=1), np.stack(cs, axis=1)
+
+    def output_of(self, hs):
+        """The layer output given :meth:`sequences`' hidden states."""
+        return hs if self.return_sequences else hs[:, -1]
+
+    def forward(self, x):
+        return self.output_of(self.sequences(x)[0])
 
     def arrays(self):
         return {"w_ih": self.w_ih, "w_hh": self.w_hh, "b_ih": self.b_ih, "b_hh": self.b_hh}

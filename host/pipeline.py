@@ -143,28 +143,16 @@ def calibrate_act_frac(model: FloatModel, x: np.ndarray | None, width: int) -> i
     peak = float(np.abs(x).max())
     for index, layer in enumerate(model.layers):
         if isinstance(layer, LSTM):
-            peak = max(peak, _lstm_cell_peak(layer, x))
-        x = layer.forward(x)
+            hs, cs = layer.sequences(x)
+            peak = max(peak, float(np.abs(cs).max()))
+            x = layer.output_of(hs)
+        else:
+            x = layer.forward(x)
         next_is_relu = index + 1 < len(model.layers) and isinstance(model.layers[index + 1], ReLU)
         if not next_is_relu:
             peak = max(peak, float(np.abs(x).max()))
     int_bits = max(1, math.ceil(math.log2(max(peak * 1.25, 1.0))))
     return int(np.clip(width - 1 - int_bits, 0, width - 2))
-
-
-def _lstm_cell_peak(layer: LSTM, x: np.ndarray) -> float:
-    hsz = layer.hidden
-    h = np.zeros((x.shape[0], hsz))
-    c = np.zeros((x.shape[0], hsz))
-    peak = 0.0
-    for t in range(x.shape[1]):
-        z = x[:, t] @ layer.w_ih.T + h @ layer.w_hh.T + layer.b_ih + layer.b_hh
-        i, f, g, o = (z[:, k * hsz:(k + 1) * hsz] for k in range(4))
-        sig = lambda v: 1 / (1 + np.exp(-v))
-        c = sig(f) * c + sig(i) * np.tanh(g)
-        h = sig(o) * np.tanh(c)
-        peak = max(peak, float(np.abs(c).max()))
-    return peak
 
 
 def weight_format_for(codebook: np.ndarray, width: int) -> Format:
