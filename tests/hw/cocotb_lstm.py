@@ -15,11 +15,10 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
 from hdl.simulate import load_test_data
-from hdl.spmv_image import pack_lanes
+from cocotb_engine_io import load_writes, start_and_reset
 
 
 @cocotb.test()
@@ -28,30 +27,13 @@ async def lstm_cases(dut):
     lane_width = int(data["lane_width"])
     n_pe = int(data["n_pe"])
     check = os.environ.get("SPINE_NO_CHECK") != "1"
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.load__valid.value = 0
-    dut.load__mask.value = (1 << n_pe) - 1
-    dut.start.value = 0
-    dut.rst.value = 1
-    await FallingEdge(dut.clk)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
-    await FallingEdge(dut.clk)
+    await start_and_reset(dut, n_pe)
 
     results, failures = {}, []
     for i in range(int(data["n_cases"])):
         c = {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
         region, addr, wdata, lanes = c["w_region"], c["w_addr"], c["w_data"], c["w_lanes"]
-        packed = pack_lanes(lanes, lane_width) if len(lanes) else []
-        for j in range(len(region)):
-            dut.load__region.value = int(region[j])
-            dut.load__addr.value = int(addr[j])
-            dut.load__data.value = int(wdata[j])
-            if region[j] <= 1:
-                dut.load__lanes.value = packed[j]
-            dut.load__valid.value = 1
-            await FallingEdge(dut.clk)
-        dut.load__valid.value = 0
+        await load_writes(dut, region, addr, wdata, lanes, lane_width)
         dut.start.value = 1
         await FallingEdge(dut.clk)
         dut.start.value = 0

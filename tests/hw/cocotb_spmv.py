@@ -20,30 +20,10 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
 from hdl.simulate import load_test_data
-from hdl.spmv_image import pack_lanes
-
-
-async def _write(dut, region, addr, data, lanes=None):
-    dut.load__region.value = int(region)
-    dut.load__addr.value = int(addr)
-    dut.load__data.value = int(data)
-    if lanes is not None:
-        dut.load__lanes.value = lanes
-    dut.load__valid.value = 1
-    await FallingEdge(dut.clk)
-
-
-async def load_writes(dut, region, addr, data, lanes, lane_width, progress=None):
-    packed = pack_lanes(lanes, lane_width) if len(lanes) and lanes.ndim == 2 else None
-    for i in range(len(region)):
-        await _write(dut, region[i], addr[i], data[i], packed[i] if packed else None)
-        if progress is not None:
-            progress(i)
-    dut.load__valid.value = 0
+from cocotb_engine_io import load_writes, start_and_reset, write
 
 
 @cocotb.test()
@@ -52,15 +32,7 @@ async def spmv_cases(dut):
     lane_width = int(data["lane_width"])
     n_pe = int(data["n_pe"])
     check = os.environ.get("SPINE_NO_CHECK") != "1"
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.load__valid.value = 0
-    dut.load__mask.value = (1 << n_pe) - 1
-    dut.start.value = 0
-    dut.rst.value = 1
-    await FallingEdge(dut.clk)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
-    await FallingEdge(dut.clk)
+    await start_and_reset(dut, n_pe)
 
     results = {}
     failures = []
@@ -80,7 +52,7 @@ async def spmv_cases(dut):
         x = c["x"]
         mask = (1 << int(data["data_width"])) - 1
         for col, value in enumerate(x):
-            await _write(dut, 5, col, int(value) & mask)
+            await write(dut, 5, col, int(value) & mask)
             progress(col)
         dut.load__valid.value = 0
         t_load = time.perf_counter() - t0

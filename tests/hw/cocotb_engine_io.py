@@ -1,0 +1,49 @@
+"""Loader and reset helpers shared by the engines' cocotb drivers (no tests here).
+
+Inputs change after a falling edge of ``clk``; the loader port is ``load__region``,
+``load__addr``, ``load__data``, ``load__lanes`` (per-PE words packed by
+:func:`hdl.spmv_image.pack_lanes`), ``load__mask`` and ``load__valid``.
+"""
+
+from __future__ import annotations
+
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge
+
+from hdl.spmv_image import pack_lanes
+
+import cocotb
+
+
+async def start_and_reset(dut, n_pe: int) -> None:
+    """Start a 100 MHz clock, hold reset for two cycles, enable every PE's loader lane."""
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.load__valid.value = 0
+    dut.load__mask.value = (1 << n_pe) - 1
+    dut.start.value = 0
+    dut.rst.value = 1
+    await FallingEdge(dut.clk)
+    await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    await FallingEdge(dut.clk)
+
+
+async def write(dut, region, addr, data, lanes=None) -> None:
+    """One loader write (one cycle); ``lanes`` is the packed per-PE word, if any."""
+    dut.load__region.value = int(region)
+    dut.load__addr.value = int(addr)
+    dut.load__data.value = int(data)
+    if lanes is not None:
+        dut.load__lanes.value = lanes
+    dut.load__valid.value = 1
+    await FallingEdge(dut.clk)
+
+
+async def load_writes(dut, region, addr, data, lanes, lane_width, progress=None) -> None:
+    """The writes of a model image, one per cycle, then ``load__valid`` low."""
+    packed = pack_lanes(lanes, lane_width) if len(lanes) and lanes.ndim == 2 else None
+    for i in range(len(region)):
+        await write(dut, region[i], addr[i], data[i], packed[i] if packed else None)
+        if progress is not None:
+            progress(i)
+    dut.load__valid.value = 0
