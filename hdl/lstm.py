@@ -28,55 +28,27 @@ See ``docs/lstm-engine.md``.
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import bits_for, ceil_log2
+from amaranth.utils import bits_for
 
 from host.activations import TableSpec, make_table
-from host.cyclemodel import Timing
-from host.fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
+from host.memory_map import (DEFAULT_ACT_FORMAT, DRAIN_LATENCY, FIRST_BROADCAST, GATES, Field,
+                             LstmField, LstmParams, LstmRegion)
 
 from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
-from .params import check_int
 from .requant import Requantizer
-from .spmv import (DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, Field, LoadSignature,
-                   connect_matrix_loader, write_descriptor_field)
+from .spmv import LoadSignature, connect_matrix_loader, write_descriptor_field
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
-GATES = 4
-_DEFAULT_ACT = Format(16, 10)
 _DEFAULT_TABLES = TableSpec()
 
-
-class LstmRegion(enum.IntEnum):
-    """``load.region`` values (0..4 as :class:`hdl.spmv.Region`)."""
-
-    ENTRY = 0       #: addr = entry address; per-PE packed entries in ``lanes``
-    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
-    CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight
-    BIAS = 3        #: addr = bias address; data = bias (accumulator format)
-    DESCRIPTOR = 4  #: addr = layer << 3 | field; layers 0 (LSTM matrix), 1 (classifier)
-    #:                 use :class:`hdl.spmv.Field`; "layer" 2 holds :class:`LstmField`
-    XLIST = 5       #: addr = x-list index; data = column << act.width | value (non-zeros
-    #:                 of x_0, then x_1, ... in ascending column order)
-    XEND = 6        #: addr = step t; data = x-list index one past x_t's last non-zero
-
-
-class LstmField(enum.IntEnum):
-    """Sequence descriptor (``load.addr = 2 << 3 | field``)."""
-
-    HIDDEN = 0      #: H (1 .. hidden_max)
-    INPUT = 1       #: I: h unit u is column I + u of the LSTM matrix
-    STEPS = 2       #: time steps T (1 .. steps_max)
-    CLASSIFY = 3    #: 1: run the classifier (descriptor layer 1) after the last step
-    GATE0 = 4       #: gate g's first row g*H as ``local << pe_bits | pe`` (fields 4..7)
+# LstmRegion, LstmField, GATES and the derived widths are defined in host.memory_map.
 
 
 class LstmEngine(wiring.Component):
@@ -101,82 +73,27 @@ class LstmEngine(wiring.Component):
     """
 
     def __init__(self, n_pe, *, hidden_max, input_max, steps_max, classes_max=16,
-                 index_bits=4, run_bits=4, act_format=_DEFAULT_ACT, weight_width=16,
+                 index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
                  max_xlist=None, ew_lanes=1):
-        check_int("n_pe", n_pe, 1)
-        check_int("hidden_max", hidden_max, 1)
-        check_int("input_max", input_max, 1)
-        check_int("steps_max", steps_max, 1)
-        check_int("classes_max", classes_max, 0)
-        check_int("index_bits", index_bits, 1, 8)
-        check_int("run_bits", run_bits, 1, 8)
-        if not isinstance(act_format, Format):
-            raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
-                            f"{act_format!r}")
-        if act_format.width > MAX_WIDTH:
-            raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
-                             f"{act_format.width}")
-        if act_format.max_int < (1 << act_format.frac):
-            raise ValueError(f"`act_format` {act_format} cannot hold 1.0 (sigmoid/tanh "
-                             f"outputs); give it at least one integer bit")
-        check_int("weight_width", weight_width, 2, MAX_WIDTH)
-        check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
-        if not isinstance(table_spec, TableSpec):
-            raise TypeError(f"`table_spec` must be a host.activations.TableSpec, not "
-                            f"{table_spec!r}")
-        check_int("max_entries_per_pe", max_entries_per_pe, 1)
-        check_int("fifo_depth", fifo_depth, 1)
-        if max_xlist is None:
-            max_xlist = steps_max * input_max
-        check_int("max_xlist", max_xlist, 1)
-        if ew_lanes not in (1, 2, 4) or ew_lanes > n_pe:
-            raise ValueError(f"`ew_lanes` must be 1, 2 or 4 and at most `n_pe` ({n_pe}), "
-                             f"not {ew_lanes!r}")
-        self.ew_lanes = ew_lanes
-        self.lane_bits = (ew_lanes - 1).bit_length()
-        self.groups_max = -(-hidden_max // ew_lanes)
-
-        self.n_pe = n_pe
-        self.hidden_max = hidden_max
-        self.input_max = input_max
-        self.steps_max = steps_max
-        self.classes_max = classes_max
-        self.index_bits = index_bits
-        self.run_bits = run_bits
-        self.act_format = act_format
-        self.weight_width = weight_width
-        self.acc_bits = acc_bits
-        self.table_spec = table_spec
-        self.max_entries_per_pe = max_entries_per_pe
-        self.fifo_depth = fifo_depth
-        self.max_xlist = max_xlist
-
-        # Memory sizes (also the attributes hdl.spmv_image-style helpers look at).
-        self.max_layers = 2
-        self.max_rows = max(GATES * hidden_max, classes_max)
-        self.max_cols = input_max + hidden_max
-        self.max_pointers = (input_max + hidden_max + 1) + (hidden_max + 1)
-        self.max_bias = GATES * hidden_max + classes_max
-        self.rows_per_pe = -(-self.max_rows // n_pe)
-        self.pe_bits = max(1, (n_pe - 1).bit_length())
-        self.local_bits = addr_bits(self.rows_per_pe)
-        self.col_bits = addr_bits(input_max + hidden_max)
-        self.entry_bits = index_bits + run_bits
-        self.ptr_bits = ceil_log2(max_entries_per_pe + 1)
-        self.entry_addr_bits = addr_bits(max_entries_per_pe)
-        self.k_bits = addr_bits(self.max_pointers)
-        self.cb_bits = 1
-        self.bias_bits = addr_bits(self.max_bias)
-        self.shift_bits = bits_for(weight_width - 1)
-        self.xlist_bits = bits_for(max_xlist)
-        self.lane_width = max(self.entry_bits, self.ptr_bits)
-        self.addr_width = max(self.entry_addr_bits, self.k_bits, 1 + index_bits,
-                              self.bias_bits, 5, addr_bits(max_xlist), addr_bits(steps_max))
-        self.data_width = max(acc_bits, act_format.width + self.col_bits, weight_width,
-                              bits_for(self.max_rows), self.entry_addr_bits, self.k_bits,
-                              self.bias_bits, self.xlist_bits,
-                              self.local_bits + self.pe_bits, bits_for(steps_max))
+        params = LstmParams(
+            n_pe=n_pe, hidden_max=hidden_max, input_max=input_max, steps_max=steps_max,
+            classes_max=classes_max, index_bits=index_bits, run_bits=run_bits,
+            act_format=act_format, weight_width=weight_width, acc_bits=acc_bits,
+            table_spec=table_spec,
+            max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
+            max_xlist=max_xlist, ew_lanes=ew_lanes)
+        #: The parameters and derived widths (:class:`host.memory_map.LstmParams`).
+        self.params = params
+        for name in ("n_pe", "hidden_max", "input_max", "steps_max", "classes_max",
+                     "index_bits", "run_bits", "act_format", "weight_width", "acc_bits",
+                     "table_spec", "max_entries_per_pe", "fifo_depth", "max_xlist", "ew_lanes",
+                     "lane_bits", "groups_max", "max_layers", "max_rows", "max_cols",
+                     "max_pointers", "max_bias", "rows_per_pe", "pe_bits", "local_bits",
+                     "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
+                     "cb_bits", "bias_bits", "shift_bits", "xlist_bits", "lane_width",
+                     "addr_width", "data_width"):
+            setattr(self, name, getattr(params, name))
         self.descriptor_layout = data.StructLayout({
             "rows": unsigned(bits_for(self.max_rows)),
             "entry_base": unsigned(self.entry_addr_bits),
@@ -206,21 +123,12 @@ class LstmEngine(wiring.Component):
 
     # --- host-side facts ------------------------------------------------------------------------
 
-    def timing(self) -> Timing:
+    def timing(self):
         """Cycle model constants of the MAC phases (as :meth:`hdl.spmv.SpmvEngine.timing`)."""
-        return Timing(fifo_depth=self.fifo_depth, fetch_latency=FETCH_LATENCY,
-                      first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY)
+        return self.params.timing()
 
     def config(self) -> dict:
-        return {"n_pe": self.n_pe, "hidden_max": self.hidden_max,
-                "input_max": self.input_max, "steps_max": self.steps_max,
-                "classes_max": self.classes_max, "index_bits": self.index_bits,
-                "run_bits": self.run_bits, "act_format": self.act_format.to_dict(),
-                "weight_width": self.weight_width, "acc_bits": self.acc_bits,
-                "table_spec": self.table_spec.to_dict(),
-                "max_entries_per_pe": self.max_entries_per_pe,
-                "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
-                "ew_lanes": self.ew_lanes}
+        return self.params.config()
 
     # --- hardware ------------------------------------------------------------------------------
 

@@ -326,6 +326,28 @@ def board_top(board: str, model):
     return core, "rx", "tx", SIM_CLOCKS_PER_BIT
 
 
+def start_board(board: str, model) -> SimBoard:
+    """Build (cached) and start the simulated ``board`` with an engine for ``model``; the
+    command-line tools' ``--sim`` (host/ reaches hdl/ only through this function).
+
+    Raises
+    ------
+    host.errors.SpineError
+        If the simulator cannot be built (the toolchain's message), or ``ValueError`` as
+        :func:`board_top`.
+    """
+    from host.errors import SpineError
+
+    from .toolchain import ToolchainError
+
+    component, rx, tx, cpb = board_top(board, model)
+    try:
+        build = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name=board)
+        return SimBoard(build).start()
+    except ToolchainError as error:
+        raise SpineError(f"cannot start the simulated {board}: {error}") from None
+
+
 def _parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:

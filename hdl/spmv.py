@@ -26,73 +26,28 @@ See ``docs/spmv-engine.md`` for the loading interface and address maps.
 
 from __future__ import annotations
 
-import enum
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import bits_for, ceil_log2
+from amaranth.utils import bits_for
 
-from host.cyclemodel import Timing
-from host.fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
+from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_FIELDS, DESCRIPTOR_MEMBERS,
+                             DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, OUTPUT_OVERHEAD,
+                             SETUP_CYCLES, Field, Region, SpmvParams)
 
 from .broadcast import BroadcastFifo
 from .ice40_spram import SPRAM_DEPTH
 from .pe import ProcessingElement, addr_bits, column_layout
-from .params import check_int
 from .requant import Requantizer
 
-__all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "LoadSignature",
-           "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "SETUP_CYCLES",
-           "OUTPUT_OVERHEAD"]
+__all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS",
+           "LoadSignature", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY",
+           "SETUP_CYCLES", "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT"]
 
-#: Default activation format (Q5.10).
-DEFAULT_ACT_FORMAT = Format(16, 10)
-#: Cycles from a PE's pop to its first entry issue (the pointer read).
-FETCH_LATENCY = 1
-#: MAC-phase cycle of the first broadcast (the non-zero list read).
-FIRST_BROADCAST = 1
-#: Cycles from the last entry issue to its product being in the accumulator.
-DRAIN_LATENCY = 3
-#: Non-MAC cycles per layer besides the rows: descriptor load + done detection.
-SETUP_CYCLES = 2
-#: Output phase cycles are ``rows + OUTPUT_OVERHEAD`` (one pipeline stage + the finish cycle).
-OUTPUT_OVERHEAD = 2
-
-
-class Region(enum.IntEnum):
-    """``load.region`` values."""
-
-    ENTRY = 0       #: addr = entry address; per-PE data in ``lanes`` (PEs selected by ``mask``)
-    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
-    CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight (all PEs)
-    BIAS = 3        #: addr = bias address; data = bias (accumulator format)
-    DESCRIPTOR = 4  #: addr = layer << 3 | field; data = field value (see :class:`Field`)
-    INPUT = 5       #: addr = column; data = activation; write columns in ascending order,
-    #:                 address 0 first (it restarts the input's non-zero list)
-
-
-class Field(enum.IntEnum):
-    """Layer descriptor fields (``load.addr = layer << 3 | field``)."""
-
-    ROWS = 0        #: output rows of the layer
-    COLS = 1        #: input columns (informational: the engine does not need it, ignored)
-    ENTRY_BASE = 2  #: first entry address of the layer in every PE's entry memory
-    PTR_BASE = 3    #: first pointer slot of the layer (cols + 1 slots)
-    BIAS_BASE = 4   #: address of the layer's row 0 bias
-    CODEBOOK = 5    #: codebook slot
-    SHIFT = 6       #: requantization shift = the layer's weight fraction bits
-    RELU = 7        #: 1: ReLU after requantization
-
-
-DESCRIPTOR_FIELDS = tuple(Field)
-
-
-#: The descriptor-layout member each :class:`Field` writes.
-DESCRIPTOR_MEMBERS = ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
-                      (Field.PTR_BASE, "ptr_base"), (Field.BIAS_BASE, "bias_base"),
-                      (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"), (Field.RELU, "relu"))
+# The loader regions, descriptor fields, pipeline constants and derived widths are defined
+# once in host.memory_map (host never imports hdl); they are re-exported here.
 
 
 def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_width, acc_bits,
@@ -217,67 +172,29 @@ class SpmvEngine(wiring.Component):
                  weight_width=16, acc_bits=32, max_rows, max_cols, max_entries_per_pe,
                  fifo_depth=8, max_layers=4, memory="bram", max_pointers=None,
                  max_bias=None):
-        check_int("n_pe", n_pe, 1)
-        check_int("index_bits", index_bits, 1, 8)
-        check_int("run_bits", run_bits, 1, 8)
-        if not isinstance(act_format, Format):
-            raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
-                            f"{act_format!r}")
-        if act_format.width > MAX_WIDTH:
-            raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
-                             f"{act_format.width}")
-        check_int("weight_width", weight_width, 2, MAX_WIDTH)
-        check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
-        check_int("max_rows", max_rows, 1)
-        check_int("max_cols", max_cols, 1)
-        check_int("max_entries_per_pe", max_entries_per_pe, 1)
-        check_int("fifo_depth", fifo_depth, 1)
-        check_int("max_layers", max_layers, 1)
+        params = SpmvParams(n_pe=n_pe, index_bits=index_bits, run_bits=run_bits,
+                            act_format=act_format, weight_width=weight_width,
+                            acc_bits=acc_bits, max_rows=max_rows, max_cols=max_cols,
+                            max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
+                            max_layers=max_layers, max_pointers=max_pointers,
+                            max_bias=max_bias)
         if memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
         if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
             raise ValueError(f"`max_entries_per_pe` must be at most {SPRAM_DEPTH} with "
                              f"memory='spram' (one SB_SPRAM256KA per PE), not "
                              f"{max_entries_per_pe}")
-        if max_pointers is None:
-            max_pointers = max_layers * (max_cols + 1)
-        check_int("max_pointers", max_pointers, 2)
-        if max_bias is None:
-            max_bias = max_layers * max_rows
-        check_int("max_bias", max_bias, 1)
-
-        self.n_pe = n_pe
-        self.index_bits = index_bits
-        self.run_bits = run_bits
-        self.act_format = act_format
-        self.weight_width = weight_width
-        self.acc_bits = acc_bits
-        self.max_rows = max_rows
-        self.max_cols = max_cols
-        self.max_entries_per_pe = max_entries_per_pe
-        self.fifo_depth = fifo_depth
-        self.max_layers = max_layers
+        #: The parameters and derived widths (:class:`host.memory_map.SpmvParams`).
+        self.params = params
         self.memory = memory
-        self.max_pointers = max_pointers
-        self.max_bias = max_bias
-
-        self.rows_per_pe = -(-max_rows // n_pe)
-        self.list_depth = max(max_rows, max_cols)
-        self.col_bits = addr_bits(self.list_depth)
-        self.entry_bits = index_bits + run_bits
-        self.ptr_bits = ceil_log2(max_entries_per_pe + 1)
-        self.entry_addr_bits = addr_bits(max_entries_per_pe)
-        self.k_bits = addr_bits(max_pointers)
-        self.cb_bits = addr_bits(max_layers)
-        self.bias_bits = addr_bits(max_bias)
-        self.shift_bits = bits_for(weight_width - 1)
-        self.lane_width = max(self.entry_bits, self.ptr_bits)
-        self.addr_width = max(self.entry_addr_bits, self.k_bits,
-                              self.cb_bits + index_bits, self.bias_bits,
-                              addr_bits(max_layers) + 3, self.col_bits)
-        self.data_width = max(acc_bits, act_format.width, weight_width,
-                              bits_for(max_rows), self.entry_addr_bits, self.k_bits,
-                              self.bias_bits, self.cb_bits, self.shift_bits, 1)
+        for name in ("n_pe", "index_bits", "run_bits", "act_format", "weight_width",
+                     "acc_bits", "max_rows", "max_cols", "max_entries_per_pe", "fifo_depth",
+                     "max_layers", "max_pointers", "max_bias", "rows_per_pe", "list_depth",
+                     "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
+                     "cb_bits", "bias_bits", "shift_bits", "lane_width", "addr_width",
+                     "data_width"):
+            setattr(self, name, getattr(params, name))
+        max_pointers, max_bias = params.max_pointers, params.max_bias
         self.descriptor_layout = data.StructLayout({
             "rows": unsigned(bits_for(max_rows)),
             "entry_base": unsigned(self.entry_addr_bits),
@@ -306,19 +223,12 @@ class SpmvEngine(wiring.Component):
 
     # --- host-side facts ------------------------------------------------------------------------
 
-    def timing(self) -> Timing:
-        """The cycle model constants of this engine's MAC phase."""
-        return Timing(fifo_depth=self.fifo_depth, fetch_latency=FETCH_LATENCY,
-                      first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY)
+    def timing(self):
+        """The cycle model constants of this engine's MAC phase (a
+        :class:`host.cyclemodel.Timing`)."""
+        return self.params.timing()
 
-    @staticmethod
-    def run_cycles(mac_cycles, rows) -> int:
-        """Cycles of a whole run (:attr:`cycles`) from the layers' MAC cycles and row counts:
-        ``sum(mac + SETUP_CYCLES + rows + OUTPUT_OVERHEAD)`` (``rows = 0``: one finish cycle)."""
-        total = 0
-        for mac, r in zip(mac_cycles, rows):
-            total += int(mac) + SETUP_CYCLES + (int(r) + OUTPUT_OVERHEAD if r else 1)
-        return total
+    run_cycles = staticmethod(SpmvParams.run_cycles)
 
     def config(self) -> dict:
         """Parameters (JSON-able), e.g. for cache keys and reports."""

@@ -3,7 +3,7 @@
 :func:`build_engine` generates the Verilog and builds (or reuses) the Verilator model;
 :func:`run_engine_cases` runs a list of ``(name, image, x)`` cases in ONE simulation with the
 cocotb driver ``tests/hw/cocotb_spmv.py`` and returns the RTL's outputs and cycle counts next
-to the golden/cycle-model expectations (:func:`hdl.spmv_image.expected_run`).
+to the golden/cycle-model expectations (:func:`host.spmv_image.expected_run`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import numpy as np
 from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 
+from host import memory_map
 from host.encoding import entry_layout_fields
+from host.spmv_image import case_data
 
 from .pe import ProcessingElement
 from .spmv import SpmvEngine
-from .spmv_image import case_data
 
 __all__ = ["COCOTB_MODULE", "build_engine", "EngineBuild", "engine_verilog", "strip_memory_init",
            "dedupe_modules", "run_engine_cases", "CaseResult", "cached_verilog"]
@@ -161,7 +162,8 @@ def engine_verilog(engine: SpmvEngine) -> str:
     identical PE modules merged (:func:`dedupe_modules`), cached on disk by parameters and
     generator sources (Amaranth needs minutes for a 64-PE engine)."""
     here = Path(__file__).resolve().parent
-    sources = [here / name for name in _SOURCES] + [inspect.getfile(entry_layout_fields)]
+    sources = [here / name for name in _SOURCES] + [inspect.getfile(entry_layout_fields),
+                                                    inspect.getfile(memory_map)]
     return cached_verilog(
         "spmv", engine, sources,
         lambda: dedupe_modules(strip_memory_init(split_engine_verilog(engine))))
@@ -210,7 +212,7 @@ class CaseResult:
     outputs: np.ndarray
     cycles: int
     layer_cycles: np.ndarray
-    expected: object            # hdl.spmv_image.ExpectedRun
+    expected: object            # host.spmv_image.ExpectedRun
     load_seconds: float
     run_seconds: float
 

@@ -32,6 +32,8 @@ from .compressed import QLSTM, CompressedModel, QFlatten, QLinear, QReLU
 from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyError
 from .errors import SpineError
 from .fixedpoint import Format
+from .lstm_image import build_image as build_lstm_image
+from .memory_map import LstmField, LstmParams, SpmvParams
 from .protocol import (
     FRAME_TIMEOUT_BYTES,
     MAX_PAYLOAD,
@@ -49,6 +51,7 @@ from .protocol import (
     parse_identity,
     parse_status,
 )
+from .spmv_image import build_image as build_spmv_image
 from .transport import FrameLink, open_link
 
 __all__ = [
@@ -384,40 +387,32 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
     return problems
 
 
-def _spmv_engine(info: EngineInfo):
-    """The engine description :func:`hdl.spmv_image.build_image` lays the model out for (an
-    :class:`hdl.spmv.SpmvEngine` with the IDENTIFY parameters; never elaborated)."""
-    from hdl.spmv import SpmvEngine
-    engine = SpmvEngine(info.n_pe, index_bits=info.index_bits, run_bits=info.run_bits,
-                        act_format=info.act_format, weight_width=info.weight_width,
-                        acc_bits=info.acc_bits, max_rows=info.max_rows, max_cols=info.max_cols,
-                        max_entries_per_pe=info.max_entries_per_pe,
-                        max_layers=info.max_layers, max_pointers=info.max_pointers,
-                        max_bias=info.max_bias)
-    engine._MustUse__silence = True  # only its layout attributes are used: no "unused" warning
-    return engine
+def _spmv_params(info: EngineInfo) -> SpmvParams:
+    """The engine parameters :func:`host.spmv_image.build_image` lays the model out for (the
+    IDENTIFY fields)."""
+    return SpmvParams(n_pe=info.n_pe, index_bits=info.index_bits, run_bits=info.run_bits,
+                      act_format=info.act_format, weight_width=info.weight_width,
+                      acc_bits=info.acc_bits, max_rows=info.max_rows, max_cols=info.max_cols,
+                      max_entries_per_pe=info.max_entries_per_pe, max_layers=info.max_layers,
+                      max_pointers=info.max_pointers, max_bias=info.max_bias)
 
 
-def _lstm_engine(info: EngineInfo, model: CompressedModel):
-    """The :class:`hdl.lstm.LstmEngine` description :func:`hdl.lstm_image.build_image` lays
-    the model out for (IDENTIFY's sizes, the model's tables; never elaborated)."""
-    from hdl.lstm import LstmEngine
+def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
+    """The engine parameters :func:`host.lstm_image.build_image` lays the model out for
+    (IDENTIFY's sizes, the model's tables)."""
     limits = _lstm_limits(info)
-    engine = LstmEngine(info.n_pe, hidden_max=max(1, limits["hidden_max"]),
-                        input_max=limits["input_max"], steps_max=max(1, limits["steps_max"]),
-                        classes_max=limits["classes_max"], index_bits=info.index_bits,
-                        run_bits=info.run_bits, act_format=info.act_format,
-                        weight_width=info.weight_width, acc_bits=info.acc_bits,
-                        table_spec=model.table_spec,
-                        max_entries_per_pe=info.max_entries_per_pe)
-    engine._MustUse__silence = True
-    return engine
+    return LstmParams(n_pe=info.n_pe, hidden_max=max(1, limits["hidden_max"]),
+                      input_max=limits["input_max"], steps_max=max(1, limits["steps_max"]),
+                      classes_max=limits["classes_max"], index_bits=info.index_bits,
+                      run_bits=info.run_bits, act_format=info.act_format,
+                      weight_width=info.weight_width, acc_bits=info.acc_bits,
+                      table_spec=model.table_spec, max_entries_per_pe=info.max_entries_per_pe)
 
 
 def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
     """The first WRITE blocks of every engine image: CONTROL cleared (no model), then the
     per-PE entries and pointers, the codebooks and the biases (``image`` from
-    ``hdl.spmv_image.build_image`` or ``hdl.lstm_image.build_image``)."""
+    ``host.spmv_image.build_image`` or ``host.lstm_image.build_image``)."""
     wb = info.word_bytes
     blocks = [LoadBlock("control (unload)", RegionId.CONTROL, 0, Control.N_LAYERS,
                         np.zeros(1, np.int64), wb(RegionId.CONTROL), check=False)]
@@ -437,10 +432,8 @@ def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
 def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4; the descriptor
     block holds both matrix descriptors and the sequence descriptor with STEPS = T)."""
-    from hdl.lstm import LstmField
-    from hdl.lstm_image import build_image
     lstm, cls = _lstm_layers(model)
-    image = build_image(_lstm_engine(info, model), lstm, cls)
+    image = build_lstm_image(_lstm_params(info, model), lstm, cls)
     steps = int(model.input_shape[0])
     wb = info.word_bytes
     blocks = _matrix_blocks(image, info)
@@ -463,9 +456,8 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     last the CONTROL words that make the model runnable.  ``ValueError`` if it does not fit."""
     if info.engine == EngineKind.LSTM:
         return _lstm_model_image(model, info)
-    from hdl.spmv_image import build_image
     layers = _engine_layers(model)
-    image = build_image(_spmv_engine(info), layers)
+    image = build_spmv_image(_spmv_params(info), layers)
     n_inputs = int(np.prod(model.input_shape))
     n_outputs = layers[-1].matrix.rows
     wb = info.word_bytes

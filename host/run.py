@@ -204,8 +204,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from hdl.toolchain import ToolchainError
-
     from .driver import DEFAULT_BAUD, Accelerator
     from .package import load_package
 
@@ -221,10 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             labels = load_labels(args.labels, len(x))
         url = args.port
         if args.sim:
-            from hdl.sim import SimBoard, board_top, build_harness
-            component, rx, tx, cpb = board_top(args.board, model)
-            build = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name=args.board)
-            sim = SimBoard(build).start()
+            from hdl.sim import start_board  # the application layer: the simulated board
+            sim = start_board(args.board, model)
             url = sim.url
         with Accelerator(url, baud=args.baud or DEFAULT_BAUD, timeout=args.timeout) as acc:
             if args.no_load:
@@ -235,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                                   labels=labels)
         if args.output:
             np.save(args.output, outputs)
-    except (SpineError, ToolchainError, ValueError) as error:
+    except (SpineError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -126,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds before a re-send")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    from hdl.toolchain import ToolchainError
-
     from .driver import Accelerator
     from .package import load_package
     from .run import load_inputs
@@ -148,17 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                     x_test = load_inputs(args.input, model.input_shape)
             url = args.port
             if url is None:
-                from hdl.sim import SimBoard, board_top, build_harness
-                component, rx, tx, cpb = board_top("icebreaker", model)
-                build = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx,
-                                      name="icebreaker")
-                sim = SimBoard(build).start()
+                from hdl.sim import start_board  # the application layer: the simulated board
+                sim = start_board("icebreaker", model)
                 url = sim.url
             with Accelerator(url, timeout=args.timeout) as acc:
                 acc.load(model, progress=False)
                 report = soak(acc, model, x_test, count=args.count, window=args.window,
                               seed=args.seed)
-    except (SpineError, ToolchainError, ValueError) as error:
+    except (SpineError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fake_board import FakeBoard, make_identity
 
-from hdl.spmv_image import random_layer
+from host.spmv_image import random_layer
 from host.activations import TableSpec
 from host.compressed import CompressedModel, QLinear, QReLU
 from host.driver import Accelerator, EngineInfo, model_image, pack_words, unpack_words

@@ -84,7 +84,8 @@ def bench_lstm(*, model=None, hidden=128, input_size=None, density=0.1, act_dens
                pes=8, fifo=8, steps=None, seed=0, lanes=None) -> dict:
     """Run the benchmark; returns the figures (see the module docstring)."""
     from hdl.lstm import LstmEngine
-    from hdl.lstm_image import build_engine, build_image, random_lstm, run_lstm_cases
+    from hdl.lstm_sim import build_engine, run_lstm_cases
+    from host.lstm_image import build_image, random_lstm
     from host.activations import TableSpec
     from host.fixedpoint import Format
 

@@ -60,7 +60,7 @@ def _engine_for(rows, cols, n_pe, fifo, entries):
 def bench_spmv(rows, cols, density, act_density, pes, fifo, balance=False, seed=0,
                progress=True) -> dict:
     """Run the benchmark; returns the figures (see the module docstring)."""
-    from hdl.spmv_image import build_image, random_layer
+    from host.spmv_image import build_image, random_layer
     from hdl.spmv_sim import build_engine, run_engine_cases
     from host.fixedpoint import Format
 

@@ -2,7 +2,7 @@
 
 Inputs change after a falling edge of ``clk``; the loader port is ``load__region``,
 ``load__addr``, ``load__data``, ``load__lanes`` (per-PE words packed by
-:func:`hdl.spmv_image.pack_lanes`), ``load__mask`` and ``load__valid``.
+:func:`host.spmv_image.pack_lanes`), ``load__mask`` and ``load__valid``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
-from hdl.spmv_image import pack_lanes
+from host.spmv_image import pack_lanes
 
 import cocotb
 

@@ -1,6 +1,6 @@
 """cocotb driver of hdl.lstm.LstmEngine: many sequences per simulation.
 
-``$SPINE_TEST_DATA`` (.npz, written by ``hdl.lstm_image.case_data``): ``n_cases`` and per case
+``$SPINE_TEST_DATA`` (.npz, written by ``host.lstm_image.case_data``): ``n_cases`` and per case
 ``c{i}_``: loader writes ``w_region, w_addr, w_data, w_lanes`` (model image if any, then the
 sequence), ``hidden``, ``steps``, ``expected_h``, ``expected_out``, ``mac``, ``ew``,
 ``cls_mac``, ``cycles``, ``name``.  Inputs change after a falling edge, outputs are sampled

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hdl.spmv import SpmvEngine
-from hdl.spmv_image import build_image, random_layer
+from host.spmv_image import build_image, random_layer
 from host.compressed import SparseMatrix
 from host.encoding import encode
 from host.fixedpoint import Format

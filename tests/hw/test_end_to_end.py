@@ -246,9 +246,9 @@ def lstm_board(lstm_workload):
 
 def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     """Every class score bit-exact with the golden model, every run's cycle count equal to the
-    LSTM cycle model (host.lstm_cycles via hdl.lstm_image.expected_run)."""
+    LSTM cycle model (host.lstm_cycles via host.lstm_image.expected_run)."""
     from hdl.build import engine_for_model, make_engine
-    from hdl.lstm_image import build_image, expected_run
+    from host.lstm_image import build_image, expected_run
 
     model, x, y = lstm_workload["model"], lstm_workload["x"], lstm_workload["y"]
     with Accelerator(lstm_board.url, timeout=5.0) as acc:

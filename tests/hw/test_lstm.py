@@ -19,7 +19,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from hdl.lstm import LstmEngine
-from hdl.lstm_image import build_engine, build_image, random_lstm, run_lstm_cases
+from hdl.lstm_sim import build_engine, run_lstm_cases
+from host.lstm_image import build_image, random_lstm
 from host.fixedpoint import Format
 
 # Engines built only for their host-side facts (images, validation) are never elaborated.
@@ -225,7 +226,7 @@ def test_ew_cycles_model():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_lstm_lint(name):
     """``verilator --lint-only -Wall`` with only the generic Amaranth waivers."""
-    from hdl.lstm_image import engine_verilog
+    from hdl.lstm_sim import engine_verilog
     from hdl.simulate import AMARANTH_LINT_WAIVERS, lint_verilog
     lint_verilog(engine_verilog(make_engine(CONFIGS[name])), "lstm_engine",
                  waivers=AMARANTH_LINT_WAIVERS)

@@ -76,7 +76,7 @@ def _engine_case(seed=7):
     import numpy as np
 
     from hdl.spmv import SpmvEngine
-    from hdl.spmv_image import build_image, expected_run, random_layer
+    from host.spmv_image import build_image, expected_run, random_layer
     from hdl.top import EngineBackend, SpineCore
     from host.fixedpoint import Format
     from host.protocol import Control, RegionId

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from spmv_cases import layer_cases
 
 from hdl.spmv import SpmvEngine
-from hdl.spmv_image import build_image
+from host.spmv_image import build_image
 from hdl.spmv_sim import build_engine, run_engine_cases
 from host.fixedpoint import Format
 

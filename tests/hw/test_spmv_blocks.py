@@ -19,7 +19,7 @@ from hdl.ice40_spram import Ice40Spram
 from hdl.pe import ProcessingElement
 from hdl.requant import Requantizer
 from hdl.spmv import SpmvEngine
-from hdl.spmv_image import build_image, expected_run, image_writes, input_writes, \
+from host.spmv_image import build_image, expected_run, image_writes, input_writes, \
     pack_lanes, random_layer
 from host.encoding import encode
 from host.fixedpoint import Format, requantize, wrap

@@ -1,0 +1,103 @@
+"""Verilator/cocotb runner of :class:`hdl.lstm.LstmEngine` (many cases per simulation).
+
+The memory image, loader writes and expectations are :mod:`host.lstm_image`; this module adds
+the simulation Verilog (cached), the Verilator build and :func:`run_lstm_cases`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from host.lstm_image import ExpectedLstmRun, case_data
+
+from .lstm import LstmEngine
+
+__all__ = ["engine_verilog", "build_engine", "run_lstm_cases", "LstmCaseResult",
+           "COCOTB_MODULE", "TOPLEVEL"]
+
+COCOTB_MODULE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "cocotb_lstm.py"
+TOPLEVEL = "lstm_engine"
+
+_SOURCES = ("lstm.py", "spmv.py", "pe.py", "broadcast.py", "requant.py", "lstm_sim.py")
+
+
+def engine_verilog(engine: LstmEngine) -> str:
+    """Simulation Verilog (identical PE modules merged), cached by parameters + sources."""
+    from host import activations, memory_map
+
+    from .simulate import generate_verilog
+    from .spmv_sim import cached_verilog, dedupe_modules, strip_memory_init
+    here = Path(__file__).resolve().parent
+    sources = [here / name for name in _SOURCES] + [inspect.getfile(activations),
+                                                    inspect.getfile(memory_map)]
+    # Only the accumulators (must start at zero) and the table ROMs keep their initial
+    # contents; every other memory is written before it is read.
+    return cached_verilog(
+        "lstm", engine, sources,
+        lambda: dedupe_modules(strip_memory_init(generate_verilog(engine, TOPLEVEL),
+                                                 keep=("acc_mem", "gate_rom", "cell_rom"))))
+
+
+def build_engine(engine: LstmEngine) -> tuple[Path, float, float]:
+    """Verilator build (cached); returns ``(build_dir, seconds now, seconds when built)``."""
+    from .simulate import build_info, build_simulation
+    start = time.monotonic()
+    build = build_simulation(engine_verilog(engine), TOPLEVEL)
+    return build, time.monotonic() - start, float(build_info(build).get("seconds") or 0.0)
+
+
+@dataclass
+class LstmCaseResult:
+    name: str
+    h: np.ndarray
+    outputs: np.ndarray
+    mac: np.ndarray
+    ew: np.ndarray
+    cls_mac: int
+    cycles: int
+    expected: ExpectedLstmRun
+    run_seconds: float
+
+    @property
+    def matches_golden(self) -> bool:
+        return bool(np.array_equal(self.h, self.expected.h)
+                    and np.array_equal(self.outputs, self.expected.outputs))
+
+    @property
+    def matches_model(self) -> bool:
+        rep = self.expected.cycles
+        return (list(self.mac) == list(rep.mac) and list(self.ew) == list(rep.ew)
+                and self.cls_mac == rep.cls_mac and self.cycles == rep.total)
+
+
+def run_lstm_cases(engine: LstmEngine, build: Path, cases, *, test_dir=None,
+                   check: bool = True) -> tuple[list[LstmCaseResult], float]:
+    """Run ``cases`` in one simulation; returns ``(results, simulator seconds)``."""
+    from .simulate import run_cocotb
+    cases = list(cases)
+    data, runs = case_data(engine, cases)
+    with tempfile.TemporaryDirectory(prefix="spine-lstm-") as tmp:
+        test_dir = Path(test_dir) if test_dir is not None else Path(tmp)
+        test_dir.mkdir(parents=True, exist_ok=True)
+        results_path = test_dir / "lstm_results.npz"
+        env = {"SPINE_RESULTS": str(results_path)}
+        if not check:
+            env["SPINE_NO_CHECK"] = "1"
+        sim = run_cocotb(build, TOPLEVEL, COCOTB_MODULE, test_dir=test_dir, data=data,
+                         extra_env=env)
+        with np.load(results_path) as npz:
+            got = {k: npz[k] for k in npz.files}
+    out = []
+    for i, ((name, _, _), run) in enumerate(zip(cases, runs)):
+        p = f"c{i}_"
+        out.append(LstmCaseResult(str(name), got[p + "h"], got[p + "out"], got[p + "mac"],
+                                  got[p + "ew"], int(got[p + "cls_mac"]),
+                                  int(got[p + "cycles"]), run,
+                                  float(got[p + "run_seconds"])))
+    return out, sim.seconds

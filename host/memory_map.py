@@ -1,0 +1,390 @@
+"""Memory map of the engines: loader regions, descriptor fields and engine parameters.
+
+The one definition of how a model lies in an engine's memories, shared by the host (image
+builders :mod:`host.spmv_image` / :mod:`host.lstm_image`, driver) and the gateware
+(:mod:`hdl.spmv`, :mod:`hdl.lstm` import it; host never imports ``hdl``).
+
+:class:`SpmvParams` and :class:`LstmParams` are the engines' generator parameters plus every
+width derived from them (bits), computed here once; :class:`hdl.spmv.SpmvEngine` and
+:class:`hdl.lstm.LstmEngine` build one from their arguments (validating them) and expose it as
+``engine.params``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .activations import TableSpec
+from .cyclemodel import Timing
+from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
+from .params import check_int
+
+__all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "LstmRegion",
+           "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
+           "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "SETUP_CYCLES",
+           "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT"]
+
+#: Default activation format (Q5.10).
+DEFAULT_ACT_FORMAT = Format(16, 10)
+#: Cycles from a PE's pop to its first entry issue (the pointer read).
+FETCH_LATENCY = 1
+#: MAC-phase cycle of the first broadcast (the non-zero list read).
+FIRST_BROADCAST = 1
+#: Cycles from the last entry issue to its product being in the accumulator.
+DRAIN_LATENCY = 3
+#: Non-MAC cycles per layer besides the rows: descriptor load + done detection.
+SETUP_CYCLES = 2
+#: Output phase cycles are ``rows + OUTPUT_OVERHEAD`` (one pipeline stage + the finish cycle).
+OUTPUT_OVERHEAD = 2
+#: LSTM gates (i, f, g, o).
+GATES = 4
+
+
+class Region(enum.IntEnum):
+    """``load.region`` values of :class:`hdl.spmv.SpmvEngine`."""
+
+    ENTRY = 0       #: addr = entry address; per-PE data in ``lanes`` (PEs selected by ``mask``)
+    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
+    CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight (all PEs)
+    BIAS = 3        #: addr = bias address; data = bias (accumulator format)
+    DESCRIPTOR = 4  #: addr = layer << 3 | field; data = field value (see :class:`Field`)
+    INPUT = 5       #: addr = column; data = activation; write columns in ascending order,
+    #:                 address 0 first (it restarts the input's non-zero list)
+
+
+class Field(enum.IntEnum):
+    """Layer descriptor fields (``load.addr = layer << 3 | field``)."""
+
+    ROWS = 0        #: output rows of the layer
+    COLS = 1        #: input columns (informational: the engine does not need it, ignored)
+    ENTRY_BASE = 2  #: first entry address of the layer in every PE's entry memory
+    PTR_BASE = 3    #: first pointer slot of the layer (cols + 1 slots)
+    BIAS_BASE = 4   #: address of the layer's row 0 bias
+    CODEBOOK = 5    #: codebook slot
+    SHIFT = 6       #: requantization shift = the layer's weight fraction bits
+    RELU = 7        #: 1: ReLU after requantization
+
+
+DESCRIPTOR_FIELDS = tuple(Field)
+
+#: The descriptor-layout member each :class:`Field` writes (COLS is not stored).
+DESCRIPTOR_MEMBERS = ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
+                      (Field.PTR_BASE, "ptr_base"), (Field.BIAS_BASE, "bias_base"),
+                      (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"), (Field.RELU, "relu"))
+
+
+class LstmRegion(enum.IntEnum):
+    """``load.region`` values of :class:`hdl.lstm.LstmEngine` (0..4 as :class:`Region`)."""
+
+    ENTRY = 0       #: addr = entry address; per-PE packed entries in ``lanes``
+    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
+    CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight
+    BIAS = 3        #: addr = bias address; data = bias (accumulator format)
+    DESCRIPTOR = 4  #: addr = layer << 3 | field; layers 0 (LSTM matrix), 1 (classifier)
+    #:                 use :class:`Field`; "layer" 2 holds :class:`LstmField`
+    XLIST = 5       #: addr = x-list index; data = column << act.width | value (non-zeros
+    #:                 of x_0, then x_1, ... in ascending column order)
+    XEND = 6        #: addr = step t; data = x-list index one past x_t's last non-zero
+
+
+class LstmField(enum.IntEnum):
+    """Sequence descriptor (``load.addr = 2 << 3 | field``)."""
+
+    HIDDEN = 0      #: H (1 .. hidden_max)
+    INPUT = 1       #: I: h unit u is column I + u of the LSTM matrix
+    STEPS = 2       #: time steps T (1 .. steps_max)
+    CLASSIFY = 3    #: 1: run the classifier (descriptor layer 1) after the last step
+    GATE0 = 4       #: gate g's first row g*H as ``local << pe_bits | pe`` (fields 4..7)
+
+
+def bits_for(value: int) -> int:
+    """Bits of an unsigned number holding ``value`` (at least 1; as ``amaranth.utils``)."""
+    return max(1, int(value).bit_length())
+
+
+def ceil_log2(value: int) -> int:
+    """Smallest ``n`` with ``2**n >= value`` (``value >= 1``)."""
+    return (int(value) - 1).bit_length()
+
+
+def addr_bits(depth: int) -> int:
+    """Address width (bits) of a memory of ``depth`` words (at least 1)."""
+    return max(1, ceil_log2(depth))
+
+
+def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
+    if not isinstance(act_format, Format):
+        raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not {act_format!r}")
+    if act_format.width > MAX_WIDTH:
+        raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
+                         f"{act_format.width}")
+    check_int("weight_width", weight_width, 2, MAX_WIDTH)
+    check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
+
+
+def _timing(fifo_depth: int) -> Timing:
+    return Timing(fifo_depth=fifo_depth, fetch_latency=FETCH_LATENCY,
+                  first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY)
+
+
+class _Widths:
+    """Widths shared by both engines' PE arrays (all in bits)."""
+
+    @property
+    def entry_bits(self) -> int:
+        """Packed entry: weight index + zero run."""
+        return self.index_bits + self.run_bits
+
+    @property
+    def ptr_bits(self) -> int:
+        """Column pointer (0 .. max_entries_per_pe)."""
+        return ceil_log2(self.max_entries_per_pe + 1)
+
+    @property
+    def entry_addr_bits(self) -> int:
+        return addr_bits(self.max_entries_per_pe)
+
+    @property
+    def k_bits(self) -> int:
+        """Pointer slot index."""
+        return addr_bits(self.max_pointers)
+
+    @property
+    def bias_bits(self) -> int:
+        return addr_bits(self.max_bias)
+
+    @property
+    def shift_bits(self) -> int:
+        return bits_for(self.weight_width - 1)
+
+    @property
+    def lane_width(self) -> int:
+        """Per-PE loader lane (ENTRY and POINTER words)."""
+        return max(self.entry_bits, self.ptr_bits)
+
+    @property
+    def rows_per_pe(self) -> int:
+        return -(-self.max_rows // self.n_pe)
+
+    def timing(self) -> Timing:
+        """The cycle model constants of the engine's MAC phases."""
+        return _timing(self.fifo_depth)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpmvParams(_Widths):
+    """Parameters of :class:`hdl.spmv.SpmvEngine` (see there) and the widths derived from them.
+
+    ``max_pointers`` and ``max_bias`` default to ``max_layers * (max_cols + 1)`` and
+    ``max_layers * max_rows``.  Raises ``ValueError``/``TypeError`` naming a bad parameter.
+    """
+
+    n_pe: int
+    index_bits: int = 4
+    run_bits: int = 4
+    act_format: Format = DEFAULT_ACT_FORMAT
+    weight_width: int = 16
+    acc_bits: int = 32
+    max_rows: int
+    max_cols: int
+    max_entries_per_pe: int
+    fifo_depth: int = 8
+    max_layers: int = 4
+    max_pointers: int | None = None
+    max_bias: int | None = None
+
+    def __post_init__(self):
+        check_int("n_pe", self.n_pe, 1)
+        check_int("index_bits", self.index_bits, 1, 8)
+        check_int("run_bits", self.run_bits, 1, 8)
+        _check_formats(self.act_format, self.weight_width, self.acc_bits)
+        check_int("max_rows", self.max_rows, 1)
+        check_int("max_cols", self.max_cols, 1)
+        check_int("max_entries_per_pe", self.max_entries_per_pe, 1)
+        check_int("fifo_depth", self.fifo_depth, 1)
+        check_int("max_layers", self.max_layers, 1)
+        if self.max_pointers is None:
+            object.__setattr__(self, "max_pointers", self.max_layers * (self.max_cols + 1))
+        check_int("max_pointers", self.max_pointers, 2)
+        if self.max_bias is None:
+            object.__setattr__(self, "max_bias", self.max_layers * self.max_rows)
+        check_int("max_bias", self.max_bias, 1)
+
+    @property
+    def list_depth(self) -> int:
+        """Non-zero list depth (a layer's inputs or outputs)."""
+        return max(self.max_rows, self.max_cols)
+
+    @property
+    def col_bits(self) -> int:
+        return addr_bits(self.list_depth)
+
+    @property
+    def cb_bits(self) -> int:
+        """Codebook slot."""
+        return addr_bits(self.max_layers)
+
+    @property
+    def addr_width(self) -> int:
+        """Loader address (every region's address fits)."""
+        return max(self.entry_addr_bits, self.k_bits, self.cb_bits + self.index_bits,
+                   self.bias_bits, addr_bits(self.max_layers) + 3, self.col_bits)
+
+    @property
+    def data_width(self) -> int:
+        """Loader data word (every region's word fits)."""
+        return max(self.acc_bits, self.act_format.width, self.weight_width,
+                   bits_for(self.max_rows), self.entry_addr_bits, self.k_bits,
+                   self.bias_bits, self.cb_bits, self.shift_bits, 1)
+
+    @staticmethod
+    def run_cycles(mac_cycles, rows) -> int:
+        """Cycles of a whole run from the layers' MAC cycles and row counts:
+        ``sum(mac + SETUP_CYCLES + rows + OUTPUT_OVERHEAD)`` (``rows = 0``: one finish cycle)."""
+        total = 0
+        for mac, r in zip(mac_cycles, rows):
+            total += int(mac) + SETUP_CYCLES + (int(r) + OUTPUT_OVERHEAD if r else 1)
+        return total
+
+
+@dataclass(frozen=True, kw_only=True)
+class LstmParams(_Widths):
+    """Parameters of :class:`hdl.lstm.LstmEngine` (see there) and the widths derived from them.
+
+    ``max_xlist`` defaults to ``steps_max * input_max``.  Raises ``ValueError``/``TypeError``
+    naming a bad parameter.
+    """
+
+    n_pe: int
+    hidden_max: int
+    input_max: int
+    steps_max: int
+    classes_max: int = 16
+    index_bits: int = 4
+    run_bits: int = 4
+    act_format: Format = DEFAULT_ACT_FORMAT
+    weight_width: int = 16
+    acc_bits: int = 32
+    table_spec: TableSpec = TableSpec()
+    max_entries_per_pe: int
+    fifo_depth: int = 8
+    max_xlist: int | None = None
+    ew_lanes: int = 1
+
+    #: Descriptor slots / codebooks: the LSTM matrix and the classifier.
+    max_layers = 2
+
+    def __post_init__(self):
+        check_int("n_pe", self.n_pe, 1)
+        check_int("hidden_max", self.hidden_max, 1)
+        check_int("input_max", self.input_max, 1)
+        check_int("steps_max", self.steps_max, 1)
+        check_int("classes_max", self.classes_max, 0)
+        check_int("index_bits", self.index_bits, 1, 8)
+        check_int("run_bits", self.run_bits, 1, 8)
+        act = self.act_format
+        if not isinstance(act, Format):
+            raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not {act!r}")
+        if act.width <= MAX_WIDTH and act.max_int < (1 << act.frac):
+            raise ValueError(f"`act_format` {act} cannot hold 1.0 (sigmoid/tanh outputs); "
+                             f"give it at least one integer bit")
+        _check_formats(act, self.weight_width, self.acc_bits)
+        if not isinstance(self.table_spec, TableSpec):
+            raise TypeError(f"`table_spec` must be a host.activations.TableSpec, not "
+                            f"{self.table_spec!r}")
+        check_int("max_entries_per_pe", self.max_entries_per_pe, 1)
+        check_int("fifo_depth", self.fifo_depth, 1)
+        if self.max_xlist is None:
+            object.__setattr__(self, "max_xlist", self.steps_max * self.input_max)
+        check_int("max_xlist", self.max_xlist, 1)
+        if self.ew_lanes not in (1, 2, 4) or self.ew_lanes > self.n_pe:
+            raise ValueError(f"`ew_lanes` must be 1, 2 or 4 and at most `n_pe` ({self.n_pe}), "
+                             f"not {self.ew_lanes!r}")
+
+    @property
+    def max_rows(self) -> int:
+        """Accumulator rows: the 4H gate rows or the classifier's outputs."""
+        return max(GATES * self.hidden_max, self.classes_max)
+
+    @property
+    def max_cols(self) -> int:
+        return self.input_max + self.hidden_max
+
+    @property
+    def max_pointers(self) -> int:
+        """Pointer slots: the LSTM matrix's ``I + H + 1`` and the classifier's ``H + 1``."""
+        return (self.input_max + self.hidden_max + 1) + (self.hidden_max + 1)
+
+    @property
+    def max_bias(self) -> int:
+        return GATES * self.hidden_max + self.classes_max
+
+    @property
+    def lane_bits(self) -> int:
+        """Element-wise lane index."""
+        return (self.ew_lanes - 1).bit_length()
+
+    @property
+    def groups_max(self) -> int:
+        """Element-wise unit groups (``ceil(hidden_max / ew_lanes)``)."""
+        return -(-self.hidden_max // self.ew_lanes)
+
+    @property
+    def pe_bits(self) -> int:
+        return max(1, (self.n_pe - 1).bit_length())
+
+    @property
+    def local_bits(self) -> int:
+        """A PE's local row."""
+        return addr_bits(self.rows_per_pe)
+
+    @property
+    def col_bits(self) -> int:
+        return addr_bits(self.input_max + self.hidden_max)
+
+    @property
+    def cb_bits(self) -> int:
+        return 1
+
+    @property
+    def xlist_bits(self) -> int:
+        """x-list index (0 .. max_xlist)."""
+        return bits_for(self.max_xlist)
+
+    @property
+    def addr_width(self) -> int:
+        return max(self.entry_addr_bits, self.k_bits, 1 + self.index_bits, self.bias_bits, 5,
+                   addr_bits(self.max_xlist), addr_bits(self.steps_max))
+
+    @property
+    def data_width(self) -> int:
+        return max(self.acc_bits, self.act_format.width + self.col_bits, self.weight_width,
+                   bits_for(self.max_rows), self.entry_addr_bits, self.k_bits,
+                   self.bias_bits, self.xlist_bits, self.local_bits + self.pe_bits,
+                   bits_for(self.steps_max))
+
+    def config(self) -> dict:
+        """The generator parameters as plain values (JSON-able)."""
+        return {"n_pe": self.n_pe, "hidden_max": self.hidden_max,
+                "input_max": self.input_max, "steps_max": self.steps_max,
+                "classes_max": self.classes_max, "index_bits": self.index_bits,
+                "run_bits": self.run_bits, "act_format": self.act_format.to_dict(),
+                "weight_width": self.weight_width, "acc_bits": self.acc_bits,
+                "table_spec": self.table_spec.to_dict(),
+                "max_entries_per_pe": self.max_entries_per_pe,
+                "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
+                "ew_lanes": self.ew_lanes}
+
+
+def params_of(engine, kind):
+    """``engine`` itself if it is a ``kind`` (:class:`SpmvParams` or :class:`LstmParams`),
+    else its ``params`` attribute (an :class:`hdl.spmv.SpmvEngine` / :class:`hdl.lstm.LstmEngine`);
+    ``TypeError`` otherwise."""
+    if isinstance(engine, kind):
+        return engine
+    params = getattr(engine, "params", None)
+    if isinstance(params, kind):
+        return params
+    raise TypeError(f"expected a {kind.__name__} (or an engine with one as `params`), not "
+                    f"{type(engine).__name__}")
