@@ -36,11 +36,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from host.activations import TableSpec, make_table
-from host.memory_map import (DEFAULT_ACT_FORMAT, DRAIN_LATENCY, FIRST_BROADCAST, GATES, Field,
-                             LstmField, LstmParams, LstmRegion)
+from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATENCY,
+                             FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion)
 
 from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
+from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
 from .spmv import LoadSignature, connect_matrix_loader, write_descriptor_field
 
@@ -119,6 +120,7 @@ class LstmEngine(wiring.Component):
             "stat_step": In(addr_bits(steps_max)),
             "stat_mac": Out(32),
             "stat_ew": Out(32),
+            "rb": In(ReadbackSignature(n_pe, self.addr_width)),
         })
 
     # --- host-side facts ------------------------------------------------------------------------
@@ -573,4 +575,12 @@ class LstmEngine(wiring.Component):
                     m.d.sync += [self.busy.eq(0), self.done.eq(1),
                                  self.cycles.eq(run_cnt + 1)]
                     m.next = "IDLE"
+        # --- read-back of the loaded words while idle (hdl.readback) ------------------------------
+        words = {(n << 3) | int(field): getattr(descs[n], name)
+                 for n in range(2) for field, name in DESCRIPTOR_MEMBERS}
+        seq = {LstmField.HIDDEN: hidden, LstmField.INPUT: in_size, LstmField.STEPS: steps,
+               LstmField.CLASSIFY: classify,
+               **{LstmField.GATE0 + g: gate_start[g] for g in range(GATES)}}
+        words.update({(2 << 3) | int(field): value for field, value in seq.items()})
+        connect_readback(m, self.rb, self.busy, pes, obias_r, words)
         return m

@@ -105,6 +105,11 @@ class ProcessingElement(wiring.Component):
     acc_clear : In(1)
         Write zero to accumulator ``acc_clear_addr`` (output phase).
     acc_clear_addr : In(row bits)
+    rb_en, rb_addr : In(1), In(read-back address bits)
+        Read-back while idle (:mod:`hdl.readback`): read entry ``rb_addr``, pointer slot
+        ``rb_addr`` and codebook word ``rb_addr`` through the pipeline's read ports.
+    rb_entry, rb_ptr, rb_weight : Out
+        Those words, one cycle after ``rb_en``.
     """
 
     def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,
@@ -146,6 +151,11 @@ class ProcessingElement(wiring.Component):
             "acc_rdata": Out(signed(acc_bits)),
             "acc_clear": In(1),
             "acc_clear_addr": In(self.row_bits),
+            "rb_en": In(1),
+            "rb_addr": In(max(self.entry_addr_bits, self.k_bits, self.cb_bits + index_bits)),
+            "rb_entry": Out(self.entry_layout.size),
+            "rb_ptr": Out(self.ptr_bits),
+            "rb_weight": Out(signed(weight_width)),
         })
 
     def elaborate(self, platform):
@@ -216,6 +226,7 @@ class ProcessingElement(wiring.Component):
             entry_r = entry_mem.read_port()
             m.d.comb += [entry_r.addr.eq(issue_addr), entry_r.en.eq(have)]
             entry = entry_r.data
+            entry_port = entry_r
         else:
             # Single port: the loader writes only while the engine is idle.
             m.submodules.entry_spram = spram = Ice40Spram()
@@ -224,6 +235,7 @@ class ProcessingElement(wiring.Component):
                          spram.we.eq(self.entry_w.en), spram.re.eq(have)]
             entry = data.View(self.entry_layout,
                               spram.rdata[:self.entry_layout.size])
+            entry_port = None
 
         # --- S2: row and codebook read --------------------------------------------------------
         s2_valid = Signal()
@@ -278,4 +290,20 @@ class ProcessingElement(wiring.Component):
 
         m.d.comb += self.busy.eq(self.col.valid | pend | (ptr_reg < end_reg) | s2_valid
                                  | s3_tok | s4_tok)
+
+        # --- read-back (hdl.readback): the idle pipeline's read ports --------------------------
+        # These assignments come last so that they take precedence while rb_en is high.
+        rb_odd = Signal()
+        with m.If(self.rb_en):
+            m.d.sync += rb_odd.eq(self.rb_addr[0])
+            m.d.comb += [even_r.addr.eq(self.rb_addr >> 1), odd_r.addr.eq(self.rb_addr >> 1),
+                         even_r.en.eq(1), odd_r.en.eq(1),
+                         cb_r.addr.eq(self.rb_addr), cb_r.en.eq(1)]
+            if entry_port is not None:
+                m.d.comb += [entry_port.addr.eq(self.rb_addr), entry_port.en.eq(1)]
+            else:
+                m.d.comb += [spram.addr.eq(self.rb_addr), spram.re.eq(1)]
+        m.d.comb += [self.rb_entry.eq(entry.as_value()),
+                     self.rb_ptr.eq(Mux(rb_odd, odd_r.data, even_r.data)),
+                     self.rb_weight.eq(cb_r.data)]
         return m

@@ -40,6 +40,7 @@ from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_FIELDS, DESCRIPTOR_M
 from .broadcast import BroadcastFifo
 from .ice40_spram import SPRAM_DEPTH
 from .pe import ProcessingElement, addr_bits, column_layout
+from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
 
 __all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS",
@@ -166,6 +167,8 @@ class SpmvEngine(wiring.Component):
     stat_layer : In(layer bits)
     stat_cycles : Out(32)
         MAC-phase cycles of layer ``stat_layer`` in the last run (= ``spmv_cycles``).
+    rb : In(ReadbackSignature)
+        Read-back of the loadable words while idle (:mod:`hdl.readback`).
     """
 
     def __init__(self, n_pe, *, index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT,
@@ -219,6 +222,7 @@ class SpmvEngine(wiring.Component):
             "cycles": Out(32),
             "stat_layer": In(addr_bits(max_layers)),
             "stat_cycles": Out(32),
+            "rb": In(ReadbackSignature(n_pe, self.addr_width)),
         })
 
     # --- host-side facts ------------------------------------------------------------------------
@@ -430,4 +434,9 @@ class SpmvEngine(wiring.Component):
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "SETUP"
+
+        # --- read-back of the loaded words while idle (hdl.readback) ------------------------------
+        connect_readback(m, self.rb, self.busy, pes, bias_r, {
+            (n << 3) | int(field): getattr(descs[n], name)
+            for n in range(self.max_layers) for field, name in DESCRIPTOR_MEMBERS})
         return m

@@ -9,8 +9,9 @@ Back ends (what sits behind the region bus):
 * :class:`MemoriesBackend`: :class:`hdl.command.RegionMemories`, real memories with the engine's
   region table and a copy engine (INFER copies INPUT to OUTPUT); for shell tests.
 * :class:`EngineBackend`: :class:`hdl.spmv.SpmvEngine` behind a thin adapter
-  (:class:`EngineAdapter`).  Engine memories are write-only (the engine has no read ports);
-  the OUTPUT region (the dense output buffer) is readable.
+  (:class:`EngineAdapter`).  The loadable regions (ENTRY .. DESCRIPTOR) read back through the
+  engine's read-back port (:mod:`hdl.readback`: the idle engine's own read ports); the OUTPUT
+  region (the dense output buffer) is readable.
 * :class:`LstmBackend`: :class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.  Regions 0-4
   as for the SpMV engine; INFER's dense T x I input sequence (INPUT region, written in address
   order) is turned into the engine's x list (non-zeros with their columns) and per-step ends
@@ -81,13 +82,14 @@ class MemoriesBackend:
 
 
 def _matrix_regions(e) -> list:
-    """ENTRY, POINTER, CODEBOOK and BIAS of an engine built on :mod:`hdl.pe` (write-only)."""
+    """ENTRY, POINTER, CODEBOOK and BIAS of an engine built on :mod:`hdl.pe` (read back through
+    :mod:`hdl.readback`)."""
     return [
-        RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe, readable=False),
-        RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe, readable=False),
+        RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe),
+        RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe),
         RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
-                   readable=False, signed=True),
-        RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, readable=False, signed=True),
+                   signed=True),
+        RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, signed=True),
     ]
 
 
@@ -104,6 +106,20 @@ def _drive_loader(m, e, bus, *, valid):
     ]
     for p in range(e.n_pe):
         m.d.comb += load.lanes[p].eq(bus.wdata)
+
+
+def _drive_readback(m, e, bus):
+    """Bus reads of regions 0..4 (ENTRY .. DESCRIPTOR) go to engine ``e``'s read-back port,
+    OUTPUT reads to its output buffer (``out_addr``); ``bus.rdata`` is the one read, latency 1.
+    The decoder reads only while the engine is idle (INFER waits for the run to end)."""
+    rb = e.rb
+    m.d.comb += [rb.en.eq(bus.re & (bus.region <= RegionId.DESCRIPTOR)),
+                 rb.region.eq(bus.region[:3]), rb.pe.eq(bus.index), rb.addr.eq(bus.addr),
+                 e.out_addr.eq(bus.addr)]
+    from_output = Signal()
+    with m.If(bus.re):
+        m.d.sync += from_output.eq(bus.region == RegionId.OUTPUT)
+    m.d.comb += bus.rdata.eq(Mux(from_output, e.out_data.as_signed(), rb.data))
 
 
 def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
@@ -123,7 +139,8 @@ class EngineAdapter(wiring.Component):
 
     Writes: region ENTRY/POINTER go to PE ``index`` only (``mask = 1 << index``, every lane
     carries ``wdata``); CODEBOOK, BIAS, DESCRIPTOR, INPUT go to the engine's loader with
-    ``addr``/``wdata``.  Reads: OUTPUT only (``out_addr``/``out_data``, latency 1, sign-extended).
+    ``addr``/``wdata``.  Reads (latency 1): ENTRY .. DESCRIPTOR through the engine's read-back
+    port (:func:`_drive_readback`), OUTPUT from ``out_addr``/``out_data`` (sign-extended).
     ``ctl.reset`` (the RESET command) is ignored: the engine keeps its layer descriptors in
     registers, which a reset would clear, and it is always idle when a request is executed
     (INFER waits for ``done``).
@@ -154,7 +171,7 @@ class EngineAdapter(wiring.Component):
         act = e.act_format
         return [
             *_matrix_regions(e),
-            RegionSpec(RegionId.DESCRIPTOR, 32, e.max_layers * 8, readable=False),
+            RegionSpec(RegionId.DESCRIPTOR, 32, e.max_layers * 8),
             RegionSpec(RegionId.INPUT, act.width, e.max_cols, readable=False, signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, e.max_rows, writable=False, signed=True),
         ]
@@ -164,7 +181,7 @@ class EngineAdapter(wiring.Component):
         e, bus, ctl = self.engine, self.bus, self.ctl
         m.submodules.engine = e
         _drive_loader(m, e, bus, valid=bus.we & (bus.region != RegionId.OUTPUT))
-        m.d.comb += [e.out_addr.eq(bus.addr), bus.rdata.eq(e.out_data.as_signed())]
+        _drive_readback(m, e, bus)
         max_layers = e.max_layers
         n_layers = Signal(range(1, max_layers + 1), init=1)
         with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
@@ -211,7 +228,8 @@ class LstmAdapter(wiring.Component):
     ``t`` the list length goes to XEND[t] one cycle later (the decoder leaves at least two idle
     bus cycles between writes).  STEPS is a descriptor field written when the model is loaded.
     ``ctl.start`` is delayed by one cycle (the last XEND write lands first) and ``ctl.done`` is
-    masked in that cycle.  Reads: OUTPUT only (classifier scores, latency 1, sign-extended).
+    masked in that cycle.  Reads (latency 1): regions 0-4 through the engine's read-back port
+    (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended).
     ``ctl.reset`` and ``ctl.n_layers`` are ignored.
     """
 
@@ -240,7 +258,7 @@ class LstmAdapter(wiring.Component):
         act = e.act_format
         return [
             *_matrix_regions(e),
-            RegionSpec(RegionId.DESCRIPTOR, 32, 3 * 8, readable=False),
+            RegionSpec(RegionId.DESCRIPTOR, 32, 3 * 8),
             RegionSpec(RegionId.INPUT, act.width, e.steps_max * e.input_max, readable=False,
                        signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, max(1, e.classes_max), writable=False,
@@ -297,7 +315,7 @@ class LstmAdapter(wiring.Component):
             m.d.comb += [load.region.eq(LstmRegion.XEND), load.addr.eq(end_step),
                          load.data.eq(end_value), load.valid.eq(1)]
 
-        m.d.comb += [e.out_addr.eq(bus.addr), bus.rdata.eq(e.out_data.as_signed())]
+        _drive_readback(m, e, bus)
         m.d.sync += start_d.eq(ctl.start)
         m.d.comb += [e.start.eq(start_d), ctl.busy.eq(e.busy | start_d),
                      ctl.done.eq(e.done & ~start_d), ctl.cycles.eq(e.cycles)]

@@ -33,7 +33,7 @@ from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyErr
 from .errors import SpineError
 from .fixedpoint import Format
 from .lstm_image import build_image as build_lstm_image
-from .memory_map import LstmField, LstmParams, SpmvParams
+from .memory_map import LstmField, LstmParams, SpmvParams, descriptor_readback
 from .protocol import (
     FRAME_TIMEOUT_BYTES,
     MAX_PAYLOAD,
@@ -210,6 +210,10 @@ class LoadBlock:
         Bytes per word on the wire.
     check : bool
         Compared by :meth:`Accelerator.verify` (False for words a later block overwrites).
+    expected : ndarray of int64, optional
+        What a READ of the words returns when the device holds them (default ``words``; the
+        DESCRIPTOR words differ where the engine does not store a field,
+        :func:`host.memory_map.descriptor_readback`).
     """
 
     name: str
@@ -219,10 +223,24 @@ class LoadBlock:
     words: np.ndarray
     word_bytes: int
     check: bool = True
+    expected: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
         return len(self.words) * self.word_bytes
+
+    @property
+    def readback(self) -> np.ndarray:
+        """The words a READ of this block returns on a device that holds it."""
+        return self.words if self.expected is None else self.expected
+
+    @property
+    def where(self) -> str:
+        """``region ENTRY, PE 3`` / ``region BIAS``, for messages."""
+        name = _region_name(self.region)
+        if self.region in (RegionId.ENTRY, RegionId.POINTER):
+            return f"region {name}, PE {self.index}"
+        return f"region {name}" + (f", index {self.index}" if self.index else "")
 
     def chunks(self, max_bytes: int, max_words: int = 0xFFFF):
         """``(address header, word bytes)`` pieces of at most ``max_bytes`` data bytes."""
@@ -442,7 +460,8 @@ def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBloc
         desc[addr] = value
     desc[(2 << 3) | LstmField.STEPS] = steps
     blocks.append(LoadBlock("descriptors (LSTM, classifier, sequence)", RegionId.DESCRIPTOR,
-                            0, 0, desc, wb(RegionId.DESCRIPTOR)))
+                            0, 0, desc, wb(RegionId.DESCRIPTOR),
+                            expected=_descriptor_readback(desc, 0, matrix_layers=2)))
     control = np.array([2, steps * lstm.input_size, cls.matrix.rows, _image_id(blocks)],
                        np.int64)
     blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
@@ -464,11 +483,18 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     blocks = _matrix_blocks(image, info)
     for n, desc in enumerate(image.descriptors):
         blocks.append(LoadBlock(f"descriptor of layer {n}", RegionId.DESCRIPTOR, 0, n << 3,
-                                desc, wb(RegionId.DESCRIPTOR)))
+                                desc, wb(RegionId.DESCRIPTOR),
+                                expected=_descriptor_readback(desc, n << 3, info.max_layers)))
     control = np.array([len(layers), n_inputs, n_outputs, _image_id(blocks)], np.int64)
     blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
                             wb(RegionId.CONTROL)))
     return blocks
+
+
+def _descriptor_readback(words, address: int, matrix_layers: int) -> np.ndarray:
+    """What DESCRIPTOR words ``address ..`` read back as (:func:`descriptor_readback`)."""
+    return np.array([descriptor_readback(address + i, int(v), matrix_layers)
+                     for i, v in enumerate(words)], dtype=np.int64)
 
 
 def _image_id(blocks) -> int:
@@ -625,15 +651,20 @@ class Accelerator:
 
     def load(self, model, *, verify: bool = True, progress: bool = True,
              window: int = 1) -> CompressedModel:
-        """Write every memory region of ``model`` and verify it (CHECKSUM per region).
+        """Write every memory region of ``model``, verifying each block as soon as it is written.
+
+        Each block (one region and PE: e.g. the entries of PE 3) is written, then compared with
+        the device's memory (CHECKSUM of the words actually stored, :meth:`verify_block`).  A
+        block that differs is written once more and compared again; if it still differs,
+        :class:`VerifyError` names the block, its region and PE and the first differing word.
 
         Parameters
         ----------
         model : CompressedModel or path of a ``.spn`` package
         verify : bool
-            Compare the device's CRC-16 of every region with the host's.
+            Read back every block the bitstream can read (all of them on current bitstreams).
         progress : bool
-            Show a tqdm progress bar (bytes written).
+            Show a tqdm progress bar (bytes written, re-writes included).
         window : int
             WRITE requests in flight at once (1, the safe default; see :meth:`stream`).
 
@@ -648,33 +679,118 @@ class Accelerator:
         """
         model = _as_model(model)
         self.check_model(model)
+        info = self.identify()
         blocks = self._blocks(model)
-        chunks = [chunk for block in blocks for chunk in block.chunks(MAX_PAYLOAD - _ADDR.size)]
-        total = sum(len(data) for _, data in chunks)
+        total = sum(block.nbytes for block in blocks)
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"load {model.name}",
                        leave=False)
+        report = {"verified": 0, "words": 0, "skipped": [], "rewritten": []}
+        requests = 0
         try:
-            requests = ((Command.WRITE, header + data, len(data)) for header, data in chunks)
-            for size, _ in self.link.pipeline(requests, window):
-                if bar is not None:
-                    bar.update(size)
+            for block in blocks:
+                requests += self._write_block(block, window, bar)
+                if not verify or not block.check:
+                    continue
+                if not _readable(info, block.region):
+                    report["skipped"].append(block.name)
+                    continue
+                difference = self.verify_block(block)
+                if difference is not None:
+                    report["rewritten"].append(block.name)
+                    if bar is not None:
+                        bar.total += block.nbytes
+                        bar.refresh()
+                    requests += self._write_block(block, window, bar)
+                    difference = self.verify_block(block)
+                    if difference is not None:
+                        raise self._verify_error(block, difference, rewritten=True)
+                report["verified"] += 1
+                report["words"] += len(block.words)
         finally:
             if bar is not None:
                 bar.close()
-        self.last_load = {"bytes": total, "blocks": len(blocks), "requests": len(chunks)}
+        self.last_load = {"bytes": total, "blocks": len(blocks), "requests": requests}
         if verify:
-            self.last_load["verify"] = self.verify(model, blocks)
+            self.last_load["verify"] = report
         self._attach(model)
         return model
 
-    def verify(self, model, blocks: list[LoadBlock] | None = None) -> dict:
-        """Compare the device memory with ``model``'s image, block by block (CHECKSUM).
+    def _write_block(self, block: LoadBlock, window: int, bar) -> int:
+        """WRITE the words of ``block``; returns the number of requests."""
+        chunks = list(block.chunks(MAX_PAYLOAD - _ADDR.size))
+        requests = ((Command.WRITE, header + data, len(data)) for header, data in chunks)
+        for size, _ in self.link.pipeline(requests, window):
+            if bar is not None:
+                bar.update(size)
+        return len(chunks)
 
-        Regions the bitstream marks write-only (the engine's own memories may be) cannot be
-        read back and are skipped.
+    def verify_block(self, block: LoadBlock) -> dict | None:
+        """Compare ``block`` with the device memory: None if every word reads back as expected,
+        else ``{"address", "got", "expected", "differing"}`` of the first differing word.
+
+        One CHECKSUM per 65535 words (the device's CRC-16 of the words it stores); only when a
+        CRC differs are the words READ to find the first difference.
+        """
+        expected = block.readback
+        wb = block.word_bytes
+        step = 0xFFFF
+        for start in range(0, len(expected), step):
+            part = expected[start:start + step]
+            address = block.address + start
+            if self.checksum(block.region, block.index, address, len(part)) \
+                    == crc16(pack_words(part, wb)):
+                continue
+            return self._first_difference(block, start, len(part))
+        return None
+
+    def _first_difference(self, block: LoadBlock, start: int, count: int) -> dict:
+        expected = block.readback
+        wb = block.word_bytes
+        per = MAX_PAYLOAD // wb
+        mask = (1 << (8 * wb)) - 1
+        first, differing = None, 0
+        for offset in range(start, start + count, per):
+            n = min(per, start + count - offset)
+            raw = self.read(block.region, block.index, block.address + offset, n)
+            got = unpack_words(raw, wb, signed=False)
+            want = expected[offset:offset + n] & mask
+            bad = np.flatnonzero(got != want)
+            differing += len(bad)
+            if len(bad) and first is None:
+                k = int(bad[0])
+                first = {"address": block.address + offset + k, "got": int(got[k]),
+                         "expected": int(want[k])}
+        if first is None:   # the CRC differed but every word reads back right
+            first = {"address": block.address + start, "got": None, "expected": None}
+        first["differing"] = differing
+        return first
+
+    def _verify_error(self, block: LoadBlock, difference: dict, *, rewritten: bool):
+        wb = block.word_bytes
+        address = difference["address"]
+        if difference["got"] is None:
+            what = (f"words {block.address}..{block.address + len(block.words) - 1} have a "
+                    f"different CRC-16 although each reads back right (a flaky link or memory)")
+        else:
+            what = (f"word {address} reads back 0x{difference['got']:0{2 * wb}X}, expected "
+                    f"0x{difference['expected']:0{2 * wb}X} ({difference['differing']} of "
+                    f"{len(block.words)} words differ)")
+        again = " after writing it a second time" if rewritten else ""
+        return VerifyError(
+            f"{self.url}: {block.name} ({block.where}) does not hold what was written"
+            f"{again}: {what}. The memory did not take the model: reset the board (or rebuild "
+            f"and reload the bitstream) and load again", Status.OK, Command.CHECKSUM,
+            region=block.region, index=block.index, address=address,
+            got=difference["got"], expected=difference["expected"])
+
+    def verify(self, model, blocks: list[LoadBlock] | None = None) -> dict:
+        """Compare the device memory with ``model``'s image, block by block (CHECKSUM of the
+        words the device stores; READ to locate a difference).  Nothing is re-written.
+
+        Regions the bitstream marks write-only (bitstreams before read-back) are skipped.
 
         Returns
         -------
@@ -684,7 +800,8 @@ class Accelerator:
         Raises
         ------
         VerifyError
-            Naming the first block whose CRC differs.
+            Naming the first block that differs, its region and PE, and the first differing
+            word (its address, the value read and the value expected).
         """
         model = _as_model(model)
         info = self.identify()
@@ -693,26 +810,14 @@ class Accelerator:
         for block in blocks:
             if not block.check:
                 continue
-            try:
-                readable = info.region(block.region).readable
-            except KeyError:
-                readable = False
-            if not readable:
+            if not _readable(info, block.region):
                 report["skipped"].append(block.name)
                 continue
-            for header, data in block.chunks(MAX_PAYLOAD - _ADDR.size):
-                region, index, address = _ADDR.unpack(header)
-                count = len(data) // block.word_bytes
-                expected = crc16(data)
-                got = self.checksum(region, index, address, count)
-                if got != expected:
-                    raise VerifyError(
-                        f"{self.url}: {block.name} (region {_region_name(region)}, index "
-                        f"{index}, words {address}..{address + count - 1}) reads back with CRC "
-                        f"0x{got:04X}, expected 0x{expected:04X}: the memory did not take the "
-                        f"model; reset the board and load again", Status.OK, Command.CHECKSUM)
-                report["words"] += count
+            difference = self.verify_block(block)
+            if difference is not None:
+                raise self._verify_error(block, difference, rewritten=False)
             report["verified"] += 1
+            report["words"] += len(block.words)
         return report
 
     def attach(self, model, *, verify: bool = True) -> CompressedModel:
@@ -822,6 +927,13 @@ class Accelerator:
             outputs, count = self._decode_output(frame.payload)
             self.last_cycles = count
             yield (outputs, count) if cycles else outputs
+
+
+def _readable(info: EngineInfo, region: int) -> bool:
+    try:
+        return info.region(region).readable
+    except KeyError:
+        return False
 
 
 def _as_model(model) -> CompressedModel:

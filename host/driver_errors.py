@@ -39,4 +39,26 @@ class ModelMismatchError(SpineError, ValueError):
 
 
 class VerifyError(DeviceError):
-    """The memory read back after a load differs from what was written."""
+    """The memory read back after a load differs from what was written.
+
+    Attributes
+    ----------
+    region, index : int or None
+        The :class:`host.protocol.RegionId` and index (PE) of the block that differs.
+    address : int or None
+        Word address of the first differing word.
+    got, expected : int or None
+        That word as read (unsigned wire word) and as expected (None if the words read back
+        right but their CRC did not).
+    """
+
+    def __init__(self, message: str, status: int | None = None, command: int | None = None,
+                 *, region: int | None = None, index: int | None = None,
+                 address: int | None = None, got: int | None = None,
+                 expected: int | None = None):
+        super().__init__(message, status, command)
+        self.region = region
+        self.index = index
+        self.address = address
+        self.got = got
+        self.expected = expected

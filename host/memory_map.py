@@ -20,7 +20,8 @@ from .cyclemodel import Timing
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .params import check_int
 
-__all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "LstmRegion",
+__all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
+           "LstmRegion",
            "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
            "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "SETUP_CYCLES",
            "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT"]
@@ -72,6 +73,20 @@ DESCRIPTOR_FIELDS = tuple(Field)
 DESCRIPTOR_MEMBERS = ((Field.ROWS, "rows"), (Field.ENTRY_BASE, "entry_base"),
                       (Field.PTR_BASE, "ptr_base"), (Field.BIAS_BASE, "bias_base"),
                       (Field.CODEBOOK, "cb_slot"), (Field.SHIFT, "shift"), (Field.RELU, "relu"))
+
+
+def descriptor_readback(address: int, value: int, matrix_layers: int) -> int:
+    """What a read of DESCRIPTOR word ``address`` returns after ``value`` was written to it.
+
+    The engines keep each descriptor field in a register of the field's width (reads return
+    it zero-extended) and do not store COLS: the COLS word of a matrix layer (``address >> 3 <
+    matrix_layers``; the LSTM engine's "layer" 2 is its sequence descriptor, whose field 1,
+    INPUT, is stored) reads 0.  Every other value an image builder writes fits its field, so it
+    reads back unchanged.
+    """
+    if address & 7 == Field.COLS and address >> 3 < matrix_layers:
+        return 0
+    return int(value)
 
 
 class LstmRegion(enum.IntEnum):

@@ -2,7 +2,9 @@
 
 :class:`FakeBoard` is a pyserial-like transport (``write``/``read``/``timeout``/``close``) for
 :class:`host.driver.Accelerator` that answers requests in Python: memory regions as in its
-IDENTIFY region table, CHECKSUM over the stored words, INFER computed by the golden model of
+IDENTIFY region table (DESCRIPTOR reads as the engines' registers do,
+:func:`host.memory_map.descriptor_readback`), CHECKSUM over the stored words, INFER computed by
+the golden model of
 the model the test gives it.  Fault injection (corrupted requests, lost or corrupted answers,
 garbage, silence, duplicate answers) tests the driver's retries.  It checks nothing about the
 real gateware: the end-to-end test (tests/hw/test_end_to_end.py) runs the real RTL.
@@ -16,6 +18,7 @@ import time
 import numpy as np
 
 from host.golden import GoldenModel
+from host.memory_map import descriptor_readback
 from host.protocol import (
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
@@ -85,7 +88,9 @@ class FakeBoard:
     ``garbage`` (bytes sent before the next answer), ``silent`` (answer nothing),
     ``fail_random`` (probability of one of the faults, with ``rng``), ``small_fifo`` (a
     request arriving while an earlier answer is still unread is damaged: a device whose
-    receive FIFO cannot hold pipelined requests).
+    receive FIFO cannot hold pipelined requests).  Memory faults: ``bad_bits`` maps
+    ``(region, index, address)`` to a bit mask flipped in every word written there (a broken
+    memory cell), ``bad_bits_once`` the same for the next write only (a glitch).
     """
 
     def __init__(self, identity: Identity, model=None, *, rng=None):
@@ -112,6 +117,8 @@ class FakeBoard:
         self.silent = False
         self.fail_random = 0.0
         self.small_fifo = False        # damage requests that arrive while an answer is unread
+        self.bad_bits: dict[tuple[int, int, int], int] = {}
+        self.bad_bits_once: dict[tuple[int, int, int], int] = {}
         self.rng = rng or np.random.default_rng(0)
         self.closed = False
 
@@ -209,7 +216,9 @@ class FakeBoard:
                 return Status.BAD_ADDRESS, b""
             mem = self.memory.setdefault((region, index), {})
             for k in range(len(data) // wb):
-                mem[address + k] = int.from_bytes(data[k * wb:(k + 1) * wb], "little")
+                where = (region, index, address + k)
+                flip = self.bad_bits.get(where, 0) ^ self.bad_bits_once.pop(where, 0)
+                mem[address + k] = int.from_bytes(data[k * wb:(k + 1) * wb], "little") ^ flip
             return Status.OK, b""
         if command in (Command.READ, Command.CHECKSUM):
             if len(payload) != _ADDR.size + 2:
@@ -220,8 +229,7 @@ class FakeBoard:
             if r is None or not r.readable:
                 return Status.BAD_ADDRESS, b""
             wb = r.word_bytes
-            mem = self.memory.get((region, index), {})
-            data = b"".join(mem.get(address + k, 0).to_bytes(wb, "little")
+            data = b"".join(self._stored(region, index, address + k).to_bytes(wb, "little")
                             for k in range(count))
             if command == Command.READ:
                 if len(data) > MAX_PAYLOAD:
@@ -239,6 +247,15 @@ class FakeBoard:
             self.infers += 1
             return Status.OK, struct.pack("<I", 100 + self.infers) + out.astype("<i2").tobytes()
         return Status.UNKNOWN_COMMAND, b""
+
+    def _stored(self, region: int, index: int, address: int) -> int:
+        """The word a READ returns (as the engine bitstreams: unstored descriptor fields 0)."""
+        value = self.memory.get((region, index), {}).get(address, 0)
+        if region == RegionId.DESCRIPTOR and self.identity.engine in (EngineKind.SPMV,
+                                                                       EngineKind.LSTM):
+            layers = 2 if self.identity.engine == EngineKind.LSTM else self.identity.max_layers
+            value = descriptor_readback(address, value, layers)
+        return value
 
     def _control(self, address: int) -> int:
         return self.memory.get((RegionId.CONTROL, 0), {}).get(int(address), 0)

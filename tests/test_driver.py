@@ -119,9 +119,66 @@ def test_image_writes_control_last(board, model):
 def test_verify_detects_corrupted_memory(board, model):
     with connect(board) as acc:
         acc.load(model, progress=False)
+        report = acc.last_load["verify"]
+        assert report["rewritten"] == [] and report["skipped"] == []
+        assert report["verified"] == len(model_image(model, acc.identify())) - 1
         board.memory[(RegionId.BIAS, 0)][3] ^= 1
-        with pytest.raises(VerifyError, match="biases"):
+        with pytest.raises(VerifyError, match=r"biases \(region BIAS\).*word 3 reads back "
+                                              r"0x[0-9A-F]{8}, expected") as error:
             acc.verify(model)
+        assert (error.value.region, error.value.address) == (RegionId.BIAS, 3)
+        assert error.value.got ^ error.value.expected == 1
+
+
+def test_verify_after_a_wrong_write(board, model):
+    """A word overwritten through WRITE after the load is found, with its region, PE and
+    address."""
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        blocks = model_image(model, acc.identify())
+        entries = next(b for b in blocks if b.name == "entries of PE 1")
+        wrong = int(entries.words[5]) ^ 0x21
+        acc.write(RegionId.ENTRY, 1, 5, bytes([wrong]))
+        with pytest.raises(VerifyError, match=r"entries of PE 1 \(region ENTRY, PE 1\) does "
+                                              r"not hold what was written: word 5 reads back "
+                                              rf"0x{wrong:02X}, expected "
+                                              rf"0x{int(entries.words[5]):02X} \(1 of "):
+            acc.verify(model)
+
+
+def test_load_rewrites_a_block_once(board, model):
+    """A glitch during the load: the block is written again and then verifies."""
+    board.bad_bits_once[(RegionId.POINTER, 0, 4)] = 0x4
+    x = inputs(model, 3)
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        assert acc.last_load["verify"]["rewritten"] == ["pointers of PE 0"]
+        assert np.array_equal(acc.infer(x), golden(model, x))
+
+
+def test_load_fails_on_a_broken_memory_word(board, model):
+    """A word that never takes its value: the load stops with the block, region, PE and
+    address, and the model is not attached."""
+    board.bad_bits[(RegionId.ENTRY, 1, 7)] = 0x80
+    with connect(board) as acc:
+        with pytest.raises(VerifyError, match=r"entries of PE 1 \(region ENTRY, PE 1\) does "
+                                              r"not hold what was written after writing it a "
+                                              r"second time: word 7") as error:
+            acc.load(model, progress=False)
+        assert (error.value.region, error.value.index, error.value.address) == (
+            RegionId.ENTRY, 1, 7)
+        assert error.value.got ^ error.value.expected == 0x80
+        assert acc.model is None
+
+
+def test_descriptor_cols_is_not_stored(board, model):
+    """The engines do not keep a layer's COLS field: it reads 0 and the driver expects that."""
+    from host.memory_map import Field
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        word = acc.read(RegionId.DESCRIPTOR, 0, Field.COLS, 1)
+        assert word == bytes(4)
+        assert board.memory[(RegionId.DESCRIPTOR, 0)][Field.COLS] == 16
 
 
 def test_attach_preloaded(board, model):

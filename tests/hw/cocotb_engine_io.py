@@ -20,6 +20,7 @@ async def start_and_reset(dut, n_pe: int) -> None:
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.load__valid.value = 0
     dut.load__mask.value = (1 << n_pe) - 1
+    dut.rb__en.value = 0
     dut.start.value = 0
     dut.rst.value = 1
     await FallingEdge(dut.clk)

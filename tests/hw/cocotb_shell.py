@@ -75,6 +75,17 @@ class Device:
         self.control = [0] * len(Control)
         self.seq = 0
 
+    def use_identity(self, ident):
+        """Take word sizes and depths from an IDENTIFY answer (a design whose region table is
+        not :func:`regions`'s); the shadow then holds whole wire words."""
+        from hdl.command import RegionSpec
+
+        self.regions = {int(r.region): RegionSpec(int(r.region), 8 * r.word_bytes, r.depth,
+                                                  r.count or 256)
+                        for r in ident.regions if r.region != RegionId.CONTROL}
+        self.shadow = {(rid, i): [0] * spec.depth
+                       for rid, spec in self.regions.items() for i in range(spec.count)}
+
     async def start(self):
         dut = self.dut
         Clock(dut.clk, 10, unit="ns").start()
@@ -478,10 +489,16 @@ async def fuzz_garbage_truncated_bitflips(dut):
 # With the engine (tests/hw/test_shell.py::test_shell_with_engine writes the .npz)
 
 
+def _pack(values, wb):
+    return b"".join((int(v) & ((1 << 8 * wb) - 1)).to_bytes(wb, "little") for v in values)
+
+
 @cocotb.test()
-async def engine_load_and_infer(dut):
-    """Load a model image through WRITE frames, run INFER on several inputs, compare with the
-    golden model's outputs and the cycle model's run cycles."""
+async def engine_load_readback_infer(dut):
+    """Load a model image through WRITE frames (the driver's blocks), read every block back
+    (READ word by word against the expected read-back, CHECKSUM), check that a corrupted word
+    of every region kind is seen by READ and CHECKSUM, then run INFER on several inputs and
+    compare with the golden model's outputs and the cycle model's run cycles."""
     import numpy as np
 
     from hdl.simulate import load_test_data
@@ -490,30 +507,67 @@ async def engine_load_and_infer(dut):
     dev = Device(dut)
     await dev.start()
     ident = parse_identity(await dev.request(Command.IDENTIFY))
-    assert ident.engine == 1 and ident.n_pe == int(data["n_pe"])
+    assert ident.engine == int(data["engine"]) and ident.n_pe == int(data["n_pe"])
+    dev.use_identity(ident)
     table = {r.region: r for r in ident.regions}
+    for rid in (RegionId.ENTRY, RegionId.POINTER, RegionId.CODEBOOK, RegionId.BIAS,
+                RegionId.DESCRIPTOR, RegionId.OUTPUT, RegionId.CONTROL):
+        assert table[rid].readable, f"region {rid} is not readable"
     # Not loaded yet.
     await dev.request(Command.INFER, b"", expect=Status.NOT_LOADED)
-    blocks = data["blocks"]            # (n, 4): region, index, address, offset into words
-    words = data["words"]
+    blocks = data["blocks"]       # (n, 5): region, index, address, offset into words, check
+    words, readback = data["words"], data["readback"]
     ends = list(blocks[1:, 3]) + [len(words)]
-    for (region, index, address, offset), end in zip(blocks, ends):
-        wb = table[int(region)].word_bytes
+    loaded = []
+    for (region, index, address, offset, check), end in zip(blocks, ends):
+        region, index, address = int(region), int(index), int(address)
+        wb = table[region].word_bytes
         chunk = (MAX_PAYLOAD - 6) // wb
         values = [int(v) for v in words[offset:end]]
         for k in range(0, len(values), chunk):
-            part = values[k:k + chunk]
-            payload = struct.pack("<BBI", int(region), int(index), int(address) + k) + b"".join(
-                (v & ((1 << 8 * wb) - 1)).to_bytes(wb, "little") for v in part)
+            payload = struct.pack("<BBI", region, index, address + k) + _pack(
+                values[k:k + chunk], wb)
             await dev.request(Command.WRITE, payload)
-    # The engine's memories are write-only.
-    await dev.checksum(RegionId.ENTRY, 0, 0, 1, expect=Status.BAD_ADDRESS)
+        if check:
+            loaded.append((region, index, address, values,
+                           [int(v) for v in readback[offset:end]]))
+    kinds = {region for region, *_ in loaded}
+    assert kinds == {0, 1, 2, 3, 4, int(RegionId.CONTROL)}, kinds
+
+    def wire(values, wb):
+        return [int(v) & ((1 << 8 * wb) - 1) for v in values]
+
+    # Every block reads back: READ (at most MAX_PAYLOAD bytes at a time) and CHECKSUM.
+    for region, index, address, _, expect in loaded:
+        wb = table[region].word_bytes
+        per = MAX_PAYLOAD // wb
+        got = []
+        for k in range(0, len(expect), per):
+            got += await dev.read(region, index, address + k, min(per, len(expect) - k))
+        assert got == wire(expect, wb), (region, index, address, got[:8], expect[:8])
+        assert await dev.checksum(region, index, address, len(expect)) == crc16(
+            _pack(expect, wb))
+    dut._log.info(f"read back {len(loaded)} blocks, {sum(len(b[4]) for b in loaded)} words")
+
+    # A corrupted word of every region kind is seen; restoring it restores the CRC.
+    for rid in (RegionId.ENTRY, RegionId.POINTER, RegionId.CODEBOOK, RegionId.BIAS,
+                RegionId.DESCRIPTOR):
+        region, index, address, values, expect = next(b for b in loaded if b[0] == rid)
+        wb = table[region].word_bytes
+        k = len(values) // 2
+        while region == RegionId.DESCRIPTOR and expect[k] != values[k]:
+            k += 1                                  # a stored field (not COLS)
+        good_crc = crc16(_pack(expect, wb))
+        await dev.write(region, index, address + k, [values[k] ^ 1])
+        assert await dev.read(region, index, address + k, 1) == wire([expect[k] ^ 1], wb)
+        assert await dev.checksum(region, index, address, len(expect)) != good_crc
+        await dev.write(region, index, address + k, [values[k]])
+        assert await dev.checksum(region, index, address, len(expect)) == good_crc
+
     out_wb = table[RegionId.OUTPUT].word_bytes
     in_wb = table[RegionId.INPUT].word_bytes
     for case in range(int(data["n_cases"])):
-        x = data[f"x{case}"]
-        payload = b"".join((int(v) & ((1 << 8 * in_wb) - 1)).to_bytes(in_wb, "little")
-                           for v in x)
+        payload = _pack(data[f"x{case}"], in_wb)
         answer = await dev.request(Command.INFER, payload)
         cycles = struct.unpack_from("<I", answer)[0]
         outputs = np.array([int.from_bytes(answer[4 + k * out_wb:4 + (k + 1) * out_wb],
@@ -523,10 +577,15 @@ async def engine_load_and_infer(dut):
         assert np.array_equal(outputs, expected), (case, outputs, expected)
         assert cycles == int(data[f"cycles{case}"]), (case, cycles, int(data[f"cycles{case}"]))
         dut._log.info(f"case {case}: {len(outputs)} outputs match, {cycles} cycles")
+        # Reading back between runs changes nothing (the engine's ports are idle).
+        region, index, address, _, expect = loaded[case % len(loaded)]
+        assert await dev.checksum(region, index, address, len(expect)) == crc16(
+            _pack(expect, table[region].word_bytes))
     status = parse_status(await dev.request(Command.STATUS))
     assert status.infers == int(data["n_cases"])
-    assert status.last_cycles == int(data[f"cycles{int(data['n_cases']) - 1}"])
+    last = int(data[f"cycles{int(data['n_cases']) - 1}"])
+    assert status.last_cycles == last
     # RESET keeps the model: INFER still works.
     await dev.request(Command.RESET)
     answer = await dev.request(Command.INFER, payload)
-    assert struct.unpack_from("<I", answer)[0] == int(data[f"cycles{int(data['n_cases']) - 1}"])
+    assert struct.unpack_from("<I", answer)[0] == last

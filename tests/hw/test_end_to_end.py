@@ -64,6 +64,7 @@ def test_stream_bit_exact(board, workload):
         info = acc.identify()
         assert info.kind == "SPMV" and info.hash_ok and info.n_pe == 8
         acc.load(workload["path"], progress=False)
+        report = acc.last_load["verify"]
         start = time.monotonic()
         got = list(acc.stream(x))
         seconds = time.monotonic() - start
@@ -76,6 +77,10 @@ def test_stream_bit_exact(board, workload):
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
     assert status.infers == len(x)
     assert stats.retries == 0 and stats.bad_crc == 0
+    # Every block was read back from the engine's memories (only the first CONTROL write,
+    # overwritten at the end, is not compared) and none needed a second write.
+    assert report["skipped"] == [] and report["rewritten"] == []
+    assert report["verified"] == acc.last_load["blocks"] - 1
     accuracy = float(np.mean(out.argmax(axis=1) == y))
     assert accuracy > 0.8
     print(f"\n{len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
@@ -255,6 +260,9 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
         info = acc.identify()
         assert info.kind == "LSTM" and info.hash_ok and info.n_pe == 8
         acc.load(lstm_workload["path"], progress=False)
+        report = acc.last_load["verify"]
+        assert report["skipped"] == [] and report["rewritten"] == []
+        assert report["verified"] == acc.last_load["blocks"] - 1
         q = acc.quantize(x)
         start = time.monotonic()
         got = list(acc.stream_int(q, window=2, cycles=True))
@@ -288,6 +296,34 @@ def test_lstm_single_infer_and_zero_input(lstm_board, lstm_workload):
         assert np.array_equal(acc.infer(x0), expected(model, x0[None])[0])
         zero = np.zeros((1, *model.input_shape))
         assert np.array_equal(acc.infer(zero), expected(model, zero))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "lstm"])
+def test_verify_finds_a_word_overwritten_after_the_load(kind, request):
+    """On the real RTL: a word changed through WRITE after the load is found by verify(),
+    which names its block, region, PE and address; loading again repairs it."""
+    from host.driver import model_image, pack_words
+    from host.driver_errors import VerifyError
+    from host.protocol import RegionId
+
+    running = request.getfixturevalue("board" if kind == "mlp" else "lstm_board")
+    model = request.getfixturevalue("workload" if kind == "mlp" else "lstm_workload")["model"]
+    with Accelerator(running.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        blocks = model_image(model, acc.identify())
+        entries = next(b for b in blocks if b.name == "entries of PE 5")
+        wrong, wb = int(entries.words[9]) ^ 0x11, entries.word_bytes
+        acc.write(RegionId.ENTRY, 5, 9, pack_words([wrong], wb))
+        with pytest.raises(VerifyError, match=r"entries of PE 5 \(region ENTRY, PE 5\).*"
+                                              rf"word 9 reads back 0x{wrong:0{2 * wb}X}") \
+                as error:
+            acc.verify(model)
+        assert (error.value.region, error.value.index, error.value.address) == (
+            RegionId.ENTRY, 5, 9)
+        bias = next(b for b in blocks if b.name == "biases")
+        acc.write(RegionId.BIAS, 0, 2, pack_words([int(bias.words[2]) + 1], bias.word_bytes))
+        acc.load(model, progress=False)
+        assert acc.verify(model)["verified"] == len(blocks) - 1
 
 
 def test_mlp_and_lstm_boards_refuse_each_others_models(board, lstm_board, workload,

@@ -67,19 +67,40 @@ def test_shell_fuzz(shell_build, tmp_path):
     assert results.passed == ["fuzz_garbage_truncated_bitflips"]
 
 
-# --- with the SpmvEngine -------------------------------------------------------------------
+# --- with the engines ----------------------------------------------------------------------
 
 ENGINE_TOP = "spine_shell_engine"
+LSTM_TOP = "spine_shell_lstm"
+
+
+def _blocks_data(core, model):
+    """The driver's WRITE blocks of ``model`` for ``core``'s engine (host.driver.model_image,
+    from the core's own IDENTIFY answer) as arrays for the cocotb test: ``blocks`` (n, 5) =
+    region, index, address, offset into ``words``, check; ``words`` as written and ``readback``
+    as a READ must return them."""
+    import numpy as np
+
+    from host.driver import EngineInfo, model_image
+
+    blocks, words, readback = [], [], []
+    for block in model_image(model, EngineInfo.from_payload(core.identity_bytes)):
+        blocks.append((int(block.region), block.index, block.address, len(words),
+                       int(block.check)))
+        words.extend(int(v) for v in block.words)
+        readback.extend(int(v) for v in block.readback)
+    return {"blocks": np.array(blocks, dtype=np.int64), "words": np.array(words, np.int64),
+            "readback": np.array(readback, np.int64)}
 
 
 def _engine_case(seed=7):
     import numpy as np
 
     from hdl.spmv import SpmvEngine
-    from host.spmv_image import build_image, expected_run, random_layer
     from hdl.top import EngineBackend, SpineCore
+    from host.activations import TableSpec
+    from host.compressed import CompressedModel, QLinear
     from host.fixedpoint import Format
-    from host.protocol import Control, RegionId
+    from host.spmv_image import build_image, expected_run, random_layer
 
     rng = np.random.default_rng(seed)
     n_pe, act = 2, Format(16, 10)
@@ -87,29 +108,12 @@ def _engine_case(seed=7):
                         max_entries_per_pe=96, max_layers=2)
     layers = [(random_layer(rng, 12, 16, 0.4, n_pe, acc_frac=act.frac + 12), True),
               (random_layer(rng, 10, 12, 0.5, n_pe, acc_frac=act.frac + 12), False)]
+    model = CompressedModel("shell-mlp", (16,), [QLinear(m, r) for m, r in layers], n_pe, act,
+                            32, TableSpec())
     image = build_image(engine, layers)
-    blocks, words = [], []
-
-    def add(region, index, address, values):
-        blocks.append((int(region), index, address, len(words)))
-        words.extend(int(v) for v in values)
-
-    for p in range(n_pe):
-        add(RegionId.ENTRY, p, 0, image.entries[:, p])
-        add(RegionId.POINTER, p, 0, image.pointers[:, p])
-    size = 1 << engine.index_bits
-    for slot, book in enumerate(image.codebooks):
-        add(RegionId.CODEBOOK, 0, slot * size, book)
-    add(RegionId.BIAS, 0, 0, image.bias)
-    for n, desc in enumerate(image.descriptors):
-        add(RegionId.DESCRIPTOR, 0, n << 3, desc)
-    control = [0] * len(Control)
-    control[Control.N_LAYERS] = image.n_layers
-    control[Control.N_INPUTS] = 16
-    control[Control.N_OUTPUTS] = 10
-    add(RegionId.CONTROL, 0, 0, control)
-    data = {"n_pe": np.int64(n_pe), "blocks": np.array(blocks, dtype=np.int64),
-            "words": np.array(words, dtype=np.int64)}
+    core = SpineCore(EngineBackend(engine), clock_hz=cocotb_shell.CLOCK_HZ,
+                     baud=cocotb_shell.BAUD, divisor=cocotb_shell.DIVISOR)
+    data = {"n_pe": np.int64(n_pe), "engine": np.int64(1), **_blocks_data(core, model)}
     cases = 4
     for case in range(cases):
         x = np.round(rng.standard_normal(16) * (1 << act.frac)).astype(np.int64)
@@ -118,18 +122,52 @@ def _engine_case(seed=7):
         data[f"x{case}"], data[f"expected{case}"] = x, run.outputs
         data[f"cycles{case}"] = np.int64(run.cycles)
     data["n_cases"] = np.int64(cases)
-    core = SpineCore(EngineBackend(engine), clock_hz=cocotb_shell.CLOCK_HZ,
-                     baud=cocotb_shell.BAUD, divisor=cocotb_shell.DIVISOR)
     return core, data
 
 
-def test_shell_with_engine(tmp_path):
-    core, data = _engine_case()
-    verilog = simulate.generate_verilog(core, ENGINE_TOP)
-    build = simulate.build_simulation(verilog, ENGINE_TOP)
-    results = simulate.run_cocotb(build, ENGINE_TOP, COCOTB, test_dir=tmp_path, seed=4,
-                                  testcase=["engine_load_and_infer"], data=data)
-    assert results.passed == ["engine_load_and_infer"]
+def _lstm_case(seed=8):
+    import numpy as np
+
+    from hdl.lstm import LstmEngine
+    from hdl.top import LstmBackend, SpineCore
+    from host.compressed import CompressedModel
+    from host.fixedpoint import Format
+    from host.lstm_image import build_image, expected_run, random_lstm
+
+    rng = np.random.default_rng(seed)
+    n_pe, act, steps, inputs, hidden, classes = 2, Format(16, 11), 3, 4, 6, 3
+    engine = LstmEngine(n_pe, hidden_max=8, input_max=inputs, steps_max=steps,
+                        classes_max=4, act_format=act, max_entries_per_pe=64)
+    lstm, cls = random_lstm(rng, inputs, hidden, 0.4, n_pe, classes=classes)
+    model = CompressedModel("shell-lstm", (steps, inputs), [lstm, cls], n_pe, act, 32,
+                            engine.table_spec)
+    image = build_image(engine, lstm, cls)
+    core = SpineCore(LstmBackend(engine), clock_hz=cocotb_shell.CLOCK_HZ,
+                     baud=cocotb_shell.BAUD, divisor=cocotb_shell.DIVISOR)
+    data = {"n_pe": np.int64(n_pe), "engine": np.int64(2), **_blocks_data(core, model)}
+    cases = 3
+    for case in range(cases):
+        x = np.round(rng.standard_normal((steps, inputs)) * (1 << act.frac)).astype(np.int64)
+        x[rng.random((steps, inputs)) < 0.4] = 0
+        run = expected_run(engine, image, x)
+        data[f"x{case}"], data[f"expected{case}"] = x.ravel(), run.outputs
+        data[f"cycles{case}"] = np.int64(run.cycles.total)
+    data["n_cases"] = np.int64(cases)
+    return core, data
+
+
+@pytest.mark.parametrize(("case", "top", "seed"), [(_engine_case, ENGINE_TOP, 4),
+                                                   (_lstm_case, LSTM_TOP, 5)],
+                         ids=["spmv", "lstm"])
+def test_shell_with_engine(tmp_path, case, top, seed):
+    """Load through WRITE frames, read every word back (READ and CHECKSUM of every block, a
+    corrupted word of each region found), INFER bit-exact with the golden and cycle models."""
+    core, data = case()
+    verilog = simulate.generate_verilog(core, top)
+    build = simulate.build_simulation(verilog, top)
+    results = simulate.run_cocotb(build, top, COCOTB, test_dir=tmp_path, seed=seed,
+                                  testcase=["engine_load_readback_infer"], data=data)
+    assert results.passed == ["engine_load_readback_infer"]
 
 
 # --- fast checks (no simulator) ----------------------------------------------------------------

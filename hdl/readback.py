@@ -1,0 +1,106 @@
+"""Read-back of an engine's loadable memories through their existing read ports.
+
+While the engine is idle its memories' read ports are unused, so the shell can read every word
+the loader writes (regions ENTRY, POINTER, CODEBOOK, BIAS, DESCRIPTOR of
+:class:`host.memory_map.Region`) by steering those ports' addresses: a 2:1 mux on each read
+address (selected by :attr:`ReadbackSignature.en` while not busy), no extra memory.  The
+host's READ and CHECKSUM commands then see the words actually stored (docs/protocol.md).
+
+* ENTRY, POINTER: every PE reads ``addr`` at once (entry memory; the pointer bank
+  ``addr & 1`` at ``addr >> 1``); the engine returns PE ``pe``'s word.
+* CODEBOOK: PE 0's copy (all PEs hold identical copies, always written together).
+* BIAS: the bias memory's read port of the output stage.
+* DESCRIPTOR: the descriptor registers (no memory); each field reads back the bits the engine
+  keeps, zero-extended; COLS (not stored) reads 0.
+
+``data`` holds the word one cycle after ``en`` (the memories' read latency); unsigned words
+are zero-extended to 32 bits, CODEBOOK and BIAS words sign-extended.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from host.memory_map import Region
+
+__all__ = ["ReadbackSignature", "READBACK_DATA_BITS", "connect_readback"]
+
+#: Width of :attr:`ReadbackSignature.data` (the region bus word).
+READBACK_DATA_BITS = 32
+
+
+class ReadbackSignature(wiring.Signature):
+    """Engine read-back port, from the initiator's (the shell's) side.
+
+    Members
+    -------
+    en : Out(1)
+        Read this cycle (honoured only while the engine is not busy).
+    region : Out(3)
+        A :class:`host.memory_map.Region` (ENTRY .. DESCRIPTOR).
+    pe : Out(pe_bits)
+        PE of ENTRY and POINTER reads.
+    addr : Out(addr_width)
+        Word address, as the loader's ``load.addr`` of the same word.
+    data : In(32)
+        The word read, one cycle after ``en``.
+    """
+
+    def __init__(self, n_pe: int, addr_width: int):
+        super().__init__({
+            "en": Out(1), "region": Out(3), "pe": Out(max(1, (n_pe - 1).bit_length())),
+            "addr": Out(addr_width), "data": In(READBACK_DATA_BITS),
+        })
+
+
+def connect_readback(m, rb, busy, pes, bias_port, descriptor_words):
+    """Wire the read-back port ``rb`` (the engine's ``In(ReadbackSignature)``).
+
+    Parameters
+    ----------
+    m : Module
+        The engine's module; call this after the engine's own logic, so that the bias read
+        port assignments made here take precedence while reading back.
+    rb : the engine's read-back interface
+    busy : Value
+        The engine is running (read-back is ignored).
+    pes : list of ProcessingElement
+        Each with the ``rb_en``/``rb_addr`` inputs and ``rb_entry``/``rb_ptr``/``rb_weight``
+        outputs.
+    bias_port : ReadPort
+        The bias memory's read port (time-shared with the output stage).
+    descriptor_words : dict of int -> Value
+        DESCRIPTOR address -> the stored field (registers); absent addresses read 0.
+    """
+    active = Signal()
+    m.d.comb += active.eq(rb.en & ~busy)
+    for pe in pes:
+        m.d.comb += [pe.rb_en.eq(active), pe.rb_addr.eq(rb.addr)]
+    with m.If(active):
+        m.d.comb += [bias_port.addr.eq(rb.addr), bias_port.en.eq(1)]
+
+    # The selection, registered with the read (the data arrive one cycle later).
+    region = Signal(3)
+    pe_sel = Signal.like(rb.pe)
+    addr = Signal.like(rb.addr)
+    with m.If(active):
+        m.d.sync += [region.eq(rb.region), pe_sel.eq(rb.pe), addr.eq(rb.addr)]
+
+    words = Array(pe.rb_entry for pe in pes) if len(pes) > 1 else None
+    with m.Switch(region):
+        with m.Case(Region.ENTRY):
+            m.d.comb += rb.data.eq(words[pe_sel] if words is not None else pes[0].rb_entry)
+        with m.Case(Region.POINTER):
+            ptrs = Array(pe.rb_ptr for pe in pes)
+            m.d.comb += rb.data.eq(ptrs[pe_sel] if len(pes) > 1 else pes[0].rb_ptr)
+        with m.Case(Region.CODEBOOK):
+            m.d.comb += rb.data.eq(pes[0].rb_weight.as_signed())
+        with m.Case(Region.BIAS):
+            m.d.comb += rb.data.eq(bias_port.data.as_signed())
+        with m.Case(Region.DESCRIPTOR):
+            with m.Switch(addr):
+                for address, value in sorted(descriptor_words.items()):
+                    with m.Case(address):
+                        m.d.comb += rb.data.eq(value)
