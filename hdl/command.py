@@ -21,8 +21,9 @@ A small memory-mapped port (:class:`RegionBusSignature`), initiator = the decode
 ``region`` (4 bits, a :class:`host.protocol.RegionId`), ``index`` (8 bits: PE number of per-PE
 regions, else 0), ``addr`` (``addr_width`` bits, word address), ``wdata`` (32 bits, the word,
 low bits used), ``we`` (1: write ``wdata`` this cycle), ``re`` (1: read this cycle), ``rdata``
-(32 bits, the word read, valid exactly ``read_latency`` cycles after ``re``; signed regions
-sign-extended).  The decoder only issues accesses that are inside the region table
+(32 bits, the word read, valid exactly ``read_latency`` cycles after ``re``; only its low
+``8 * word_bytes`` bits are used, so targets need define no more; signed regions
+sign-extended to them).  The decoder only issues accesses that are inside the region table
 (:class:`RegionSpec`): targets need no bounds checks.  The CONTROL region (shell registers,
 :class:`host.protocol.Control`) lives inside the decoder and never appears on the bus.
 """

@@ -13,8 +13,9 @@ host's READ and CHECKSUM commands then see the words actually stored (docs/proto
 * DESCRIPTOR: the descriptor registers (no memory); each field reads back the bits the engine
   keeps, zero-extended; COLS (not stored) reads 0.
 
-``data`` holds the word one cycle after ``en`` (the memories' read latency); unsigned words
-are zero-extended to 32 bits, CODEBOOK and BIAS words sign-extended.
+``data`` holds the word one cycle after ``en`` (the memories' read latency), defined on the
+bits of the region's wire word (8, 16 or 32 bits, :func:`wire_bits`; the shell sends no
+more): unsigned words zero-extended, CODEBOOK and BIAS words sign-extended to it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from host.memory_map import Region
 
-__all__ = ["ReadbackSignature", "READBACK_DATA_BITS", "connect_readback"]
+__all__ = ["ReadbackSignature", "READBACK_DATA_BITS", "connect_readback", "wire_bits"]
 
 #: Width of :attr:`ReadbackSignature.data` (the region bus word).
 READBACK_DATA_BITS = 32
@@ -45,7 +46,7 @@ class ReadbackSignature(wiring.Signature):
     addr : Out(addr_width)
         Word address, as the loader's ``load.addr`` of the same word.
     data : In(32)
-        The word read, one cycle after ``en``.
+        The word read, one cycle after ``en`` (bits above the region's wire word undefined).
     """
 
     def __init__(self, n_pe: int, addr_width: int):
@@ -84,23 +85,36 @@ def connect_readback(m, rb, busy, pes, bias_port, descriptor_words):
     # The selection, registered with the read (the data arrive one cycle later).
     region = Signal(3)
     pe_sel = Signal.like(rb.pe)
-    addr = Signal.like(rb.addr)
+    desc_addr = Signal(max(1, max(descriptor_words).bit_length()))
     with m.If(active):
-        m.d.sync += [region.eq(rb.region), pe_sel.eq(rb.pe), addr.eq(rb.addr)]
+        m.d.sync += [region.eq(rb.region), pe_sel.eq(rb.pe), desc_addr.eq(rb.addr)]
 
-    words = Array(pe.rb_entry for pe in pes) if len(pes) > 1 else None
+    def pick(values):
+        return Array(values)[pe_sel] if len(values) > 1 else values[0]
+
+    # Only the bits of a region's wire word (8 x word_bytes) are defined: the shell sends no
+    # more.  The BIAS word is the default of every bit; the other regions override the bits of
+    # their wire word (fewer multiplexer inputs on the high bits).
+    weight = pes[0].rb_weight
+    m.d.comb += rb.data.eq(bias_port.data.as_signed())
     with m.Switch(region):
         with m.Case(Region.ENTRY):
-            m.d.comb += rb.data.eq(words[pe_sel] if words is not None else pes[0].rb_entry)
+            entry = pick([pe.rb_entry for pe in pes])
+            m.d.comb += rb.data[:wire_bits(len(entry))].eq(entry)
         with m.Case(Region.POINTER):
-            ptrs = Array(pe.rb_ptr for pe in pes)
-            m.d.comb += rb.data.eq(ptrs[pe_sel] if len(pes) > 1 else pes[0].rb_ptr)
+            ptr = pick([pe.rb_ptr for pe in pes])
+            m.d.comb += rb.data[:wire_bits(len(ptr))].eq(ptr)
         with m.Case(Region.CODEBOOK):
-            m.d.comb += rb.data.eq(pes[0].rb_weight.as_signed())
-        with m.Case(Region.BIAS):
-            m.d.comb += rb.data.eq(bias_port.data.as_signed())
+            m.d.comb += rb.data[:wire_bits(len(weight))].eq(weight.as_signed())
         with m.Case(Region.DESCRIPTOR):
-            with m.Switch(addr):
+            m.d.comb += rb.data.eq(0)
+            with m.Switch(desc_addr):
                 for address, value in sorted(descriptor_words.items()):
                     with m.Case(address):
                         m.d.comb += rb.data.eq(value)
+
+
+def wire_bits(width: int) -> int:
+    """Bits of a ``width``-bit word on the wire (8 x word_bytes: 8, 16 or 32), as
+    :attr:`hdl.command.RegionSpec.word_bytes`."""
+    return 8 if width <= 8 else 16 if width <= 16 else 32

@@ -28,6 +28,7 @@ from host.protocol import EngineKind, RegionId
 
 from .command import (DATA_BITS, CommandDecoder, EngineControlSignature, RegionBusSignature,
                       RegionMemories, RegionSpec, _addr_width)
+from .readback import wire_bits
 from .uart import UART, baud_divisor, check_divisor
 
 __all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "LstmBackend", "LstmAdapter",
@@ -119,7 +120,10 @@ def _drive_readback(m, e, bus):
     from_output = Signal()
     with m.If(bus.re):
         m.d.sync += from_output.eq(bus.region == RegionId.OUTPUT)
-    m.d.comb += bus.rdata.eq(Mux(from_output, e.out_data.as_signed(), rb.data))
+    # Only the OUTPUT word's wire bits need the multiplexer (the shell sends no more).
+    low = wire_bits(len(e.out_data))
+    m.d.comb += [bus.rdata.eq(rb.data),
+                 bus.rdata[:low].eq(Mux(from_output, e.out_data.as_signed(), rb.data[:low]))]
 
 
 def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
