@@ -59,7 +59,8 @@ class Command(enum.IntEnum):
     IDENTIFY = 0x01   #: payload empty; answer: the engine description (docs/protocol.md)
     WRITE = 0x02      #: region u8, index u8, address u32 LE, data: write words
     READ = 0x03       #: region u8, index u8, address u32 LE, count u16 LE: read words
-    CHECKSUM = 0x04   #: region u8, index u8, address u32 LE, count u16 LE: CRC-16 of words
+    CHECKSUM = 0x04   #: region u8, index u8, address u32 LE, count u16 LE: CRC-16 of the words
+    #:                   stored (engine memories included: docs/protocol.md, "Read-back")
     INFER = 0x05      #: input activations (act words, LE): run all layers, answer outputs
     STATUS = 0x06     #: payload empty; answer: state and counters
     RESET = 0x07      #: payload empty; clears counters and the engine (not the memories)
@@ -176,9 +177,10 @@ class ResponseParser:
 class RegionId(enum.IntEnum):
     """Region numbers of WRITE/READ/CHECKSUM (the ``region`` byte).
 
-    0-5 are the loader regions of ``hdl.spmv.SpmvEngine`` (same numbers as ``hdl.spmv.Region``).
-    The IDENTIFY answer lists which regions a particular bitstream has, with word size, depth,
-    index count and access rights; a region not listed is answered with BAD_ADDRESS.
+    0-5 are the loader regions of the engines (same numbers as :class:`host.memory_map.Region`);
+    0-4 read back the words the engine stores.  The IDENTIFY answer lists which regions a
+    particular bitstream has, with word size, depth, index count and access rights; a region
+    not listed is answered with BAD_ADDRESS.
     """
 
     ENTRY = 0       #: per PE (index = PE): packed (run, weight index) entries
