@@ -453,3 +453,20 @@ def test_endless_garbage_is_a_link_error(board):
     with connect(Noisy(make_identity(2)), timeout=0.05, retries=1) as acc, \
             pytest.raises(LinkError, match="failed 2 times"):
         acc.identify()
+
+
+def test_write_only_regions_are_skipped(model):
+    """A bitstream without read-back (regions 0-4 write-only in IDENTIFY): the load checks what
+    it can (CONTROL) and lists the rest as skipped."""
+    import dataclasses
+
+    identity = make_identity(2)
+    regions = tuple(dataclasses.replace(r, readable=False) if r.region <= RegionId.DESCRIPTOR
+                    else r for r in identity.regions)
+    board = FakeBoard(dataclasses.replace(identity, regions=regions), model)
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        report = acc.last_load["verify"]
+    assert report["verified"] == 1                        # the final CONTROL words
+    assert "entries of PE 0" in report["skipped"] and "biases" in report["skipped"]
+    assert Command.CHECKSUM in board.commands
