@@ -151,6 +151,7 @@ class LayerCycles:
     pushes: int                  # broadcast activations
     pixels: int
     dense_mac: int | None = None  # MAC cycles when every in-bounds activation is broadcast
+    dense_pushes: int | None = None  # in-bounds activations (broadcasts without zero skipping)
 
 
 def layer_cycles(config: CnnConfig, ly, matrix, x, timing: CnnTiming,
@@ -174,8 +175,10 @@ def layer_cycles(config: CnnConfig, ly, matrix, x, timing: CnnTiming,
     out = LayerCycles(total, mac, ideal, busy, pushes, pixels)
     if dense:
         ones = np.ones(ly.in_shape, dtype=np.int64)
-        out.dense_mac = sum(mac_cycles(col_len, n, p, c, timing).cycles + 1
-                            for n, p, c in layer_words(ly, ones, g))
+        dense_runs = [mac_cycles(col_len, n, p, c, timing)
+                      for n, p, c in layer_words(ly, ones, g)]
+        out.dense_mac = sum(r.cycles + 1 for r in dense_runs)
+        out.dense_pushes = sum(r.pushes for r in dense_runs)
     return out
 
 

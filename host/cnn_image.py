@@ -294,6 +294,12 @@ def plan_layers(layers, input_shape, config: CnnConfig) -> list[HwLayer]:
         For an unsupported layer sequence or a layer outside the engine's limits (the message
         names the layer and the limit).
     """
+    supported = (QConv2d, QLinear, QReLU, QMaxPool2d, QFlatten)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, supported):
+            raise ValueError(f"layer {i} ({getattr(layer, 'kind', type(layer).__name__)}) is "
+                             f"not supported by the CNN engine (conv2d, relu, maxpool2d, "
+                             f"flatten, linear)")
     shape = tuple(int(v) for v in input_shape)
     if len(shape) == 1:
         shape = (shape[0], 1, 1)
@@ -347,12 +353,8 @@ def plan_layers(layers, input_shape, config: CnnConfig) -> list[HwLayer]:
             last.pool += 1
             last.source += (i,)
             shape = last.out_shape
-        elif isinstance(layer, QFlatten):
+        else:                                   # QFlatten: the layout needs no change
             flat = True
-        else:
-            raise ValueError(f"layer {i} ({getattr(layer, 'kind', type(layer).__name__)}) is "
-                             f"not supported by the CNN engine (conv2d, relu, maxpool2d, "
-                             f"flatten, linear)")
     if not out:
         raise ValueError("the model has no conv or linear layer")
     for ly in out:
