@@ -154,11 +154,9 @@ class LayerCycles:
     dense_pushes: int | None = None  # in-bounds activations (broadcasts without zero skipping)
 
 
-def layer_cycles(config: CnnConfig, ly, matrix, x, timing: CnnTiming,
-                 dense: bool = False) -> LayerCycles:
+def layer_cycles(config: CnnConfig, ly, matrix, x, timing: CnnTiming) -> LayerCycles:
     """:class:`LayerCycles` of hardware layer ``ly`` (``matrix``: its hardware-order
-    :class:`EncodedMatrix`) on its input map ``x``; ``dense`` also models broadcasting every
-    in-bounds activation (no zero skipping)."""
+    :class:`EncodedMatrix`) on its input map ``x``."""
     col_len = matrix.column_lengths()
     g = config.fm_lanes
     mac = ideal = pushes = pixels = 0
@@ -172,14 +170,7 @@ def layer_cycles(config: CnnConfig, ly, matrix, x, timing: CnnTiming,
         pixels += 1
     total = timing.layer_setup + pixels * (timing.pixel_setup + ly.rows
                                            + timing.output_overhead) + mac
-    out = LayerCycles(total, mac, ideal, busy, pushes, pixels)
-    if dense:
-        ones = np.ones(ly.in_shape, dtype=np.int64)
-        dense_runs = [mac_cycles(col_len, n, p, c, timing)
-                      for n, p, c in layer_words(ly, ones, g)]
-        out.dense_mac = sum(r.cycles + 1 for r in dense_runs)
-        out.dense_pushes = sum(r.pushes for r in dense_runs)
-    return out
+    return LayerCycles(total, mac, ideal, busy, pushes, pixels)
 
 
 def model_for(config: CnnConfig, layers, input_shape, name="cnn") -> CompressedModel:
@@ -230,11 +221,18 @@ class CnnRun:
 def expected_runs(config: CnnConfig, image: CnnImage, model: CompressedModel, xs,
                   timing: CnnTiming, dense: bool = False) -> list[CnnRun]:
     """Golden outputs and modelled cycles of ``image`` (built from ``model``) on every input of
-    the batch ``xs``."""
+    the batch ``xs``; ``dense`` also fills ``dense_mac``/``dense_pushes`` (every in-bounds
+    activation broadcast, i.e. no zero skipping)."""
     inputs, outs = layer_inputs(image, model, xs)
+    # Without zero skipping every in-bounds activation would be broadcast: an all-ones input.
+    full = [layer_cycles(config, ly, mat, np.ones(ly.in_shape, np.int64), timing)
+            for ly, mat in zip(image.layers, image.matrices)] if dense else None
     runs = []
     for b in range(len(outs)):
-        layers = [layer_cycles(config, ly, mat, xin[b], timing, dense)
+        layers = [layer_cycles(config, ly, mat, xin[b], timing)
                   for ly, mat, xin in zip(image.layers, image.matrices, inputs)]
+        if full is not None:
+            for ly, f in zip(layers, full):
+                ly.dense_mac, ly.dense_pushes = f.mac, f.pushes
         runs.append(CnnRun(outs[b], layers))
     return runs

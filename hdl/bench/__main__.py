@@ -1,7 +1,6 @@
-"""``python -m hdl.bench {spmv,lstm} ...``: run an engine's RTL under Verilator and report cycles.
+"""``python -m hdl.bench {spmv,lstm,cnn} ...``: run an engine's RTL under Verilator and report cycles.
 
-Subcommands register themselves through ``add_parser(subparsers)`` in their module; ``lstm``
-and ``cnn`` can be added the same way.
+Subcommands register themselves through ``add_parser(subparsers)`` in their module.
 """
 
 from __future__ import annotations
@@ -9,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import lstm, spmv
+from . import cnn, lstm, spmv
 
-SUBCOMMANDS = {"spmv": spmv, "lstm": lstm}
+SUBCOMMANDS = {"spmv": spmv, "lstm": lstm, "cnn": cnn}
 
 
 def build_parser() -> argparse.ArgumentParser:

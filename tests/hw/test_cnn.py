@@ -209,3 +209,19 @@ def test_cnn_lint():
     from hdl.simulate import AMARANTH_LINT_WAIVERS, lint_verilog
     engine = make_engine(CONFIGS["n3_g4"])
     lint_verilog(engine_verilog(engine), "cnn_engine", waivers=AMARANTH_LINT_WAIVERS)
+
+
+def test_cnn_bench_json(capsys):
+    """``python -m hdl.bench cnn --json`` on three digits test images: RTL == golden and the
+    cycle model, and the figures are consistent."""
+    import json
+
+    from hdl.bench.__main__ import main
+    assert main(["cnn", "--pes", "8", "--samples", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["matches_golden"] and r["matches_model"] and r["predictions_match_golden"]
+    assert r["samples"] == 3
+    assert 0 < r["ideal_cycles_per_image"] < r["cycles_per_image"]
+    assert r["broadcasts_per_image"] <= r["dense_broadcasts_per_image"]
+    assert r["dense_cycles_per_image"] >= r["cycles_per_image"]
+    assert 0 < r["pe_utilisation"] <= r["pe_utilisation_mac"] <= 1
