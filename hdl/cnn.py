@@ -99,6 +99,8 @@ class CnnEngine(wiring.Component):
         self.lanes = c.fm_lanes
         self.lane_bits = c.lane_bits
         self.rows_per_pe = -(-c.max_rows // c.n_pe)
+        #: Output channels per output-phase cycle (``n_pe`` with ``out_parallel``, else 1).
+        self.out_rows = c.n_pe if c.out_parallel else 1
         self.entry_bits = c.index_bits + c.run_bits
         self.ptr_bits = bits_for(c.max_entries_per_pe)
         self.entry_addr_bits = addr_bits(c.max_entries_per_pe)
@@ -175,7 +177,8 @@ class CnnEngine(wiring.Component):
         """The cycle model constants of this engine."""
         return CnnTiming(fifo_depth=self.cfg.fifo_depth, fetch_latency=FETCH_LATENCY,
                          drain_latency=DRAIN_LATENCY, layer_setup=LAYER_SETUP,
-                         pixel_setup=PIXEL_SETUP, output_overhead=OUTPUT_OVERHEAD)
+                         pixel_setup=PIXEL_SETUP, output_overhead=OUTPUT_OVERHEAD,
+                         output_rows=self.out_rows)
 
     def config(self) -> dict:
         """Parameters (JSON-able), e.g. for cache keys."""
@@ -321,38 +324,57 @@ class CnnEngine(wiring.Component):
         m.d.comb += mac_done.eq(mac & ~gen_active & ~e_have & ~pe_busy)
 
         # --- output stage -----------------------------------------------------------------------
-        lat = REQUANT_LATENCY
-        m.submodules.requant = rq = Requantizer(c.acc_bits, act, c.weight_width - 1)
-        bias_r = bias_mem.read_port()
-        row_bits = addr_bits(c.max_rows)
-        r = Signal(bits_for(c.max_rows))
-        r_pe = Signal(range(max(n_pe, 2)))
-        r_local = Signal(addr_bits(self.rows_per_pe))
+        # A group of `par` channels per cycle: one (serial, PE r % N) or one per PE (parallel,
+        # every PE's accumulator at the same local row).  Stage 0 = issue (accumulator and bias
+        # reads), stage 1 = requantizer inputs (accumulators cleared), destination read at stage
+        # `lat`, write at stage `lat + 1`.
+        lat, par = REQUANT_LATENCY, self.out_rows
+        rqs = []
+        for j in range(par):
+            rq = Requantizer(c.acc_bits, act, c.weight_width - 1)
+            m.submodules[f"requant{j}"] = rq
+            rqs.append(rq)
+        bias_rs = [bias_mem.read_port() for _ in range(par)]
+        base_bits = bits_for(c.max_rows + par)
+        rbase = Signal(base_bits)                    # first channel of the issuing group
+        r_pe = Signal(range(max(n_pe, 2)))           # serial: rbase % N
+        r_local = Signal(addr_bits(self.rows_per_pe))  # rbase // N
         issue = Signal()
-        m.d.comb += issue.eq(out_phase & (r < desc.rows))
-        m.d.comb += [bias_r.addr.eq(desc.bias_base + r), bias_r.en.eq(issue)]
+        m.d.comb += issue.eq(out_phase & (rbase < desc.rows))
+        rmask = Signal(par)
+        m.d.comb += rmask.eq(Cat(*(rbase + j < desc.rows for j in range(par))))
+        for j, bias_r in enumerate(bias_rs):
+            m.d.comb += [bias_r.addr.eq(desc.bias_base + rbase + j), bias_r.en.eq(issue)]
         b_pe = Signal.like(r_pe)
         b_local = Signal.like(r_local)
         d_valid = [issue] + [Signal(name=f"d_valid{i}") for i in range(1, lat + 2)]
-        d_row = [r] + [Signal(row_bits, name=f"d_row{i}") for i in range(1, lat + 2)]
+        d_base = [rbase] + [Signal(base_bits, name=f"d_base{i}") for i in range(1, lat + 2)]
+        d_mask = [rmask] + [Signal(par, name=f"d_mask{i}") for i in range(1, lat + 2)]
         for i in range(1, lat + 2):
-            m.d.sync += [d_valid[i].eq(d_valid[i - 1]), d_row[i].eq(d_row[i - 1])]
+            m.d.sync += [d_valid[i].eq(d_valid[i - 1]), d_base[i].eq(d_base[i - 1]),
+                         d_mask[i].eq(d_mask[i - 1])]
         m.d.sync += [b_pe.eq(r_pe), b_local.eq(r_local)]
         for p, pe in enumerate(pes):
+            clear = d_valid[1] if par > 1 else d_valid[1] & (b_pe == p)
             m.d.comb += [pe.drain.eq(out_phase), pe.acc_raddr.eq(r_local),
-                         pe.acc_clear.eq(d_valid[1] & (b_pe == p)),
-                         pe.acc_clear_addr.eq(b_local)]
-        m.d.comb += [rq.acc.eq(Array(pe.acc_rdata for pe in pes)[b_pe]),
-                     rq.bias.eq(bias_r.data), rq.shift.eq(desc.shift), rq.relu.eq(desc.relu)]
+                         pe.acc_clear.eq(clear), pe.acc_clear_addr.eq(b_local)]
+        for j, rq in enumerate(rqs):
+            acc = pes[j].acc_rdata if par > 1 else Array(pe.acc_rdata for pe in pes)[b_pe]
+            m.d.comb += [rq.acc.eq(acc), rq.bias.eq(bias_rs[j].data),
+                         rq.shift.eq(desc.shift), rq.relu.eq(desc.relu)]
         with m.If(issue):
-            m.d.sync += r.eq(r + 1)
-            with m.If(r_pe == n_pe - 1):
-                m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
-            with m.Else():
-                m.d.sync += r_pe.eq(r_pe + 1)
+            m.d.sync += rbase.eq(rbase + par)
+            if par > 1:
+                m.d.sync += r_local.eq(r_local + 1)
+            else:
+                with m.If(r_pe == n_pe - 1):
+                    m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
+                with m.Else():
+                    m.d.sync += r_pe.eq(r_pe + 1)
 
-        # Destination: pooled pixel word base out_pix, channel r -> word out_pix + r // G,
-        # lane r % G.  Read at stage lat (the old value arrives with the requantized one).
+        # Destination: pooled pixel word base out_pix; channel r -> word out_pix + r // G,
+        # lane r % G.  The old word is read at stage lat and arrives with the requantized
+        # values; a pixel that is not the first of its pool window writes the maximum.
         out_row = Signal(self.fm_addr_bits + 1)
         out_pix = Signal(self.fm_addr_bits + 1)
         oy = Signal(self.od_bits)
@@ -362,18 +384,31 @@ class CnnEngine(wiring.Component):
         pool_first = Signal()
         m.d.comb += pool_first.eq(((oy & pmask) == 0) & ((ox & pmask) == 0))
         rmw_addr = Signal(self.fm_addr_bits + 1)
-        m.d.comb += rmw_addr.eq(out_pix + (d_row[lat] >> lb))
-        w_row = d_row[lat + 1]
-        w_lane = w_row[:lb] if lb else Const(0, 1)
-        old_word = data.View(word_layout, Mux(src, rports[0].data.as_value(),
-                                              rports[1].data.as_value()))
-        old = Array(old_word[i] for i in range(lanes))[w_lane]
-        new = rq.out
-        value = Signal(signed(act.width))
-        m.d.comb += value.eq(Mux(pool_first | (new > old), new, old))
+        m.d.comb += rmw_addr.eq(out_pix + (d_base[lat] >> lb))
+        w_base = d_base[lat + 1]
+        w_lane = w_base[:lb] if lb else Const(0, 1)   # lane of the group's first channel
         o_we = d_valid[lat + 1]
         o_addr = Signal(self.fm_addr_bits + 1)
-        m.d.comb += o_addr.eq(out_pix + (w_row >> lb))
+        m.d.comb += o_addr.eq(out_pix + (w_base >> lb))
+        old_word = data.View(word_layout, Mux(src, rports[0].data.as_value(),
+                                              rports[1].data.as_value()))
+        values = []                                   # per lane
+        o_lanes = Signal(lanes)                       # lanes written
+        if par == 1:
+            old = Array(old_word[i] for i in range(lanes))[w_lane]
+            new = rqs[0].out
+            value = Signal(signed(act.width))
+            m.d.comb += value.eq(Mux(pool_first | (new > old), new, old))
+            values = [value] * lanes
+            m.d.comb += o_lanes.eq(Mux(o_we, 1 << w_lane, 0))
+        else:
+            for i in range(lanes):
+                new, old = rqs[i % par].out, old_word[i]
+                value = Signal(signed(act.width), name=f"out_value{i}")
+                m.d.comb += value.eq(Mux(pool_first | (new > old), new, old))
+                values.append(value)
+            m.d.comb += o_lanes.eq(Cat(*(o_we & d_mask[lat + 1][i % par]
+                                         & (w_lane == i - i % par) for i in range(lanes))))
 
         # --- buffer ports -----------------------------------------------------------------------
         in_write = load.valid & (region == Region.INPUT)
@@ -386,16 +421,15 @@ class CnnEngine(wiring.Component):
             with m.Else():
                 m.d.comb += [rp.addr.eq(self.out_addr >> lb), rp.en.eq(1)]
             for i in range(lanes):
-                m.d.comb += wp.data[i].eq(Mux(in_write, load.data[:act.width], value))
+                m.d.comb += wp.data[i].eq(Mux(in_write, load.data[:act.width], values[i]))
             if b == 0:
                 with m.If(in_write):
                     m.d.comb += [wp.addr.eq(load.addr >> lb),
                                  wp.en.eq(1 << (load.addr[:lb] if lb else 0))]
                 with m.Else():
-                    m.d.comb += [wp.addr.eq(o_addr),
-                                 wp.en.eq(Mux(o_we & ~is_src, 1 << w_lane, 0))]
+                    m.d.comb += [wp.addr.eq(o_addr), wp.en.eq(Mux(is_src, 0, o_lanes))]
             else:
-                m.d.comb += [wp.addr.eq(o_addr), wp.en.eq(Mux(o_we & ~is_src, 1 << w_lane, 0))]
+                m.d.comb += [wp.addr.eq(o_addr), wp.en.eq(Mux(is_src, 0, o_lanes))]
         out_lane = Signal(range(max(lanes, 2)))
         m.d.sync += out_lane.eq(self.out_addr[:lb] if lb else 0)
         result = data.View(word_layout, Mux(src, rports[1].data.as_value(),
@@ -452,7 +486,7 @@ class CnnEngine(wiring.Component):
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
                 with m.If(mac_done):
-                    m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                    m.d.sync += [rbase.eq(0), r_pe.eq(0), r_local.eq(0)]
                     m.next = "OUTPUT"
                 with m.Else():
                     m.d.sync += mac_sum.eq(mac_sum + 1)

@@ -50,8 +50,10 @@ class CnnTiming:
     pixel_setup : int
         Cycles per pixel before its MAC phase.
     output_overhead : int
-        Output phase cycles beyond one per output channel (pipeline + finish; includes the
-        requantizer's latency).
+        Output phase cycles beyond ``ceil(rows / output_rows)`` (pipeline + finish; includes
+        the requantizer's latency).
+    output_rows : int
+        Output channels requantized per cycle (1, or ``n_pe`` with ``out_parallel``).
     """
 
     fifo_depth: int = 8
@@ -60,6 +62,7 @@ class CnnTiming:
     layer_setup: int = 2
     pixel_setup: int = 2
     output_overhead: int = 2
+    output_rows: int = 1
 
 
 def layer_words(ly, x, lanes: int):
@@ -168,8 +171,8 @@ def layer_cycles(config: CnnConfig, ly, matrix, x, timing: CnnTiming) -> LayerCy
         busy += r.busy
         pushes += r.pushes
         pixels += 1
-    total = timing.layer_setup + pixels * (timing.pixel_setup + ly.rows
-                                           + timing.output_overhead) + mac
+    out = -(-ly.rows // timing.output_rows) + timing.output_overhead
+    total = timing.layer_setup + pixels * (timing.pixel_setup + out) + mac
     return LayerCycles(total, mac, ideal, busy, pushes, pixels)
 
 

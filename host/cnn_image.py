@@ -135,6 +135,10 @@ class CnnConfig:
         Broadcast FIFO depth per PE.
     memory : str
         ``"bram"`` or ``"spram"`` (PE entry memories, as :class:`hdl.spmv.SpmvEngine`).
+    out_parallel : bool
+        Output stage with one requantizer per PE (``n_pe`` channels per cycle, every PE's
+        accumulator read at once, ``n_pe`` bias read ports) instead of one channel per cycle;
+        needs ``fm_lanes`` to be a multiple of ``n_pe``.
     """
 
     n_pe: int
@@ -156,6 +160,7 @@ class CnnConfig:
     max_pool: int = 2
     fifo_depth: int = 8
     memory: str = "bram"
+    out_parallel: bool = False
 
     def __post_init__(self):
         _check_int("n_pe", self.n_pe, 1)
@@ -180,6 +185,11 @@ class CnnConfig:
             raise ValueError(f"`fm_lanes` must be a power of two, not {lanes}")
         if self.memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {self.memory!r}")
+        if not isinstance(self.out_parallel, bool):
+            raise TypeError(f"`out_parallel` must be a bool, not {self.out_parallel!r}")
+        if self.out_parallel and lanes % self.n_pe:
+            raise ValueError(f"`out_parallel` needs `fm_lanes` ({lanes}) to be a multiple of "
+                             f"`n_pe` ({self.n_pe})")
 
     @property
     def lane_bits(self) -> int:

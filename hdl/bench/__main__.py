@@ -1,4 +1,4 @@
-"""``python -m hdl.bench {spmv,lstm,cnn} ...``: run an engine's RTL under Verilator and report cycles.
+"""``python -m hdl.bench {spmv,lstm,cnn} ...``: run an engine's RTL under Verilator, report cycles.
 
 Subcommands register themselves through ``add_parser(subparsers)`` in their module.
 """

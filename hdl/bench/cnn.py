@@ -40,6 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fifo", type=positive_int, default=8, help="broadcast FIFO depth (8)")
     p.add_argument("--lanes", type=int, choices=(1, 2, 4, 8, 16), default=8,
                    help="activations per feature-map word (8)")
+    p.add_argument("--parallel-output", action="store_true",
+                   help="one requantizer per PE: n_pe output channels per cycle "
+                        "(CnnConfig.out_parallel)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help="inputs to run (default: the whole test split, or 16 random ones)")
     p.add_argument("--act-density", type=fraction, default=0.5,
@@ -66,7 +69,7 @@ def _load(name, pes):
 
 
 def bench_cnn(model_name="digits-cnn", pes=8, fifo=8, lanes=8, samples=None, act_density=0.5,
-              seed=0) -> dict:
+              seed=0, parallel_output=False) -> dict:
     """Run the benchmark; returns the figures (see the module docstring)."""
     from host.cnn_image import CnnConfig, build_image
     from host.golden import GoldenModel
@@ -90,7 +93,8 @@ def bench_cnn(model_name="digits-cnn", pes=8, fifo=8, lanes=8, samples=None, act
         q = rng.integers(fmt.min_int // 2, fmt.max_int // 2 + 1, shape)
         q = np.where(rng.random(shape) < act_density, q, 0).astype(np.int64)
         y = None
-    config = CnnConfig.for_model(model, pes, fm_lanes=lanes, fifo_depth=fifo)
+    config = CnnConfig.for_model(model, pes, fm_lanes=lanes, fifo_depth=fifo,
+                                 out_parallel=parallel_output)
     image = build_image(config, model)
     engine = CnnEngine(config)
     built = build_engine(engine)
@@ -122,7 +126,8 @@ def bench_cnn(model_name="digits-cnn", pes=8, fifo=8, lanes=8, samples=None, act
             "dense_mac_cycles": exp[0].dense_mac,
         })
     out = {
-        "model": model_name, "pes": pes, "fifo": fifo, "lanes": lanes, "samples": len(q),
+        "model": model_name, "pes": pes, "fifo": fifo, "lanes": lanes,
+        "parallel_output": parallel_output, "samples": len(q),
         "cycles_per_image": float(cycles.mean()),
         "cycles_min": int(cycles.min()), "cycles_max": int(cycles.max()),
         "ideal_cycles_per_image": float(ideal.mean()),
@@ -154,7 +159,8 @@ def bench_cnn(model_name="digits-cnn", pes=8, fifo=8, lanes=8, samples=None, act
 def _format(r: dict) -> str:
     lines = [
         (f"cnn {r['model']}, {r['pes']} PEs, FIFO {r['fifo']}, {r['lanes']} lanes per "
-         f"feature-map word, {r['samples']} inputs"),
+         f"feature-map word, output {r['pes'] if r['parallel_output'] else 1} channel(s) per "
+         f"cycle, {r['samples']} inputs"),
         (f"  RTL cycles per image   {r['cycles_per_image']:.1f} (min {r['cycles_min']}, max "
          f"{r['cycles_max']}; MAC phases {r['mac_cycles_per_image']:.1f})"),
         f"  ideal cycles per image {r['ideal_cycles_per_image']:.1f}",
@@ -187,6 +193,6 @@ def _format(r: dict) -> str:
 
 def run(args) -> int:
     result = bench_cnn(args.model, args.pes, args.fifo, args.lanes, args.samples,
-                       args.act_density, args.seed)
+                       args.act_density, args.seed, args.parallel_output)
     print(json.dumps(result, indent=1) if args.json else _format(result))
     return 0 if result["matches_golden"] and result["matches_model"] else 1

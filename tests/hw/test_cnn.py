@@ -33,6 +33,10 @@ CONFIGS = {
     "n8_g8": dict(n_pe=8, fm_lanes=8, fifo_depth=8, max_rows=64, max_entries_per_pe=2048,
                   max_pointers=2048, max_bias=128, fm_words=512, max_layers=4, max_dim=12,
                   max_pad=2, max_stride=2, max_pool=2),
+    # 4 PEs, 8 lanes, one requantizer per PE (4 output channels per cycle).
+    "n4_g8_par": dict(n_pe=4, fm_lanes=8, fifo_depth=4, max_rows=24, max_entries_per_pe=2048,
+                      max_pointers=2048, max_bias=64, fm_words=512, max_layers=4, max_dim=12,
+                      max_pad=2, max_stride=2, max_pool=2, out_parallel=True),
 }
 
 SLOW_CONFIGS = {
@@ -44,6 +48,10 @@ SLOW_CONFIGS = {
     "n5_g2": dict(n_pe=5, fm_lanes=2, fifo_depth=4, max_rows=24, max_entries_per_pe=2048,
                   max_pointers=2048, max_bias=64, fm_words=1024, max_layers=4, max_dim=12,
                   max_pad=2, max_stride=2, max_pool=2),
+    # 2 PEs, 2 lanes, parallel output, FIFO 1.
+    "n2_g2_par": dict(n_pe=2, fm_lanes=2, fifo_depth=1, max_rows=24, max_entries_per_pe=2048,
+                      max_pointers=2048, max_bias=64, fm_words=1024, max_layers=4, max_dim=12,
+                      max_pad=2, max_stride=2, max_pool=2, out_parallel=True),
 }
 
 
@@ -212,12 +220,13 @@ def test_cnn_lint():
 
 
 def test_cnn_bench_json(capsys):
-    """``python -m hdl.bench cnn --json`` on three digits test images: RTL == golden and the
-    cycle model, and the figures are consistent."""
+    """``python -m hdl.bench cnn --parallel-output --json`` on three digits test images (the
+    8-PE parallel output stage on a real model): RTL == golden and the cycle model, and the
+    figures are consistent."""
     import json
 
     from hdl.bench.__main__ import main
-    assert main(["cnn", "--pes", "8", "--samples", "3", "--json"]) == 0
+    assert main(["cnn", "--pes", "8", "--samples", "3", "--parallel-output", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["matches_golden"] and r["matches_model"] and r["predictions_match_golden"]
     assert r["samples"] == 3
