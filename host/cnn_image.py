@@ -225,7 +225,7 @@ class CnnConfig:
             max_bias=up(sizes["bias"]), fm_words=up(sizes["fm_words"]),
             act_format=model.act_format, acc_bits=model.acc_bits, fm_lanes=fm_lanes,
             fifo_depth=fifo_depth, max_layers=len(layers),
-            max_dim=max(max(ly.in_shape[1:]) for ly in layers),
+            max_dim=max(max(*ly.in_shape[1:], *ly.kernel) for ly in layers),
             max_pad=max(max(ly.pad for ly in layers), 1),
             max_stride=max(max(ly.stride for ly in layers), 1),
             max_pool=max(max(ly.pool for ly in layers), 1),

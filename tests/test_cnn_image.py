@@ -188,3 +188,12 @@ def test_for_model_fits_digits():
     assert [ly.kind for ly in image.layers] == ["conv", "conv", "linear"]
     assert [ly.pool for ly in image.layers] == [1, 2, 0]
     assert image.output_shape == (10, 1, 1)
+
+
+def test_for_model_kernel_larger_than_map():
+    """A 5x5 kernel with padding 2 on a 3x3 map: the sized engine holds the kernel."""
+    ref = CnnConfig(**CONFIGS["n3_g4"])
+    model = conv_model(np.random.default_rng(4), ref, (2, 3, 3), 5, 1, 2, 4)
+    cfg = CnnConfig.for_model(model, fm_lanes=4)
+    assert cfg.max_dim == 5
+    build_image(cfg, model)

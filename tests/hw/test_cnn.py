@@ -48,6 +48,10 @@ SLOW_CONFIGS = {
     "n5_g2": dict(n_pe=5, fm_lanes=2, fifo_depth=4, max_rows=24, max_entries_per_pe=2048,
                   max_pointers=2048, max_bias=64, fm_words=1024, max_layers=4, max_dim=12,
                   max_pad=2, max_stride=2, max_pool=2),
+    # 4 PEs with their entry memories in (the behavioural model of) iCE40 SPRAM.
+    "n4_spram": dict(n_pe=4, fm_lanes=4, fifo_depth=8, max_rows=24, max_entries_per_pe=4096,
+                     max_pointers=2048, max_bias=64, fm_words=512, max_layers=4, max_dim=12,
+                     max_pad=2, max_stride=2, max_pool=2, memory="spram"),
     # 2 PEs, 2 lanes, parallel output, FIFO 1.
     "n2_g2_par": dict(n_pe=2, fm_lanes=2, fifo_depth=1, max_rows=24, max_entries_per_pe=2048,
                       max_pointers=2048, max_bias=64, fm_words=1024, max_layers=4, max_dim=12,
