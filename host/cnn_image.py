@@ -208,12 +208,17 @@ class CnnConfig:
         memory depths rounded up to powers of two (``round_up``) so similar models share a
         build."""
         n_pe = model.n_pe if n_pe is None else n_pe
+        matrices = model.matrices()
+        if not matrices:
+            raise ValueError("the model has no conv or linear layer")
+        enc = matrices[0][1].encoded
+        bits = {"index_bits": enc.index_bits, "run_bits": enc.run_bits}
+        bits.update({k: v for k, v in overrides.items() if k in bits})
         probe = cls(n_pe=n_pe, max_rows=1 << 20, max_entries_per_pe=1 << 30,
                     max_pointers=1 << 30, max_bias=1 << 30, fm_words=1 << 30,
                     act_format=model.act_format, acc_bits=model.acc_bits,
                     fm_lanes=fm_lanes, fifo_depth=fifo_depth, max_dim=1 << 12, max_pad=15,
-                    max_layers=1 << 10, **{k: v for k, v in overrides.items()
-                                           if k in ("index_bits", "run_bits")})
+                    max_layers=1 << 10, **bits)
         layers = plan_layers(model.layers, model.input_shape, probe)
         sizes = _sizes(probe, layers)
 
@@ -228,9 +233,7 @@ class CnnConfig:
             max_dim=max(max(*ly.in_shape[1:], *ly.kernel) for ly in layers),
             max_pad=max(max(ly.pad for ly in layers), 1),
             max_stride=max(max(ly.stride for ly in layers), 1),
-            max_pool=max(max(ly.pool for ly in layers), 1),
-            index_bits=layers[0].matrix.encoded.index_bits,
-            run_bits=layers[0].matrix.encoded.run_bits)
+            max_pool=max(max(ly.pool for ly in layers), 1), **bits)
         params.update(overrides)
         return cls(**params)
 
