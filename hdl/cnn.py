@@ -37,26 +37,22 @@ from amaranth.utils import bits_for
 
 from host.cnn_cycles import CnnTiming
 from host.cnn_image import FIELD_BITS, CnnConfig, Field, Region
+from host.memory_map import DRAIN_LATENCY, FETCH_LATENCY
 
 from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
 from .requant import Requantizer
-from .spmv import (DRAIN_LATENCY, FETCH_LATENCY, LoadSignature, Region as SpmvRegion,
-                   connect_matrix_loader)
+from .spmv import LoadSignature, connect_matrix_loader
 
 __all__ = ["CnnEngine", "REQUANT_LATENCY", "LAYER_SETUP", "PIXEL_SETUP", "OUTPUT_OVERHEAD"]
-
-# The matrix regions are shared with the SpMV engine's loader (connect_matrix_loader).
-assert all(int(Region[name]) == int(SpmvRegion[name])
-           for name in ("ENTRY", "POINTER", "CODEBOOK", "BIAS", "DESCRIPTOR"))
 
 #: Cycles from the requantizer's inputs to its output (0: combinational).  The output stage
 #: delays the destination read and write by this many cycles; change it with the Requantizer.
 REQUANT_LATENCY = getattr(Requantizer, "LATENCY", 0)
 #: Cycles per layer before the first pixel: LAYER (descriptor) + INIT (counters).
-LAYER_SETUP = 2
+LAYER_SETUP = CnnTiming.layer_setup
 #: Cycles per pixel before the MAC phase: PIXEL (bounds) + PIXEL2 (addresses).
-PIXEL_SETUP = 2
+PIXEL_SETUP = CnnTiming.pixel_setup
 #: Output phase cycles beyond one per channel: pipeline stage, requantizer, finish cycle.
 OUTPUT_OVERHEAD = 2 + REQUANT_LATENCY
 

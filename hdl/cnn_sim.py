@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from host import cnn_image
+from host import cnn_image, memory_map
 from host.cnn_cycles import expected_runs
 from host.cnn_image import image_writes, input_writes, output_addresses
 from host.encoding import entry_layout_fields
@@ -39,7 +39,8 @@ def engine_verilog(engine: CnnEngine) -> str:
     from .simulate import generate_verilog
     here = Path(__file__).resolve().parent
     sources = [here / name for name in _SOURCES] + [
-        inspect.getfile(entry_layout_fields), inspect.getfile(cnn_image)]
+        inspect.getfile(entry_layout_fields), inspect.getfile(cnn_image),
+        inspect.getfile(memory_map)]
     return cached_verilog(
         "cnn", engine, sources,
         lambda: dedupe_modules(strip_memory_init(generate_verilog(engine, TOPLEVEL))))

@@ -32,6 +32,7 @@ import numpy as np
 
 from .cnn_image import CnnConfig, CnnImage, groups
 from .compressed import CompressedModel
+from .memory_map import DRAIN_LATENCY, FETCH_LATENCY
 
 __all__ = ["CnnTiming", "PixelCycles", "LayerCycles", "CnnRun", "layer_words", "mac_cycles",
            "expected_runs", "layer_inputs", "model_for"]
@@ -57,8 +58,8 @@ class CnnTiming:
     """
 
     fifo_depth: int = 8
-    fetch_latency: int = 1
-    drain_latency: int = 3
+    fetch_latency: int = FETCH_LATENCY
+    drain_latency: int = DRAIN_LATENCY
     layer_setup: int = 2
     pixel_setup: int = 2
     output_overhead: int = 2

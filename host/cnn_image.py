@@ -34,6 +34,8 @@ import numpy as np
 from .compressed import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix
 from .encoding import EncodedMatrix
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format, wrap
+from .memory_map import Region as SpmvRegion
+from .params import check_int
 
 __all__ = ["Region", "Field", "FIELD_BITS", "CnnConfig", "HwLayer", "plan_layers",
            "hw_columns", "permute_columns", "CnnImage", "build_image", "image_writes",
@@ -41,14 +43,16 @@ __all__ = ["Region", "Field", "FIELD_BITS", "CnnConfig", "HwLayer", "plan_layers
 
 
 class Region(enum.IntEnum):
-    """``load.region`` values of the CNN engine (0..4 as :class:`hdl.spmv.Region`)."""
+    """``load.region`` values of the CNN engine: the matrix regions are the SpMV engine's
+    (:class:`host.memory_map.Region`, the loader is shared)."""
 
-    ENTRY = 0       #: addr = entry address; per-PE entry in ``lanes``
-    POINTER = 1     #: addr = pointer slot; per-PE column pointer in ``lanes``
-    CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight
-    BIAS = 3        #: addr = bias address; data = bias (accumulator format)
-    DESCRIPTOR = 4  #: addr = layer << FIELD_BITS | field; data = field value
-    INPUT = 5       #: addr = activation address in feature-map buffer 0 (word * G + lane)
+    ENTRY = SpmvRegion.ENTRY            #: addr = entry address; per-PE entry in ``lanes``
+    POINTER = SpmvRegion.POINTER        #: addr = pointer slot; per-PE column pointer in ``lanes``
+    CODEBOOK = SpmvRegion.CODEBOOK      #: addr = slot << index_bits | index; data = weight
+    BIAS = SpmvRegion.BIAS              #: addr = bias address; data = bias (accumulator format)
+    DESCRIPTOR = SpmvRegion.DESCRIPTOR  #: addr = layer << FIELD_BITS | field; data = value
+    INPUT = SpmvRegion.INPUT            #: addr = activation address in feature-map buffer 0
+    #:                                     (word * G + lane); data = activation
 
 
 class Field(enum.IntEnum):
@@ -83,17 +87,6 @@ class Field(enum.IntEnum):
 
 #: Descriptor address bits per layer (``addr = layer << FIELD_BITS | field``).
 FIELD_BITS = 5
-
-
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo \
-            or (hi is not None and value > hi):
-        if hi is None:
-            kind = "a positive integer" if lo == 1 else f"an integer >= {lo}"
-        else:
-            kind = f"an integer from {lo} to {hi}"
-        raise ValueError(f"`{name}` must be {kind}, not {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -163,24 +156,24 @@ class CnnConfig:
     out_parallel: bool = False
 
     def __post_init__(self):
-        _check_int("n_pe", self.n_pe, 1)
-        _check_int("index_bits", self.index_bits, 1, 8)
-        _check_int("run_bits", self.run_bits, 1, 8)
+        check_int("n_pe", self.n_pe, 1)
+        check_int("index_bits", self.index_bits, 1, 8)
+        check_int("run_bits", self.run_bits, 1, 8)
         if not isinstance(self.act_format, Format):
             raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
                             f"{self.act_format!r}")
         if self.act_format.width > MAX_WIDTH:
             raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
                              f"{self.act_format.width}")
-        _check_int("weight_width", self.weight_width, 2, MAX_WIDTH)
-        _check_int("acc_bits", self.acc_bits, self.act_format.width, MAX_ACC_WIDTH)
+        check_int("weight_width", self.weight_width, 2, MAX_WIDTH)
+        check_int("acc_bits", self.acc_bits, self.act_format.width, MAX_ACC_WIDTH)
         for name in ("max_rows", "max_entries_per_pe", "max_bias", "max_layers", "fm_words",
                      "max_dim", "max_stride", "fifo_depth"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("max_pointers", self.max_pointers, 2)
-        _check_int("max_pad", self.max_pad, 0, 15)
-        _check_int("max_pool", self.max_pool, 0, 4)
-        lanes = _check_int("fm_lanes", self.fm_lanes, 1, 64)
+            check_int(name, getattr(self, name), 1)
+        check_int("max_pointers", self.max_pointers, 2)
+        check_int("max_pad", self.max_pad, 0, 15)
+        check_int("max_pool", self.max_pool, 0, 4)
+        lanes = check_int("fm_lanes", self.fm_lanes, 1, 64)
         if lanes & (lanes - 1):
             raise ValueError(f"`fm_lanes` must be a power of two, not {lanes}")
         if self.memory not in ("bram", "spram"):
