@@ -41,8 +41,8 @@ CONFIGS = {
 
 SLOW_CONFIGS = {
     # 1 PE, 1 lane per word (every activation its own word), FIFO depth 1.
-    "n1_g1": dict(n_pe=1, fm_lanes=1, fifo_depth=1, max_rows=16, max_entries_per_pe=4096,
-                  max_pointers=2048, max_bias=64, fm_words=1024, max_layers=4, max_dim=12,
+    "n1_g1": dict(n_pe=1, fm_lanes=1, fifo_depth=1, max_rows=24, max_entries_per_pe=4096,
+                  max_pointers=2048, max_bias=64, fm_words=2048, max_layers=4, max_dim=12,
                   max_pad=2, max_stride=2, max_pool=2),
     # 5 PEs, 2-lane words.
     "n5_g2": dict(n_pe=5, fm_lanes=2, fifo_depth=4, max_rows=24, max_entries_per_pe=2048,
@@ -215,11 +215,13 @@ def test_digits_cnn_whole_test_split(tmp_path):
     assert accuracy > 0.9
 
 
-def test_cnn_lint():
-    """``verilator --lint-only -Wall`` with only the generic Amaranth waivers."""
+@pytest.mark.parametrize("name", ["n3_g4", "n4_g8_par"])
+def test_cnn_lint(name):
+    """``verilator --lint-only -Wall`` with only the generic Amaranth waivers (serial and
+    parallel output stage)."""
     from hdl.cnn_sim import engine_verilog
     from hdl.simulate import AMARANTH_LINT_WAIVERS, lint_verilog
-    engine = make_engine(CONFIGS["n3_g4"])
+    engine = make_engine(CONFIGS[name])
     lint_verilog(engine_verilog(engine), "cnn_engine", waivers=AMARANTH_LINT_WAIVERS)
 
 
