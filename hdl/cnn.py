@@ -41,6 +41,7 @@ from host.memory_map import DRAIN_LATENCY, FETCH_LATENCY
 
 from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
+from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
 from .spmv import LoadSignature, connect_matrix_loader
 
@@ -83,6 +84,9 @@ class CnnEngine(wiring.Component):
     stat_layer : In(layer bits)
     stat_cycles, stat_mac : Out(32)
         Whole cycles and MAC-phase cycles of layer ``stat_layer`` in the last run.
+    rb : In(ReadbackSignature)
+        Read-back of the loaded ENTRY, POINTER, CODEBOOK, BIAS and DESCRIPTOR words while idle
+        (:mod:`hdl.readback`; a descriptor field reads back the bits the engine keeps).
     """
 
     def __init__(self, config: CnnConfig):
@@ -165,6 +169,7 @@ class CnnEngine(wiring.Component):
             "stat_layer": In(addr_bits(c.max_layers)),
             "stat_cycles": Out(32),
             "stat_mac": Out(32),
+            "rb": In(ReadbackSignature(c.n_pe, self.addr_width)),
         })
 
     # --- host-side facts ------------------------------------------------------------------------
@@ -518,4 +523,9 @@ class CnnEngine(wiring.Component):
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "LAYER"
+
+        # --- read-back of the loaded words while idle (hdl.readback) ------------------------------
+        connect_readback(m, self.rb, self.busy, pes, bias_rs[0], {
+            (n << FIELD_BITS) | int(f): getattr(descs[n], name)
+            for n in range(c.max_layers) for f, name in self.field_members.items()})
         return m
