@@ -84,13 +84,28 @@ class QLinear:
 
 @dataclass
 class QLSTM:
-    """LSTM layer; ``matrix`` is ``[W_ih | W_hh]`` ``(4H, I + H)``, gates (i, f, g, o)."""
+    """LSTM layer; ``matrix`` is ``[W_ih | W_hh]`` ``(4H, I + S)``, gates (i, f, g, o).
+
+    ``projection`` (optional) is ``W_hr`` ``(P, H)`` with a zero bias (LSTMP): the recurrent
+    state and output is ``r_t = requantize(W_hr h_t)``, ``S = P``; without it ``S = H``.
+    """
 
     matrix: SparseMatrix
     input_size: int
     hidden: int
     return_sequences: bool = False
+    projection: SparseMatrix | None = None
     kind = "lstm"
+
+    @property
+    def proj_size(self) -> int:
+        """P (0: no projection)."""
+        return 0 if self.projection is None else self.projection.rows
+
+    @property
+    def output_size(self) -> int:
+        """Recurrent state / output size S (P with a projection, else H)."""
+        return self.proj_size or self.hidden
 
 
 @dataclass
@@ -151,6 +166,12 @@ class CompressedModel:
     info: dict = field(default_factory=dict)
 
     def matrices(self) -> list[tuple[int, SparseMatrix]]:
-        """``(layer index, matrix)`` of every layer with weights."""
-        return [(i, layer.matrix) for i, layer in enumerate(self.layers)
-                if hasattr(layer, "matrix")]
+        """``(layer index, matrix)`` of every weight matrix (an LSTM's projection follows its
+        gate matrix, with the same layer index)."""
+        out = []
+        for i, layer in enumerate(self.layers):
+            if hasattr(layer, "matrix"):
+                out.append((i, layer.matrix))
+            if getattr(layer, "projection", None) is not None:
+                out.append((i, layer.projection))
+        return out

@@ -3,8 +3,10 @@
 A :class:`FloatModel` is an input shape plus a list of layers:
 
 * :class:`Linear` ``y = W x + b``; ``W`` is ``(out, in)`` as in ``torch.nn.Linear``.
-* :class:`LSTM` one layer, PyTorch gate order (i, f, g, o), both bias vectors; input ``(T, I)``;
-  returns the last hidden state ``h_T`` of shape ``(H,)``, or the whole sequence ``(T, H)`` when
+* :class:`LSTM` one layer, PyTorch gate order (i, f, g, o), both bias vectors, optional
+  projection ``w_hr`` (LSTMP as in ESE and ``torch.nn.LSTM(proj_size=P)``: ``r_t = W_hr h_t`` is
+  the recurrent state and the output); input ``(T, I)``; returns the last output (``h_T`` of
+  shape ``(H,)``, or ``r_T`` ``(P,)``), or the whole sequence ``(T, H or P)`` when
   ``return_sequences`` (to feed a stacked LSTM).
 * :class:`Conv2d` on ``(C, H, W)`` maps, square kernel, stride, zero padding.
 * :class:`ReLU`, :class:`MaxPool2d` (2x2, stride 2, floor), :class:`Flatten` (C, H, W order).
@@ -15,8 +17,8 @@ fixed-point golden model is tested against.
 ``.npz`` schema (``save_npz`` / ``load_npz``): an entry ``spine_float_model`` holding a JSON
 string ``{"format": 1, "name": str, "input_shape": [...], "layers": [{"kind": ..., ...}]}``
 and for layer ``i`` the float arrays ``"{i}.weight"``, ``"{i}.bias"`` (Linear, Conv2d) or
-``"{i}.w_ih"``, ``"{i}.w_hh"``, ``"{i}.b_ih"``, ``"{i}.b_hh"`` (LSTM).  Files are read with
-``allow_pickle=False``.
+``"{i}.w_ih"``, ``"{i}.w_hh"``, ``"{i}.b_ih"``, ``"{i}.b_hh"`` and, with a projection only,
+``"{i}.w_hr"`` (LSTM).  Files are read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -67,8 +69,11 @@ class Linear:
 class LSTM:
     """One LSTM layer in PyTorch's convention.
 
-    ``w_ih`` ``(4H, I)``, ``w_hh`` ``(4H, H)``, ``b_ih`` and ``b_hh`` ``(4H,)``; gate rows in
-    the order input, forget, cell (g), output.  Initial ``h`` and ``c`` are zero.
+    ``w_ih`` ``(4H, I)``, ``w_hh`` ``(4H, S)``, ``b_ih`` and ``b_hh`` ``(4H,)``; gate rows in
+    the order input, forget, cell (g), output.  ``w_hr`` ``(P, H)`` (optional) is the projection
+    of ``torch.nn.LSTM(proj_size=P)``: ``r_t = W_hr (o * tanh(c_t))`` is both the recurrent
+    state and the output, so ``S = P``; without it ``S = H`` and the state is ``h_t``.
+    Initial state and cell are zero.
     """
 
     w_ih: np.ndarray
@@ -76,27 +81,40 @@ class LSTM:
     b_ih: np.ndarray
     b_hh: np.ndarray
     return_sequences: bool = False
+    w_hr: np.ndarray | None = None
     kind = "lstm"
 
     @property
     def hidden(self) -> int:
-        return self.w_hh.shape[1]
+        """Cells H."""
+        return self.w_ih.shape[0] // 4
 
     @property
     def input_size(self) -> int:
         return self.w_ih.shape[1]
 
+    @property
+    def proj_size(self) -> int:
+        """Projection size P (0: no projection)."""
+        return 0 if self.w_hr is None else self.w_hr.shape[0]
+
+    @property
+    def output_size(self) -> int:
+        """Recurrent state / output size S: P with a projection, else H."""
+        return self.proj_size or self.hidden
+
     def output_shape(self, shape):
         if len(shape) != 2 or shape[1] != self.input_size:
             raise ModelError(f"LSTM layer expects input shape (T, {self.input_size}), "
                              f"gets {tuple(shape)}")
-        return (shape[0], self.hidden) if self.return_sequences else (self.hidden,)
+        return (shape[0], self.output_size) if self.return_sequences else (self.output_size,)
 
     def sequences(self, x):
-        """Hidden and cell states of every step: two arrays ``(B, T, H)``."""
+        """Outputs (``h``, or ``r`` with a projection) and cell states of every step: arrays
+        ``(B, T, S)`` and ``(B, T, H)``."""
         batch, steps, _ = x.shape
         hsz = self.hidden
-        h = np.zeros((batch, hsz))
+        h = np.zeros((batch, self.output_size))
         c = np.zeros((batch, hsz))
         hs, cs = [], []
         for t in range(steps):
@@ -104,6 +122,8 @@ class LSTM:
             i, f, g, o = (z[:, k * hsz:(k + 1) * hsz] for k in range(4))
             c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
             h = _sigmoid(o) * np.tanh(c)
+            if self.w_hr is not None:
+                h = h @ self.w_hr.T
             hs.append(h)
             cs.append(c)
         return np.stack(hs, axis=1), np.stack(cs, axis=1)
@@ -116,7 +136,10 @@ class LSTM:
         return self.output_of(self.sequences(x)[0])
 
     def arrays(self):
-        return {"w_ih": self.w_ih, "w_hh": self.w_hh, "b_ih": self.b_ih, "b_hh": self.b_hh}
+        arrays = {"w_ih": self.w_ih, "w_hh": self.w_hh, "b_ih": self.b_ih, "b_hh": self.b_hh}
+        if self.w_hr is not None:
+            arrays["w_hr"] = self.w_hr
+        return arrays
 
 
 @dataclass
@@ -336,6 +359,12 @@ def load_npz(path) -> FloatModel:
                               padding=int(meta.get("padding", 0)))
             if kind == "lstm":
                 params.update(return_sequences=bool(meta.get("return_sequences", False)))
+                if f"{index}.w_hr" in content:
+                    value = np.asarray(content[f"{index}.w_hr"], dtype=np.float64)
+                    if not np.all(np.isfinite(value)):
+                        raise ModelError(f"{where}, array '{index}.w_hr' holds NaN or "
+                                         f"infinite values")
+                    params["w_hr"] = value
             layer = cls(**params)
             _check_param_shapes(layer, f"{where}, layer {index} ({kind})")
             layers.append(layer)
@@ -362,7 +391,12 @@ def _check_param_shapes(layer, where):
                              f"not {layer.weight.shape[2:]}")
     if isinstance(layer, LSTM):
         four_h = layer.w_ih.shape[0]
-        if (four_h % 4 or layer.w_hh.shape != (four_h, four_h // 4)
+        proj = layer.w_hr
+        if proj is not None and (proj.ndim != 2 or proj.shape[1] != four_h // 4
+                                 or proj.shape[0] < 1):
+            raise ModelError(f"{where}: projection w_hr {proj.shape} is not (P, H) with "
+                             f"H = {four_h // 4}")
+        if (four_h % 4 or layer.w_hh.shape != (four_h, layer.output_size)
                 or layer.b_ih.shape != (four_h,) or layer.b_hh.shape != (four_h,)):
             raise ModelError(f"{where}: inconsistent LSTM shapes w_ih {layer.w_ih.shape}, "
                              f"w_hh {layer.w_hh.shape}, b_ih {layer.b_ih.shape}, "
@@ -374,7 +408,8 @@ def weight_matrix(layer) -> np.ndarray | None:
 
     Linear: ``W`` ``(out, in)``.  Conv2d: ``(C_out, C_in*k*k)``, columns in (c, ky, kx) order
     (matching :func:`im2col`).  LSTM: ``[W_ih | W_hh]`` ``(4H, I + H)``, the stacked matrix
-    that multiplies ``[x_t ; h_(t-1)]``.
+    that multiplies ``[x_t ; h_(t-1)]`` (the projection ``W_hr`` is a second matrix,
+    :func:`projection_matrix`).
     """
     if isinstance(layer, Linear):
         return layer.weight
@@ -395,5 +430,16 @@ def with_weight_matrix(layer, matrix: np.ndarray):
                       layer.padding)
     if isinstance(layer, LSTM):
         return LSTM(matrix[:, :layer.input_size], matrix[:, layer.input_size:],
-                    layer.b_ih, layer.b_hh, layer.return_sequences)
+                    layer.b_ih, layer.b_hh, layer.return_sequences, layer.w_hr)
     raise TypeError(f"{layer.kind} layers have no weight matrix")
+
+
+def projection_matrix(layer) -> np.ndarray | None:
+    """The projection ``W_hr`` ``(P, H)`` of an LSTM with a projection, else None."""
+    return layer.w_hr if isinstance(layer, LSTM) else None
+
+
+def with_projection_matrix(layer, matrix: np.ndarray):
+    """A copy of the LSTM ``layer`` with its projection replaced by ``matrix``."""
+    return LSTM(layer.w_ih, layer.w_hh, layer.b_ih, layer.b_hh, layer.return_sequences,
+                np.asarray(matrix, dtype=np.float64).reshape(layer.w_hr.shape))

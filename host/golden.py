@@ -14,6 +14,10 @@ All arithmetic follows :mod:`host.fixedpoint`:
       i, f, o = sigmoid(z_i), sigmoid(z_f), sigmoid(z_o);   g = tanh(z_g)      (tables)
       c_t = saturate(round_shift(f * c_(t-1) + i * g, act.frac), act)
       h_t = saturate(round_shift(o * tanh(c_t), act.frac), act)
+      r_t = spmv(W_hr, h_t)          (projection only: the product above, zero bias; r_t is
+                                      then the recurrent state and the output)
+
+  Stacked LSTM layers: layer l + 1 gets layer l's whole output sequence as its input.
 
 * **Conv**: the product above for every output pixel's (c, ky, kx) input patch, zero padding.
 * **Max-pool** 2x2 stride 2 and **flatten** (C, H, W order) on the integers.
@@ -129,7 +133,15 @@ class GoldenModel:
         raise TypeError(f"unknown layer {layer!r}")
 
     def lstm_step(self, layer: QLSTM, x_t, h, c):
-        """One time step on a batch: returns ``(h_t, c_t)`` (act-format int64)."""
+        """One time step on a batch: returns ``(h_t, c_t)`` (act-format int64).  With a
+        projection ``h`` is the recurrent state ``r_(t-1)`` and the returned state is ``r_t``
+        (:meth:`lstm_cell` gives the un-projected ``h_t`` too)."""
+        state, c, _ = self.lstm_cell(layer, x_t, h, c)
+        return state, c
+
+    def lstm_cell(self, layer: QLSTM, x_t, h, c):
+        """One time step: ``(state_t, c_t, h_t)`` where ``state_t`` is ``r_t`` with a
+        projection and ``h_t`` without."""
         act, hsz, spec = self.act, layer.hidden, self.model.table_spec
         z = spmv(layer.matrix, np.concatenate([x_t, h], axis=1), act, self.model.acc_bits,
                  False, self.diagnostics)
@@ -140,11 +152,14 @@ class GoldenModel:
         c = saturate(round_shift(gate_f * c + gate_i * gate_g, act.frac), act)
         h = saturate(round_shift(gate_o * lookup("tanh", c, act, spec, table=self._tanh), act.frac),
                      act)
-        return h, c
+        if layer.projection is None:
+            return h, c, h
+        r = spmv(layer.projection, h, act, self.model.acc_bits, False, self.diagnostics)
+        return r, c, h
 
     def lstm_forward(self, layer: QLSTM, x: np.ndarray) -> np.ndarray:
         batch, steps, _ = x.shape
-        h = np.zeros((batch, layer.hidden), dtype=np.int64)
+        h = np.zeros((batch, layer.output_size), dtype=np.int64)
         c = np.zeros((batch, layer.hidden), dtype=np.int64)
         outputs = []
         for t in range(steps):

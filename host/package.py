@@ -5,7 +5,7 @@ this module defines the model schema inside it (documented in docs/spn-format.md
 
 Meta (JSON)::
 
-    {"schema": 1, "name": str, "input_shape": [int...], "n_pe": int,
+    {"schema": 1 or 2, "name": str, "input_shape": [int...], "n_pe": int,
      "act_format": {"width", "frac"}, "acc_bits": int,
      "table_spec": {"index_bits", "range_log2"},
      "layers": [{"kind": "linear" | "lstm" | "conv2d" | "maxpool2d" | "flatten" | "relu",
@@ -17,7 +17,10 @@ Arrays of weight layer ``i``: ``L{i}.codebook`` (int32, ``2**index_bits``),
 ``L{i}.bias`` (int64, rows), ``L{i}.col_counts`` (uint32, ``(n_pe, cols)``: entries per PE and
 column), and the entries of all PEs in PE order split into two Huffman-coded streams:
 ``L{i}.index_code`` / ``L{i}.index_lengths`` and ``L{i}.run_code`` / ``L{i}.run_lengths``
-(uint8 bytes and uint8 code lengths).  ``tables.sigmoid`` and ``tables.tanh`` (int32) hold the
+(uint8 bytes and uint8 code lengths).  Schema 2 adds the LSTM projection (LSTMP): an
+``lstm`` layer with ``"proj_size": P`` and a ``"projection"`` matrix whose arrays have the
+prefix ``L{i}p.``; a file without projections is written as schema 1 (readable by older
+spines), and both schemas load.  ``tables.sigmoid`` and ``tables.tanh`` (int32) hold the
 activation tables; on load they must equal the ones :mod:`host.activations` makes.
 """
 
@@ -38,7 +41,9 @@ from .huffman import HuffmanCode
 
 __all__ = ["save_package", "load_package", "SCHEMA_VERSION", "config_digest"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Oldest model schema this spine reads (schema 1: no LSTM projections).
+MIN_SCHEMA_VERSION = 1
 KIND = "spine-model"
 
 _SIMPLE = {"maxpool2d": QMaxPool2d, "flatten": QFlatten, "relu": QReLU}
@@ -66,6 +71,7 @@ def save_package(model: CompressedModel, path) -> int:
     """Write ``model`` to ``path`` (atomically); returns the file size in bytes."""
     arrays: dict[str, np.ndarray] = {}
     layers = []
+    schema = MIN_SCHEMA_VERSION
     for i, layer in enumerate(model.layers):
         meta = {"kind": layer.kind}
         if isinstance(layer, QLinear):
@@ -78,11 +84,15 @@ def save_package(model: CompressedModel, path) -> int:
                         stride=layer.stride, padding=layer.padding, relu=bool(layer.relu))
         if hasattr(layer, "matrix"):
             meta["matrix"] = _matrix_to_file(f"L{i}", layer.matrix, arrays)
+        if isinstance(layer, QLSTM) and layer.projection is not None:
+            meta["proj_size"] = layer.proj_size
+            meta["projection"] = _matrix_to_file(f"L{i}p", layer.projection, arrays)
+            schema = 2
         layers.append(meta)
     arrays["tables.sigmoid"] = make_table("sigmoid", model.act_format,
                                           model.table_spec).astype(np.int32)
     arrays["tables.tanh"] = make_table("tanh", model.act_format, model.table_spec).astype(np.int32)
-    meta = {"schema": SCHEMA_VERSION, "name": model.name,
+    meta = {"schema": schema, "name": model.name,
             "input_shape": list(model.input_shape), "n_pe": model.n_pe,
             "act_format": model.act_format.to_dict(), "acc_bits": model.acc_bits,
             "table_spec": model.table_spec.to_dict(), "layers": layers,
@@ -129,7 +139,8 @@ class _Reader:
 
 def _matrix_from_file(reader: _Reader, prefix: str, meta, n_pe: int, acc_bits: int,
                       act: Format) -> SparseMatrix:
-    where = f"layer {prefix[1:]} matrix"
+    where = (f"layer {prefix[1:-1]} projection" if prefix.endswith("p")
+             else f"layer {prefix[1:]} matrix")
     if not isinstance(meta, dict):
         reader.fail(where, "matrix description missing")
     rows = reader.integer(meta, "rows", where, 1, 1 << 24)
@@ -191,8 +202,9 @@ def load_package(path) -> CompressedModel:
     """
     meta, arrays = read_container(path, expected_kind=KIND)
     reader = _Reader(path, arrays)
-    if meta.get("schema") != SCHEMA_VERSION:
-        schema = meta.get("schema")
+    schema = meta.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool) \
+            or not MIN_SCHEMA_VERSION <= schema <= SCHEMA_VERSION:
         if isinstance(schema, int) and schema > SCHEMA_VERSION:
             raise PackageError(f"package {str(path)!r} uses model schema {schema}, newer than "
                                f"this spine reads ({SCHEMA_VERSION}): upgrade spine")
@@ -232,10 +244,22 @@ def load_package(path) -> CompressedModel:
         elif kind == "lstm":
             inp = reader.integer(item, "input_size", where, 1, 1 << 20)
             hid = reader.integer(item, "hidden", where, 1, 1 << 20)
-            if matrix.rows != 4 * hid or matrix.cols != inp + hid:
+            proj = None
+            if "projection" in item or "proj_size" in item:
+                if schema < 2:
+                    reader.fail(where, "an LSTM projection needs model schema 2")
+                size = reader.integer(item, "proj_size", where, 1, 1 << 20)
+                proj = _matrix_from_file(reader, f"L{i}p", item.get("projection"), n_pe,
+                                         acc_bits, act)
+                if (proj.rows, proj.cols) != (size, hid):
+                    reader.fail(where, f"projection {proj.rows}x{proj.cols} is not "
+                                f"proj_size x hidden = {size}x{hid}")
+            state = proj.rows if proj is not None else hid
+            if matrix.rows != 4 * hid or matrix.cols != inp + state:
                 reader.fail(where, f"matrix {matrix.rows}x{matrix.cols} does not fit an LSTM "
-                            f"with input {inp} and hidden {hid}")
-            layers.append(QLSTM(matrix, inp, hid, bool(item.get("return_sequences", False))))
+                            f"with input {inp}, hidden {hid} and recurrent state {state}")
+            layers.append(QLSTM(matrix, inp, hid, bool(item.get("return_sequences", False)),
+                                proj))
         else:
             inc = reader.integer(item, "in_channels", where, 1, 1 << 16)
             k = reader.integer(item, "kernel", where, 1, 64)
@@ -264,7 +288,8 @@ def _check_shapes(reader: _Reader, model: CompressedModel) -> None:
         elif isinstance(layer, QLSTM):
             if len(shape) != 2 or shape[1] != layer.input_size:
                 reader.fail(where, f"expects input (T, {layer.input_size}), gets {shape}")
-            shape = (shape[0], layer.hidden) if layer.return_sequences else (layer.hidden,)
+            size = layer.output_size
+            shape = (shape[0], size) if layer.return_sequences else (size,)
         elif isinstance(layer, QConv2d):
             if len(shape) != 3 or shape[0] != layer.in_channels:
                 reader.fail(where, f"expects ({layer.in_channels}, H, W), gets {shape}")

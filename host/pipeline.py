@@ -3,7 +3,9 @@
 Per weight layer: (1) magnitude pruning to the target density, load-balance-aware over the PEs
 by default (ESE); (2) weight sharing by k-means into ``2**bits`` codebook entries (entry 0 is
 0.0), optionally fine-tuned with PyTorch (trained quantization); (3) fixed-point formats;
-(4) EIE encoding per PE.  ReLU layers after a Linear or Conv2d are fused into it.
+(4) EIE encoding per PE.  ReLU layers after a Linear or Conv2d are fused into it.  An LSTM's
+projection ``W_hr`` (LSTMP) is a second matrix of its layer, compressed the same way (same
+density, its own codebook, a zero bias).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from .encoding import encode
 from .errors import FitError, ModelError
 from .fixedpoint import MAX_WIDTH, Format, quantize
 from .floatmodel import (LSTM, Conv2d, Flatten, FloatModel, Linear, MaxPool2d, ReLU,
-                         weight_matrix, with_weight_matrix)
+                         projection_matrix, weight_matrix, with_projection_matrix,
+                         with_weight_matrix)
 from .pruning import balanced_mask, magnitude_mask, pe_balance
 from .sharing import share_weights
 
@@ -164,10 +167,18 @@ def weight_format_for(codebook: np.ndarray, width: int) -> Format:
     return Format(width, int(np.clip(frac, 0, width - 1)))
 
 
-def apply_shared_weights(model: FloatModel, codebooks: dict, indices: dict) -> FloatModel:
-    """The float model with every weight replaced by its (float) shared value."""
-    layers = [with_weight_matrix(layer, codebooks[i][indices[i]]) if i in indices else layer
-              for i, layer in enumerate(model.layers)]
+def apply_shared_weights(model: FloatModel, codebooks: dict, indices: dict,
+                         projections: dict | None = None) -> FloatModel:
+    """The float model with every weight replaced by its (float) shared value;
+    ``projections`` maps a layer index to the ``(codebook, indices)`` of its projection."""
+    layers = []
+    for i, layer in enumerate(model.layers):
+        if i in indices:
+            layer = with_weight_matrix(layer, codebooks[i][indices[i]])
+        if projections and i in projections:
+            book, idx = projections[i]
+            layer = with_projection_matrix(layer, book[idx])
+        layers.append(layer)
     return FloatModel(model.name, model.input_shape, layers)
 
 
@@ -199,19 +210,30 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
             raise ValueError(f"`layer_density` names layer {index!r}, which is not a weight "
                              f"layer of {model.name!r} (weight layers: {weight_layers})")
     codebooks, indices, masks = {}, {}, {}
+    projections = {}                  # layer index -> (codebook, indices, masks)
     stats = []
+
+    def prune_and_share(matrix, density):
+        plain = magnitude_mask(matrix, density)
+        mask = balanced_mask(matrix, density, config.n_pe) if config.balance else plain
+        mask &= matrix != 0
+        book, idx = share_weights(matrix, mask, config.bits)
+        return book, idx, (mask, plain)
+
     for index, layer in enumerate(model.layers):
         matrix = weight_matrix(layer)
         if matrix is None:
             continue
         step(f"layer {index} ({layer.kind}): prune and share")
         density = float(config.layer_density.get(index, config.density))
-        plain = magnitude_mask(matrix, density)
-        mask = balanced_mask(matrix, density, config.n_pe) if config.balance else plain
-        mask &= matrix != 0
-        codebooks[index], indices[index] = share_weights(matrix, mask, config.bits)
-        masks[index] = (mask, plain)
+        codebooks[index], indices[index], masks[index] = prune_and_share(matrix, density)
+        if projection_matrix(layer) is not None:
+            projections[index] = prune_and_share(projection_matrix(layer), density)
 
+    if config.finetune_epochs > 0 and projections:
+        raise ValueError(f"centroid fine-tuning does not support LSTMs with a projection "
+                         f"(layers {sorted(projections)} of {model.name!r}); use "
+                         f"finetune_epochs=0 (--finetune 0)")
     if config.finetune_epochs > 0:
         if train is None:
             raise ValueError("centroid fine-tuning needs training data; this model has none "
@@ -226,8 +248,9 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
 
     act_frac = config.act_frac
     if act_frac is None:
-        act_frac = calibrate_act_frac(apply_shared_weights(model, codebooks, indices),
-                                      calib_x, config.act_width)
+        shared = apply_shared_weights(model, codebooks, indices,
+                                      {i: p[:2] for i, p in projections.items()})
+        act_frac = calibrate_act_frac(shared, calib_x, config.act_width)
     act = Format(config.act_width, act_frac)
 
     layers = []
@@ -249,8 +272,14 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
                 layers.append(QConv2d(sparse, layer.weight.shape[1], layer.kernel,
                                       layer.stride, layer.padding, relu=fuse_relu))
             else:
+                proj = None
+                if position in projections:
+                    book, idx, pmasks = projections[position]
+                    proj, proj_stats = _encode_layer(position, layer, book, idx, pmasks, act,
+                                                     config, projection=True)
+                    stats.append(proj_stats)
                 layers.append(QLSTM(sparse, layer.input_size, layer.hidden,
-                                    layer.return_sequences))
+                                    layer.return_sequences, proj))
         elif isinstance(layer, ReLU):
             layers.append(QReLU())
         elif isinstance(layer, MaxPool2d):
@@ -267,29 +296,33 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
     return CompressionResult(compressed, stats, model, config)
 
 
-def _encode_layer(index, layer, codebook, idx, masks, act, config):
+def _encode_layer(index, layer, codebook, idx, masks, act, config, projection=False):
+    """Encode one matrix of layer ``index`` (``projection``: an LSTM's ``W_hr``, zero bias)."""
     mask, plain = masks
     wfmt = weight_format_for(codebook, config.weight_width)
     codebook_q = quantize(codebook, wfmt)
     codebook_q[0] = 0
-    if isinstance(layer, LSTM):
+    kind = "lstm projection" if projection else layer.kind
+    if projection:
+        bias = np.zeros(idx.shape[0])
+    elif isinstance(layer, LSTM):
         bias = layer.b_ih + layer.b_hh
     else:
         bias = layer.bias
     acc_fmt = Format(config.acc_bits, act.frac + wfmt.frac) \
         if act.frac + wfmt.frac < config.acc_bits else None
     if acc_fmt is None:
-        raise FitError(f"layer {index} ({layer.kind}): accumulator of {config.acc_bits} bits "
+        raise FitError(f"layer {index} ({kind}): accumulator of {config.acc_bits} bits "
                        f"cannot hold {act.frac + wfmt.frac} fraction bits; raise --acc-bits "
                        f"or lower --weight-width")
     encoded = encode(idx, config.n_pe, index_bits=config.bits, run_bits=config.run_bits)
     per_pe = encoded.entries_per_pe()
     if per_pe.max() > MAX_POINTER:
-        raise FitError(f"layer {index} ({layer.kind}): PE {int(per_pe.argmax())} holds "
+        raise FitError(f"layer {index} ({kind}): PE {int(per_pe.argmax())} holds "
                        f"{int(per_pe.max())} entries, more than the 16-bit column pointers "
                        f"address ({MAX_POINTER}); use more PEs or a lower density")
     sparse = SparseMatrix(encoded, codebook_q, wfmt, quantize(bias, acc_fmt))
-    stats = LayerStats(index, layer.kind, tuple(idx.shape), float(mask.mean()),
+    stats = LayerStats(index, kind, tuple(idx.shape), float(mask.mean()),
                        int(np.count_nonzero(idx)), encoded.padding_count(),
                        pe_balance(plain, config.n_pe).to_dict(),
                        pe_balance(mask, config.n_pe).to_dict(), str(wfmt), int(per_pe.max()))

@@ -3,12 +3,14 @@
 Supported layers (their weights are copied as float64):
 
 * ``nn.Linear`` (``bias=False`` gives zero biases);
-* ``nn.LSTM``, unidirectional, no projection (``proj_size=0``); ``num_layers > 1`` is expanded
-  into stacked one-layer LSTMs.  ``batch_first`` only changes how PyTorch's own ``forward`` is
-  called, not the weights, so both settings are accepted; spine feeds one ``(T, I)`` sequence.
+* ``nn.LSTM``, unidirectional, with or without a projection (``proj_size=P``: every layer
+  gets its ``weight_hr_l{k}``, see :class:`host.floatmodel.LSTM`); ``num_layers > 1`` is
+  expanded into stacked one-layer LSTMs.  ``batch_first`` only changes how PyTorch's own
+  ``forward`` is called, not the weights, so both settings are accepted; spine feeds one
+  ``(T, I)`` sequence.
   A missing bias (``bias=False``) gives zero biases.  The *next* layer decides what an LSTM
   returns: another LSTM gets the whole sequence (``return_sequences``), anything else (e.g. a
-  ``nn.Linear`` classifier) gets the last hidden state ``h_T``;
+  ``nn.Linear`` classifier) gets the last output ``h_T`` (``r_T`` with a projection);
 * ``nn.Conv2d`` with a square kernel, equal stride and padding in both directions (or
   ``padding="valid"`` / ``"same"`` with stride 1 and an odd kernel), ``groups=1``,
   ``dilation=1``, ``padding_mode="zeros"``; ``bias=False`` gives zero biases;
@@ -118,10 +120,8 @@ def _convert_lstm(path, module, next_is_lstm):
     if module.bidirectional:
         raise _unsupported(path, module, "bidirectional LSTMs are not supported; use "
                            "bidirectional=False")
-    if getattr(module, "proj_size", 0):
-        raise _unsupported(path, module, "LSTMs with a projection (proj_size > 0) are not "
-                           "supported")
     hidden = module.hidden_size
+    proj = int(getattr(module, "proj_size", 0) or 0)
     layers = []
     for k in range(module.num_layers):
         w_ih = _array(getattr(module, f"weight_ih_l{k}"))
@@ -132,9 +132,10 @@ def _convert_lstm(path, module, next_is_lstm):
         else:
             b_ih = np.zeros(4 * hidden)
             b_hh = np.zeros(4 * hidden)
+        w_hr = _array(getattr(module, f"weight_hr_l{k}")) if proj else None
         last = k == module.num_layers - 1
         layers.append(LSTM(w_ih, w_hh, b_ih, b_hh,
-                           return_sequences=(not last) or next_is_lstm))
+                           return_sequences=(not last) or next_is_lstm, w_hr=w_hr))
     return layers
 
 

@@ -156,6 +156,47 @@ def test_stacked_lstm_model_matches_torch(torch, tf):
     np.testing.assert_allclose(model.forward(x), want, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("num_layers, proj", [(1, 3), (2, 0), (3, 2)])
+def test_stacked_projected_lstm_matches_torch(torch, num_layers, proj):
+    """Stacked LSTM layers with an optional projection equal torch.nn.LSTM(num_layers=L,
+    proj_size=P) in float64, over the whole output sequence and the last output."""
+    rng = _rng(7 + num_layers)
+    inputs, hidden, steps = 4, 6, 7
+    net = torch.nn.LSTM(inputs, hidden, num_layers=num_layers, proj_size=proj,
+                        batch_first=True).double()
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(_t(rng.normal(0, 0.5, tuple(param.shape))))
+    layers = []
+    for k in range(num_layers):
+        w = {name: getattr(net, f"{name}_l{k}").detach().numpy().copy()
+             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+             + (("weight_hr",) if proj else ())}
+        layers.append(LSTM(w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"],
+                           return_sequences=True, w_hr=w.get("weight_hr")))
+    model = FloatModel("stack", (steps, inputs), layers)
+    x = rng.normal(size=(3, steps, inputs))
+    out, (h_n, _) = net(_t(x))
+    np.testing.assert_allclose(model.forward(x), out.detach().numpy(), atol=TOL, rtol=0)
+    np.testing.assert_allclose(model.forward(x)[:, -1], h_n[-1].detach().numpy(), atol=TOL,
+                               rtol=0)
+    assert model.output_shape == (steps, proj or hidden)
+
+
+def test_projection_survives_npz(tmp_path):
+    rng = _rng(9)
+    layer = LSTM(rng.normal(size=(8, 3)), rng.normal(size=(8, 1)), rng.normal(size=8),
+                 rng.normal(size=8), w_hr=rng.normal(size=(1, 2)))
+    model = FloatModel("p", (4, 3), [layer])
+    save_npz(model, tmp_path / "p.npz")
+    back = load_npz(tmp_path / "p.npz")
+    np.testing.assert_array_equal(back.layers[0].w_hr, np.float32(layer.w_hr))
+    from host.floatmodel import _check_param_shapes
+    with pytest.raises(ModelError, match=r"projection w_hr \(1, 3\) is not \(P, H\)"):
+        _check_param_shapes(LSTM(layer.w_ih, layer.w_hh, layer.b_ih, layer.b_hh,
+                                 w_hr=np.zeros((1, 3))), "here")
+
+
 def test_lstm_weight_matrix_stacks_input_and_recurrent():
     rng = _rng(6)
     layer = _lstm(rng, 3, 2)

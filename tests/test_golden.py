@@ -7,7 +7,9 @@ only differences are the golden model's own roundings:
   (one rounding of the exact accumulator);
 * conv (torch.nn.functional.conv2d) and max-pool: the same half LSB;
 * sigmoid/tanh tables: :func:`host.activations.error_bound`;
-* LSTM (torch.nn.LSTM): the per-step bound derived in :func:`lstm_error_bound`.
+* LSTM (torch.nn.LSTM): the per-step bound derived in :func:`lstm_error_bound`;
+* stacked LSTMs with a projection (torch.nn.LSTM(num_layers=L, proj_size=P)): the same
+  bound carried through the layers (:func:`stacked_error_bound`).
 """
 
 import numpy as np
@@ -200,3 +202,91 @@ def test_lstm_uses_the_model_table_spec():
     c = saturate(round_shift(sig(i) * table_lookup("tanh", g, ACT, spec), ACT.frac), ACT)
     expected = saturate(round_shift(sig(o) * table_lookup("tanh", c, ACT, spec), ACT.frac), ACT)
     assert np.array_equal(h, expected)
+
+
+def stacked_error_bound(layers, c_peaks, steps, spec=TableSpec()):  # noqa: B008
+    """Bound on |output_golden - output_float| of the last layer after ``steps`` steps.
+
+    ``layers``: per layer ``(W_ih, W_hh, W_hr or None)`` as floats; ``c_peaks``: per layer peak
+    |c| of the float reference.  Per step, with input error e_x (0 for the quantized inputs,
+    else the previous layer's output error at that step): e_z <= s/2 + |W_ih|_inf e_x +
+    |W_hh|_inf e_r; the gate, cell and h terms as in :func:`lstm_error_bound`; with a
+    projection e_r = s/2 + |W_hr|_inf e_h (one more rounding of the exact accumulator), else
+    e_r = e_h.
+    """
+    s = ACT.scale
+    tau_sig, tau_tanh = error_bound("sigmoid", ACT, spec), error_bound("tanh", ACT, spec)
+    e_x = np.zeros(steps)
+    for (w_ih, w_hh, w_hr), c_peak in zip(layers, c_peaks):
+        n_ih, n_hh = np.abs(w_ih).sum(axis=1).max(), np.abs(w_hh).sum(axis=1).max()
+        n_hr = np.abs(w_hr).sum(axis=1).max() if w_hr is not None else None
+        e_r = e_c = 0.0
+        out = np.zeros(steps)
+        for t in range(steps):
+            e_z = s / 2 + n_ih * e_x[t] + n_hh * e_r
+            e_sig, e_g = tau_sig + e_z / 4, tau_tanh + e_z
+            e_c = e_c + c_peak * e_sig + e_g + e_sig + s / 2
+            e_h = tau_tanh + e_c + e_sig + s / 2
+            e_r = e_h if n_hr is None else s / 2 + n_hr * e_h
+            out[t] = e_r
+        e_x = out
+    return e_x[-1]
+
+
+@pytest.mark.parametrize("num_layers, proj, hidden, steps", [(2, 0, 7, 6), (1, 3, 6, 8),
+                                                             (3, 4, 5, 5)])
+def test_stacked_projected_lstm_matches_torch_within_bound(num_layers, proj, hidden, steps):
+    """Golden model of L stacked LSTMs (with projection P) against float64
+    torch.nn.LSTM(num_layers=L, proj_size=P) carrying the same shared, quantized weights."""
+    torch = pytest.importorskip("torch")
+    from host.floatmodel import LSTM
+    rng = np.random.default_rng(100 * num_layers + proj)
+    inputs, n_pe = 5, 3
+    state = proj or hidden
+    qlayers, floats, torch_w = [], [], []
+    for k in range(num_layers):
+        cols = (inputs if k == 0 else state) + state
+        matrix, idx = random_matrix(rng, 4 * hidden, cols, 0.6, n_pe, bits=6,
+                                    wfmt=Format(16, 14), bias_scale=0.3,
+                                    weight_scale=0.6 / cols)
+        w, b = dequantized(matrix, idx)
+        w_ih, w_hh = w[:, :cols - state], w[:, cols - state:]
+        projection, w_hr = None, None
+        if proj:
+            projection, pidx = random_matrix(rng, proj, hidden, 0.7, n_pe, bits=6,
+                                             wfmt=Format(16, 14), bias_scale=0.0,
+                                             weight_scale=1.5 / hidden)
+            w_hr = dequantized(projection, pidx)[0]
+        qlayers.append(QLSTM(matrix, cols - state, hidden, k < num_layers - 1, projection))
+        floats.append(LSTM(w_ih, w_hh, b, np.zeros_like(b), True, w_hr))
+        torch_w.append((w_ih, w_hh, b, w_hr))
+    model = CompressedModel("stack", (steps, inputs), qlayers, n_pe, ACT)
+    x = quantize(rng.uniform(-1, 1, (10, steps, inputs)), ACT)
+    golden = GoldenModel(model)
+    got = golden.forward_int(x) * ACT.scale
+    assert got.shape == (10, state)
+    assert golden.diagnostics.saturations == 0
+
+    net = torch.nn.LSTM(inputs, hidden, num_layers=num_layers, proj_size=proj,
+                        batch_first=True).double()
+    with torch.no_grad():
+        for k, (w_ih, w_hh, b, w_hr) in enumerate(torch_w):
+            getattr(net, f"weight_ih_l{k}").copy_(torch.from_numpy(w_ih))
+            getattr(net, f"weight_hh_l{k}").copy_(torch.from_numpy(w_hh))
+            getattr(net, f"bias_ih_l{k}").copy_(torch.from_numpy(b))
+            getattr(net, f"bias_hh_l{k}").zero_()
+            if proj:
+                getattr(net, f"weight_hr_l{k}").copy_(torch.from_numpy(w_hr))
+        _, (h_n, _) = net(torch.from_numpy(x * ACT.scale))
+    # Peak |c| per layer from the float model (tests/test_floatmodel.py checks it against
+    # torch.nn.LSTM); its last output must equal torch's here too.
+    seq, c_peaks = x * ACT.scale, []
+    for layer in floats:
+        seq, cs = layer.sequences(seq)
+        c_peaks.append(float(np.abs(cs).max()))
+    assert np.allclose(seq[:, -1], h_n[-1].numpy())
+    bound = stacked_error_bound([(f.w_ih, f.w_hh, f.w_hr) for f in floats], c_peaks, steps)
+    error = np.abs(got - h_n[-1].numpy()).max()
+    assert error <= bound, (error, bound)
+    assert bound < 0.5, "bound too loose to mean anything"
+    assert error > 0

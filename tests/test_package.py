@@ -128,3 +128,82 @@ def test_zero_runs_past_the_matrix_are_refused(tmp_path, good_bytes):
     path = rewrite(good_bytes, tmp_path, grow_runs)
     with pytest.raises(PackageError, match="zero runs reach past"):
         load_package(path)
+
+
+def projected_model(seed=3, n_pe=3):
+    """Two stacked LSTMs, the first with a projection (P = 4), then a classifier."""
+    rng = np.random.default_rng(seed)
+
+    def matrix(rows, cols, bias=True):
+        codebook = np.zeros(16, dtype=np.int64)
+        codebook[1:] = quantize(rng.uniform(-1, 1, 15), Format(16, 13))
+        idx = (rng.random((rows, cols)) < 0.4) * rng.integers(1, 16, (rows, cols))
+        b = quantize(rng.uniform(-0.5, 0.5, rows), Format(32, 23)) if bias else \
+            np.zeros(rows, np.int64)
+        return SparseMatrix(encode(idx, n_pe), codebook, Format(16, 13), b)
+
+    layers = [QLSTM(matrix(4 * 6, 5 + 4), 5, 6, True, matrix(4, 6, bias=False)),
+              QLSTM(matrix(4 * 3, 4 + 3), 4, 3), QLinear(matrix(2, 3))]
+    return CompressedModel("proj", (7, 5), layers, n_pe, ACT)
+
+
+def test_projection_round_trip_schema_2(tmp_path):
+    """A projected LSTM is written as schema 2 and reads back bit-exactly; a model without a
+    projection stays schema 1 (older spines read it)."""
+    from host.container import read_container
+    model = projected_model()
+    save_package(model, tmp_path / "p.spn")
+    assert read_container(tmp_path / "p.spn", expected_kind="spine-model")[0]["schema"] == 2
+    loaded = load_package(tmp_path / "p.spn")
+    assert loaded.layers[0].proj_size == 4 and loaded.layers[1].projection is None
+    assert len(loaded.matrices()) == 4
+    x = quantize(np.random.default_rng(2).uniform(-1, 1, (5, 7, 5)), ACT)
+    assert np.array_equal(GoldenModel(model).forward_int(x), GoldenModel(loaded).forward_int(x))
+    save_package(small_model(), tmp_path / "s.spn")
+    assert read_container(tmp_path / "s.spn", expected_kind="spine-model")[0]["schema"] == 1
+
+
+def test_projection_in_schema_1_or_wrong_shape_is_refused(tmp_path):
+    from host.container import read_container, write_container
+    save_package(projected_model(), tmp_path / "p.spn")
+    meta, arrays = read_container(tmp_path / "p.spn", expected_kind="spine-model")
+    bad = dict(meta, schema=1)
+    write_container(tmp_path / "b.spn", bad, arrays, kind="spine-model")
+    with pytest.raises(PackageError, match="projection needs model schema 2"):
+        load_package(tmp_path / "b.spn")
+    bad = json.loads(json.dumps(meta))
+    bad["layers"][0]["proj_size"] = 5
+    write_container(tmp_path / "c.spn", bad, arrays, kind="spine-model")
+    with pytest.raises(PackageError, match="projection 4x6 is not proj_size x hidden = 5x6"):
+        load_package(tmp_path / "c.spn")
+
+
+def test_compress_stacked_projected_lstm_round_trip(tmp_path):
+    """The pipeline compresses every matrix of a stacked LSTM with projection (gate matrices
+    and projections, same density); the package round-trips; the golden model follows the
+    float model (its predictions agree on most inputs)."""
+    from host.floatmodel import LSTM, FloatModel, Linear
+    from host.pipeline import CompressConfig, compress_model
+    rng = np.random.default_rng(4)
+    h, p = 8, 3
+    layers = [LSTM(rng.normal(0, 0.5, (4 * h, 4)), rng.normal(0, 0.5, (4 * h, p)),
+                   rng.normal(0, 0.2, 4 * h), rng.normal(0, 0.2, 4 * h), True,
+                   rng.normal(0, 0.5, (p, h))),
+              LSTM(rng.normal(0, 0.5, (4 * h, p)), rng.normal(0, 0.5, (4 * h, h)),
+                   rng.normal(0, 0.2, 4 * h), rng.normal(0, 0.2, 4 * h)),
+              Linear(rng.normal(0, 1, (3, h)), rng.normal(0, 0.1, 3))]
+    fm = FloatModel("pstack", (6, 4), layers)
+    x = rng.normal(0, 1, (64, 6, 4))
+    result = compress_model(fm, CompressConfig(n_pe=3, density=0.8, bits=6), calib_x=x)
+    model = result.model
+    assert model.layers[0].proj_size == p and model.layers[0].projection.cols == h
+    assert model.layers[1].projection is None
+    assert [s.kind for s in result.layers] == ["lstm", "lstm projection", "lstm", "linear"]
+    save_package(model, tmp_path / "m.spn")
+    loaded = load_package(tmp_path / "m.spn")
+    golden = GoldenModel(loaded)
+    agree = np.mean(golden.predict(x) == np.argmax(fm.forward(x), axis=1))
+    assert agree >= 0.8, agree
+    with pytest.raises(ValueError, match="fine-tuning does not support LSTMs with a projection"):
+        compress_model(fm, CompressConfig(n_pe=3, finetune_epochs=1), calib_x=x,
+                       train=(x, np.zeros(64, int)))

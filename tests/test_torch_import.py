@@ -35,12 +35,13 @@ def _check_same(module, input_shape, batch=3, seed=0):
 class LstmClassifier(nn.Module):
     """An LSTM whose last hidden state feeds a linear classifier (hand-written forward)."""
 
-    def __init__(self, inputs=5, hidden=6, num_layers=1, bias=True, batch_first=True):
+    def __init__(self, inputs=5, hidden=6, num_layers=1, bias=True, batch_first=True,
+                 proj_size=0):
         super().__init__()
         self.batch_first = batch_first
         self.rnn = nn.LSTM(inputs, hidden, num_layers=num_layers, bias=bias,
-                           batch_first=batch_first)
-        self.head = nn.Linear(hidden, 4)
+                           batch_first=batch_first, proj_size=proj_size)
+        self.head = nn.Linear(proj_size or hidden, 4)
 
     def forward(self, x):
         if not self.batch_first:
@@ -131,6 +132,20 @@ def test_multi_layer_lstm_is_expanded():
         np.testing.assert_array_equal(layer.b_hh, np.zeros(24))
 
 
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_lstm_with_projection(num_layers):
+    """nn.LSTM(proj_size=P): every layer keeps its projection weight_hr_l{k}; the float model
+    equals PyTorch (h_n of the last layer is r_T, P wide)."""
+    module = _double(LstmClassifier(inputs=5, hidden=7, num_layers=num_layers, proj_size=3))
+    model = _check_same(module, (6, 5))
+    lstms = model.layers[:num_layers]
+    assert [layer.proj_size for layer in lstms] == [3] * num_layers
+    assert [layer.input_size for layer in lstms] == [5] + [3] * (num_layers - 1)
+    for k, layer in enumerate(lstms):
+        np.testing.assert_array_equal(
+            layer.w_hr, getattr(module.rnn, f"weight_hr_l{k}").detach().numpy())
+
+
 def test_lstm_followed_by_lstm_returns_sequences():
     module = _double(TwoLstms())
     model = _check_same(module, (5, 3))
@@ -194,7 +209,6 @@ def test_unsupported_settings(layer, fragment):
 
 @pytest.mark.parametrize(("kwargs", "fragment"), [
     ({"bidirectional": True}, "bidirectional"),
-    ({"proj_size": 2}, "proj_size"),
 ])
 def test_unsupported_lstm(kwargs, fragment):
     with pytest.raises(ModelError, match=fragment):
