@@ -29,7 +29,7 @@ See ``docs/lstm-engine.md``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -43,7 +43,7 @@ from .broadcast import BroadcastFifo
 from .pe import ProcessingElement, addr_bits, column_layout
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
-from .spmv import LoadSignature, connect_matrix_loader, write_descriptor_field
+from .spmv import LoadSignature, connect_matrix_loader
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
@@ -70,20 +70,29 @@ class LstmEngine(wiring.Component):
     max_entries_per_pe : int
         Entry memory depth per PE (LSTM matrix + classifier, padding included).
     max_xlist : int, optional
-        x-list depth (non-zero inputs of a whole sequence); default ``steps_max * input_max``.
+        x-list depth: non-zero inputs of a whole sequence plus the non-zero outputs of every
+        layer but the last; default ``steps_max * (input_max + (layers_max - 1) * S)`` with
+        ``S = max(hidden_max, proj_max)``.
+    ew_lanes : int
+        Element-wise lanes (1, 2 or 4, at most ``n_pe``).
+    layers_max : int
+        Largest number of stacked LSTM layers (1 .. 64).  Every layer's input size is at most
+        ``input_max`` (layer ``l + 1``'s input is layer ``l``'s output).
+    proj_max : int
+        Largest projection size P (0: no projection hardware).
     """
 
     def __init__(self, n_pe, *, hidden_max, input_max, steps_max, classes_max=16,
                  index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
-                 max_xlist=None, ew_lanes=1):
+                 max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0):
         params = LstmParams(
             n_pe=n_pe, hidden_max=hidden_max, input_max=input_max, steps_max=steps_max,
             classes_max=classes_max, index_bits=index_bits, run_bits=run_bits,
             act_format=act_format, weight_width=weight_width, acc_bits=acc_bits,
             table_spec=table_spec,
             max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
-            max_xlist=max_xlist, ew_lanes=ew_lanes)
+            max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max)
         #: The parameters and derived widths (:class:`host.memory_map.LstmParams`).
         self.params = params
         for name in ("n_pe", "hidden_max", "input_max", "steps_max", "classes_max",
@@ -93,7 +102,8 @@ class LstmEngine(wiring.Component):
                      "max_pointers", "max_bias", "rows_per_pe", "pe_bits", "local_bits",
                      "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
                      "cb_bits", "bias_bits", "shift_bits", "xlist_bits", "lane_width",
-                     "addr_width", "data_width"):
+                     "addr_width", "data_width", "layers_max", "proj_max", "state_max",
+                     "n_codebooks", "n_descriptors", "gsteps_max"):
             setattr(self, name, getattr(params, name))
         self.descriptor_layout = data.StructLayout({
             "rows": unsigned(bits_for(self.max_rows)),
@@ -113,13 +123,14 @@ class LstmEngine(wiring.Component):
             "done": Out(1),
             "out_addr": In(addr_bits(max(classes_max, 1))),
             "out_data": Out(signed(act_format.width)),
-            "h_addr": In(addr_bits(hidden_max)),
+            "h_addr": In(addr_bits(self.state_max)),
             "h_data": Out(signed(act_format.width)),
             "cycles": Out(32),
             "cls_cycles": Out(32),
-            "stat_step": In(addr_bits(steps_max)),
+            "stat_step": In(addr_bits(self.gsteps_max)),
             "stat_mac": Out(32),
             "stat_ew": Out(32),
+            "stat_pmac": Out(32),
             "rb": In(ReadbackSignature(n_pe, self.addr_width)),
         })
 
@@ -158,57 +169,122 @@ class LstmEngine(wiring.Component):
             wiring.connect(m, fifo.r[p], pe.col)
 
         # --- descriptors ------------------------------------------------------------------------
-        descs = Array(Signal(self.descriptor_layout, name=f"desc{i}") for i in range(2))
+        # descriptor k (load.addr = k << 3 | field): 4l = layer l's LSTM matrix, 1 = classifier,
+        # 4l + 2 = layer l's LstmField values, 4l + 3 = layer l's projection (ROWS 0: none)
+        LM = self.layers_max
+        lstm_descs = [Signal(self.descriptor_layout, name=f"lstm_desc{k}") for k in range(LM)]
+        proj_descs = [Signal(self.descriptor_layout, name=f"proj_desc{k}")
+                      for k in range(LM if self.proj_max else 0)]
+        cls_desc = Signal(self.descriptor_layout)
         desc = Signal(self.descriptor_layout)
-        hidden = Signal(bits_for(self.hidden_max))
-        in_size = Signal(bits_for(self.input_max))
+        hidden_r = [Signal(bits_for(self.hidden_max), name=f"hidden{k}") for k in range(LM)]
+        in_r = [Signal(bits_for(self.input_max), name=f"in_size{k}") for k in range(LM)]
+        gate_r = [[Signal(self.local_bits + self.pe_bits, name=f"gate_start{k}_{g}")
+                   for g in range(GATES)] for k in range(LM)]
         steps = Signal(bits_for(self.steps_max))
         classify = Signal()
-        gate_start = [Signal(self.local_bits + self.pe_bits, name=f"gate_start{g}")
-                      for g in range(GATES)]
 
         bias_mem = connect_matrix_loader(
             m, pes, load, desc, entry_bits=self.entry_bits, ptr_bits=self.ptr_bits,
             weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias)
-        with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
-            with m.If(load.addr[3:] == 2):
-                with m.Switch(load.addr[:3]):
-                    for field, sig in ((LstmField.HIDDEN, hidden), (LstmField.INPUT, in_size),
-                                       (LstmField.STEPS, steps),
-                                       (LstmField.CLASSIFY, classify)):
-                        with m.Case(field):
-                            m.d.sync += sig.eq(load.data[:len(sig)])
-                    for g in range(GATES):
-                        with m.Case(LstmField.GATE0 + g):
-                            m.d.sync += gate_start[g].eq(load.data[:len(gate_start[g])])
-            with m.Elif(load.addr[3:] < 2):
-                write_descriptor_field(m, descs[load.addr[3]], load)
 
-        # --- x list (all steps) and per-step ends ----------------------------------------------
+        def write_descriptor_field(m, target, load):
+            with m.Switch(load.addr[:3]):
+                for field, name in DESCRIPTOR_MEMBERS:
+                    with m.Case(field):
+                        member = Value.cast(getattr(target, name))
+                        m.d.sync += member.eq(load.data[:len(member)])
+
+        with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
+            with m.Switch(load.addr[3:]):
+                with m.Case(1):
+                    write_descriptor_field(m, cls_desc, load)
+                for k in range(LM):
+                    with m.Case(4 * k):
+                        write_descriptor_field(m, lstm_descs[k], load)
+                    if self.proj_max:
+                        with m.Case(4 * k + 3):
+                            write_descriptor_field(m, proj_descs[k], load)
+                    with m.Case(4 * k + 2):
+                        with m.Switch(load.addr[:3]):
+                            fields = [(LstmField.HIDDEN, hidden_r[k]), (LstmField.INPUT, in_r[k])]
+                            if k == 0:
+                                fields += [(LstmField.STEPS, steps),
+                                           (LstmField.CLASSIFY, classify)]
+                            fields += [(LstmField.GATE0 + g, gate_r[k][g])
+                                       for g in range(GATES)]
+                            for field, sig in fields:
+                                with m.Case(field):
+                                    m.d.sync += sig.eq(load.data[:len(sig)])
+
+        # current layer's values
+        layer = Signal(max(1, (LM - 1).bit_length()))
+        cur_hidden = Signal.like(hidden_r[0])
+        cur_in = Signal.like(in_r[0])
+        cur_gate = [Signal.like(gate_r[0][g], name=f"cur_gate{g}") for g in range(GATES)]
+        has_proj = Signal()                            # the current layer has a projection
+        is_last = Signal()                             # the current layer is the last one
+        for k in range(LM):
+            with m.If(layer == k):
+                m.d.comb += [cur_hidden.eq(hidden_r[k]), cur_in.eq(in_r[k]),
+                             is_last.eq(1 if k == LM - 1 else hidden_r[k + 1] == 0)]
+                m.d.comb += [cur_gate[g].eq(gate_r[k][g]) for g in range(GATES)]
+                if self.proj_max:
+                    m.d.comb += has_proj.eq(proj_descs[k].rows != 0)
+
+        # --- x list (layer 0's inputs from the host, then every layer's outputs) -------------
         m.submodules.xlist = xlist = Memory(shape=self.list_layout, depth=self.max_xlist,
                                             init=[])
         xlist_w, xlist_r = xlist.write_port(), xlist.read_port()
-        m.d.comb += [xlist_w.addr.eq(load.addr), xlist_w.data.value.eq(load.data[:aw]),
-                     xlist_w.data.col.eq(load.data[aw:aw + self.col_bits]),
-                     xlist_w.en.eq(load.valid & (region == LstmRegion.XLIST))]
         m.submodules.xend = xend = Memory(shape=unsigned(self.xlist_bits),
-                                          depth=self.steps_max, init=[])
+                                          depth=self.gsteps_max, init=[])
         xend_w, xend_r = xend.write_port(), xend.read_port()
-        m.d.comb += [xend_w.addr.eq(load.addr), xend_w.data.eq(load.data[:self.xlist_bits]),
-                     xend_w.en.eq(load.valid & (region == LstmRegion.XEND))]
-        step = Signal(range(self.steps_max + 1))
-        m.d.comb += [xend_r.addr.eq(step), xend_r.en.eq(1)]
+        xlen_r = xend.read_port()                      # x_(T-1)'s end: layer 0's list length
+        gstep = Signal(range(self.gsteps_max + 1))     # layer * T + step
+        step = Signal(range(self.steps_max + 1))       # step within the layer
+        m.d.comb += [xend_r.addr.eq(gstep), xend_r.en.eq(1), xlen_r.addr.eq(steps - 1),
+                     xlen_r.en.eq(1)]
         xstart = Signal(self.xlist_bits)
+        wp = Signal(self.xlist_bits)                   # x-list append pointer
+        app_en = Signal()                              # append a layer output this cycle
+        app_col = Signal(self.col_bits)
+        app_val = Signal(signed(aw))
+        xend_en = Signal()                             # write a step's output end ...
+        xend_addr = Signal.like(gstep)                 # ... at layer * T + t + T
+        with m.If(load.valid & (region == LstmRegion.XLIST)):
+            m.d.comb += [xlist_w.addr.eq(load.addr), xlist_w.data.value.eq(load.data[:aw]),
+                         xlist_w.data.col.eq(load.data[aw:aw + self.col_bits]),
+                         xlist_w.en.eq(1)]
+        with m.Else():
+            m.d.comb += [xlist_w.addr.eq(wp), xlist_w.data.value.eq(app_val),
+                         xlist_w.data.col.eq(app_col), xlist_w.en.eq(app_en)]
+        with m.If(app_en):
+            m.d.sync += wp.eq(wp + 1)
+        with m.If(load.valid & (region == LstmRegion.XEND)):
+            m.d.comb += [xend_w.addr.eq(load.addr), xend_w.data.eq(load.data[:self.xlist_bits]),
+                         xend_w.en.eq(1)]
+        with m.Else():
+            m.d.comb += [xend_w.addr.eq(xend_addr), xend_w.data.eq(wp),
+                         xend_w.en.eq(xend_en)]
 
-        # --- h lists (two banks), dense h buffer, c memory, output buffer ------------------------
+        # --- state lists (two banks), dense h / r buffers, c memory, output buffer -----------
         hl_r, hl_w = [], []
         for b in range(2):
-            mem = Memory(shape=self.list_layout, depth=self.hidden_max, init=[])
+            mem = Memory(shape=self.list_layout, depth=self.state_max, init=[])
             m.submodules[f"hlist{b}"] = mem
             hl_r.append(mem.read_port())
             hl_w.append(mem.write_port())
-        hcount = [Signal(range(self.hidden_max + 1), name=f"hcount{b}") for b in range(2)]
-        src = Signal()
+        hcount = [Signal(range(self.state_max + 1), name=f"hcount{b}") for b in range(2)]
+        src = Signal()                                 # bank holding the recurrent state list
+        lw_en = Signal()                               # state-list write (EW or projection)
+        lw_bank = Signal()
+        lw_col = Signal(self.col_bits)
+        lw_val = Signal(signed(aw))
+        for b in range(2):
+            m.d.comb += [hl_w[b].addr.eq(hcount[b]), hl_w[b].data.col.eq(lw_col),
+                         hl_w[b].data.value.eq(lw_val), hl_w[b].en.eq(lw_en & (lw_bank == b))]
+            with m.If(lw_en & (lw_bank == b)):
+                m.d.sync += hcount[b].eq(hcount[b] + 1)
         h_reads = []                                   # dense h banks (one per lane), below
         h_bank_sel = Signal(max(self.lane_bits, 1))
         m.d.sync += h_bank_sel.eq(self.h_addr)
@@ -216,13 +292,22 @@ class LstmEngine(wiring.Component):
                                                 depth=max(self.classes_max, 1), init=[])
         out_w, out_r = out_mem.write_port(), out_mem.read_port()
         m.d.comb += [out_r.addr.eq(self.out_addr), self.out_data.eq(out_r.data)]
+        if self.proj_max:
+            m.submodules.r_mem = r_mem = Memory(shape=signed(aw), depth=self.proj_max, init=[])
+            r_w, r_r = r_mem.write_port(), r_mem.read_port()
+            m.d.comb += r_r.addr.eq(self.h_addr)
 
-        # --- broadcaster: x_t's non-zeros then h's non-zeros -------------------------------------
+        # --- broadcaster: x_t's non-zeros then the state list's non-zeros -------------------
         mac = Signal()
         cls = Signal()                                 # classifier phase (no x part)
+        pph = Signal()                                 # projection phase (h_t list only)
+        xph = Signal()                                 # x part of an LSTM step (x list only)
+        first = Signal()                               # first step of a layer: state, c = 0
+        rd = Signal()                                  # list bank the MAC broadcasts
+        m.d.comb += rd.eq(Mux(pph, ~src, src))
         nx = Signal(self.xlist_bits)
-        m.d.comb += nx.eq(Mux(cls, 0, xend_r.data - xstart))
-        nh = Mux(src, hcount[1], hcount[0])
+        m.d.comb += nx.eq(Mux(xph, xend_r.data - xstart, 0))
+        nh = Mux(xph, 0, Mux(rd, hcount[1], hcount[0]))
         total = Signal(self.xlist_bits + 1)
         m.d.comb += total.eq(nx + nh)
         idx = Signal(self.xlist_bits + 1)
@@ -233,7 +318,7 @@ class LstmEngine(wiring.Component):
         m.d.comb += [xlist_r.addr.eq(xstart + idx), xlist_r.en.eq(fetch)]
         for b in range(2):
             m.d.comb += [hl_r[b].addr.eq(idx - nx), hl_r[b].en.eq(fetch)]
-        hhead = Mux(src, hl_r[1].data.as_value(), hl_r[0].data.as_value())
+        hhead = Mux(rd, hl_r[1].data.as_value(), hl_r[0].data.as_value())
         head = data.View(self.list_layout, Mux(head_h, hhead, xlist_r.data.as_value()))
         m.d.comb += [fifo.w.valid.eq(head_valid),
                      fifo.w.payload.k.eq(desc.ptr_base + head.col),
@@ -250,8 +335,19 @@ class LstmEngine(wiring.Component):
                                 & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY))
 
         # --- accumulator read-out: classifier output stage (one row per cycle) -------------------
-        ew = Signal()                                  # element-wise phase
+        ew = Signal()                                  # the element-wise unit runs (register)
         outp = Signal()                                # classifier output phase
+        drain = Signal()                               # accumulators -> gate buffers
+        # The element-wise unit runs beside the next step's x-part MAC: it keeps its own copy
+        # of the layer values it needs (latched when it starts).
+        ew_hidden = Signal.like(hidden_r[0])
+        ew_in = Signal.like(in_r[0])
+        ew_app = Signal()                              # append h_t to the x list
+        ew_bank = Signal()                             # state-list bank it writes
+        ew_first = Signal()                            # c_(t-1) = 0
+        ew_gstep = Signal.like(gstep)
+        ew_bias_base = Signal.like(desc.bias_base)
+        ew_shift = Signal.like(desc.shift)
         L = self.ew_lanes
         lb = self.lane_bits
         m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
@@ -268,9 +364,19 @@ class LstmEngine(wiring.Component):
         obias_r = bias_mem.read_port()
         m.d.comb += [obias_r.addr.eq(desc.bias_base + r), obias_r.en.eq(out_issue)]
         acc_data = Array(pe.acc_rdata for pe in pes)
+        buf_ports = []                                 # gate buffers (one per PE)
+        for p in range(n_pe):
+            buf = Memory(shape=signed(self.acc_bits), depth=self.rows_per_pe, init=[])
+            m.submodules[f"gate_buf{p}"] = buf
+            buf_ports.append((buf.write_port(), buf.read_port()))
+        buf_data = Array(buf_r.data for _, buf_r in buf_ports)
         m.d.comb += [rq.acc.eq(acc_data[o_pe]), rq.bias.eq(obias_r.data),
                      rq.shift.eq(desc.shift), rq.relu.eq(desc.relu)]
-        m.d.comb += [out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid)]
+        m.d.comb += [out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid & cls)]
+        if self.proj_max:
+            m.d.comb += [r_w.addr.eq(o_row), r_w.data.eq(rq.out), r_w.en.eq(o_valid & pph)]
+        pout_wr = Signal()                             # a non-zero r_t element -> lists
+        m.d.comb += pout_wr.eq(o_valid & pph & (rq.out != 0))
         with m.If(out_issue):
             m.d.sync += r.eq(r + 1)
             with m.If(r_pe == n_pe - 1):
@@ -317,10 +423,9 @@ class LstmEngine(wiring.Component):
         g_pe = [Signal(self.pe_bits, name=f"g_pe{k}") for k in range(GATES)]
         g_local = [Signal(self.local_bits, name=f"g_local{k}") for k in range(GATES)]
         g_row = [Signal(self.bias_bits, name=f"g_row{k}") for k in range(GATES)]
-        first = Signal()                               # first step: c_(t-1) = 0
         ew_issue = Signal()
         ju = Signal(bits_for(self.groups_max * L))
-        m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (ju < hidden))]
+        m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (ju < ew_hidden))]
         cur_pe = Array(g_pe)[g]
         cur_local = Array(g_local)[g]
         cur_row = Array(g_row)[g]
@@ -341,14 +446,14 @@ class LstmEngine(wiring.Component):
             wrapped = s >= n_pe
             pe_l = Signal(self.pe_bits, name=f"ln{ln}_pe")
             local_l = Signal(self.local_bits, name=f"ln{ln}_local")
-            m.d.comb += [valid.eq(ew_issue & (ju + ln < hidden)),
+            m.d.comb += [valid.eq(ew_issue & (ju + ln < ew_hidden)),
                          pe_l.eq(Mux(wrapped, s - n_pe, s)),
                          local_l.eq(cur_local + wrapped)]
             lane_issue.append(valid)
             lane_pe.append(pe_l)
             lane_local.append(local_l)
             bias_r = bias_mem.read_port()
-            m.d.comb += [bias_r.addr.eq(desc.bias_base + cur_row + ln), bias_r.en.eq(valid)]
+            m.d.comb += [bias_r.addr.eq(ew_bias_base + cur_row + ln), bias_r.en.eq(valid)]
             bv = Signal(name=f"ln{ln}_b_valid")
             bp = Signal(self.pe_bits, name=f"ln{ln}_b_pe")
             bl = Signal(self.local_bits, name=f"ln{ln}_b_local")
@@ -359,8 +464,8 @@ class LstmEngine(wiring.Component):
             # stage b: requantize -> z, table read
             lrq = Requantizer(self.acc_bits, act, self.weight_width - 1)
             m.submodules[f"ew_requant{ln}"] = lrq
-            m.d.comb += [lrq.acc.eq(acc_data[bp]), lrq.bias.eq(bias_r.data),
-                         lrq.shift.eq(desc.shift), lrq.relu.eq(0)]
+            m.d.comb += [lrq.acc.eq(buf_data[bp]), lrq.bias.eq(bias_r.data),
+                         lrq.shift.eq(ew_shift), lrq.relu.eq(0)]
             z = lrq.out
             gate_r = gate_rom.read_port()
             m.d.comb += [gate_r.addr.eq(Cat(table_index(z), b_gate == 2)), gate_r.en.eq(1)]
@@ -390,7 +495,7 @@ class LstmEngine(wiring.Component):
             m.submodules[f"c_mem{ln}"] = c_mem
             c_w, c_r = c_mem.write_port(), c_mem.read_port()
             m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == 0))]
-            c_old = Mux(first, 0, c_r.data)
+            c_old = Mux(ew_first, 0, c_r.data)
             ev = Signal(name=f"ln{ln}_e_valid")
             e_neg = Signal(name=f"ln{ln}_e_neg")
             cell_r = cell_rom.read_port()
@@ -434,20 +539,29 @@ class LstmEngine(wiring.Component):
             f_valids.append(fv)
             busy_terms += [bv, cv, dv, ev, fv]
 
-        # PE accumulator ports: the output stage, or the lanes (distinct PEs per cycle)
+        # PE accumulator ports: the output stage, or the drain into the gate buffers (one per
+        # PE, read by the lanes: distinct PEs, hence distinct buffers, per cycle)
+        dk = Signal(self.local_bits + 1)               # drain: local row being read
+        dr = Signal(bits_for(self.max_rows + n_pe))    # drain: dk * n_pe (first row of dk)
+        d_issue = Signal()
+        m.d.comb += d_issue.eq(drain & (dr < GATES * cur_hidden))
+        d_valid = Signal()
+        d_row = Signal(self.local_bits)
+        m.d.sync += [d_valid.eq(d_issue), d_row.eq(dk)]
+        with m.If(d_issue):
+            m.d.sync += [dk.eq(dk + 1), dr.eq(dr + n_pe)]
         for p, pe in enumerate(pes):
             ew_addr = Signal(self.local_bits, name=f"pe{p}_ew_addr")
-            ew_clear = Signal(name=f"pe{p}_ew_clear")
-            ew_clear_addr = Signal(self.local_bits, name=f"pe{p}_ew_clear_addr")
             for ln in range(L):
                 with m.If(lane_issue[ln] & (lane_pe[ln] == p)):
                     m.d.comb += ew_addr.eq(lane_local[ln])
-                with m.If(b_valid[ln] & (b_pe[ln] == p)):
-                    m.d.comb += [ew_clear.eq(1), ew_clear_addr.eq(b_local[ln])]
-            m.d.comb += [pe.drain.eq(ew | outp),
-                         pe.acc_raddr.eq(Mux(outp, r_local, ew_addr)),
-                         pe.acc_clear.eq(Mux(outp, o_valid & (o_pe == p), ew_clear)),
-                         pe.acc_clear_addr.eq(Mux(outp, o_local, ew_clear_addr))]
+            buf_w, buf_r = buf_ports[p]
+            m.d.comb += [buf_w.addr.eq(d_row), buf_w.data.eq(pe.acc_rdata),
+                         buf_w.en.eq(d_valid), buf_r.addr.eq(ew_addr)]
+            m.d.comb += [pe.drain.eq(drain | outp),
+                         pe.acc_raddr.eq(Mux(outp, r_local, dk)),
+                         pe.acc_clear.eq(Mux(outp, o_valid & (o_pe == p), d_valid)),
+                         pe.acc_clear_addr.eq(Mux(outp, o_local, d_row))]
 
         # serializer: the group's non-zero h values enter the next step's list in unit order
         # (lane ln is written ln + 1 cycles after stage f; groups come every 4 cycles, L <= 4)
@@ -471,18 +585,20 @@ class LstmEngine(wiring.Component):
                      wr_val.eq(Array(pend_val)[pend_k[:max(lb, 1)]]),
                      wr_unit.eq((pend_j << lb) + pend_k)]
         busy_terms.append(pend_k < L)
-        dst_count = Mux(src, hcount[0], hcount[1])
-        for b in range(2):
-            m.d.comb += [hl_w[b].addr.eq(dst_count), hl_w[b].data.col.eq(in_size + wr_unit),
-                         hl_w[b].data.value.eq(wr_val),
-                         hl_w[b].en.eq(wr_en & (src != b))]      # dst bank = ~src
+        # state-list and x-list writes: the serializer (EW) or the projection's output stage
         with m.If(wr_en):
-            with m.If(src):
-                m.d.sync += hcount[0].eq(hcount[0] + 1)
-            with m.Else():
-                m.d.sync += hcount[1].eq(hcount[1] + 1)
+            m.d.comb += [lw_en.eq(1), lw_bank.eq(ew_bank), lw_col.eq(ew_in + wr_unit),
+                         lw_val.eq(wr_val), app_en.eq(ew_app),
+                         app_col.eq(wr_unit), app_val.eq(wr_val)]
+        with m.Elif(pout_wr):
+            m.d.comb += [lw_en.eq(1), lw_bank.eq(src), lw_col.eq(cur_in + o_row),
+                         lw_val.eq(rq.out), app_en.eq(~is_last), app_col.eq(o_row),
+                         app_val.eq(rq.out)]
         ew_busy = Signal()
         m.d.comb += ew_busy.eq(Cat(*busy_terms).any())
+        ew_idle = Signal()                             # the unit is free (its lists complete)
+        ew_done = Signal()
+        m.d.comb += [ew_idle.eq(~ew | ~ew_busy), ew_done.eq(ew & ~ew_busy)]
 
         with m.If(ew_issue):
             m.d.sync += g.eq(g + 1)
@@ -497,90 +613,190 @@ class LstmEngine(wiring.Component):
                     with m.Else():
                         m.d.sync += g_pe[k].eq(s)
 
+        h_dense = Signal(signed(aw))
         if L == 1:
-            m.d.comb += self.h_data.eq(h_reads[0])
+            m.d.comb += h_dense.eq(h_reads[0])
         else:
-            m.d.comb += self.h_data.eq(Array(h_reads)[h_bank_sel[:self.lane_bits]])
+            m.d.comb += h_dense.eq(Array(h_reads)[h_bank_sel[:self.lane_bits]])
+        # the last layer's output: r_T with a projection, else h_T
+        m.d.comb += self.h_data.eq(Mux(has_proj, r_r.data, h_dense) if self.proj_max
+                                   else h_dense)
 
-        # --- statistics ---------------------------------------------------------------------------
-        m.submodules.stat_mac_mem = smac = Memory(shape=unsigned(32), depth=self.steps_max,
-                                                  init=[])
-        m.submodules.stat_ew_mem = sew = Memory(shape=unsigned(32), depth=self.steps_max,
-                                                init=[])
-        smac_w, smac_r = smac.write_port(), smac.read_port()
-        sew_w, sew_r = sew.write_port(), sew.read_port()
-        m.d.comb += [smac_r.addr.eq(self.stat_step), sew_r.addr.eq(self.stat_step),
-                     self.stat_mac.eq(smac_r.data), self.stat_ew.eq(sew_r.data),
-                     smac_w.addr.eq(step), smac_w.data.eq(mac_cnt),
-                     sew_w.addr.eq(step)]
+        # --- statistics (per layer and step: index layer * T + t) ----------------------------
+        stat_w = {}
+        for name, port in (("mac", self.stat_mac), ("ew", self.stat_ew),
+                           ("pmac", self.stat_pmac)):
+            mem = Memory(shape=unsigned(32), depth=self.gsteps_max, init=[])
+            m.submodules[f"stat_{name}_mem"] = mem
+            w, r_port = mem.write_port(), mem.read_port()
+            m.d.comb += [r_port.addr.eq(self.stat_step), port.eq(r_port.data)]
+            stat_w[name] = w
         ew_cnt = Signal(32)
-        m.d.comb += sew_w.data.eq(ew_cnt + 1)
+        mac_sum = Signal(32)                           # x part + h part of the step
+        m.d.comb += [stat_w["mac"].addr.eq(gstep), stat_w["mac"].data.eq(mac_sum),
+                     stat_w["pmac"].addr.eq(gstep),
+                     stat_w["pmac"].data.eq(Mux(pph, mac_cnt, 0)),
+                     stat_w["ew"].addr.eq(ew_gstep), stat_w["ew"].data.eq(ew_cnt + 1)]
         run_cnt = Signal(32)
+
+        # the element-wise unit: counts its cycles, ends by itself (stats, x-list end)
+        with m.If(ew):
+            m.d.sync += ew_cnt.eq(ew_cnt + 1)
+        with m.If(ew_done):
+            m.d.sync += ew.eq(0)
+            m.d.comb += stat_w["ew"].en.eq(1)
+            with m.If(ew_app):
+                m.d.comb += [xend_en.eq(1), xend_addr.eq(ew_gstep + steps)]
+
+        def finish():
+            m.d.sync += [self.busy.eq(0), self.done.eq(1), self.cycles.eq(run_cnt + 1)]
+            m.next = "IDLE"
+
+        def advance(last_next):
+            """The step's MAC work is done: next step, next layer, or ``last_next``."""
+            m.d.sync += [gstep.eq(gstep + 1), first.eq(0), xstart.eq(xend_r.data)]
+            with m.If(step + 1 == steps):
+                with m.If(~is_last):
+                    m.d.sync += [layer.eq(layer + 1), step.eq(0), first.eq(1)]
+                    m.next = "SETUP"
+                with m.Else():
+                    last_next()
+            with m.Else():
+                m.d.sync += step.eq(step + 1)
+                m.next = "SETUP"
+
+        def after_x():
+            """x part done and the element-wise unit free: the h part, or (first step of a
+            layer: no state yet) the drain."""
+            with m.If(first):
+                m.d.sync += [dk.eq(0), dr.eq(0)]
+                m.next = "DRAIN"
+            with m.Else():
+                m.d.sync += [idx.eq(0), mac_cnt.eq(0), xph.eq(0)]
+                m.next = "MAC"
+
+        def wait_for_unit():
+            m.next = "FWAIT"
+
+        def to_classifier_or_finish():
+            with m.If(classify):
+                m.d.sync += cls.eq(1)
+                m.next = "SETUP"
+            with m.Else():
+                finish()
 
         # --- sequencer ----------------------------------------------------------------------------
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [step.eq(0), src.eq(0), hcount[0].eq(0), xstart.eq(0),
-                                 first.eq(1), run_cnt.eq(0), self.done.eq(0),
-                                 self.busy.eq(1), cls.eq(0), self.cls_cycles.eq(0)]
+                    m.d.sync += [step.eq(0), gstep.eq(0), layer.eq(0), src.eq(0),
+                                 xstart.eq(0), first.eq(1), run_cnt.eq(0), self.done.eq(0),
+                                 self.busy.eq(1), cls.eq(0), pph.eq(0),
+                                 self.cls_cycles.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                m.d.sync += [run_cnt.eq(run_cnt + 1), desc.eq(descs[cls]), idx.eq(0),
-                             mac_cnt.eq(0)]
+                m.d.sync += [run_cnt.eq(run_cnt + 1), idx.eq(0), mac_cnt.eq(0),
+                             xph.eq(~pph & ~cls)]
+                with m.If(cls):
+                    m.d.sync += desc.eq(cls_desc)
+                with m.Elif(pph):
+                    if self.proj_max:
+                        m.d.sync += desc.eq(Array(proj_descs)[layer])
+                with m.Else():
+                    m.d.sync += desc.eq(Array(lstm_descs)[layer])
+                with m.If((gstep == 0) & ~pph):
+                    m.d.sync += wp.eq(xlen_r.data)
                 m.next = "MAC"
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
                 m.d.sync += [run_cnt.eq(run_cnt + 1), mac_cnt.eq(mac_cnt + 1)]
                 with m.If(mac_done):
-                    with m.If(src):
-                        m.d.sync += hcount[0].eq(0)
-                    with m.Else():
-                        m.d.sync += hcount[1].eq(0)
                     with m.If(cls):
                         m.d.sync += [self.cls_cycles.eq(mac_cnt), r.eq(0), r_pe.eq(0),
                                      r_local.eq(0)]
                         m.next = "OUTPUT"
-                    with m.Else():
-                        m.d.comb += smac_w.en.eq(1)
-                        m.d.sync += [j.eq(0), g.eq(0), ew_cnt.eq(0)]
-                        for k in range(GATES):
-                            m.d.sync += [
-                                g_pe[k].eq(gate_start[k][:self.pe_bits]),
-                                g_local[k].eq(gate_start[k][self.pe_bits:]),
-                                g_row[k].eq(hidden * k),
-                            ]
-                        m.next = "EW"
-            with m.State("EW"):
-                m.d.comb += ew.eq(1)
-                m.d.sync += [run_cnt.eq(run_cnt + 1), ew_cnt.eq(ew_cnt + 1)]
-                with m.If(~ew_busy):
-                    m.d.comb += sew_w.en.eq(1)
-                    m.d.sync += [src.eq(~src), step.eq(step + 1), first.eq(0),
-                                 xstart.eq(xend_r.data)]
-                    with m.If(step + 1 == steps):
-                        with m.If(classify):
-                            m.d.sync += cls.eq(1)
-                            m.next = "SETUP"
+                    with m.Elif(pph):
+                        # r_t goes to the src bank (the LSTM MAC has read r_(t-1) from it)
+                        m.d.comb += stat_w["pmac"].en.eq(1)
+                        m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                        with m.If(src):
+                            m.d.sync += hcount[1].eq(0)
                         with m.Else():
-                            m.d.sync += [self.busy.eq(0), self.done.eq(1),
-                                         self.cycles.eq(run_cnt + 1)]
-                            m.next = "IDLE"
+                            m.d.sync += hcount[0].eq(0)
+                        m.next = "OUTPUT"
+                    with m.Elif(xph):
+                        m.d.sync += mac_sum.eq(mac_cnt)
+                        with m.If(ew_idle):
+                            after_x()
+                        with m.Else():
+                            m.next = "HWAIT"
                     with m.Else():
-                        m.next = "SETUP"
+                        m.d.sync += [mac_sum.eq(mac_sum + mac_cnt), dk.eq(0), dr.eq(0)]
+                        m.next = "DRAIN"
+            with m.State("HWAIT"):
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(ew_idle):
+                    after_x()
+            with m.State("DRAIN"):
+                m.d.comb += drain.eq(1)
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(~d_issue):
+                    # gate pre-activations buffered, accumulators clear: start the unit
+                    m.d.comb += [stat_w["mac"].en.eq(1), stat_w["pmac"].en.eq(~has_proj)]
+                    m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
+                                 ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
+                                 ew_app.eq(~has_proj & ~is_last), ew_bank.eq(~src),
+                                 ew_first.eq(first), ew_gstep.eq(gstep),
+                                 ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
+                    for k in range(GATES):
+                        m.d.sync += [
+                            g_pe[k].eq(cur_gate[k][:self.pe_bits]),
+                            g_local[k].eq(cur_gate[k][self.pe_bits:]),
+                            g_row[k].eq(cur_hidden * k),
+                        ]
+                    with m.If(src):                    # h_t goes to the other bank
+                        m.d.sync += hcount[0].eq(0)
+                    with m.Else():
+                        m.d.sync += hcount[1].eq(0)
+                    with m.If(has_proj):
+                        m.next = "PWAIT"
+                    with m.Else():
+                        m.d.sync += src.eq(~src)
+                        advance(wait_for_unit)
+            with m.State("PWAIT"):
+                # the projection needs the whole h_t list
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(ew_idle):
+                    m.d.sync += pph.eq(1)
+                    m.next = "SETUP"
+            with m.State("FWAIT"):
+                # after the last step: h_T complete
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(ew_idle):
+                    to_classifier_or_finish()
             with m.State("OUTPUT"):
                 m.d.comb += outp.eq(1)
                 m.d.sync += run_cnt.eq(run_cnt + 1)
                 with m.If(~out_issue & ~o_valid):
-                    m.d.sync += [self.busy.eq(0), self.done.eq(1),
-                                 self.cycles.eq(run_cnt + 1)]
-                    m.next = "IDLE"
+                    with m.If(cls):
+                        finish()
+                    with m.Else():
+                        m.d.comb += [xend_en.eq(~is_last), xend_addr.eq(gstep + steps)]
+                        m.d.sync += pph.eq(0)
+                        advance(to_classifier_or_finish)
         # --- read-back of the loaded words while idle (hdl.readback) ------------------------------
-        words = {(n << 3) | int(field): getattr(descs[n], name)
-                 for n in range(2) for field, name in DESCRIPTOR_MEMBERS}
-        seq = {LstmField.HIDDEN: hidden, LstmField.INPUT: in_size, LstmField.STEPS: steps,
-               LstmField.CLASSIFY: classify,
-               **{LstmField.GATE0 + g: gate_start[g] for g in range(GATES)}}
-        words.update({(2 << 3) | int(field): value for field, value in seq.items()})
+        words = {}
+        matrix_descs = [(1, cls_desc)] + [(4 * k, lstm_descs[k]) for k in range(LM)]
+        matrix_descs += [(4 * k + 3, proj_descs[k]) for k in range(len(proj_descs))]
+        for k, target in matrix_descs:
+            words.update({(k << 3) | int(field): getattr(target, name)
+                          for field, name in DESCRIPTOR_MEMBERS})
+        for k in range(LM):
+            seq = {LstmField.HIDDEN: hidden_r[k], LstmField.INPUT: in_r[k],
+                   **{LstmField.GATE0 + g: gate_r[k][g] for g in range(GATES)}}
+            if k == 0:
+                seq.update({LstmField.STEPS: steps, LstmField.CLASSIFY: classify})
+            words.update({((4 * k + 2) << 3) | int(field): value
+                          for field, value in seq.items()})
         connect_readback(m, self.rb, self.busy, pes, obias_r, words)
         return m

@@ -63,6 +63,7 @@ class LstmCaseResult:
     cycles: int
     expected: ExpectedLstmRun
     run_seconds: float
+    pmac: np.ndarray | None = None
 
     @property
     def matches_golden(self) -> bool:
@@ -73,6 +74,7 @@ class LstmCaseResult:
     def matches_model(self) -> bool:
         rep = self.expected.cycles
         return (list(self.mac) == list(rep.mac) and list(self.ew) == list(rep.ew)
+                and list(self.pmac) == list(rep.pmac)
                 and self.cls_mac == rep.cls_mac and self.cycles == rep.total)
 
 
@@ -99,5 +101,5 @@ def run_lstm_cases(engine: LstmEngine, build: Path, cases, *, test_dir=None,
         out.append(LstmCaseResult(str(name), got[p + "h"], got[p + "out"], got[p + "mac"],
                                   got[p + "ew"], int(got[p + "cls_mac"]),
                                   int(got[p + "cycles"]), run,
-                                  float(got[p + "run_seconds"])))
+                                  float(got[p + "run_seconds"]), got[p + "pmac"]))
     return out, sim.seconds

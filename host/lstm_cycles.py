@@ -1,17 +1,30 @@
-"""Cycle model of a whole LSTM sequence (+ classifier) on :class:`hdl.lstm.LstmEngine`.
+"""Cycle model of a whole LSTM sequence (stacked layers, projections, classifier) on
+:class:`hdl.lstm.LstmEngine`, with ESE's overlap of the element-wise work.
 
-Per time step ``t`` (``H`` hidden units)::
+Layer-major order: layer ``l`` runs all ``T`` steps, then layer ``l + 1`` (its inputs are layer
+``l``'s outputs), then the classifier.  A step of a layer (``H`` cells, ``N`` PEs, ``L`` lanes,
+``s`` = the recurrent state: ``h``, or ``r`` with a projection)::
 
-    mac_t = spmv_cycles(W, nonzero columns of [x_t ; h_(t-1)], timing)    (MAC phase)
-    ew    = 4 * ceil(H / L) + EW_LATENCY + L        (element-wise unit, L = ew_lanes lanes)
-    step  = mac_t + MAC_OVERHEAD + ew        (MAC_OVERHEAD: descriptor load + done detection)
+    SETUP  1                   descriptor
+    XMAC   X + 1               X = spmv_cycles(W, nonzero(x_t))        (x part)
+    HWAIT  wait                until the element-wise unit of step t-1 is done (s_(t-1) list)
+    HMAC   Hm + 1              Hm = spmv_cycles(W, I + nonzero(s_(t-1))) (h part; not at t = 0)
+    DRAIN  ceil(4H / N) + 1    accumulators -> gate buffers (N per cycle), accumulators clear
+    ... the element-wise unit (E = ew_cycles(H, L) cycles from the buffers) starts and runs
+        beside the next step's SETUP + XMAC: the x part does not depend on h_t.
 
-and, with a classifier of ``R`` rows on h_T::
+With a projection the step continues after the unit (``r_t`` needs all of ``h_t``)::
 
-    cls   = spmv_cycles(W_cls, nonzero(h_T)) + MAC_OVERHEAD + R + OUTPUT_OVERHEAD
+    PWAIT  until the unit is done;  SETUP 1;  MAC Pm + 1 (Pm = spmv_cycles(W_hr, nonzero(h_t)));
+    OUTPUT P + OUTPUT_OVERHEAD     (r_t requantized, to the state list and the next layer)
 
-The engine's ``cycles`` output is ``sum(step) + cls``.  The tests compare every term with the
-RTL (``stat_mac`` / ``stat_ew`` / ``cls_cycles`` / ``cycles``).
+After the last step: wait for the unit (FWAIT), then the classifier of ``R`` rows::
+
+    cls = spmv_cycles(W_cls, nonzero(s_T)) + MAC_OVERHEAD + R + OUTPUT_OVERHEAD
+
+:func:`stack_cycles` replays this cycle by cycle; the engine's ``cycles`` output is its
+``total``.  The tests compare every term with the RTL (``stat_mac`` = X + Hm,
+``stat_ew`` = E, ``stat_pmac`` = Pm, ``cls_cycles``, ``cycles``).
 """
 
 from __future__ import annotations
@@ -23,8 +36,9 @@ import numpy as np
 from .cyclemodel import Timing, active_columns, spmv_cycles
 from .encoding import EncodedMatrix
 
-__all__ = ["LstmCycleReport", "lstm_cycles", "ew_cycles", "MAC_OVERHEAD", "EW_LATENCY",
-           "OUTPUT_OVERHEAD", "GATES"]
+__all__ = ["LstmCycleReport", "LayerTrace", "lstm_cycles", "stack_cycles", "ew_cycles",
+           "drain_cycles",
+           "MAC_OVERHEAD", "EW_LATENCY", "OUTPUT_OVERHEAD", "GATES"]
 
 GATES = 4
 #: Non-MAC cycles around every MAC phase: one descriptor-load cycle + the done-detection cycle.
@@ -32,7 +46,8 @@ MAC_OVERHEAD = 2
 #: Element-wise pipeline latency (issue, requantize, table, c, tanh(c), h, list write):
 #: ``4 * ceil(H / lanes) + EW_LATENCY + lanes``.
 EW_LATENCY = 5
-#: Classifier output phase: one cycle per row + one pipeline stage + the finishing cycle.
+#: Output phase (classifier, projection): one cycle per row + one pipeline stage + the
+#: finishing cycle.
 OUTPUT_OVERHEAD = 2
 
 
@@ -44,19 +59,52 @@ def ew_cycles(hidden: int, lanes: int = 1) -> int:
 
 
 @dataclass
-class LstmCycleReport:
-    """Cycle counts of one sequence.
+class LayerTrace:
+    """One layer's matrices and what it computed on a sequence (act-format integers; only the
+    zero pattern matters).
 
     Attributes
     ----------
-    mac : ndarray (T,)
-        MAC-phase cycles per step (= ``spmv_cycles``).
-    ideal : ndarray (T,)
-        Busiest PE's entries per step (lower bound of the MAC phase).
-    ew : ndarray (T,)
+    matrix : EncodedMatrix
+        ``[W_ih | W_hh]`` (4H x (I + S)).
+    input_size, hidden : int
+    x_seq : ndarray (T, I)
+        The layer's inputs.
+    states : ndarray (T, S)
+        Recurrent state after every step (``r_t`` with a projection, else ``h_t``).
+    projection : EncodedMatrix, optional
+        ``W_hr`` (P x H).
+    h_seq : ndarray (T, H), optional
+        ``h_t`` before the projection (needed with a projection).
+    """
+
+    matrix: EncodedMatrix
+    input_size: int
+    hidden: int
+    x_seq: np.ndarray
+    states: np.ndarray
+    projection: EncodedMatrix | None = None
+    h_seq: np.ndarray | None = None
+
+
+@dataclass
+class LstmCycleReport:
+    """Cycle counts of one sequence; per-step arrays have one entry per (layer, step) in
+    layer-major order (index ``l * T + t``).
+
+    Attributes
+    ----------
+    mac : ndarray
+        LSTM MAC-phase cycles per step (= ``spmv_cycles``).
+    ideal : ndarray
+        Busiest PE's entries per step, LSTM and projection matrices (lower bound of the MAC
+        phases).
+    ew : ndarray
         Element-wise cycles per step.
-    steps : ndarray (T,)
-        Whole step (``mac + MAC_OVERHEAD + ew``).
+    pmac : ndarray
+        Projection MAC-phase cycles per step (0 without a projection).
+    steps : ndarray
+        Whole step (``mac + MAC_OVERHEAD + ew`` [+ projection phase]).
     cls_mac : int
         Classifier MAC cycles (0 without classifier).
     cls : int
@@ -64,7 +112,7 @@ class LstmCycleReport:
     total : int
         The engine's ``cycles``.
     columns : list of ndarray
-        Broadcast columns per step.
+        Broadcast columns of every LSTM MAC phase.
     """
 
     mac: np.ndarray
@@ -75,31 +123,73 @@ class LstmCycleReport:
     cls: int
     total: int
     columns: list
+    pmac: np.ndarray | None = None
+
+
+def drain_cycles(hidden: int, n_pe: int) -> int:
+    """DRAIN phase: one accumulator row per PE per cycle over the 4H gate rows, + 1."""
+    return -(-GATES * hidden // n_pe) + 1
+
+
+def stack_cycles(layers: list[LayerTrace], timing: Timing,
+                 classifier: EncodedMatrix | None = None, lanes: int = 1) -> LstmCycleReport:
+    """Cycles of a sequence through stacked layers (see the module docstring)."""
+    mac, ideal, ew, pmac, starts, columns = [], [], [], [], [], []
+    now = 1                     # cycle of the next SETUP (the start pulse is cycle 0)
+    ew_idle_at = 0              # first cycle in which the element-wise unit is free
+    state = None
+    for layer in layers:
+        x_seq, states = np.asarray(layer.x_seq), np.asarray(layer.states)
+        state = np.zeros(states.shape[1], dtype=np.int64)
+        e_cycles = ew_cycles(layer.hidden, lanes)
+        drain = drain_cycles(layer.hidden, layer.matrix.n_pe)
+        inputs = layer.input_size
+        for t in range(len(x_seq)):
+            starts.append(now)
+            x_cols = active_columns(x_seq[t])
+            h_cols = inputs + active_columns(state)
+            xrep = spmv_cycles(layer.matrix, x_cols, timing)
+            x_done = now + 1 + xrep.cycles                   # XMAC's done cycle
+            nxt = max(x_done, ew_idle_at) + 1                # HWAIT
+            m_cycles = xrep.cycles
+            if t:
+                hrep = spmv_cycles(layer.matrix, h_cols, timing)
+                m_cycles += hrep.cycles
+                nxt += hrep.cycles + 1
+            launch = nxt + drain - 1                         # DRAIN's last cycle
+            ew_idle_at = launch + e_cycles
+            now = launch + 1
+            best = spmv_cycles(layer.matrix, np.concatenate([x_cols, h_cols]), timing).ideal
+            p_cycles = 0
+            if layer.projection is not None:
+                prep = spmv_cycles(layer.projection, active_columns(layer.h_seq[t]), timing)
+                p_cycles = prep.cycles
+                best += prep.ideal
+                setup = max(launch + 1, ew_idle_at) + 1      # PWAIT
+                now = setup + 1 + p_cycles + 1 + layer.projection.rows + OUTPUT_OVERHEAD
+            mac.append(m_cycles)
+            ideal.append(best)
+            ew.append(e_cycles)
+            pmac.append(p_cycles)
+            columns.append(np.concatenate([x_cols, h_cols]))
+            state = states[t]
+    # after the last step: the unit finishes (FWAIT), then the classifier
+    end = max(now, ew_idle_at + 1)          # cycle after the unit's last (or the output's)
+    cls_mac = cls = 0
+    if classifier is not None:
+        cls_mac = spmv_cycles(classifier, active_columns(state), timing).cycles
+        cls = cls_mac + MAC_OVERHEAD + classifier.rows + OUTPUT_OVERHEAD
+    total = end - 1 + cls
+    steps = np.diff(np.array(starts + [end], dtype=np.int64))
+    return LstmCycleReport(np.array(mac, dtype=np.int64), np.array(ideal, dtype=np.int64),
+                           np.array(ew, dtype=np.int64), steps, cls_mac, cls, int(total),
+                           columns, np.array(pmac, dtype=np.int64))
 
 
 def lstm_cycles(matrix: EncodedMatrix, input_size: int, hidden: int, x_seq, h_seq,
                 timing: Timing, classifier: EncodedMatrix | None = None,
                 lanes: int = 1) -> LstmCycleReport:
-    """Cycles of a sequence: ``x_seq`` (T, I) inputs, ``h_seq`` (T, H) the hidden states
-    *after* every step (act-format integers; only their zero pattern matters)."""
-    x_seq = np.asarray(x_seq)
-    h_seq = np.asarray(h_seq)
-    steps = len(x_seq)
-    mac, ideal, columns = [], [], []
-    h_prev = np.zeros(hidden, dtype=np.int64)
-    for t in range(steps):
-        cols = active_columns(np.concatenate([x_seq[t], h_prev]))
-        report = spmv_cycles(matrix, cols, timing)
-        mac.append(report.cycles)
-        ideal.append(report.ideal)
-        columns.append(cols)
-        h_prev = h_seq[t]
-    mac = np.array(mac, dtype=np.int64)
-    ew = np.full(steps, ew_cycles(hidden, lanes), dtype=np.int64)
-    step_total = mac + MAC_OVERHEAD + ew
-    cls_mac = cls = 0
-    if classifier is not None:
-        cls_mac = spmv_cycles(classifier, active_columns(h_prev), timing).cycles
-        cls = cls_mac + MAC_OVERHEAD + classifier.rows + OUTPUT_OVERHEAD
-    return LstmCycleReport(mac, np.array(ideal, dtype=np.int64), ew, step_total, cls_mac,
-                           cls, int(step_total.sum()) + cls, columns)
+    """Cycles of one layer without projection: ``x_seq`` (T, I) inputs, ``h_seq`` (T, H) the
+    hidden states *after* every step."""
+    return stack_cycles([LayerTrace(matrix, input_size, hidden, x_seq, h_seq)], timing,
+                        classifier, lanes)

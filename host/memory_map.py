@@ -96,20 +96,23 @@ class LstmRegion(enum.IntEnum):
     POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
     CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight
     BIAS = 3        #: addr = bias address; data = bias (accumulator format)
-    DESCRIPTOR = 4  #: addr = layer << 3 | field; layers 0 (LSTM matrix), 1 (classifier)
-    #:                 use :class:`Field`; "layer" 2 holds :class:`LstmField`
+    DESCRIPTOR = 4  #: addr = k << 3 | field: k = 4l layer l's LSTM matrix, 1 the classifier
+    #:                 (:class:`Field`), 4l + 2 layer l's :class:`LstmField` values, 4l + 3
+    #:                 layer l's projection (:class:`Field`, ROWS 0: none)
     XLIST = 5       #: addr = x-list index; data = column << act.width | value (non-zeros
-    #:                 of x_0, then x_1, ... in ascending column order)
+    #:                 of x_0, then x_1, ... in ascending column order; the engine appends
+    #:                 every layer's outputs but the last's after them)
     XEND = 6        #: addr = step t; data = x-list index one past x_t's last non-zero
+    #:                 (the engine writes entries l*T + t for layers l >= 1)
 
 
 class LstmField(enum.IntEnum):
-    """Sequence descriptor (``load.addr = 2 << 3 | field``)."""
+    """Layer ``l``'s descriptor (``load.addr = (4l + 2) << 3 | field``)."""
 
-    HIDDEN = 0      #: H (1 .. hidden_max)
-    INPUT = 1       #: I: h unit u is column I + u of the LSTM matrix
-    STEPS = 2       #: time steps T (1 .. steps_max)
-    CLASSIFY = 3    #: 1: run the classifier (descriptor layer 1) after the last step
+    HIDDEN = 0      #: H (1 .. hidden_max); 0: no layer l (the layers end before it)
+    INPUT = 1       #: I: state unit u is column I + u of the LSTM matrix
+    STEPS = 2       #: time steps T (1 .. steps_max); layer 0's descriptor only
+    CLASSIFY = 3    #: 1: run the classifier after the last step; layer 0's descriptor only
     GATE0 = 4       #: gate g's first row g*H as ``local << pe_bits | pe`` (fields 4..7)
 
 
@@ -267,7 +270,8 @@ class SpmvParams(_Widths):
 class LstmParams(_Widths):
     """Parameters of :class:`hdl.lstm.LstmEngine` (see there) and the widths derived from them.
 
-    ``max_xlist`` defaults to ``steps_max * input_max``.  Raises ``ValueError``/``TypeError``
+    ``max_xlist`` defaults to ``steps_max * (input_max + (layers_max - 1) * state_max)``.
+    Raises ``ValueError``/``TypeError``
     naming a bad parameter.
     """
 
@@ -286,9 +290,8 @@ class LstmParams(_Widths):
     fifo_depth: int = 8
     max_xlist: int | None = None
     ew_lanes: int = 1
-
-    #: Descriptor slots / codebooks: the LSTM matrix and the classifier.
-    max_layers = 2
+    layers_max: int = 1
+    proj_max: int = 0
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
@@ -310,30 +313,61 @@ class LstmParams(_Widths):
                             f"{self.table_spec!r}")
         check_int("max_entries_per_pe", self.max_entries_per_pe, 1)
         check_int("fifo_depth", self.fifo_depth, 1)
+        check_int("layers_max", self.layers_max, 1, 64)
+        check_int("proj_max", self.proj_max, 0)
         if self.max_xlist is None:
-            object.__setattr__(self, "max_xlist", self.steps_max * self.input_max)
+            object.__setattr__(self, "max_xlist", self.steps_max * (
+                self.input_max + (self.layers_max - 1) * self.state_max))
         check_int("max_xlist", self.max_xlist, 1)
         if self.ew_lanes not in (1, 2, 4) or self.ew_lanes > self.n_pe:
             raise ValueError(f"`ew_lanes` must be 1, 2 or 4 and at most `n_pe` ({self.n_pe}), "
                              f"not {self.ew_lanes!r}")
 
     @property
+    def state_max(self) -> int:
+        """Recurrent state / layer output size S: max(H, P)."""
+        return max(self.hidden_max, self.proj_max)
+
+    @property
+    def n_codebooks(self) -> int:
+        """Codebook slots: per layer the LSTM matrix (and projection), + the classifier."""
+        return self.layers_max * (2 if self.proj_max else 1) + 1
+
+    @property
+    def max_layers(self) -> int:
+        """Matrices (= codebook slots)."""
+        return self.n_codebooks
+
+    @property
+    def n_descriptors(self) -> int:
+        """Descriptor slots ``k`` (load address ``k << 3 | field``): 4 per layer."""
+        return 4 * self.layers_max
+
+    @property
+    def gsteps_max(self) -> int:
+        """(layer, step) pairs: x-list ends and per-step statistics."""
+        return self.layers_max * self.steps_max
+
+    @property
     def max_rows(self) -> int:
-        """Accumulator rows: the 4H gate rows or the classifier's outputs."""
-        return max(GATES * self.hidden_max, self.classes_max)
+        """Accumulator rows: the 4H gate rows, the projection's or the classifier's."""
+        return max(GATES * self.hidden_max, self.proj_max, self.classes_max)
 
     @property
     def max_cols(self) -> int:
-        return self.input_max + self.hidden_max
+        return self.input_max + self.state_max
 
     @property
     def max_pointers(self) -> int:
-        """Pointer slots: the LSTM matrix's ``I + H + 1`` and the classifier's ``H + 1``."""
-        return (self.input_max + self.hidden_max + 1) + (self.hidden_max + 1)
+        """Pointer slots: per layer the LSTM matrix's ``I + S + 1`` (and the projection's
+        ``H + 1``), then the classifier's ``S + 1``."""
+        per_layer = (self.input_max + self.state_max + 1
+                     + ((self.hidden_max + 1) if self.proj_max else 0))
+        return self.layers_max * per_layer + self.state_max + 1
 
     @property
     def max_bias(self) -> int:
-        return GATES * self.hidden_max + self.classes_max
+        return self.layers_max * (GATES * self.hidden_max + self.proj_max) + self.classes_max
 
     @property
     def lane_bits(self) -> int:
@@ -356,11 +390,11 @@ class LstmParams(_Widths):
 
     @property
     def col_bits(self) -> int:
-        return addr_bits(self.input_max + self.hidden_max)
+        return addr_bits(self.input_max + self.state_max)
 
     @property
     def cb_bits(self) -> int:
-        return 1
+        return addr_bits(self.n_codebooks)
 
     @property
     def xlist_bits(self) -> int:
@@ -369,8 +403,9 @@ class LstmParams(_Widths):
 
     @property
     def addr_width(self) -> int:
-        return max(self.entry_addr_bits, self.k_bits, 1 + self.index_bits, self.bias_bits, 5,
-                   addr_bits(self.max_xlist), addr_bits(self.steps_max))
+        return max(self.entry_addr_bits, self.k_bits, self.cb_bits + self.index_bits,
+                   self.bias_bits, 3 + addr_bits(self.n_descriptors),
+                   addr_bits(self.max_xlist), addr_bits(self.gsteps_max))
 
     @property
     def data_width(self) -> int:
@@ -389,7 +424,8 @@ class LstmParams(_Widths):
                 "table_spec": self.table_spec.to_dict(),
                 "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
-                "ew_lanes": self.ew_lanes}
+                "ew_lanes": self.ew_lanes, "layers_max": self.layers_max,
+                "proj_max": self.proj_max}
 
 
 def params_of(engine, kind):

@@ -2,10 +2,10 @@
 
 ``$SPINE_TEST_DATA`` (.npz, written by ``host.lstm_image.case_data``): ``n_cases`` and per case
 ``c{i}_``: loader writes ``w_region, w_addr, w_data, w_lanes`` (model image if any, then the
-sequence), ``hidden``, ``steps``, ``expected_h``, ``expected_out``, ``mac``, ``ew``,
-``cls_mac``, ``cycles``, ``name``.  Inputs change after a falling edge, outputs are sampled
-after a falling edge.  Results go to ``$SPINE_RESULTS``; mismatches fail the test unless
-``SPINE_NO_CHECK=1``.
+sequence), ``hidden`` (the last layer's output size), ``steps`` (layers x time steps),
+``expected_h``, ``expected_out``, ``mac``, ``ew``, ``pmac``, ``cls_mac``, ``cycles``, ``name``.
+Inputs change after a falling edge, outputs are sampled after a falling edge.  Results go to
+``$SPINE_RESULTS``; mismatches fail the test unless ``SPINE_NO_CHECK=1``.
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ async def lstm_cases(dut):
         t_run = time.perf_counter() - t1
         cycles = int(dut.cycles.value)
         cls_mac = int(dut.cls_cycles.value)
-        mac, ew = [], []
+        mac, ew, pmac = [], [], []
         for t in range(int(c["steps"])):
             dut.stat_step.value = t
             await FallingEdge(dut.clk)
             mac.append(int(dut.stat_mac.value))
             ew.append(int(dut.stat_ew.value))
+            pmac.append(int(dut.stat_pmac.value))
         h = []
         for u in range(int(c["hidden"])):
             dut.h_addr.value = u
@@ -65,6 +66,7 @@ async def lstm_cases(dut):
         results[p + "out"] = out
         results[p + "mac"] = np.array(mac, dtype=np.int64)
         results[p + "ew"] = np.array(ew, dtype=np.int64)
+        results[p + "pmac"] = np.array(pmac, dtype=np.int64)
         results[p + "cls_mac"] = np.int64(cls_mac)
         results[p + "cycles"] = np.int64(cycles)
         results[p + "run_seconds"] = np.float64(t_run)
@@ -79,6 +81,9 @@ async def lstm_cases(dut):
             problems.append(f"MAC cycles rtl {mac} model {[int(v) for v in c['mac']]}")
         if ew != [int(v) for v in c["ew"]]:
             problems.append(f"element-wise cycles rtl {ew} model {[int(v) for v in c['ew']]}")
+        if pmac != [int(v) for v in c["pmac"]]:
+            problems.append(f"projection MAC cycles rtl {pmac} model "
+                            f"{[int(v) for v in c['pmac']]}")
         if cls_mac != int(c["cls_mac"]):
             problems.append(f"classifier MAC cycles rtl {cls_mac} model {int(c['cls_mac'])}")
         if cycles != int(c["cycles"]):
