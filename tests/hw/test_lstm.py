@@ -30,15 +30,26 @@ CONFIGS = {
     # 3 PEs (hidden sizes mostly not multiples of 3), narrow formats so that z, c and the
     # accumulators saturate / wrap, shallow FIFO, 2-bit zero runs (padding).  Default tables:
     # GoldenModel.lstm_step indexes its tables with the default TableSpec (see the docs).
-    "n3": dict(n_pe=3, hidden_max=16, input_max=9, steps_max=32, classes_max=6,
+    # Also up to 3 stacked layers with projections up to 7 (the stacked cases below).
+    "n3": dict(n_pe=3, hidden_max=16, input_max=16, steps_max=32, classes_max=6,
                act_format=Format(10, 6), weight_width=10, acc_bits=22, run_bits=2,
-               max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2),
+               max_entries_per_pe=2048, fifo_depth=2, ew_lanes=2, layers_max=3, proj_max=7),
     # 8 PEs, the digits-lstm formats (also runs the bundled model).
     "n8": dict(n_pe=8, hidden_max=64, input_max=8, steps_max=32, classes_max=10,
                act_format=Format(16, 10), max_entries_per_pe=4096, fifo_depth=8, ew_lanes=4),
     # 2 PEs, FIFO depth 1, one element-wise lane (4H accumulator reads per step).
     "n2_l1": dict(n_pe=2, hidden_max=12, input_max=5, steps_max=32, classes_max=6,
                   max_entries_per_pe=512, fifo_depth=1, ew_lanes=1),
+}
+SLOW_CONFIGS = {
+    # 8 PEs, 4 lanes, digits formats, 2 stacked layers with projection (slow: own build).
+    "n8_stack": dict(n_pe=8, hidden_max=40, input_max=40, steps_max=20, classes_max=10,
+                     act_format=Format(16, 10), max_entries_per_pe=4096, fifo_depth=8,
+                     ew_lanes=4, layers_max=2, proj_max=24),
+    # 5 PEs, one lane, FIFO 1, 3 layers (slow: own build).
+    "n5_l1_stack": dict(n_pe=5, hidden_max=11, input_max=11, steps_max=24, classes_max=3,
+                        max_entries_per_pe=1024, fifo_depth=1, ew_lanes=1, layers_max=3,
+                        proj_max=6),
 }
 
 
@@ -109,11 +120,90 @@ def random_cases(engine: LstmEngine, seed: int):
     return cases
 
 
+def stacked_cases(engine: LstmEngine, seed: int):
+    """Stacked layers (2 .. layers_max) with and without projections: random sizes (hidden 1
+    up, mostly not multiples of n_pe), long sequences, zero inputs, a saturating stack."""
+    rng = np.random.default_rng(seed)
+    act, n = engine.act_format, engine.n_pe
+    wf = Format(engine.weight_width, engine.weight_width - 2)
+    kw = dict(index_bits=engine.index_bits, run_bits=engine.run_bits, weight_format=wf)
+    cases = []
+
+    def add(name, layers, cls, seqs):
+        image = build_image(engine, layers, cls)
+        for k, x in enumerate(seqs):
+            cases.append((f"{name}#{k}", image if k == 0 else None, x))
+
+    hiddens = [1, n + 1, engine.hidden_max, 2 * n + 1, engine.hidden_max - 1, 5]
+    for rep, hidden in enumerate(hiddens):
+        layers = 2 + rep % (engine.layers_max - 1) if engine.layers_max > 1 else 1
+        proj = [0, 1, engine.proj_max, 3][rep % 4] if engine.proj_max else 0
+        proj = min(proj, engine.input_max)
+        if proj and proj >= hidden:
+            proj = max(1, hidden - 1) if hidden > 1 else 1
+        inputs = int(rng.integers(1, engine.input_max + 1))
+        density = [0.4, 0.8, 0.2][rep % 3]
+        stack, cls = random_lstm(rng, inputs, hidden, density, n, classes=(rep % 3) * 2,
+                                 layers=layers, proj=proj, bias_scale=0.5, **kw)
+        stack = stack if isinstance(stack, list) else [stack]
+        steps = [engine.steps_max, 5, 17][rep % 3]
+        add(f"L{layers} H{hidden} P{proj} I{inputs} d{density}", stack, cls,
+            [sequence(rng, steps, inputs, act),
+             sequence(rng, int(rng.integers(1, engine.steps_max + 1)), inputs, act, 0.2),
+             np.zeros((3, inputs), np.int64)])
+    # Saturating stack: extreme inputs, large weights and biases in every layer.
+    hidden = min(engine.hidden_max, 9)
+    proj = min(engine.proj_max, 4)
+    stack, cls = random_lstm(rng, engine.input_max, hidden, 0.8, n, bias_scale=8.0,
+                             classes=min(engine.classes_max, 3), layers=engine.layers_max,
+                             proj=proj, **kw)
+    stack = stack if isinstance(stack, list) else [stack]
+    x = rng.choice([act.min_int, act.max_int, 0], (engine.steps_max, engine.input_max))
+    add(f"saturating stack H{hidden} P{proj}", stack, cls, [x])
+    return cases
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_lstm_random(name, tmp_path):
+    """Random single-layer LSTMs (and on n3, stacked layers with projections) bit- and
+    cycle-exact; all cases of a configuration in one simulation."""
     engine = make_engine(CONFIGS[name])
     cases = random_cases(engine, seed=sum(map(ord, name)))
+    if engine.layers_max > 1:
+        cases += stacked_cases(engine, seed=sum(map(ord, name)) + 1)
     run(engine, cases, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SLOW_CONFIGS))
+def test_lstm_stacked_slow(name, tmp_path):
+    """Further stacked configurations (own Verilator builds)."""
+    engine = make_engine(SLOW_CONFIGS[name])
+    run(engine, stacked_cases(engine, seed=sum(map(ord, name))), tmp_path)
+
+
+def test_stacked_cases_cover_what_they_claim():
+    """The n3 stacked cases include 2- and 3-layer stacks, projections, hidden size 1, a
+    full-length sequence, and the saturating stack does saturate c in a lower layer."""
+    engine = make_engine(CONFIGS["n3"])
+    act = engine.act_format
+    cases = stacked_cases(engine, seed=sum(map(ord, "n3")) + 1)
+    images = [image for _, image, _ in cases if image is not None]
+    assert {len(im.layers) for im in images} == {2, 3}
+    assert any(layer.projection is not None for im in images for layer in im.layers)
+    assert any(layer.hidden == 1 for im in images for layer in im.layers)
+    assert max(len(x) for _, _, x in cases) == engine.steps_max
+    name, image, x = cases[-1]
+    assert name.startswith("saturating")
+    golden = image.golden
+    layer = image.layers[0]
+    state = np.zeros((1, layer.output_size), np.int64)
+    c = np.zeros((1, layer.hidden), np.int64)
+    saturated = 0
+    for t in range(len(x)):
+        state, c, _ = golden.lstm_cell(layer, x[t][None], state, c)
+        saturated += int(np.count_nonzero((c == act.max_int) | (c == act.min_int)))
+    assert saturated > 0
 
 
 def test_saturating_cases_saturate():
@@ -197,6 +287,35 @@ def test_constructor_validation():
     with pytest.raises(TypeError, match="table_spec"):
         LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
                    table_spec=9)
+
+
+def test_stacked_image_validation():
+    """Clear errors when a stacked / projected model does not fit the engine."""
+    rng = np.random.default_rng(3)
+    engine = LstmEngine(3, hidden_max=6, input_max=6, steps_max=4, classes_max=2,
+                        max_entries_per_pe=512, layers_max=2, proj_max=3)
+    stack, _ = random_lstm(rng, 4, 5, 0.5, 3, layers=3)
+    with pytest.raises(ValueError, match="the model has 3 LSTM layers, the engine runs at "
+                                         "most 2"):
+        build_image(engine, stack)
+    stack, _ = random_lstm(rng, 4, 5, 0.5, 3, layers=2, proj=4)
+    with pytest.raises(ValueError, match="LSTM layer 0: projection size 4 does not fit the "
+                                         "engine \\(proj_max 3"):
+        build_image(engine, stack)
+    plain = LstmEngine(3, hidden_max=6, input_max=6, steps_max=4, classes_max=2,
+                       max_entries_per_pe=512)
+    stack, _ = random_lstm(rng, 4, 5, 0.5, 3, proj=2)
+    with pytest.raises(ValueError, match="0 means no projection hardware"):
+        build_image(plain, stack)
+    a, _ = random_lstm(rng, 4, 5, 0.5, 3)
+    b, _ = random_lstm(rng, 3, 5, 0.5, 3)
+    with pytest.raises(ValueError, match="LSTM layer 1 takes 3 inputs, LSTM layer 0 gives 5"):
+        build_image(engine, [a, b])
+    stack, cls = random_lstm(rng, 4, 5, 0.5, 3, layers=2, proj=2, classes=2)
+    build_image(engine, stack, cls)                       # fits
+    with pytest.raises(ValueError, match="`layers_max` must be"):
+        LstmEngine(3, hidden_max=6, input_max=6, steps_max=4, max_entries_per_pe=512,
+                   layers_max=0)
 
 
 def test_image_validation():
