@@ -5,13 +5,17 @@ Examples::
     python -m hdl.bench lstm --model digits-lstm --pes 8
     python -m hdl.bench lstm --model model.spn --pes 8 --steps 8 --json
     python -m hdl.bench lstm --hidden 128 --input 128 --density 0.1 --pes 8 --steps 4
+    python -m hdl.bench lstm --hidden 64 --layers 2 --proj 32 --pes 8 --json
 
 Builds (or reuses) the Verilator model of an engine sized for the LSTM, loads it and a random
-input sequence, runs the sequence and prints the cycles per time step split into the MAC
-(matrix-vector) and element-wise parts, the ideal bound (busiest PE's entries over the
-broadcast columns), dense-equivalent operations per cycle (``2 * 4H * (I + H)`` per step), and
-whether h_T (and the classifier outputs) match the golden model and the cycles match
-:mod:`host.lstm_cycles`.  Exit status 1 on any mismatch.
+input sequence, runs the sequence and prints the cycles per time step (a step of one layer;
+stacked layers run layer after layer) split into the matrix-vector part (the MAC phases: x
+part, h part, projection) and the element-wise part that the overlap does not hide (drain,
+waits, descriptor and done cycles, projection output), the element-wise unit's own cycles, the
+ideal bound (busiest PE's entries over the broadcast columns), dense-equivalent operations per
+cycle (``2 * 4H * (I + S) + 2 * P * H`` per step), and whether the last output (and the
+classifier outputs) match the golden model and the cycles match :mod:`host.lstm_cycles`.
+Exit status 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=positive_int, default=128, help="hidden units (128)")
     p.add_argument("--input", type=positive_int, default=None,
                    help="input size (default: = hidden)")
+    p.add_argument("--layers", type=positive_int, default=1,
+                   help="stacked LSTM layers of the random model (1)")
+    p.add_argument("--proj", type=int, default=0,
+                   help="projection size P of every random layer (0: none)")
     p.add_argument("--density", type=fraction, default=0.1,
                    help="fraction of non-zero weights (0.1)")
     p.add_argument("--act-density", type=fraction, default=1.0,
@@ -71,79 +79,93 @@ def _load_model(name, pes):
                                 bits=source.defaults.get("bits", 4))
         model = compress_model(source.model, config, calib_x=source.train[0]).model
     layers = list(model.layers)
-    if not layers or not isinstance(layers[0], QLSTM) or len(layers) > 2 \
-            or (len(layers) == 2 and not isinstance(layers[1], QLinear)):
-        raise SystemExit(f"model {name!r}: the LSTM engine runs QLSTM [+ QLinear], not "
-                         f"{[type(layer).__name__ for layer in layers]}")
+    cls = layers.pop() if layers and isinstance(layers[-1], QLinear) else None
+    if not layers or not all(isinstance(layer, QLSTM) for layer in layers):
+        raise SystemExit(f"model {name!r}: the LSTM engine runs QLSTM layers [+ QLinear], "
+                         f"not {[type(layer).__name__ for layer in model.layers]}")
     if model.n_pe != pes:
         raise SystemExit(f"model {name!r} is encoded for {model.n_pe} PEs, not --pes {pes}")
-    return model, layers[0], (layers[1] if len(layers) == 2 else None)
+    return model, layers, cls
 
 
 def bench_lstm(*, model=None, hidden=128, input_size=None, density=0.1, act_density=1.0,
-               pes=8, fifo=8, steps=None, seed=0, lanes=None) -> dict:
+               pes=8, fifo=8, steps=None, seed=0, lanes=None, layers=1, proj=0) -> dict:
     """Run the benchmark; returns the figures (see the module docstring)."""
     from hdl.lstm import LstmEngine
     from hdl.lstm_sim import build_engine, run_lstm_cases
-    from host.lstm_image import build_image, random_lstm
     from host.activations import TableSpec
     from host.fixedpoint import Format
+    from host.lstm_image import build_image, random_lstm
+    from host.lstm_cycles import MAC_OVERHEAD, OUTPUT_OVERHEAD
 
     wall = time.monotonic()
     if lanes is None:
         lanes = max(v for v in (1, 2, 4) if v <= pes)
     rng = np.random.default_rng(seed)
     if model is not None:
-        cm, lstm, cls = _load_model(model, pes)
+        cm, stack, cls = _load_model(model, pes)
         act, acc_bits, spec = cm.act_format, cm.acc_bits, cm.table_spec
         steps = steps or int(cm.input_shape[0])
-        index_bits, run_bits = lstm.matrix.encoded.index_bits, lstm.matrix.encoded.run_bits
         label = str(model)
     else:
         act, acc_bits, spec = Format(16, 10), 32, TableSpec()
         input_size = input_size or hidden
-        lstm, cls = random_lstm(rng, input_size, hidden, density, pes, bias_scale=0.5)
+        stack, cls = random_lstm(rng, input_size, hidden, density, pes, bias_scale=0.5,
+                                 layers=layers, proj=proj)
+        stack = stack if isinstance(stack, list) else [stack]
         steps = steps or 4
-        index_bits, run_bits = 4, 4
         label = "random"
-    hidden, input_size = lstm.hidden, lstm.input_size
-    entries = int(lstm.matrix.encoded.entries_per_pe().max())
-    if cls is not None:
-        entries += int(cls.matrix.encoded.entries_per_pe().max())
+    enc0 = stack[0].matrix.encoded
+    index_bits, run_bits = enc0.index_bits, enc0.run_bits
+    matrices = [m for layer in stack for m in (layer.matrix, layer.projection) if m is not None]
+    matrices += [cls.matrix] if cls is not None else []
+    entries = sum(int(m.encoded.entries_per_pe().max()) for m in matrices)
     depth = 1 << max(4, (entries - 1).bit_length())
-    engine = LstmEngine(pes, hidden_max=hidden, input_max=input_size, steps_max=steps,
+    engine = LstmEngine(pes, hidden_max=max(layer.hidden for layer in stack),
+                        input_max=max(layer.input_size for layer in stack), steps_max=steps,
                         classes_max=cls.matrix.rows if cls is not None else 0,
                         index_bits=index_bits, run_bits=run_bits, act_format=act,
                         acc_bits=acc_bits, table_spec=spec, max_entries_per_pe=depth,
-                        fifo_depth=fifo, ew_lanes=lanes)
-    image = build_image(engine, lstm, cls)
+                        fifo_depth=fifo, ew_lanes=lanes, layers_max=len(stack),
+                        proj_max=max(layer.proj_size for layer in stack))
+    image = build_image(engine, stack, cls)
+    first = stack[0]
     span = max(1, act.max_int // 4)
-    x = rng.integers(-span, span + 1, (steps, input_size))
+    x = rng.integers(-span, span + 1, (steps, first.input_size))
     x = np.where(rng.random(x.shape) < act_density, x, 0).astype(np.int64)
     build, build_now, build_first = build_engine(engine)
     (result,), sim_seconds = run_lstm_cases(engine, build, [("bench", image, x)],
                                             check=False)
     rep = result.expected.cycles
-    mac = np.asarray(result.mac, dtype=np.int64)
+    mac = np.asarray(result.mac, dtype=np.int64) + np.asarray(result.pmac, dtype=np.int64)
     ew = np.asarray(result.ew, dtype=np.int64)
-    step_cycles = mac + 2 + ew                         # host.lstm_cycles.MAC_OVERHEAD = 2
-    dense_ops = 2 * 4 * hidden * (input_size + hidden)
-    per_step = float(step_cycles.mean())
+    n_steps = len(mac)
+    cls_cycles = (int(result.cls_mac) + MAC_OVERHEAD + cls.matrix.rows + OUTPUT_OVERHEAD
+                  if cls is not None else 0)
+    per_step = (result.cycles - cls_cycles) / n_steps
+    matvec = float(mac.mean())
+    dense_ops = sum(2 * 4 * layer.hidden * (layer.input_size + layer.output_size)
+                    + 2 * layer.proj_size * layer.hidden for layer in stack) * steps
+    nonzeros = sum(m.nonzeros() for m in matrices if cls is None or m is not cls.matrix)
+    dense = sum(4 * layer.hidden * (layer.input_size + layer.output_size)
+                + layer.proj_size * layer.hidden for layer in stack)
     return {
-        "model": label, "hidden": hidden, "input": input_size, "steps": steps, "pes": pes,
+        "model": label, "layers": len(stack), "hidden": first.hidden,
+        "input": first.input_size, "proj": first.proj_size, "steps": steps, "pes": pes,
         "fifo": fifo, "seed": seed, "ew_lanes": lanes,
-        "density": float(lstm.matrix.nonzeros() / (4 * hidden * (input_size + hidden))),
-        "nonzero_weights": int(lstm.matrix.nonzeros()),
-        "entries_per_pe_max": int(lstm.matrix.encoded.entries_per_pe().max()),
+        "density": float(nonzeros / dense),
+        "nonzero_weights": int(nonzeros),
+        "entries_per_pe_max": entries,
         "cycles_per_step": per_step,
-        "matvec_cycles_per_step": float(mac.mean()),
-        "elementwise_cycles_per_step": float(ew.mean()),
-        "overhead_cycles_per_step": 2,
-        "elementwise_ratio": float(ew.sum() / mac.sum()) if mac.sum() else None,
+        "matvec_cycles_per_step": matvec,
+        "elementwise_cycles_per_step": per_step - matvec,
+        "elementwise_unit_cycles_per_step": float(ew.mean()),
+        "elementwise_ratio": (per_step - matvec) / matvec if matvec else None,
         "ideal_cycles_per_step": float(rep.ideal.mean()),
         "matvec_over_ideal": float(mac.sum() / rep.ideal.sum()) if rep.ideal.sum() else None,
-        "dense_ops_per_cycle": dense_ops / per_step,
-        "mac_cycles": [int(v) for v in mac],
+        "dense_ops_per_cycle": dense_ops / (per_step * n_steps),
+        "mac_cycles": [int(v) for v in result.mac],
+        "projection_mac_cycles": [int(v) for v in result.pmac],
         "elementwise_cycles": [int(v) for v in ew],
         "classifier_mac_cycles": int(result.cls_mac),
         "total_cycles": int(result.cycles),
@@ -162,13 +184,15 @@ def bench_lstm(*, model=None, hidden=128, input_size=None, density=0.1, act_dens
 def _format(r: dict) -> str:
     ratio = f"{r['elementwise_ratio']:.3f}" if r["elementwise_ratio"] is not None else "n/a"
     lines = [
-        (f"lstm {r['model']}: hidden {r['hidden']}, input {r['input']}, {r['steps']} steps, "
-         f"{r['pes']} PEs, FIFO {r['fifo']}, {r['ew_lanes']} element-wise lane(s), "
-         f"weight density {r['density']:.3f}"),
+        (f"lstm {r['model']}: {r['layers']} layer(s), hidden {r['hidden']}, input "
+         f"{r['input']}, projection {r['proj']}, {r['steps']} steps, {r['pes']} PEs, FIFO "
+         f"{r['fifo']}, {r['ew_lanes']} element-wise lane(s), weight density "
+         f"{r['density']:.3f}"),
         (f"  cycles per step      {r['cycles_per_step']:.1f} = matvec "
-         f"{r['matvec_cycles_per_step']:.1f} + element-wise "
-         f"{r['elementwise_cycles_per_step']:.1f} + {r['overhead_cycles_per_step']}"),
-        f"  element-wise / MAC   {ratio}",
+         f"{r['matvec_cycles_per_step']:.1f} + element-wise (not hidden) "
+         f"{r['elementwise_cycles_per_step']:.1f}"),
+        (f"  element-wise / MAC   {ratio} (the unit itself: "
+         f"{r['elementwise_unit_cycles_per_step']:.1f} cycles per step, overlapped)"),
         (f"  ideal matvec         {r['ideal_cycles_per_step']:.1f} per step (RTL / ideal "
          f"{r['matvec_over_ideal']:.3f})"),
         f"  dense-equiv. ops/cyc {r['dense_ops_per_cycle']:.1f}",
@@ -185,7 +209,8 @@ def _format(r: dict) -> str:
 def run(args) -> int:
     result = bench_lstm(model=args.model, hidden=args.hidden, input_size=args.input,
                         density=args.density, act_density=args.act_density, pes=args.pes,
-                        fifo=args.fifo, steps=args.steps, seed=args.seed, lanes=args.lanes)
+                        fifo=args.fifo, steps=args.steps, seed=args.seed, lanes=args.lanes,
+                        layers=args.layers, proj=args.proj)
     print(json.dumps(result, indent=1) if args.json else _format(result))
     return 0 if result["matches_golden"] and result["matches_model"] else 1
 
