@@ -74,8 +74,8 @@ def _mlp_layers(model):
 
 
 def _lstm_layers(model):
-    """``(QLSTM, QLinear classifier)`` of an LSTM package; ValueError otherwise (the driver's
-    rule, :func:`host.driver._lstm_layers`)."""
+    """``([QLSTM, ...], QLinear classifier)`` of an LSTM package; ValueError otherwise (the
+    driver's rule, :func:`host.driver._lstm_layers`)."""
     from host.driver import _lstm_layers
     return _lstm_layers(model)
 
@@ -85,24 +85,34 @@ def lstm_ew_lanes(n_pe: int) -> int:
     return max(lanes for lanes in (1, 2, 4) if lanes <= n_pe)
 
 
-def _lstm_engine_for_model(model, lstm, cls):
+def _lstm_engine_for_model(model, stack, cls):
+    from host.memory_map import LstmParams
+
     from .lstm import GATES
-    encs = [lstm.matrix.encoded, cls.matrix.encoded]
+    matrices = [m for lstm in stack for m in (lstm.matrix, lstm.projection) if m is not None]
+    matrices.append(cls.matrix)
+    encs = [m.encoded for m in matrices]
     fields = {(e.index_bits, e.run_bits) for e in encs}
-    steps, inputs = (int(v) for v in model.input_shape)
-    hidden, classes = lstm.hidden, cls.matrix.rows
+    steps = int(model.input_shape[0])
+    hidden = max(lstm.hidden for lstm in stack)
+    inputs = max(lstm.input_size for lstm in stack)
+    proj = max(lstm.proj_size for lstm in stack)
+    classes = cls.matrix.rows
+    sizes = LstmParams(n_pe=model.n_pe, hidden_max=hidden, input_max=inputs, steps_max=steps,
+                       classes_max=classes, max_entries_per_pe=16, layers_max=len(stack),
+                       proj_max=proj)
     return dict(
         engine="lstm", n_pe=model.n_pe, hidden_max=hidden, input_max=inputs, steps_max=steps,
         classes_max=classes, index_bits=max(f[0] for f in fields),
         run_bits=max(f[1] for f in fields), act_width=model.act_format.width,
         act_frac=model.act_format.frac,
-        weight_width=max(lstm.matrix.weight_format.width, cls.matrix.weight_format.width),
+        weight_width=max(m.weight_format.width for m in matrices),
         acc_bits=model.acc_bits, table_spec=model.table_spec.to_dict(),
         max_entries_per_pe=max(16, sum(int(e.entries_per_pe().max()) for e in encs)),
-        ew_lanes=lstm_ew_lanes(model.n_pe),
+        ew_lanes=lstm_ew_lanes(model.n_pe), layers_max=len(stack), proj_max=proj,
         # the SpMV-style keys (messages, IDENTIFY): as LstmBackend reports them
-        max_rows=GATES * hidden, max_cols=inputs + hidden, max_layers=2,
-        max_pointers=(inputs + hidden + 1) + (hidden + 1), max_bias=GATES * hidden + classes,
+        max_rows=GATES * hidden, max_cols=inputs + hidden, max_layers=sizes.max_layers,
+        max_pointers=sizes.max_pointers, max_bias=sizes.max_bias,
         mlp=False, uniform_fields=len(fields) == 1)
 
 
@@ -116,11 +126,11 @@ def engine_for_model(model, *, max_layers=None):
     the returned dict says whether it does.
     """
     try:
-        lstm, cls = _lstm_layers(model)
+        stack, cls = _lstm_layers(model)
     except ValueError:
         pass
     else:
-        return _lstm_engine_for_model(model, lstm, cls)
+        return _lstm_engine_for_model(model, stack, cls)
     matrices = [matrix for _, matrix in model.matrices()]
     if not matrices:
         raise ValueError(f"model {model.name!r} has no weight matrices")
@@ -170,7 +180,9 @@ def make_engine(params):
                           weight_width=params["weight_width"], acc_bits=params["acc_bits"],
                           table_spec=TableSpec(**params["table_spec"]),
                           max_entries_per_pe=params["max_entries_per_pe"],
-                          ew_lanes=params["ew_lanes"])
+                          ew_lanes=params["ew_lanes"],
+                          layers_max=params.get("layers_max", 1),
+                          proj_max=params.get("proj_max", 0))
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -265,38 +277,40 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
 def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
     """The memories of an :class:`hdl.lstm.LstmEngine` (``params`` from
     :func:`engine_for_model`) + shell, as ``hdl/lstm.py`` and ``hdl/pe.py`` instantiate them."""
-    from amaranth.utils import bits_for, ceil_log2
-
+    from host.memory_map import LstmParams
     from host.protocol import MAX_PAYLOAD
     n_pe, lanes = params["n_pe"], params["ew_lanes"]
-    hidden, inputs, steps = params["hidden_max"], params["input_max"], params["steps_max"]
-    classes = params["classes_max"]
+    p = LstmParams(n_pe=n_pe, hidden_max=params["hidden_max"], input_max=params["input_max"],
+                   steps_max=params["steps_max"], classes_max=params["classes_max"],
+                   max_entries_per_pe=params["max_entries_per_pe"],
+                   index_bits=params["index_bits"], run_bits=params["run_bits"],
+                   layers_max=params.get("layers_max", 1), proj_max=params.get("proj_max", 0))
     entries = params["max_entries_per_pe"]
     acc, act = params["acc_bits"], params["act_width"]
-    ptr_bits = ceil_log2(entries + 1)
     pointers = params["max_pointers"]
-    rows_per_pe = -(-max(4 * hidden, classes) // n_pe)
-    col_bits = max(1, ceil_log2(inputs + hidden))
-    xlist = steps * inputs
     table = params.get("table_spec") or {}
     entries_tbl = 1 << int(table.get("index_bits", 9))
-    per_lane = -(-hidden // lanes)
+    per_lane = p.groups_max
     inventory = [
         MemoryUse("entry memory (per PE)", params["index_bits"] + params["run_bits"], entries,
                   n_pe),
-        MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
-        MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
-        MemoryUse("codebook (per PE)", params["weight_width"], 2 << params["index_bits"], n_pe),
-        MemoryUse("accumulators (per PE)", acc, rows_per_pe, n_pe),
-        MemoryUse("bias memory (per lane)", acc, params["max_bias"], lanes),
-        MemoryUse("x list", col_bits + act, xlist),
-        MemoryUse("x step ends", bits_for(xlist), steps),
-        MemoryUse("h lists", col_bits + act, hidden, 2),
+        MemoryUse("pointer memory, even (per PE)", p.ptr_bits, (pointers + 1) // 2, n_pe),
+        MemoryUse("pointer memory, odd (per PE)", p.ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse("codebook (per PE)", params["weight_width"],
+                  p.n_codebooks << params["index_bits"], n_pe),
+        MemoryUse("accumulators (per PE)", acc, p.rows_per_pe, n_pe),
+        MemoryUse("gate buffers (per PE)", acc, p.rows_per_pe, n_pe),
+        MemoryUse("bias memory (per lane + output stage)", acc, params["max_bias"], lanes + 1),
+        MemoryUse("x list", p.col_bits + act, p.max_xlist),
+        MemoryUse("x step ends", p.xlist_bits, p.gsteps_max),
+        MemoryUse("state lists", p.col_bits + act, p.state_max, 2),
         MemoryUse("dense h (per lane)", act, per_lane, lanes),
         MemoryUse("c memory (per lane)", act, per_lane, lanes),
+        MemoryUse("dense r (projection)", act, p.proj_max),
+        MemoryUse("step statistics", 32, p.gsteps_max, 3),
         MemoryUse("gate ROM, sigmoid + tanh (per lane)", act, 2 * entries_tbl, lanes),
         MemoryUse("cell ROM, tanh (per lane)", act, entries_tbl, lanes),
-        MemoryUse("output buffer", act, max(1, classes)),
+        MemoryUse("output buffer", act, max(1, p.classes_max)),
         MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
         MemoryUse("IDENTIFY ROM", 8, identify_bytes),
         MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),

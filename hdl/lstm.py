@@ -301,20 +301,23 @@ class LstmEngine(wiring.Component):
         mac = Signal()
         cls = Signal()                                 # classifier phase (no x part)
         pph = Signal()                                 # projection phase (h_t list only)
-        xph = Signal()                                 # x part of an LSTM step (x list only)
+        ew_idle = Signal()                             # the element-wise unit is free
         first = Signal()                               # first step of a layer: state, c = 0
         rd = Signal()                                  # list bank the MAC broadcasts
         m.d.comb += rd.eq(Mux(pph, ~src, src))
         nx = Signal(self.xlist_bits)
-        m.d.comb += nx.eq(Mux(xph, xend_r.data - xstart, 0))
-        nh = Mux(xph, 0, Mux(rd, hcount[1], hcount[0]))
+        m.d.comb += nx.eq(Mux(cls | pph, 0, xend_r.data - xstart))
+        nh = Mux(first & ~pph, 0, Mux(rd, hcount[1], hcount[0]))
         total = Signal(self.xlist_bits + 1)
         m.d.comb += total.eq(nx + nh)
         idx = Signal(self.xlist_bits + 1)
         head_valid = Signal()
         head_h = Signal()
         fetch = Signal()
-        m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready))
+        # The state list is complete only when the element-wise unit (of the previous step,
+        # running beside this MAC) is done: its part waits for it.
+        m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready)
+                             & ((idx < nx) | ew_idle))
         m.d.comb += [xlist_r.addr.eq(xstart + idx), xlist_r.en.eq(fetch)]
         for b in range(2):
             m.d.comb += [hl_r[b].addr.eq(idx - nx), hl_r[b].en.eq(fetch)]
@@ -332,7 +335,8 @@ class LstmEngine(wiring.Component):
         mac_cnt = Signal(32)
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == total) & ~head_valid & ~pe_busy
-                                & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY))
+                                & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
+                                & (ew_idle | first))
 
         # --- accumulator read-out: classifier output stage (one row per cycle) -------------------
         ew = Signal()                                  # the element-wise unit runs (register)
@@ -596,7 +600,6 @@ class LstmEngine(wiring.Component):
                          app_val.eq(rq.out)]
         ew_busy = Signal()
         m.d.comb += ew_busy.eq(Cat(*busy_terms).any())
-        ew_idle = Signal()                             # the unit is free (its lists complete)
         ew_done = Signal()
         m.d.comb += [ew_idle.eq(~ew | ~ew_busy), ew_done.eq(ew & ~ew_busy)]
 
@@ -632,8 +635,7 @@ class LstmEngine(wiring.Component):
             m.d.comb += [r_port.addr.eq(self.stat_step), port.eq(r_port.data)]
             stat_w[name] = w
         ew_cnt = Signal(32)
-        mac_sum = Signal(32)                           # x part + h part of the step
-        m.d.comb += [stat_w["mac"].addr.eq(gstep), stat_w["mac"].data.eq(mac_sum),
+        m.d.comb += [stat_w["mac"].addr.eq(gstep), stat_w["mac"].data.eq(mac_cnt),
                      stat_w["pmac"].addr.eq(gstep),
                      stat_w["pmac"].data.eq(Mux(pph, mac_cnt, 0)),
                      stat_w["ew"].addr.eq(ew_gstep), stat_w["ew"].data.eq(ew_cnt + 1)]
@@ -665,16 +667,6 @@ class LstmEngine(wiring.Component):
                 m.d.sync += step.eq(step + 1)
                 m.next = "SETUP"
 
-        def after_x():
-            """x part done and the element-wise unit free: the h part, or (first step of a
-            layer: no state yet) the drain."""
-            with m.If(first):
-                m.d.sync += [dk.eq(0), dr.eq(0)]
-                m.next = "DRAIN"
-            with m.Else():
-                m.d.sync += [idx.eq(0), mac_cnt.eq(0), xph.eq(0)]
-                m.next = "MAC"
-
         def wait_for_unit():
             m.next = "FWAIT"
 
@@ -695,8 +687,7 @@ class LstmEngine(wiring.Component):
                                  self.cls_cycles.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                m.d.sync += [run_cnt.eq(run_cnt + 1), idx.eq(0), mac_cnt.eq(0),
-                             xph.eq(~pph & ~cls)]
+                m.d.sync += [run_cnt.eq(run_cnt + 1), idx.eq(0), mac_cnt.eq(0)]
                 with m.If(cls):
                     m.d.sync += desc.eq(cls_desc)
                 with m.Elif(pph):
@@ -724,25 +715,24 @@ class LstmEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += hcount[0].eq(0)
                         m.next = "OUTPUT"
-                    with m.Elif(xph):
-                        m.d.sync += mac_sum.eq(mac_cnt)
+                    with m.Else():
+                        m.d.comb += stat_w["mac"].en.eq(1)
+                        m.d.sync += [dk.eq(0), dr.eq(0)]
                         with m.If(ew_idle):
-                            after_x()
+                            m.next = "DRAIN"
                         with m.Else():
                             m.next = "HWAIT"
-                    with m.Else():
-                        m.d.sync += [mac_sum.eq(mac_sum + mac_cnt), dk.eq(0), dr.eq(0)]
-                        m.next = "DRAIN"
             with m.State("HWAIT"):
+                # first step of a layer: the previous layer's last unit still runs
                 m.d.sync += run_cnt.eq(run_cnt + 1)
                 with m.If(ew_idle):
-                    after_x()
+                    m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.comb += drain.eq(1)
                 m.d.sync += run_cnt.eq(run_cnt + 1)
                 with m.If(~d_issue):
                     # gate pre-activations buffered, accumulators clear: start the unit
-                    m.d.comb += [stat_w["mac"].en.eq(1), stat_w["pmac"].en.eq(~has_proj)]
+                    m.d.comb += stat_w["pmac"].en.eq(~has_proj)
                     m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
                                  ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
                                  ew_app.eq(~has_proj & ~is_last), ew_bank.eq(~src),

@@ -262,7 +262,7 @@ class LstmAdapter(wiring.Component):
         act = e.act_format
         return [
             *_matrix_regions(e),
-            RegionSpec(RegionId.DESCRIPTOR, 32, 3 * 8),
+            RegionSpec(RegionId.DESCRIPTOR, 32, e.params.descriptor_words),
             RegionSpec(RegionId.INPUT, act.width, e.steps_max * e.input_max, readable=False,
                        signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, max(1, e.classes_max), writable=False,
@@ -329,10 +329,11 @@ class LstmAdapter(wiring.Component):
 class LstmBackend:
     """:class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.
 
-    IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.LSTM`, ``max_layers`` 2,
-    ``max_rows = 4 * hidden_max``, ``max_cols = input_max + hidden_max`` (the host derives
-    ``hidden_max`` and ``input_max`` from them, ``steps_max`` from the INPUT region's depth and
-    ``classes_max`` from the OUTPUT region's).
+    IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.LSTM`, ``max_layers`` (matrix
+    slots), ``max_rows = 4 * hidden_max``, ``max_cols = input_max + hidden_max`` (the host derives
+    ``hidden_max`` and ``input_max`` from them, ``steps_max`` from the INPUT region's depth,
+    ``classes_max`` from the OUTPUT region's, ``layers_max`` and the projection hardware from
+    the DESCRIPTOR region's, ``proj_max`` from ``max_bias``; :func:`host.driver._lstm_limits`).
     """
 
     kind = EngineKind.LSTM

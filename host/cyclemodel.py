@@ -104,15 +104,23 @@ def active_columns(activations) -> np.ndarray:
     return np.flatnonzero(np.asarray(activations))
 
 
-def spmv_cycles(matrix: EncodedMatrix, columns, timing: Timing = Timing()) -> CycleReport:
-    """Cycles of ``matrix @ a`` where ``columns`` are the indices of ``a``'s non-zeros."""
+def spmv_cycles(matrix: EncodedMatrix, columns, timing: Timing = Timing(),
+                release: tuple[int, int] | None = None) -> CycleReport:
+    """Cycles of ``matrix @ a`` where ``columns`` are the indices of ``a``'s non-zeros.
+
+    ``release = (first, fetch)`` (the LSTM engine's overlap; default none): columns
+    ``first, first + 1, ...`` of the broadcast order may not be fetched before cycle ``fetch``
+    (``B[c] >= fetch + 1``) and the phase does not end before cycle ``fetch``.
+    """
     columns = np.asarray(columns, dtype=np.int64)
     work = matrix.column_lengths()[:, columns]          # (n_pe, M)
     n_pe, count = work.shape
     busy = work.sum(axis=1)
     ideal = int(busy.max()) if count else 0
+    gate_from, gate_fetch = release if release is not None else (count, 0)
     if count == 0:
-        return CycleReport(timing.first_broadcast + timing.drain_latency, 0, busy)
+        return CycleReport(max(timing.first_broadcast + timing.drain_latency, gate_fetch), 0,
+                           busy)
     depth, fetch = timing.fifo_depth, timing.fetch_latency
     pop = np.zeros((count, n_pe), dtype=np.int64)
     end = np.full(n_pe, -(1 << 40), dtype=np.int64)
@@ -122,9 +130,11 @@ def spmv_cycles(matrix: EncodedMatrix, columns, timing: Timing = Timing()) -> Cy
         broadcast = max(timing.first_broadcast, broadcast + 1)
         if c >= depth:
             broadcast = max(broadcast, int(pop[c - depth].max()) + 1)
+        if c >= gate_from:
+            broadcast = max(broadcast, gate_fetch + 1)
         this_pop = np.maximum(np.maximum(last_pop + 1, end - fetch), broadcast + 1)
         pop[c] = this_pop
         last_pop = this_pop
         end = this_pop + fetch + work[:, c]
     cycles = max(int(end.max()), broadcast + 1) + timing.drain_latency
-    return CycleReport(cycles, ideal, busy)
+    return CycleReport(max(cycles, gate_fetch), ideal, busy)

@@ -33,7 +33,7 @@ from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyErr
 from .errors import SpineError
 from .fixedpoint import Format
 from .lstm_image import build_image as build_lstm_image
-from .memory_map import LstmField, LstmParams, SpmvParams, descriptor_readback
+from .memory_map import Field, LstmField, LstmParams, SpmvParams, descriptor_readback
 from .protocol import (
     FRAME_TIMEOUT_BYTES,
     MAX_PAYLOAD,
@@ -272,41 +272,58 @@ def _engine_layers(model: CompressedModel):
 
 
 def _lstm_layers(model: CompressedModel):
-    """``(QLSTM, QLinear classifier)`` of an LSTM package (a ``(T, I)`` input, one QLSTM that
-    returns h_T, then one QLinear); ``ValueError`` naming what is different otherwise."""
+    """``([QLSTM, ...], QLinear classifier)`` of an LSTM package: a ``(T, I)`` input, stacked
+    QLSTM layers (each but the last returning its whole sequence, the last its final output),
+    then one QLinear; ``ValueError`` naming what is different otherwise."""
     layers = list(model.layers)
     if not layers or not isinstance(layers[0], QLSTM):
         raise ValueError(f"model {model.name!r} does not start with an LSTM layer")
-    lstm = layers[0]
-    if lstm.return_sequences:
-        raise ValueError(f"model {model.name!r}: the LSTM engine keeps only h_T "
-                         f"(return_sequences is not supported)")
-    if len(layers) != 2 or not isinstance(layers[1], QLinear):
-        kinds = ", ".join(type(layer).__name__ for layer in layers)
-        raise ValueError(f"model {model.name!r} is {kinds}; the LSTM engine runs one QLSTM "
-                         f"followed by one QLinear classifier")
-    if len(model.input_shape) != 2 or int(model.input_shape[1]) != lstm.input_size:
+    stack = []
+    while layers and isinstance(layers[0], QLSTM):
+        stack.append(layers.pop(0))
+    for n, lstm in enumerate(stack[:-1]):
+        if not lstm.return_sequences:
+            raise ValueError(f"model {model.name!r}: LSTM layer {n} feeds another LSTM layer "
+                             f"but does not return its sequence")
+    if stack[-1].return_sequences:
+        raise ValueError(f"model {model.name!r}: the LSTM engine keeps only the last layer's "
+                         f"final output (return_sequences is not supported)")
+    if len(layers) != 1 or not isinstance(layers[0], QLinear):
+        kinds = ", ".join(type(layer).__name__ for layer in model.layers)
+        raise ValueError(f"model {model.name!r} is {kinds}; the LSTM engine runs stacked QLSTM "
+                         f"layers followed by one QLinear classifier")
+    if len(model.input_shape) != 2 or int(model.input_shape[1]) != stack[0].input_size:
         raise ValueError(f"model {model.name!r} takes inputs of shape "
-                         f"{tuple(model.input_shape)}, not (steps, {lstm.input_size})")
-    return lstm, layers[1]
+                         f"{tuple(model.input_shape)}, not (steps, {stack[0].input_size})")
+    return stack, layers[0]
 
 
 def _lstm_limits(info: EngineInfo) -> dict:
-    """An LSTM engine's sizes from IDENTIFY (see :class:`host.protocol.EngineKind`)."""
+    """An LSTM engine's sizes from IDENTIFY (see :class:`host.protocol.EngineKind`):
+    ``max_rows = 4 * hidden_max``, ``max_cols = input_max + hidden_max``, the DESCRIPTOR
+    region's depth (:attr:`host.memory_map.LstmParams.descriptor_words`) gives ``layers_max``
+    and whether there is projection hardware, ``max_bias = layers_max * (4 * hidden_max +
+    proj_max) + classes_max`` then ``proj_max``."""
     hidden = info.max_rows // 4
     inputs = max(1, info.max_cols - hidden)
     try:
         steps = info.region(RegionId.INPUT).depth // inputs
         classes = info.region(RegionId.OUTPUT).depth
+        words = info.region(RegionId.DESCRIPTOR).depth
     except KeyError:
         steps = classes = 0
+        words = 24
+    layers = max(1, -(-words // 32))
+    proj = 0
+    if words % 32 == 0:
+        proj = max(0, (info.max_bias - classes) // layers - 4 * hidden)
     return {"hidden_max": hidden, "input_max": inputs, "steps_max": steps,
-            "classes_max": classes}
+            "classes_max": classes, "layers_max": layers, "proj_max": proj}
 
 
 def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> list[str]:
     try:
-        lstm, cls = _lstm_layers(model)
+        stack, cls = _lstm_layers(model)
     except ValueError as error:
         return problems + [str(error)]
 
@@ -319,14 +336,28 @@ def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -
     differ("activation format", str(model.act_format), str(info.act_format))
     differ("accumulator bits", model.acc_bits, info.acc_bits)
     steps = int(model.input_shape[0])
-    for what, value, limit in (("hidden units", lstm.hidden, limits["hidden_max"]),
-                               ("input size", lstm.input_size, limits["input_max"]),
-                               ("time steps", steps, limits["steps_max"]),
-                               ("classes", cls.matrix.rows, limits["classes_max"])):
+    if len(stack) > limits["layers_max"]:
+        problems.append(f"LSTM layers: model {len(stack)}, engine at most "
+                        f"{limits['layers_max']}")
+    checks = [("time steps", steps, limits["steps_max"]),
+              ("classes", cls.matrix.rows, limits["classes_max"])]
+    for n, lstm in enumerate(stack):
+        where = "" if len(stack) == 1 else f"LSTM layer {n} "
+        checks += [(f"{where}hidden units", lstm.hidden, limits["hidden_max"]),
+                   (f"{where}input size", lstm.input_size, limits["input_max"])]
+        if lstm.proj_size:
+            checks.append((f"{where}projection size", lstm.proj_size, limits["proj_max"]))
+    for what, value, limit in checks:
         if not 1 <= value <= limit:
-            problems.append(f"{what}: model {value}, engine at most {limit}")
+            problems.append(f"{what}: model {value}, engine at most {limit}"
+                            + (" (no projection hardware)" if "projection" in what
+                               and not limit else ""))
     entries = 0
-    for where, m in (("LSTM matrix", lstm.matrix), ("classifier", cls.matrix)):
+    matrices = [(f"LSTM layer {n} matrix" if len(stack) > 1 else "LSTM matrix", lstm.matrix)
+                for n, lstm in enumerate(stack)]
+    matrices += [(f"LSTM layer {n} projection", lstm.projection)
+                 for n, lstm in enumerate(stack) if lstm.projection is not None]
+    for where, m in matrices + [("classifier", cls.matrix)]:
         enc = m.encoded
         differ(f"{where} index bits", enc.index_bits, info.index_bits)
         differ(f"{where} run bits", enc.run_bits, info.run_bits)
@@ -424,7 +455,8 @@ def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
                       classes_max=limits["classes_max"], index_bits=info.index_bits,
                       run_bits=info.run_bits, act_format=info.act_format,
                       weight_width=info.weight_width, acc_bits=info.acc_bits,
-                      table_spec=model.table_spec, max_entries_per_pe=info.max_entries_per_pe)
+                      table_spec=model.table_spec, max_entries_per_pe=info.max_entries_per_pe,
+                      layers_max=limits["layers_max"], proj_max=limits["proj_max"])
 
 
 def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
@@ -447,22 +479,38 @@ def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
     return blocks
 
 
+def _lstm_descriptor_readback(words) -> np.ndarray:
+    """What the LSTM engine's DESCRIPTOR words read back as: matrix descriptors (``k`` = 1, 4l,
+    4l + 3) do not store COLS, the unused slots ``4l + 1`` (l >= 1) and layers l >= 1's STEPS
+    and CLASSIFY fields are not stored (read 0); every other word reads back as written."""
+    out = np.array(words, dtype=np.int64)
+    for address in range(len(out)):
+        k, field = address >> 3, address & 7
+        matrix = k == 1 or k % 4 in (0, 3)
+        if (matrix and field == Field.COLS) or (k % 4 == 1 and k != 1) \
+                or (k % 4 == 2 and k > 2 and field in (LstmField.STEPS, LstmField.CLASSIFY)):
+            out[address] = 0
+    return out
+
+
 def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4; the descriptor
-    block holds both matrix descriptors and the sequence descriptor with STEPS = T)."""
-    lstm, cls = _lstm_layers(model)
-    image = build_lstm_image(_lstm_params(info, model), lstm, cls)
+    block holds every layer's matrix, projection and LstmField descriptors, the classifier's,
+    and STEPS = T)."""
+    stack, cls = _lstm_layers(model)
+    params = _lstm_params(info, model)
+    image = build_lstm_image(params, stack, cls)
     steps = int(model.input_shape[0])
     wb = info.word_bytes
     blocks = _matrix_blocks(image, info)
-    desc = np.zeros(3 * 8, np.int64)
+    desc = np.zeros(params.descriptor_words, np.int64)
     for addr, value in image.descriptors:
         desc[addr] = value
     desc[(2 << 3) | LstmField.STEPS] = steps
-    blocks.append(LoadBlock("descriptors (LSTM, classifier, sequence)", RegionId.DESCRIPTOR,
-                            0, 0, desc, wb(RegionId.DESCRIPTOR),
-                            expected=_descriptor_readback(desc, 0, matrix_layers=2)))
-    control = np.array([2, steps * lstm.input_size, cls.matrix.rows, _image_id(blocks)],
+    blocks.append(LoadBlock("descriptors (LSTM layers, classifier, sequence)",
+                            RegionId.DESCRIPTOR, 0, 0, desc, wb(RegionId.DESCRIPTOR),
+                            expected=_lstm_descriptor_readback(desc)))
+    control = np.array([2, steps * stack[0].input_size, cls.matrix.rows, _image_id(blocks)],
                        np.int64)
     blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
                             wb(RegionId.CONTROL)))

@@ -6,12 +6,14 @@ Layer-major order: layer ``l`` runs all ``T`` steps, then layer ``l + 1`` (its i
 ``s`` = the recurrent state: ``h``, or ``r`` with a projection)::
 
     SETUP  1                   descriptor
-    XMAC   X + 1               X = spmv_cycles(W, nonzero(x_t))        (x part)
-    HWAIT  wait                until the element-wise unit of step t-1 is done (s_(t-1) list)
-    HMAC   Hm + 1              Hm = spmv_cycles(W, I + nonzero(s_(t-1))) (h part; not at t = 0)
+    MAC    mac + 1             broadcast x_t's non-zeros, then s_(t-1)'s (columns I + u); the
+                               s part waits until the element-wise unit of step t-1 is done:
+                               mac = spmv_cycles(W, cols, release=(len(x cols), F)) with F the
+                               MAC cycle in which the unit finishes (0 if it already has)
+    HWAIT  wait                first step of a layer only: the previous layer's unit
     DRAIN  ceil(4H / N) + 1    accumulators -> gate buffers (N per cycle), accumulators clear
     ... the element-wise unit (E = ew_cycles(H, L) cycles from the buffers) starts and runs
-        beside the next step's SETUP + XMAC: the x part does not depend on h_t.
+        beside the next step's SETUP + MAC: the x part does not depend on h_t.
 
 With a projection the step continues after the unit (``r_t`` needs all of ``h_t``)::
 
@@ -23,8 +25,8 @@ After the last step: wait for the unit (FWAIT), then the classifier of ``R`` row
     cls = spmv_cycles(W_cls, nonzero(s_T)) + MAC_OVERHEAD + R + OUTPUT_OVERHEAD
 
 :func:`stack_cycles` replays this cycle by cycle; the engine's ``cycles`` output is its
-``total``.  The tests compare every term with the RTL (``stat_mac`` = X + Hm,
-``stat_ew`` = E, ``stat_pmac`` = Pm, ``cls_cycles``, ``cycles``).
+``total``.  The tests compare every term with the RTL (``stat_mac`` = mac, ``stat_ew`` = E,
+``stat_pmac`` = Pm, ``cls_cycles``, ``cycles``).
 """
 
 from __future__ import annotations
@@ -95,7 +97,11 @@ class LstmCycleReport:
     Attributes
     ----------
     mac : ndarray
-        LSTM MAC-phase cycles per step (= ``spmv_cycles``).
+        LSTM MAC-phase cycles per step (``spmv_cycles``, including the wait of the state
+        part for the element-wise unit; the RTL's ``stat_mac``).
+    matvec : ndarray
+        Matrix-vector cycles per step without that wait: ``spmv_cycles`` of the LSTM matrix
+        over all broadcast columns, plus the projection's.
     ideal : ndarray
         Busiest PE's entries per step, LSTM and projection matrices (lower bound of the MAC
         phases).
@@ -124,6 +130,7 @@ class LstmCycleReport:
     total: int
     columns: list
     pmac: np.ndarray | None = None
+    matvec: np.ndarray | None = None
 
 
 def drain_cycles(hidden: int, n_pe: int) -> int:
@@ -134,7 +141,7 @@ def drain_cycles(hidden: int, n_pe: int) -> int:
 def stack_cycles(layers: list[LayerTrace], timing: Timing,
                  classifier: EncodedMatrix | None = None, lanes: int = 1) -> LstmCycleReport:
     """Cycles of a sequence through stacked layers (see the module docstring)."""
-    mac, ideal, ew, pmac, starts, columns = [], [], [], [], [], []
+    mac, free, ideal, ew, pmac, starts, columns = [], [], [], [], [], [], []
     now = 1                     # cycle of the next SETUP (the start pulse is cycle 0)
     ew_idle_at = 0              # first cycle in which the element-wise unit is free
     state = None
@@ -147,31 +154,35 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
         for t in range(len(x_seq)):
             starts.append(now)
             x_cols = active_columns(x_seq[t])
-            h_cols = inputs + active_columns(state)
-            xrep = spmv_cycles(layer.matrix, x_cols, timing)
-            x_done = now + 1 + xrep.cycles                   # XMAC's done cycle
-            nxt = max(x_done, ew_idle_at) + 1                # HWAIT
-            m_cycles = xrep.cycles
+            cols = np.concatenate([x_cols, inputs + active_columns(state)])
+            mac_start = now + 1
+            alone = spmv_cycles(layer.matrix, cols, timing)
             if t:
-                hrep = spmv_cycles(layer.matrix, h_cols, timing)
-                m_cycles += hrep.cycles
-                nxt += hrep.cycles + 1
-            launch = nxt + drain - 1                         # DRAIN's last cycle
+                gate = (len(x_cols), max(0, ew_idle_at - mac_start))
+                m_cycles = spmv_cycles(layer.matrix, cols, timing, release=gate).cycles
+                drain_start = mac_start + m_cycles + 1
+            else:
+                m_cycles = alone.cycles
+                drain_start = max(mac_start + m_cycles, ew_idle_at) + 1      # HWAIT
+            launch = drain_start + drain - 1                 # DRAIN's last cycle
             ew_idle_at = launch + e_cycles
             now = launch + 1
-            best = spmv_cycles(layer.matrix, np.concatenate([x_cols, h_cols]), timing).ideal
+            best = alone.ideal
+            free_cycles = alone.cycles
             p_cycles = 0
             if layer.projection is not None:
                 prep = spmv_cycles(layer.projection, active_columns(layer.h_seq[t]), timing)
                 p_cycles = prep.cycles
                 best += prep.ideal
+                free_cycles += p_cycles
                 setup = max(launch + 1, ew_idle_at) + 1      # PWAIT
                 now = setup + 1 + p_cycles + 1 + layer.projection.rows + OUTPUT_OVERHEAD
             mac.append(m_cycles)
+            free.append(free_cycles)
             ideal.append(best)
             ew.append(e_cycles)
             pmac.append(p_cycles)
-            columns.append(np.concatenate([x_cols, h_cols]))
+            columns.append(cols)
             state = states[t]
     # after the last step: the unit finishes (FWAIT), then the classifier
     end = max(now, ew_idle_at + 1)          # cycle after the unit's last (or the output's)
@@ -183,7 +194,8 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
     steps = np.diff(np.array(starts + [end], dtype=np.int64))
     return LstmCycleReport(np.array(mac, dtype=np.int64), np.array(ideal, dtype=np.int64),
                            np.array(ew, dtype=np.int64), steps, cls_mac, cls, int(total),
-                           columns, np.array(pmac, dtype=np.int64))
+                           columns, np.array(pmac, dtype=np.int64),
+                           np.array(free, dtype=np.int64))
 
 
 def lstm_cycles(matrix: EncodedMatrix, input_size: int, hidden: int, x_seq, h_seq,

@@ -344,6 +344,14 @@ class LstmParams(_Widths):
         return 4 * self.layers_max
 
     @property
+    def descriptor_words(self) -> int:
+        """Words of the shell's DESCRIPTOR region: up to descriptor ``4 * layers_max - 1``
+        with projection hardware, ``4 * layers_max - 2`` without (24 for one layer: the
+        layout of a single-layer engine is unchanged).  The driver recovers ``layers_max``
+        and whether there is projection hardware from this depth."""
+        return 8 * (self.n_descriptors - (0 if self.proj_max else 1))
+
+    @property
     def gsteps_max(self) -> int:
         """(layer, step) pairs: x-list ends and per-step statistics."""
         return self.layers_max * self.steps_max

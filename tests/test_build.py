@@ -222,7 +222,7 @@ def test_engine_for_lstm_model(lstm_model):
                       p["max_pointers"], p["max_bias"], 1024, regions)
     assert isinstance(info, Identity) and info.kind == "LSTM" and info.hash_ok
     assert _lstm_limits(info) == {"hidden_max": 64, "input_max": 8, "steps_max": 8,
-                                  "classes_max": 10}
+                                  "classes_max": 10, "layers_max": 1, "proj_max": 0}
     assert model_mismatches(lstm_model, info) == []
 
 
