@@ -12,9 +12,9 @@ input sequence, runs the sequence and prints the cycles per time step (a step of
 stacked layers run layer after layer) split into the matrix-vector part (the MAC phases of
 the LSTM matrix and the projection, without waiting) and the element-wise part that the
 overlap does not hide (drain, waits, descriptor and done cycles, projection output), the
-element-wise unit's own cycles, the ideal bound (busiest PE's entries over the broadcast columns), dense-equivalent operations per
-cycle (``2 * 4H * (I + S) + 2 * P * H`` per step), and whether the last output (and the
-classifier outputs) match the golden model and the cycles match :mod:`host.lstm_cycles`.
+element-wise unit's own cycles, the ideal bound (busiest PE's entries over the broadcast
+columns), dense-equivalent operations per cycle (``2 * 4H * (I + S) + 2 * P * H`` per step),
+and whether the last output (and the classifier outputs) match the golden model and the cycles match :mod:`host.lstm_cycles`.
 Exit status 1 on any mismatch.
 """
 
