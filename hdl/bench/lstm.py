@@ -14,8 +14,8 @@ the LSTM matrix and the projection, without waiting) and the element-wise part t
 overlap does not hide (drain, waits, descriptor and done cycles, projection output), the
 element-wise unit's own cycles, the ideal bound (busiest PE's entries over the broadcast
 columns), dense-equivalent operations per cycle (``2 * 4H * (I + S) + 2 * P * H`` per step),
-and whether the last output (and the classifier outputs) match the golden model and the cycles match :mod:`host.lstm_cycles`.
-Exit status 1 on any mismatch.
+and whether the last output (and the classifier outputs) match the golden model and the
+cycles match :mod:`host.lstm_cycles`.  Exit status 1 on any mismatch.
 """
 
 from __future__ import annotations
