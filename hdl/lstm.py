@@ -1,27 +1,34 @@
-"""EIE/ESE-style sparse LSTM engine: a whole sequence (and an optional classifier) per start.
+"""EIE/ESE-style sparse LSTM engine: a whole sequence through stacked LSTM layers (each with
+an optional projection) and an optional classifier per start.
 
-One time step ``t`` (``H`` = hidden, ``I`` = input size, ``N = n_pe``)::
+Layer-major: layer ``l`` runs all ``T`` steps, then layer ``l + 1``, whose inputs are layer
+``l``'s outputs (appended to the x list).  One step ``t`` of a layer (``H`` cells, ``I`` inputs,
+``S`` state size = P with a projection else H, ``N = n_pe``)::
 
-    SETUP  1 cycle      step descriptor (the LSTM matrix [W_ih | W_hh], 4H x (I + H))
-    MAC    spmv_cycles  broadcast the non-zeros of x_t (columns 0 .. I-1, from the x list
-                        loaded up front) then the non-zeros of h_(t-1) (columns I + u, from
-                        the h list the previous step's element-wise unit wrote); the PEs
-                        accumulate the 4H gate rows (row r -> PE r % N, local row r // N)
-    EW     4H + 6       element-wise unit, unit-major / gate-minor: one accumulator per cycle
-                        (gate rows u, H+u, 2H+u, 3H+u of unit u), bias + requantize -> z,
-                        sigmoid / tanh tables -> i, f, g, o;  c = sat(rs(f*c + i*g)),
-                        h = sat(rs(o * tanh(c)));  c stays in the c memory, non-zero h go
-                        to the other h-list bank (next step's broadcast), all h to the
+    SETUP  1            the layer's gate-matrix descriptor ([W_ih | W_hh], 4H x (I + S))
+    MAC    spmv_cycles  broadcast the non-zeros of x_t (columns 0 .. I-1, x list) then of
+                        s_(t-1) (columns I + u, state list); the state part waits for the
+                        previous step's element-wise unit; the PEs accumulate the 4H gate
+                        rows (row r -> PE r % N, local row r // N)
+    DRAIN  4H/N + 1     accumulators -> per-PE gate buffers (and cleared); the element-wise
+                        unit starts on the buffers and runs beside the next step's MAC:
+                        unit-major / gate-minor, ``ew_lanes`` units at once, bias +
+                        requantize -> z, sigmoid / tanh tables -> i, f, g, o;
+                        c = sat(rs(f*c + i*g)), h = sat(rs(o * tanh(c))); non-zero h go to
+                        the state list (and the x list for the next layer), all h to the
                         dense h buffer (host read port h_addr / h_data)
+    (projection layers: wait for the unit, then the projection MAC over h_t's list and an
+    output stage writing r_t to the state list, the x list and the r memory)
 
-After the last step, when ``CLASSIFY`` is set, the classifier ``Linear(H -> classes)`` runs
-on the same PE array over h_T's non-zero list (MAC phase + one output row per cycle, as
+After the last step, when ``CLASSIFY`` is set, the classifier ``Linear(S -> classes)`` runs
+on the same PE array over the final state list (MAC phase + one output row per cycle, as
 :class:`hdl.spmv.SpmvEngine`); its outputs are read on ``out_addr`` / ``out_data``.
 
-Arithmetic is bit-exact with :meth:`host.golden.GoldenModel.lstm_step`; the tables are built by
+Arithmetic is bit-exact with :meth:`host.golden.GoldenModel.lstm_cell`; the tables are built by
 :func:`host.activations.make_table` and indexed as :func:`host.activations.table_index`.
-The MAC phases take exactly :func:`host.cyclemodel.spmv_cycles` cycles (same PE, FIFO and
-broadcaster timing as the SpMV engine); the whole run follows :mod:`host.lstm_cycles`.
+Every MAC phase takes exactly :func:`host.cyclemodel.spmv_cycles` cycles (same PE, FIFO and
+broadcaster timing as the SpMV engine); the whole run follows
+:func:`host.lstm_cycles.stack_cycles`.
 
 See ``docs/lstm-engine.md``.
 """
