@@ -302,7 +302,7 @@ def _encode_layer(index, layer, codebook, idx, masks, act, config, projection=Fa
     wfmt = weight_format_for(codebook, config.weight_width)
     codebook_q = quantize(codebook, wfmt)
     codebook_q[0] = 0
-    kind = "lstm projection" if projection else layer.kind
+    kind = "lstm proj" if projection else layer.kind
     if projection:
         bias = np.zeros(idx.shape[0])
     elif isinstance(layer, LSTM):

@@ -198,7 +198,7 @@ def test_compress_stacked_projected_lstm_round_trip(tmp_path):
     model = result.model
     assert model.layers[0].proj_size == p and model.layers[0].projection.cols == h
     assert model.layers[1].projection is None
-    assert [s.kind for s in result.layers] == ["lstm", "lstm projection", "lstm", "linear"]
+    assert [s.kind for s in result.layers] == ["lstm", "lstm proj", "lstm", "linear"]
     save_package(model, tmp_path / "m.spn")
     loaded = load_package(tmp_path / "m.spn")
     golden = GoldenModel(loaded)
