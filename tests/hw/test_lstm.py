@@ -349,3 +349,22 @@ def test_lstm_lint(name):
     from hdl.simulate import AMARANTH_LINT_WAIVERS, lint_verilog
     lint_verilog(engine_verilog(make_engine(CONFIGS[name])), "lstm_engine",
                  waivers=AMARANTH_LINT_WAIVERS)
+
+
+def test_spmv_release_model():
+    """host.cyclemodel.spmv_cycles(release=(first, F)) (the overlap's wait of the state part):
+    F = 0 changes nothing; a late F delays the released columns (the MAC ends at least F + the
+    released work later) and never the phase end before F; releasing nothing only holds the
+    end."""
+    from host.cyclemodel import Timing, spmv_cycles
+    rng = np.random.default_rng(5)
+    lstm, _ = random_lstm(rng, 6, 7, 0.5, 3)
+    enc, timing = lstm.matrix.encoded, Timing(fifo_depth=2)
+    cols = np.array([0, 2, 5, 6, 8, 11])
+    free = spmv_cycles(enc, cols, timing).cycles
+    assert spmv_cycles(enc, cols, timing, release=(3, 0)).cycles == free
+    late = spmv_cycles(enc, cols, timing, release=(3, 200)).cycles
+    tail = spmv_cycles(enc, cols[3:], timing).cycles
+    assert late >= 200 + tail - 1 and late > free
+    assert spmv_cycles(enc, cols, timing, release=(6, 500)).cycles == 500
+    assert spmv_cycles(enc, [], timing, release=(0, 50)).cycles == 50
