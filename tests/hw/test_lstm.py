@@ -143,7 +143,8 @@ def stacked_cases(engine: LstmEngine, seed: int):
             proj = max(1, hidden - 1) if hidden > 1 else 1
         inputs = int(rng.integers(1, engine.input_max + 1))
         density = [0.4, 0.8, 0.2][rep % 3]
-        stack, cls = random_lstm(rng, inputs, hidden, density, n, classes=(rep % 3) * 2,
+        stack, cls = random_lstm(rng, inputs, hidden, density, n,
+                                 classes=min((rep % 3) * 2, engine.classes_max),
                                  layers=layers, proj=proj, bias_scale=0.5, **kw)
         stack = stack if isinstance(stack, list) else [stack]
         steps = [engine.steps_max, 5, 17][rep % 3]
