@@ -667,7 +667,11 @@ class LstmEngine(wiring.Component):
             with m.If(step + 1 == steps):
                 with m.If(~is_last):
                     m.d.sync += [layer.eq(layer + 1), step.eq(0), first.eq(1)]
-                    m.next = "SETUP"
+                    with m.If(steps == 1):
+                        # the next layer's x_0 is this step's output: still in the unit
+                        m.next = "LWAIT"
+                    with m.Else():
+                        m.next = "SETUP"
                 with m.Else():
                     last_next()
             with m.Else():
@@ -765,6 +769,10 @@ class LstmEngine(wiring.Component):
                 m.d.sync += run_cnt.eq(run_cnt + 1)
                 with m.If(ew_idle):
                     m.d.sync += pph.eq(1)
+                    m.next = "SETUP"
+            with m.State("LWAIT"):
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(ew_idle):
                     m.next = "SETUP"
             with m.State("FWAIT"):
                 # after the last step: h_T complete

@@ -11,6 +11,8 @@ Layer-major order: layer ``l`` runs all ``T`` steps, then layer ``l + 1`` (its i
                                mac = spmv_cycles(W, cols, release=(len(x cols), F)) with F the
                                MAC cycle in which the unit finishes (0 if it already has)
     HWAIT  wait                first step of a layer only: the previous layer's unit
+                               (with T = 1 an LWAIT before the next layer's SETUP waits for
+                               it instead: its output is that layer's x_0)
     DRAIN  ceil(4H / N) + 1    accumulators -> gate buffers (N per cycle), accumulators clear
     ... the element-wise unit (E = ew_cycles(H, L) cycles from the buffers) starts and runs
         beside the next step's SETUP + MAC: the x part does not depend on h_t.
@@ -145,9 +147,12 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
     now = 1                     # cycle of the next SETUP (the start pulse is cycle 0)
     ew_idle_at = 0              # first cycle in which the element-wise unit is free
     state = None
-    for layer in layers:
+    for n, layer in enumerate(layers):
         x_seq, states = np.asarray(layer.x_seq), np.asarray(layer.states)
         state = np.zeros(states.shape[1], dtype=np.int64)
+        if n and len(x_seq) == 1:
+            # LWAIT: with one step, this layer's x_0 is the previous layer's last output
+            now = max(now, ew_idle_at) + 1
         e_cycles = ew_cycles(layer.hidden, lanes)
         drain = drain_cycles(layer.hidden, layer.matrix.n_pe)
         inputs = layer.input_size

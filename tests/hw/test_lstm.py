@@ -151,7 +151,7 @@ def stacked_cases(engine: LstmEngine, seed: int):
         add(f"L{layers} H{hidden} P{proj} I{inputs} d{density}", stack, cls,
             [sequence(rng, steps, inputs, act),
              sequence(rng, int(rng.integers(1, engine.steps_max + 1)), inputs, act, 0.2),
-             np.zeros((3, inputs), np.int64)])
+             np.zeros((3, inputs), np.int64), sequence(rng, 1, inputs, act)])
     # Saturating stack: extreme inputs, large weights and biases in every layer.
     hidden = min(engine.hidden_max, 9)
     proj = min(engine.proj_max, 4)
@@ -194,6 +194,7 @@ def test_stacked_cases_cover_what_they_claim():
     assert any(layer.projection is not None for im in images for layer in im.layers)
     assert any(layer.hidden == 1 for im in images for layer in im.layers)
     assert max(len(x) for _, _, x in cases) == engine.steps_max
+    assert min(len(x) for _, _, x in cases) == 1
     name, image, x = cases[-1]
     assert name.startswith("saturating")
     golden = image.golden
