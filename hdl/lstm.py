@@ -186,7 +186,7 @@ class LstmEngine(wiring.Component):
         desc = Signal(self.descriptor_layout)
         hidden_r = [Signal(bits_for(self.hidden_max), name=f"hidden{k}") for k in range(LM)]
         in_r = [Signal(bits_for(self.input_max), name=f"in_size{k}") for k in range(LM)]
-        gate_r = [[Signal(self.local_bits + self.pe_bits, name=f"gate_start{k}_{g}")
+        gate_start_r = [[Signal(self.local_bits + self.pe_bits, name=f"gate_start{k}_{g}")
                    for g in range(GATES)] for k in range(LM)]
         steps = Signal(bits_for(self.steps_max))
         classify = Signal()
@@ -218,7 +218,7 @@ class LstmEngine(wiring.Component):
                             if k == 0:
                                 fields += [(LstmField.STEPS, steps),
                                            (LstmField.CLASSIFY, classify)]
-                            fields += [(LstmField.GATE0 + g, gate_r[k][g])
+                            fields += [(LstmField.GATE0 + g, gate_start_r[k][g])
                                        for g in range(GATES)]
                             for field, sig in fields:
                                 with m.Case(field):
@@ -228,14 +228,14 @@ class LstmEngine(wiring.Component):
         layer = Signal(max(1, (LM - 1).bit_length()))
         cur_hidden = Signal.like(hidden_r[0])
         cur_in = Signal.like(in_r[0])
-        cur_gate = [Signal.like(gate_r[0][g], name=f"cur_gate{g}") for g in range(GATES)]
+        cur_gate = [Signal.like(gate_start_r[0][g], name=f"cur_gate{g}") for g in range(GATES)]
         has_proj = Signal()                            # the current layer has a projection
         is_last = Signal()                             # the current layer is the last one
         for k in range(LM):
             with m.If(layer == k):
                 m.d.comb += [cur_hidden.eq(hidden_r[k]), cur_in.eq(in_r[k]),
                              is_last.eq(1 if k == LM - 1 else hidden_r[k + 1] == 0)]
-                m.d.comb += [cur_gate[g].eq(gate_r[k][g]) for g in range(GATES)]
+                m.d.comb += [cur_gate[g].eq(gate_start_r[k][g]) for g in range(GATES)]
                 if self.proj_max:
                     m.d.comb += has_proj.eq(proj_descs[k].rows != 0)
 
@@ -798,7 +798,7 @@ class LstmEngine(wiring.Component):
                           for field, name in DESCRIPTOR_MEMBERS})
         for k in range(LM):
             seq = {LstmField.HIDDEN: hidden_r[k], LstmField.INPUT: in_r[k],
-                   **{LstmField.GATE0 + g: gate_r[k][g] for g in range(GATES)}}
+                   **{LstmField.GATE0 + g: gate_start_r[k][g] for g in range(GATES)}}
             if k == 0:
                 seq.update({LstmField.STEPS: steps, LstmField.CLASSIFY: classify})
             words.update({((4 * k + 2) << 3) | int(field): value
