@@ -195,7 +195,7 @@ def _format(r: dict) -> str:
          f"{r['matvec_cycles_per_step']:.1f} + element-wise (not hidden) "
          f"{r['elementwise_cycles_per_step']:.1f}"),
         (f"  element-wise / MAC   {ratio} (the unit itself: "
-         f"{r['elementwise_unit_cycles_per_step']:.1f} cycles per step, overlapped)"),
+         f"{r['elementwise_unit_cycles_per_step']:.1f} cycles per step)"),
         (f"  ideal matvec         {r['ideal_cycles_per_step']:.1f} per step (RTL / ideal "
          f"{r['matvec_over_ideal']:.3f})"),
         f"  dense-equiv. ops/cyc {r['dense_ops_per_cycle']:.1f}",
