@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "default_engine",
+           "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "build_bitstream", "parse_nextpnr_report",
            "main"]
@@ -116,15 +117,51 @@ def _lstm_engine_for_model(model, stack, cls):
         mlp=False, uniform_fields=len(fields) == 1)
 
 
+def is_cnn(model) -> bool:
+    """Whether ``model`` has a conv layer (then it runs on the CNN engine)."""
+    from host.compressed import QConv2d
+    return any(isinstance(layer, QConv2d) for layer in model.layers)
+
+
+def _cnn_engine_for_model(model):
+    """:class:`hdl.cnn.CnnEngine` parameters for a conv package: ``engine == "cnn"``, the
+    IDENTIFY parameters (:func:`hdl.top.cnn_params`) and ``cnn_config``, the
+    :class:`host.cnn_image.CnnConfig` fields (:meth:`~host.cnn_image.CnnConfig.for_model`).
+    ValueError (naming the layer) if the CNN engine cannot run the model."""
+    from host.cnn_image import CnnConfig, build_image
+
+    from .top import cnn_params
+    config = CnnConfig.for_model(model)
+    build_image(config, model)          # refuses what the engine cannot run, naming the layer
+    encs = [matrix.encoded for _, matrix in model.matrices()]
+    fields = {(e.index_bits, e.run_bits) for e in encs}
+    return dict(cnn_params(config), engine="cnn", cnn_config=config.to_dict(), mlp=False,
+                uniform_fields=len(fields) == 1)
+
+
+def cnn_config(params):
+    """The :class:`host.cnn_image.CnnConfig` of CNN engine ``params``
+    (:func:`engine_for_model`)."""
+    from host.cnn_image import CnnConfig
+    from host.fixedpoint import Format
+    fields = dict(params["cnn_config"])
+    fields["act_format"] = Format(**fields["act_format"])
+    return CnnConfig(**fields)
+
+
 def engine_for_model(model, *, max_layers=None):
     """Engine keyword arguments sized exactly for ``model``'s matrices.
 
-    An LSTM package (one QLSTM on a ``(T, I)`` input, then one QLinear classifier) gets an
+    A package with a conv layer gets an :class:`hdl.cnn.CnnEngine` (``engine == "cnn"``,
+    :meth:`host.cnn_image.CnnConfig.for_model`).  An LSTM package (one QLSTM on a ``(T, I)``
+    input, then one QLinear classifier) gets an
     :class:`hdl.lstm.LstmEngine` (``engine == "lstm"`` in the dict; :func:`make_engine` builds
     it).  Anything else gets :class:`hdl.spmv.SpmvEngine` arguments; that works for any model
     with matrices (so the capacity check is meaningful), but only MLPs run on it: ``mlp`` in
     the returned dict says whether it does.
     """
+    if is_cnn(model):
+        return _cnn_engine_for_model(model)
     try:
         stack, cls = _lstm_layers(model)
     except ValueError:
@@ -168,6 +205,9 @@ def make_engine(params):
     """The engine of ``params`` (:func:`engine_for_model` / :func:`default_engine`)."""
     from host.fixedpoint import Format
 
+    if params.get("engine") == "cnn":
+        from .cnn import CnnEngine
+        return CnnEngine(cnn_config(params))
     if params.get("engine") == "lstm":
         from host.activations import TableSpec
 
@@ -195,10 +235,13 @@ def make_engine(params):
 
 
 def make_backend(params):
-    """The :mod:`hdl.top` back end of engine ``params``: :class:`hdl.top.LstmBackend` for an
-    LSTM engine, else :class:`hdl.top.EngineBackend`."""
-    from .top import EngineBackend, LstmBackend
+    """The :mod:`hdl.top` back end of engine ``params``: :class:`hdl.top.CnnBackend` for a CNN
+    engine, :class:`hdl.top.LstmBackend` for an LSTM engine, else
+    :class:`hdl.top.EngineBackend`."""
+    from .top import CnnBackend, EngineBackend, LstmBackend
     engine = make_engine(params)
+    if params.get("engine") == "cnn":
+        return CnnBackend(engine)
     return LstmBackend(engine) if params.get("engine") == "lstm" else EngineBackend(engine)
 
 
@@ -246,6 +289,9 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     if params.get("engine") == "lstm":
         return _lstm_inventory(params, rx_fifo_depth=rx_fifo_depth,
                                identify_bytes=identify_bytes)
+    if params.get("engine") == "cnn":
+        return _cnn_inventory(params, rx_fifo_depth=rx_fifo_depth,
+                              identify_bytes=identify_bytes)
     n_pe = params["n_pe"]
     entries = params["max_entries_per_pe"]
     max_rows, max_cols, layers = params["max_rows"], params["max_cols"], params["max_layers"]
@@ -315,6 +361,34 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
         MemoryUse("IDENTIFY ROM", 8, identify_bytes),
         MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
     ]
+    return [m for m in inventory if m.depth > 0]
+
+
+def _cnn_inventory(params, *, rx_fifo_depth, identify_bytes):
+    """The memories of an :class:`hdl.cnn.CnnEngine` (``params`` from :func:`engine_for_model`)
+    + shell, as ``hdl/cnn.py`` and ``hdl/pe.py`` instantiate them (the broadcast FIFOs and
+    descriptor registers are logic)."""
+    from amaranth.utils import ceil_log2
+
+    from host.protocol import MAX_PAYLOAD
+    c = cnn_config(params)
+    n_pe, entries, pointers = c.n_pe, c.max_entries_per_pe, c.max_pointers
+    ptr_bits = ceil_log2(entries + 1)
+    inventory = [
+        MemoryUse("entry memory (per PE)", c.index_bits + c.run_bits, entries, n_pe),
+        MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
+        MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse("codebook (per PE)", c.weight_width, c.max_layers << c.index_bits, n_pe),
+        MemoryUse("accumulators (per PE)", c.acc_bits, -(-c.max_rows // n_pe), n_pe),
+        MemoryUse("bias memory" + (" (per read port)" if c.out_parallel else ""), c.acc_bits,
+                  c.max_bias, n_pe if c.out_parallel else 1),
+        MemoryUse("feature-map buffers", c.fm_lanes * c.act_format.width, c.fm_words, 2),
+        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
+        MemoryUse("IDENTIFY ROM", 8, identify_bytes),
+        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
+    ]
+    if c.memory == "spram":
+        inventory[0] = MemoryUse("entry memory (per PE, SPRAM)", 0, 0, n_pe)
     return [m for m in inventory if m.depth > 0]
 
 
@@ -479,6 +553,9 @@ class _Progress:
             self._write("")
 
 
+_ENGINE_CLASS = {"lstm": "LstmEngine", "cnn": "CnnEngine"}
+
+
 def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None, baud=None,
                     name=None, seed=1, out_dir=None, build_root=None, progress=True,
                     memories_only=False):
@@ -560,7 +637,7 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     shutil.copyfile(build_dir / f"{name}.{product}", bitstream)
     target_mhz = round(freq_hz / 1e6, 3)
     engine_summary = ("memories only (no engine)" if memories_only else
-                      f"{'LstmEngine' if params.get('engine') == 'lstm' else 'SpmvEngine'} "
+                      f"{_ENGINE_CLASS.get(params.get('engine'), 'SpmvEngine')} "
                       f"{params['n_pe']} PEs, index/run {params['index_bits']}/"
                       f"{params['run_bits']} bits, act Q{params['act_width']}.{params['act_frac']},"
                       f" weights {params['weight_width']} bits, acc {params['acc_bits']} bits, "
@@ -670,7 +747,7 @@ def prepare(args):
     estimate = None
     if not args.memories_only:
         estimate = check_capacity(board, params, model_name=model.name if model else None)
-        if not params.get("mlp", True) and params.get("engine") != "lstm":
+        if not params.get("mlp", True) and params.get("engine") not in ("lstm", "cnn"):
             print(f"warning: model {model.name!r} is not an MLP; the engine is sized for its "
                   f"matrices but cannot run it", file=sys.stderr)
     return board, params, model, estimate

@@ -42,7 +42,7 @@ from host.protocol import (CRC16_INIT, CRC16_POLY, FRAME_TIMEOUT_BYTES, MAX_PAYL
                            PROTOCOL_VERSION, REQUEST_SYNC, RESPONSE_SYNC, STATUS_BYTES,
                            STATUS_LAYOUT, Command, Control, EngineKind, Identity,
                            RegionDescription, RegionId, Status, engine_config_digest,
-                           pack_identity)
+                           engine_extension, pack_identity)
 
 __all__ = ["crc16_next", "RegionSpec", "RegionBusSignature", "EngineControlSignature",
            "RegionMemories", "CommandDecoder", "CONTROL_REGION", "REGION_BITS", "INDEX_BITS",
@@ -374,7 +374,8 @@ class CommandDecoder(wiring.Component):
             acc_bits=p["acc_bits"], max_layers=p["max_layers"], max_rows=p["max_rows"],
             max_cols=p["max_cols"], max_entries_per_pe=p["max_entries_per_pe"],
             max_pointers=p["max_pointers"], max_bias=p["max_bias"], max_payload=MAX_PAYLOAD,
-            regions=tuple(r.describe() for r in self.table))
+            regions=tuple(r.describe() for r in self.table),
+            extension=engine_extension(self.params))
         self.identity_bytes = pack_identity(self.identity)
         self.addr_width = _addr_width(regions)
         #: Address bits the bounds checks look at (CONTROL included).

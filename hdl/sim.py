@@ -289,7 +289,8 @@ def board_top(board: str, model):
 
     The core is the one :mod:`hdl.build` puts in the bitstream (:class:`hdl.top.SpineCore`
     around :func:`hdl.build.make_backend`: :class:`hdl.top.EngineBackend` with an SpMV engine
-    for an MLP, :class:`hdl.top.LstmBackend` with an LSTM engine for an LSTM package, sized by
+    for an MLP, :class:`hdl.top.LstmBackend` with an LSTM engine for an LSTM package,
+    :class:`hdl.top.CnnBackend` with a CNN engine for a package with conv layers, sized by
     :func:`hdl.build.engine_for_model`),
     without the PLL/reset wrapper, its UART at :data:`SIM_CLOCKS_PER_BIT` clocks per bit;
     IDENTIFY reports the board profile's clock and baud rate.
@@ -301,7 +302,8 @@ def board_top(board: str, model):
     Raises
     ------
     ValueError
-        Unknown board, or a model no engine can run (neither an MLP nor LSTM + classifier).
+        Unknown board, or a model no engine can run (neither an MLP, nor LSTM + classifier,
+        nor a CNN the CNN engine supports).
     """
     from boards import get_board
     from host.driver import _as_model
@@ -312,7 +314,11 @@ def board_top(board: str, model):
     profile = get_board(board)
     model = _as_model(model)
     params = engine_for_model(model)
-    if params.get("engine") == "lstm":
+    if params.get("engine") == "cnn":
+        if not params.get("uniform_fields", True):
+            raise ValueError(f"model {model.name!r} uses different entry widths in different "
+                             f"layers; one engine has one")
+    elif params.get("engine") == "lstm":
         if not params.get("uniform_fields", True):
             raise ValueError(f"model {model.name!r} uses different entry widths in its LSTM "
                              f"and classifier matrices; one engine has one")

@@ -16,11 +16,15 @@ Back ends (what sits behind the region bus):
   as for the SpMV engine; INFER's dense T x I input sequence (INPUT region, written in address
   order) is turned into the engine's x list (non-zeros with their columns) and per-step ends
   on the fly; OUTPUT reads the classifier scores.
+* :class:`CnnBackend`: :class:`hdl.cnn.CnnEngine` behind :class:`CnnAdapter`.  Regions 0-4 as
+  for the SpMV engine (DESCRIPTOR addresses ``layer << 5 | field``); INFER's input map, sent
+  in (H, W, C) order, is written into feature-map buffer 0 at the engine's activation
+  addresses on the fly; OUTPUT reads the last layer's output map by activation address.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,6 +36,7 @@ from .readback import wire_bits
 from .uart import UART, baud_divisor, check_divisor
 
 __all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "LstmBackend", "LstmAdapter",
+           "CnnBackend", "CnnAdapter",
            "SpineCore", "BoardTop",
            "pll_config", "default_test_regions", "N_LEDS"]
 
@@ -352,6 +357,160 @@ class LstmBackend:
 
     def build(self):
         return LstmAdapter(self.engine)
+
+
+class CnnAdapter(wiring.Component):
+    """:class:`hdl.cnn.CnnEngine` behind the region bus.
+
+    Writes: ENTRY/POINTER go to PE ``index`` only; CODEBOOK, BIAS and DESCRIPTOR (address
+    ``layer << FIELD_BITS | field``, :class:`host.cnn_image.Field`) to the engine's loader.
+    INPUT (region 5, written by INFER in address order from 0) is the input map in (H, W, C)
+    order, channels innermost: a write to address 0 restarts the walk; each write goes to
+    feature-map buffer 0 at activation address ``word * G + lane`` (lane = channel % G), and
+    after the last channel of a pixel the next write starts the next word.  The walk needs
+    C_in: the adapter keeps copies of layer 0's IN_GROUPS and LAST_MASK descriptor fields
+    (written when the model is loaded).  The pad lanes of the last channel group are not
+    written (the engine masks them).  Reads (latency 1): regions 0-4 through the engine's
+    read-back port (:func:`_drive_readback`), OUTPUT by activation address (``out_addr``,
+    :func:`host.cnn_image.output_addresses`).  ``ctl.n_layers`` (CONTROL.N_LAYERS) is the
+    number of hardware layers; ``ctl.reset`` is ignored.
+    """
+
+    read_latency = 1
+
+    def __init__(self, engine):
+        from .cnn import CnnEngine
+
+        if not isinstance(engine, CnnEngine):
+            raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
+        c = engine.cfg
+        if c.acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
+            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
+                             f"loader words are {engine.data_width} bits")
+        if c.n_pe > 256:
+            raise ValueError(f"the region bus addresses at most 256 PEs, not {c.n_pe}")
+        self.engine = engine
+        self.regions = self.region_table(engine)
+        self.addr_width = _addr_width(self.regions)
+        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
+                          "ctl": In(EngineControlSignature())})
+
+    @staticmethod
+    def region_table(engine):
+        """The :class:`RegionSpec` list of ``engine``'s regions (no elaboration needed)."""
+        from host.cnn_image import FIELD_BITS
+
+        e, c = engine, engine.cfg
+        act = c.act_format
+        activations = c.fm_words * c.fm_lanes
+        return [
+            RegionSpec(RegionId.ENTRY, e.entry_bits, c.max_entries_per_pe, c.n_pe),
+            RegionSpec(RegionId.POINTER, e.ptr_bits, c.max_pointers, c.n_pe),
+            RegionSpec(RegionId.CODEBOOK, c.weight_width, c.max_layers << c.index_bits,
+                       signed=True),
+            RegionSpec(RegionId.BIAS, c.acc_bits, c.max_bias, signed=True),
+            RegionSpec(RegionId.DESCRIPTOR, 32, c.max_layers << FIELD_BITS),
+            RegionSpec(RegionId.INPUT, act.width, activations, readable=False, signed=True),
+            RegionSpec(RegionId.OUTPUT, act.width, activations, writable=False, signed=True),
+        ]
+
+    def elaborate(self, platform):
+        from host.cnn_image import FIELD_BITS, Field
+
+        m = Module()
+        e, bus, ctl = self.engine, self.bus, self.ctl
+        c = e.cfg
+        lanes, lb = c.fm_lanes, e.lane_bits
+        m.submodules.engine = e
+        load = e.load
+        # Layer 0's channel groups and last-group lane mask (C_in), snooped from the loader.
+        in_groups = Signal(range(c.fm_words + 1), init=1)
+        last_mask = Signal(lanes, init=1)
+        with m.If(bus.we & (bus.region == RegionId.DESCRIPTOR)):
+            with m.If(bus.addr == (0 << FIELD_BITS) | int(Field.IN_GROUPS)):
+                m.d.sync += in_groups.eq(bus.wdata[:len(in_groups)])
+            with m.If(bus.addr == (0 << FIELD_BITS) | int(Field.LAST_MASK)):
+                m.d.sync += last_mask.eq(bus.wdata[:lanes])
+
+        _drive_loader(m, e, bus, valid=bus.we & (bus.region <= RegionId.DESCRIPTOR))
+
+        # INPUT: (H, W, C) order -> activation address word * G + lane in buffer 0.
+        word = Signal(e.fm_addr_bits)
+        lane = Signal(max(1, lb))
+        group = Signal(range(c.fm_words + 1))
+        first = bus.addr == 0
+        cur_word = Signal.like(word)
+        cur_lane = Signal.like(lane)
+        cur_group = Signal.like(group)
+        m.d.comb += [cur_word.eq(Mux(first, 0, word)), cur_lane.eq(Mux(first, 0, lane)),
+                     cur_group.eq(Mux(first, 0, group))]
+        mask_ext = Signal(lanes + 1)
+        m.d.comb += mask_ext.eq(last_mask)
+        last_group = cur_group + 1 >= in_groups
+        word_end = Signal()
+        m.d.comb += word_end.eq((cur_lane == lanes - 1)
+                                | (last_group & ~mask_ext.bit_select(cur_lane + 1, 1)))
+        with m.If(bus.we & (bus.region == RegionId.INPUT)):
+            addr = cur_word if lb == 0 else Cat(cur_lane[:lb], cur_word)
+            m.d.comb += [load.region.eq(RegionId.INPUT), load.addr.eq(addr),
+                         load.data.eq(bus.wdata), load.valid.eq(1)]
+            with m.If(word_end):
+                m.d.sync += [word.eq(cur_word + 1), lane.eq(0),
+                             group.eq(Mux(last_group, 0, cur_group + 1))]
+            with m.Else():
+                m.d.sync += [word.eq(cur_word), lane.eq(cur_lane + 1), group.eq(cur_group)]
+
+        _drive_readback(m, e, bus)
+        max_layers = c.max_layers
+        n_layers = Signal(range(1, max_layers + 1), init=1)
+        with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
+            m.d.comb += n_layers.eq(ctl.n_layers)
+        m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
+                     ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+        return m
+
+
+def cnn_params(config) -> dict:
+    """The parameters IDENTIFY reports for a CNN engine built from ``config``
+    (:class:`host.cnn_image.CnnConfig`): the SpMV-style header (``max_rows`` = largest C_out,
+    ``max_cols`` = ``max_pointers - 1``, the most hardware columns of one layer) and the
+    extension words :data:`host.protocol.CNN_EXTENSION_KEYS`."""
+    c = config
+    return {
+        "engine": int(EngineKind.CNN), "n_pe": c.n_pe, "index_bits": c.index_bits,
+        "run_bits": c.run_bits, "act_width": c.act_format.width, "act_frac": c.act_format.frac,
+        "weight_width": c.weight_width, "acc_bits": c.acc_bits, "max_layers": c.max_layers,
+        "max_rows": c.max_rows, "max_cols": c.max_pointers - 1,
+        "max_entries_per_pe": c.max_entries_per_pe, "max_pointers": c.max_pointers,
+        "max_bias": c.max_bias, "fm_lanes": c.fm_lanes, "fm_words": c.fm_words,
+        "max_dim": c.max_dim, "max_pad": c.max_pad, "max_stride": c.max_stride,
+        "max_pool": c.max_pool, "fifo_depth": c.fifo_depth,
+        "out_parallel": int(c.out_parallel), "memory": int(c.memory == "spram"),
+    }
+
+
+class CnnBackend:
+    """:class:`hdl.cnn.CnnEngine` behind :class:`CnnAdapter`.
+
+    IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.CNN` and :func:`cnn_params`
+    (the host rebuilds the :class:`host.cnn_image.CnnConfig` from them,
+    :func:`host.driver.cnn_config`).
+    """
+
+    kind = EngineKind.CNN
+    read_latency = 1
+
+    def __init__(self, engine):
+        from .cnn import CnnEngine
+
+        if not isinstance(engine, CnnEngine):
+            raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
+        self.engine = engine
+        self.regions = CnnAdapter.region_table(engine)
+        self.params = cnn_params(engine.cfg)
+
+    def build(self):
+        return CnnAdapter(self.engine)
 
 
 class SpineCore(wiring.Component):

@@ -28,7 +28,7 @@ from typing import Self
 
 import numpy as np
 
-from .compressed import QLSTM, CompressedModel, QFlatten, QLinear, QReLU
+from .compressed import QLSTM, CompressedModel, QConv2d, QFlatten, QLinear, QReLU
 from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyError
 from .errors import SpineError
 from .fixedpoint import Format
@@ -38,6 +38,7 @@ from .protocol import (
     FRAME_TIMEOUT_BYTES,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
+    CNN_EXTENSION_KEYS,
     Command,
     Control,
     DeviceStatus,
@@ -61,6 +62,8 @@ __all__ = [
     "DeviceStatus",
     "EngineInfo",
     "LoadBlock",
+    "cnn_config",
+    "cnn_input_order",
     "model_mismatches",
     "pack_words",
     "unpack_words",
@@ -381,21 +384,26 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
                         f"not match its IDENTIFY fields (0x"
                         f"{engine_config_digest(info.engine_params()).hex()}): a damaged "
                         f"answer or a bitstream from another spine version")
-    if info.engine not in (EngineKind.SPMV, EngineKind.LSTM):
-        problems.append(f"the bitstream's engine is {info.kind}, not SPMV or LSTM: it cannot "
-                        f"run models")
+    if info.engine not in (EngineKind.SPMV, EngineKind.LSTM, EngineKind.CNN):
+        problems.append(f"the bitstream's engine is {info.kind}, not SPMV, LSTM or CNN: it "
+                        f"cannot run models")
         return problems
     if info.version != PROTOCOL_VERSION:
         problems.append(f"protocol version: bitstream {info.version}, driver "
                         f"{PROTOCOL_VERSION}")
     if info.engine == EngineKind.LSTM:
         return _lstm_mismatches(model, info, problems)
+    if info.engine == EngineKind.CNN:
+        return _cnn_mismatches(model, info, problems)
     try:
         layers = _engine_layers(model)
     except ValueError as error:
         hint = ""
         if any(isinstance(layer, QLSTM) for layer in model.layers):
             hint = (" (an LSTM package runs on a bitstream with the LSTM engine: build the "
+                    "board for it, `python -m hdl.sim --model` / `python -m hdl.build --model`)")
+        elif _has_conv(model):
+            hint = (" (a CNN package runs on a bitstream with the CNN engine: build the "
                     "board for it, `python -m hdl.sim --model` / `python -m hdl.build --model`)")
         return problems + [str(error) + hint]
 
@@ -434,6 +442,121 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
     if bias > info.max_bias:
         problems.append(f"biases: model {bias}, engine {info.max_bias}")
     return problems
+
+
+# --- CNN engine ---------------------------------------------------------------------------------
+
+
+def _has_conv(model: CompressedModel) -> bool:
+    return any(isinstance(layer, QConv2d) for layer in model.layers)
+
+
+def cnn_config(info: EngineInfo):
+    """The :class:`host.cnn_image.CnnConfig` of a CNN engine from its IDENTIFY answer (the
+    SpMV-style header fields and the extension words :data:`host.protocol.CNN_EXTENSION_KEYS`).
+
+    Raises
+    ------
+    ModelMismatchError
+        If ``info`` is not a CNN engine or its extension words are missing.
+    """
+    from .cnn_image import CnnConfig
+    ext = info.extension_params()
+    missing = [k for k in CNN_EXTENSION_KEYS if k not in ext]
+    if info.engine != EngineKind.CNN or missing:
+        raise ModelMismatchError(f"the bitstream's engine is {info.kind}"
+                                 + (f" without the CNN parameters {', '.join(missing)}"
+                                    if info.engine == EngineKind.CNN else ", not CNN"))
+    try:
+        return CnnConfig(
+            n_pe=info.n_pe, max_rows=info.max_rows, max_entries_per_pe=info.max_entries_per_pe,
+            max_pointers=info.max_pointers, max_bias=info.max_bias, fm_words=ext["fm_words"],
+            index_bits=info.index_bits, run_bits=info.run_bits, act_format=info.act_format,
+            weight_width=info.weight_width, acc_bits=info.acc_bits, max_layers=info.max_layers,
+            fm_lanes=ext["fm_lanes"], max_dim=ext["max_dim"], max_pad=ext["max_pad"],
+            max_stride=ext["max_stride"], max_pool=ext["max_pool"],
+            fifo_depth=ext["fifo_depth"], memory="spram" if ext["memory"] else "bram",
+            out_parallel=bool(ext["out_parallel"]))
+    except (TypeError, ValueError) as error:
+        raise ModelMismatchError(f"the bitstream's CNN parameters are invalid: {error}") \
+            from None
+
+
+def cnn_input_order(q, input_shape) -> np.ndarray:
+    """One quantized input of shape ``input_shape`` in the order INFER sends it to a CNN
+    engine: a ``(C, H, W)`` map as (H, W, C), channels innermost; an ``(N,)`` vector as is."""
+    q = np.asarray(q, dtype=np.int64).reshape(tuple(input_shape))
+    if q.ndim == 3:
+        q = q.transpose(1, 2, 0)
+    return q.ravel()
+
+
+def _cnn_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> list[str]:
+    """:func:`model_mismatches` on a CNN engine: the model's encoding against the IDENTIFY
+    parameters, then the layout (:func:`host.cnn_image.build_image`'s limits)."""
+    from .cnn_image import build_image
+    if not _has_conv(model):
+        kind = "an LSTM" if any(isinstance(layer, QLSTM) for layer in model.layers) else "an MLP"
+        engine = "LSTM" if kind == "an LSTM" else "SPMV"
+        return problems + [
+            (f"model {model.name!r} has no conv layer ({kind}); the bitstream's engine is CNN, "
+             f"which runs conv packages such as digits-cnn: run {kind} on a bitstream with the "
+             f"{engine} engine (`python -m hdl.sim --model` / `python -m hdl.build --model` "
+             f"build the board for the model)")]
+
+    def differ(what, model_value, engine_value):
+        if model_value != engine_value:
+            problems.append(f"{what}: model {model_value}, engine {engine_value}")
+
+    differ("PE count", model.n_pe, info.n_pe)
+    differ("activation format", str(model.act_format), str(info.act_format))
+    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    for n, (name, m) in enumerate(model.matrices()):
+        enc = m.encoded
+        where = f"matrix {n} ({name})"
+        differ(f"{where} index bits", enc.index_bits, info.index_bits)
+        differ(f"{where} run bits", enc.run_bits, info.run_bits)
+        if m.weight_format.width > info.weight_width:
+            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
+                            f"{info.weight_width}")
+    if problems:
+        return problems
+    try:
+        build_image(cnn_config(info), model)
+    except ModelMismatchError as error:
+        problems.append(str(error))
+    except ValueError as error:
+        problems.append(f"{error}")
+    return problems
+
+
+def _cnn_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
+    """:func:`model_image` of a CNN package on a CNN engine: regions 0-3 as every engine, one
+    DESCRIPTOR block per hardware layer (address ``layer << FIELD_BITS``, the
+    :class:`host.cnn_image.Field` words, which read back as written), then CONTROL with
+    N_INPUTS = C*H*W and N_OUTPUTS = the output buffer words up to the last output."""
+    from .cnn_image import FIELD_BITS, build_image, output_addresses
+    config = cnn_config(info)
+    image = build_image(config, model)
+    wb = info.word_bytes
+    blocks = _matrix_blocks(image, info)
+    for n, desc in enumerate(image.descriptors):
+        blocks.append(LoadBlock(f"descriptor of layer {n} ({image.layers[n].name})",
+                                RegionId.DESCRIPTOR, 0, n << FIELD_BITS,
+                                np.asarray(desc, np.int64), wb(RegionId.DESCRIPTOR)))
+    n_outputs = int(output_addresses(image, config.fm_lanes).max()) + 1
+    control = np.array([image.n_layers, int(np.prod(model.input_shape)), n_outputs,
+                        _image_id(blocks)], np.int64)
+    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
+                            wb(RegionId.CONTROL)))
+    return blocks
+
+
+def _cnn_output_select(model: CompressedModel, info: EngineInfo) -> np.ndarray:
+    """Indices of the model's outputs ((C, H, W) order) among the words INFER answers."""
+    from .cnn_image import build_image, output_addresses
+    config = cnn_config(info)
+    return output_addresses(build_image(config, model), config.fm_lanes)
 
 
 def _spmv_params(info: EngineInfo) -> SpmvParams:
@@ -523,6 +646,8 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
     last the CONTROL words that make the model runnable.  ``ValueError`` if it does not fit."""
     if info.engine == EngineKind.LSTM:
         return _lstm_model_image(model, info)
+    if info.engine == EngineKind.CNN:
+        return _cnn_model_image(model, info)
     layers = _engine_layers(model)
     image = build_spmv_image(_spmv_params(info), layers)
     n_inputs = int(np.prod(model.input_shape))
@@ -593,6 +718,7 @@ class Accelerator:
         self._info: EngineInfo | None = None
         self.model: CompressedModel | None = None
         self._golden = None
+        self._out_select = None
         self.last_cycles: int | None = None   #: engine cycles of the last inference
         self.last_load: dict | None = None    #: figures of the last load()
 
@@ -884,6 +1010,11 @@ class Accelerator:
         self.model = model
         self._golden = GoldenModel(model)
         self._out_count = _output_count(model)
+        self._out_select = None
+        info = self.identify()
+        if info.engine == EngineKind.CNN:
+            self._out_select = _cnn_output_select(model, info)
+            self._out_count = int(self._out_select.max()) + 1
 
     # --- inference -----------------------------------------------------------------------------
 
@@ -909,6 +1040,8 @@ class Accelerator:
 
     def _infer_payload(self, q) -> bytes:
         info = self.identify()
+        if info.engine == EngineKind.CNN:
+            q = cnn_input_order(q, self.model.input_shape)
         return pack_words(q, info.act_bytes)
 
     def _decode_output(self, payload: bytes) -> tuple[np.ndarray, int]:
@@ -923,6 +1056,8 @@ class Accelerator:
         (cycles,) = _INFER_HEADER.unpack_from(payload)
         outputs = unpack_words(payload[_INFER_HEADER.size:], info.act_bytes, True,
                                info.act_format.width)
+        if self._out_select is not None:
+            outputs = outputs[self._out_select]
         return outputs, cycles
 
     def infer(self, x) -> np.ndarray:

@@ -33,6 +33,7 @@ __all__ = [
     "IDENTIFY_MAGIC", "EngineKind", "RegionDescription", "Identity", "pack_identity",
     "parse_identity", "DeviceStatus", "STATUS_LAYOUT", "STATUS_BYTES", "StatusFlag",
     "pack_status", "parse_status", "engine_config_digest", "CONFIG_DIGEST_BYTES",
+    "CNN_EXTENSION_KEYS", "EXTENSION_KEYS", "engine_extension",
 ]
 
 REQUEST_SYNC = 0xA5
@@ -210,12 +211,31 @@ class EngineKind(enum.IntEnum):
     LSTM = 2        #: hdl.lstm.LstmEngine (one QLSTM + a QLinear classifier on h_T); IDENTIFY's
     #:                 max_rows = 4 * hidden_max, max_cols = input_max + hidden_max, max_layers 2;
     #:                 INFER's payload is the dense T x I input sequence (docs/protocol.md)
+    CNN = 3         #: hdl.cnn.CnnEngine (conv, max-pool, flatten, linear layers); IDENTIFY
+    #:                 carries the extension words :data:`CNN_EXTENSION_KEYS`; INFER's payload
+    #:                 is the (H, W, C) input map, channels innermost (docs/protocol.md)
 
 
 IDENTIFY_MAGIC = b"SPN1"
 CONFIG_DIGEST_BYTES = 8
 _IDENTIFY_HEAD = struct.Struct("<4sBBBBII8sBBBBBBBBHHIHHH")
 _REGION_ENTRY = struct.Struct("<BBBBI")
+_EXTENSION_WORD = struct.Struct("<I")
+
+#: Engine-specific IDENTIFY parameters, u32 LE each, after the region table (their count is the
+#: header byte that was reserved in earlier answers, so an answer without them has 0 there).
+#: The CNN engine's: the :class:`host.cnn_image.CnnConfig` fields the SpMV-style header does not
+#: carry (``out_parallel`` 0/1, ``memory`` 0 = "bram", 1 = "spram").
+CNN_EXTENSION_KEYS = ("fm_lanes", "fm_words", "max_dim", "max_pad", "max_stride", "max_pool",
+                      "fifo_depth", "out_parallel", "memory")
+EXTENSION_KEYS = {3: CNN_EXTENSION_KEYS}
+"""Extension parameter names by engine kind (:class:`EngineKind` value)."""
+
+
+def engine_extension(params: dict) -> tuple:
+    """The IDENTIFY extension words of engine ``params`` (empty for engines without any)."""
+    keys = EXTENSION_KEYS.get(int(params.get("engine", 0)), ())
+    return tuple(int(params[k]) for k in keys)
 
 
 def engine_config_digest(params: dict) -> bytes:
@@ -281,10 +301,21 @@ class Identity:
     max_bias: int
     max_payload: int
     regions: tuple = ()
+    #: Engine-specific parameters (u32 each; names: :data:`EXTENSION_KEYS` of ``engine``).
+    extension: tuple = ()
 
     def engine_params(self) -> dict:
         """The parameter dictionary whose :func:`engine_config_digest` is ``config_hash``."""
-        return {k: getattr(self, k) for k in _ENGINE_PARAM_KEYS}
+        params = {k: getattr(self, k) for k in _ENGINE_PARAM_KEYS}
+        params.update(self.extension_params())
+        return params
+
+    def extension_params(self) -> dict:
+        """The extension words by name (``{}`` for an engine without any; unnamed words are
+        called ``ext0``, ``ext1`` ...)."""
+        keys = EXTENSION_KEYS.get(self.engine, ())
+        return {keys[n] if n < len(keys) else f"ext{n}": int(v)
+                for n, v in enumerate(self.extension)}
 
     def region(self, region: int) -> RegionDescription:
         for r in self.regions:
@@ -302,11 +333,13 @@ def pack_identity(identity: Identity) -> bytes:
     """IDENTIFY payload bytes of ``identity`` (used by the HDL generator to fill its ROM)."""
     i = identity
     head = _IDENTIFY_HEAD.pack(
-        IDENTIFY_MAGIC, i.version, i.engine, len(i.regions), 0, i.clock_hz, i.baud,
+        IDENTIFY_MAGIC, i.version, i.engine, len(i.regions), len(i.extension), i.clock_hz,
+        i.baud,
         i.config_hash, i.n_pe, i.index_bits, i.run_bits, i.act_width, i.act_frac & 0xFF,
         i.weight_width, i.acc_bits, i.max_layers, i.max_rows, i.max_cols,
         i.max_entries_per_pe, i.max_pointers, i.max_bias, i.max_payload)
-    return head + b"".join(r.pack() for r in i.regions)
+    return (head + b"".join(r.pack() for r in i.regions)
+            + b"".join(_EXTENSION_WORD.pack(int(v)) for v in i.extension))
 
 
 def parse_identity(payload: bytes) -> Identity:
@@ -315,11 +348,13 @@ def parse_identity(payload: bytes) -> Identity:
     if len(payload) < _IDENTIFY_HEAD.size or payload[:4] != IDENTIFY_MAGIC:
         raise ProtocolError(f"not an IDENTIFY answer (magic {payload[:4]!r}, "
                             f"{len(payload)} bytes)")
-    (_, version, engine, n_regions, _, clock_hz, baud, digest, n_pe, index_bits, run_bits,
+    (_, version, engine, n_regions, n_ext, clock_hz, baud, digest, n_pe, index_bits, run_bits,
      act_width, act_frac, weight_width, acc_bits, max_layers, max_rows, max_cols, max_entries,
      max_pointers, max_bias, max_payload) = _IDENTIFY_HEAD.unpack_from(payload)
-    if len(payload) != _IDENTIFY_HEAD.size + n_regions * _REGION_ENTRY.size:
-        raise ProtocolError(f"IDENTIFY answer of {len(payload)} bytes for {n_regions} regions")
+    ext_at = _IDENTIFY_HEAD.size + n_regions * _REGION_ENTRY.size
+    if len(payload) != ext_at + n_ext * _EXTENSION_WORD.size:
+        raise ProtocolError(f"IDENTIFY answer of {len(payload)} bytes for {n_regions} regions "
+                            f"and {n_ext} extension words")
     regions = []
     for n in range(n_regions):
         region, word_bytes, count, flags, depth = _REGION_ENTRY.unpack_from(
@@ -329,7 +364,9 @@ def parse_identity(payload: bytes) -> Identity:
     return Identity(version, engine, clock_hz, baud, digest, n_pe, index_bits, run_bits,
                     act_width, act_frac - 256 if act_frac > 127 else act_frac, weight_width,
                     acc_bits, max_layers, max_rows, max_cols, max_entries, max_pointers,
-                    max_bias, max_payload, tuple(regions))
+                    max_bias, max_payload, tuple(regions),
+                    tuple(_EXTENSION_WORD.unpack_from(payload, ext_at + 4 * n)[0]
+                          for n in range(n_ext)))
 
 
 class StatusFlag(enum.IntFlag):
