@@ -589,3 +589,43 @@ async def engine_load_readback_infer(dut):
     await dev.request(Command.RESET)
     answer = await dev.request(Command.INFER, payload)
     assert struct.unpack_from("<I", answer)[0] == last
+
+
+@cocotb.test()
+async def engine_identify(dut):
+    """IDENTIFY of an engine build: the answer is the core's ROM bytes (``identity`` in the test
+    data), parses, its configuration hash matches its fields (extension words included), the
+    extension words are the engine's (``extension``), the region table has every engine region
+    with the expected access rights, and the driver rebuilds the engine's configuration from it
+    (``config``: host.driver.cnn_config for a CNN engine, as JSON)."""
+    import json
+
+    import numpy as np
+
+    from hdl.simulate import load_test_data
+    from host.driver import EngineInfo, cnn_config
+    from host.protocol import EngineKind
+
+    data = load_test_data()
+    dev = Device(dut)
+    await dev.start()
+    payload = await dev.request(Command.IDENTIFY)
+    assert payload == bytes(np.asarray(data["identity"], dtype=np.uint8).tolist())
+    ident = parse_identity(payload)
+    assert ident.engine == int(data["engine"]) and ident.n_pe == int(data["n_pe"])
+    assert ident.version == 1 and ident.clock_hz == CLOCK_HZ and ident.baud == BAUD
+    assert ident.config_hash == engine_config_digest(ident.engine_params())
+    assert list(ident.extension) == [int(v) for v in data["extension"]]
+    table = {r.region: r for r in ident.regions}
+    assert sorted(table) == list(range(8)), sorted(table)
+    for rid in (RegionId.ENTRY, RegionId.POINTER, RegionId.CODEBOOK, RegionId.BIAS,
+                RegionId.DESCRIPTOR):
+        assert table[rid].readable and table[rid].writable, rid
+    assert table[RegionId.INPUT].writable and not table[RegionId.INPUT].readable
+    assert table[RegionId.OUTPUT].readable and not table[RegionId.OUTPUT].writable
+    if ident.engine == EngineKind.CNN:
+        info = EngineInfo.from_payload(payload)
+        got = cnn_config(info).to_dict()
+        want = json.loads(bytes(np.asarray(data["config"], dtype=np.uint8).tolist()))
+        assert got == want, (got, want)
+    dut._log.info(f"IDENTIFY: {len(payload)} bytes, extension {list(ident.extension)}")

@@ -334,3 +334,154 @@ def test_mlp_and_lstm_boards_refuse_each_others_models(board, lstm_board, worklo
     with Accelerator(board.url, timeout=5.0) as acc, \
             pytest.raises(ModelMismatchError, match="layer 0 is lstm.*LSTM engine"):
         acc.load(lstm_workload["model"], progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The CNN: digits-cnn on the CNN engine's board (hdl.top.CnnBackend), one more Verilator build
+
+N_CNN_INPUTS = 150
+
+
+@pytest.fixture(scope="module")
+def cnn_workload(tmp_path_factory):
+    """digits-cnn compressed for 8 PEs (its default density, as ``python -m host.compress
+    digits-cnn --pes 8``), saved as .spn, with test inputs and labels."""
+    source = resolve_model("digits-cnn")
+    density = source.defaults.get("density", 0.25)
+    result = compress_model(source.model, CompressConfig(n_pe=8, density=density),
+                            calib_x=source.train[0])
+    path = tmp_path_factory.mktemp("e2e-cnn") / "cnn.spn"
+    save_package(result.model, path)
+    x, y = source.test
+    return {"model": result.model, "path": path, "x": x[:N_CNN_INPUTS],
+            "y": y[:N_CNN_INPUTS], "source": source}
+
+
+@pytest.fixture(scope="module")
+def cnn_board(cnn_workload):
+    # The icebreaker profile (clock, baud) as ``host.run --sim``'s default, so the CLI test
+    # below shares this Verilator build; the simulated core does not depend on the FPGA.
+    component, rx, tx, cpb = board_top("icebreaker", cnn_workload["path"])
+    harness = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
+    with SimBoard(harness) as running:
+        yield running
+
+
+def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
+    """IDENTIFY says CNN and the driver rebuilds the engine's CnnConfig from it; the load is
+    verified block by block; every output is bit-exact with the golden model and every run's
+    cycle count equals the CNN cycle model (host.cnn_cycles with the engine's timing)."""
+    from hdl.build import cnn_config as build_config
+    from hdl.build import engine_for_model, make_engine
+    from host.cnn_cycles import expected_runs
+    from host.cnn_image import build_image
+    from host.driver import cnn_config
+
+    model, x, y = cnn_workload["model"], cnn_workload["x"], cnn_workload["y"]
+    params = engine_for_model(model)
+    with Accelerator(cnn_board.url, timeout=5.0) as acc:
+        info = acc.identify()
+        assert info.kind == "CNN" and info.hash_ok and info.n_pe == 8
+        config = cnn_config(info)
+        assert config == build_config(params)
+        acc.load(cnn_workload["path"], progress=False)
+        report = acc.last_load["verify"]
+        assert report["skipped"] == [] and report["rewritten"] == []
+        assert report["verified"] == acc.last_load["blocks"] - 1
+        q = acc.quantize(x)
+        start = time.monotonic()
+        got = list(acc.stream_int(q, window=2, cycles=True))
+        seconds = time.monotonic() - start
+        status = acc.status()
+        stats = acc.link.stats
+    assert len(got) == len(x) >= 100
+    out = np.stack([o for o, _ in got])
+    want = GoldenModel(model).forward_int(q)
+    mismatches = int(np.count_nonzero((out != want).any(axis=1)))
+    assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
+    assert status.infers == len(x)
+    assert stats.bad_crc == 0
+    engine = make_engine(params)
+    engine._MustUse__silence = True
+    runs = expected_runs(config, build_image(config, model), model, q, engine.timing())
+    cycles = [c for _, c in got]
+    assert cycles == [run.cycles for run in runs]
+    accuracy = float(np.mean(out.argmax(axis=1) == y))
+    assert accuracy > 0.9
+    print(f"\nCNN: {len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
+          f"{np.mean(cycles):.0f} cycles each, accuracy {accuracy:.3f}, link {stats.as_dict()}")
+
+
+def test_cnn_single_infer_and_zero_input(cnn_board, cnn_workload):
+    """One float input through infer(); an all-zero map (nothing broadcast) is exact too."""
+    model = cnn_workload["model"]
+    with Accelerator(cnn_board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        x0 = cnn_workload["x"][0]
+        assert np.array_equal(acc.infer(x0), expected(model, x0[None])[0])
+        zero = np.zeros((1, *model.input_shape))
+        assert np.array_equal(acc.infer(zero), expected(model, zero))
+
+
+def test_cnn_verify_finds_overwritten_words(cnn_board, cnn_workload):
+    """A descriptor field and an entry changed through WRITE after the load are found by
+    verify(), naming block, region and address; loading again repairs the board."""
+    from host.cnn_image import FIELD_BITS, Field
+    from host.driver import model_image, pack_words
+    from host.driver_errors import VerifyError
+    from host.protocol import RegionId
+
+    model = cnn_workload["model"]
+    with Accelerator(cnn_board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        blocks = model_image(model, acc.identify())
+        desc = next(b for b in blocks if b.name.startswith("descriptor of layer 1"))
+        address = (1 << FIELD_BITS) | Field.ROW_STRIDE
+        wrong = int(desc.words[Field.ROW_STRIDE]) ^ 1
+        acc.write(RegionId.DESCRIPTOR, 0, address, pack_words([wrong], desc.word_bytes))
+        with pytest.raises(VerifyError, match=r"descriptor of layer 1 .*region DESCRIPTOR.*"
+                                              rf"word {address} reads back") as error:
+            acc.verify(model)
+        assert (error.value.region, error.value.address) == (RegionId.DESCRIPTOR, address)
+        entries = next(b for b in blocks if b.name == "entries of PE 3")
+        acc.write(RegionId.ENTRY, 3, 7, pack_words([int(entries.words[7]) ^ 0x21],
+                                                   entries.word_bytes))
+        acc.load(model, progress=False)
+        assert acc.verify(model)["verified"] == len(blocks) - 1
+        x = cnn_workload["x"][:3]
+        assert np.array_equal(acc.infer(x), expected(model, x))
+
+
+def test_cnn_board_refuses_other_models(cnn_board, board, workload, cnn_workload):
+    """An MLP on the CNN board, a CNN on the MLP board and a CNN compressed for another PE
+    count are refused before anything is written, each with a message saying what differs."""
+    with Accelerator(cnn_board.url, timeout=5.0) as acc, \
+            pytest.raises(ModelMismatchError,
+                          match=r"has no conv layer \(an MLP\); the bitstream's engine is CNN"
+                                r".*SPMV engine"):
+        acc.load(workload["model"], progress=False)
+    with Accelerator(board.url, timeout=5.0) as acc, \
+            pytest.raises(ModelMismatchError, match="layer 0 is conv2d.*CNN engine"):
+        acc.load(cnn_workload["model"], progress=False)
+    source = cnn_workload["source"]
+    other = compress_model(source.model, CompressConfig(n_pe=4, density=0.25),
+                           calib_x=source.train[0]).model
+    with Accelerator(cnn_board.url, timeout=5.0) as acc, \
+            pytest.raises(ModelMismatchError, match="PE count: model 4, engine 8"):
+        acc.load(other, progress=False)
+
+
+def test_cnn_run_cli_sim(cnn_board, cnn_workload, tmp_path):
+    """``python -m host.run --sim --model cnn.spn --input X.npy --labels Y.npy --check`` (the
+    README's commands; ``--sim`` starts its own board from the fixture's cached build)."""
+    x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x_path, cnn_workload["x"][:120].astype(np.float32))
+    np.save(y_path, cnn_workload["y"][:120])
+    proc = subprocess.run(
+        [sys.executable, "-m", "host.run", "--sim", "--model", str(cnn_workload["path"]),
+         "--input", str(x_path), "--labels", str(y_path), "--check", "--json"],
+        capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["inferences"] == 120 and report["mismatches"] == 0
+    assert report["accuracy"] > 0.9 and report["throughput_per_s"] > 0
