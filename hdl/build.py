@@ -425,6 +425,10 @@ def check_capacity(board, params, *, model_name=None):
         sizes = (f"{params['n_pe']} PEs, {params['max_entries_per_pe']} entries per PE, "
                  f"{params['max_rows']} rows x {params['max_cols']} cols, "
                  f"{params['max_layers']} layers")
+        if params.get("engine") == "cnn":
+            sizes = (f"CNN engine, {params['n_pe']} PEs, {params['max_entries_per_pe']} entries "
+                     f"per PE, feature maps 2 x {params['fm_words']} words of "
+                     f"{params['fm_lanes']} activations, {params['max_layers']} layers")
         raise CapacityError(f"{what} does not fit the {board.name} ({sizes}):\n  "
                             + "\n  ".join(problems))
     return {"bram_blocks": used, "dsp": dsp,
