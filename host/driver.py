@@ -135,7 +135,7 @@ class EngineInfo(Identity):
 
     @property
     def kind(self) -> str:
-        """Engine kind name (``"SPMV"``, ``"MEMORIES"``, or the number)."""
+        """Engine kind name (``"SPMV"``, ``"LSTM"``, ``"CNN"``, ``"MEMORIES"``, or the number)."""
         try:
             return EngineKind(self.engine).name
         except ValueError:
@@ -179,6 +179,9 @@ class EngineInfo(Identity):
              f"{self.max_entries_per_pe} entries per PE, {self.max_pointers} pointers, "
              f"{self.max_bias} biases, payload {self.max_payload} bytes"),
         ]
+        if self.extension:
+            lines.append("engine parameters: " + ", ".join(
+                f"{k} {v}" for k, v in self.extension_params().items()))
         for r in self.regions:
             access = ("r" if r.readable else "") + ("w" if r.writable else "")
             lines.append(f"  region {_region_name(r.region):10s} {r.count} x {r.depth} words of "

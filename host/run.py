@@ -5,6 +5,7 @@
     python -m host.run --port /dev/ttyUSB1 --model lstm.spn --input x.npy --check
     python -m host.run --sim --model mlp.spn --input x.npy --labels y.npy --json
     python -m host.run --sim --model mlp.spn --input digits-mlp --check   # bundled test set
+    python -m host.run --sim --model digits-cnn.spn --input digits-cnn --check   # CNN engine
 
 DATA (``--input``) is a float ``.npy`` of shape ``(batch, *input_shape)`` (or one input of
 ``input_shape``), or the name of a bundled example (its test set, with its labels); the
