@@ -125,3 +125,20 @@ def test_capacity_ulx3s_fits_icebreaker_refused(cnn, capsys):
     assert main(["--board", "ulx3s", "--model", str(cnn["path"]), "--check-only"]) == 0
     assert main(["--board", "icebreaker", "--model", str(cnn["path"]), "--check-only"]) == 1
     assert "feature-map buffers" in capsys.readouterr().err
+
+
+def test_driver_refuses_a_cnn_too_large_for_the_engine(cnn):
+    """A bitstream with a smaller engine (entry memory, feature-map buffers): build_image's
+    message names the layer and the memory."""
+    from hdl.cnn import CnnEngine
+    from host.cnn_image import CnnConfig
+
+    entries = ("layer 2 (conv 16->64 3x3): the entry memory needs 293 entries per PE up to "
+               "this layer, the engine holds `max_entries_per_pe` = 256")
+    buffer = ("layer 0 (conv 1->16 3x3): the input feature map 1x8x8 needs 64 words of 8 "
+              "activations, the feature-map buffer holds `fm_words` = 32")
+    for change, message in (({"max_entries_per_pe": 256}, entries), ({"fm_words": 32}, buffer)):
+        config = CnnConfig.for_model(cnn["model"], **change)
+        core = SpineCore(CnnBackend(CnnEngine(config)), clock_hz=25_000_000, baud=115200)
+        problems = model_mismatches(cnn["model"], EngineInfo.from_payload(core.identity_bytes))
+        assert len(problems) == 1 and message in problems[0], problems
