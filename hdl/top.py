@@ -518,7 +518,7 @@ class SpineCore(wiring.Component):
 
     Parameters
     ----------
-    backend : MemoriesBackend or EngineBackend
+    backend : MemoriesBackend, EngineBackend, LstmBackend or CnnBackend
     clock_hz : int
         ``sync`` clock frequency (Hz), reported by IDENTIFY.
     baud : int
