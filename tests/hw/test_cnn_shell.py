@@ -73,7 +73,7 @@ def test_shell_with_cnn_engine(tmp_path):
     core, data = _cnn_case()
     verilog = simulate.generate_verilog(core, TOP)
     build = simulate.build_simulation(verilog, TOP)
-    tests = ["engine_identify", "engine_load_readback_infer"]
+    tests = ["engine_ident", "engine_load_readback_infer"]
     results = simulate.run_cocotb(build, TOP, COCOTB, test_dir=tmp_path, seed=6,
                                   testcase=tests, data=data)
     assert sorted(results.passed) == sorted(tests)
