@@ -228,7 +228,7 @@ _EXTENSION_WORD = struct.Struct("<I")
 #: carry (``out_parallel`` 0/1, ``memory`` 0 = "bram", 1 = "spram").
 CNN_EXTENSION_KEYS = ("fm_lanes", "fm_words", "max_dim", "max_pad", "max_stride", "max_pool",
                       "fifo_depth", "out_parallel", "memory")
-EXTENSION_KEYS = {3: CNN_EXTENSION_KEYS}
+EXTENSION_KEYS = {int(EngineKind.CNN): CNN_EXTENSION_KEYS}
 """Extension parameter names by engine kind (:class:`EngineKind` value)."""
 
 
