@@ -249,8 +249,9 @@ class LstmEngine(wiring.Component):
         xlen_r = xend.read_port()                      # x_(T-1)'s end: layer 0's list length
         gstep = Signal(range(self.gsteps_max + 1))     # layer * T + step
         step = Signal(range(self.steps_max + 1))       # step within the layer
-        m.d.comb += [xend_r.addr.eq(gstep), xend_r.en.eq(1), xlen_r.addr.eq(steps - 1),
-                     xlen_r.en.eq(1)]
+        xph = Signal()                                 # x-only phase of step t + 1 (below)
+        m.d.comb += [xend_r.addr.eq(gstep + xph), xend_r.en.eq(1),
+                     xlen_r.addr.eq(steps - 1), xlen_r.en.eq(1)]
         xstart = Signal(self.xlist_bits)
         wp = Signal(self.xlist_bits)                   # x-list append pointer
         app_en = Signal()                              # append a layer output this cycle
@@ -308,13 +309,19 @@ class LstmEngine(wiring.Component):
         mac = Signal()
         cls = Signal()                                 # classifier phase (no x part)
         pph = Signal()                                 # projection phase (h_t list only)
+        # Projection layers: step t+1's x part runs (xph) beside step t's unit, its rows the
+        # projection uses are saved in the gate buffers (sv), then the projection, then the
+        # state-only phase of step t+1 (sph) whose DRAIN adds the saved rows back.
+        sv = Signal()
+        sph = Signal()
+        m.d.comb += sph.eq(sv & ~pph & ~cls)
         ew_idle = Signal()                             # the element-wise unit is free
         first = Signal()                               # first step of a layer: state, c = 0
         rd = Signal()                                  # list bank the MAC broadcasts
         m.d.comb += rd.eq(Mux(pph, ~src, src))
         nx = Signal(self.xlist_bits)
-        m.d.comb += nx.eq(Mux(cls | pph, 0, xend_r.data - xstart))
-        nh = Mux(first & ~pph, 0, Mux(rd, hcount[1], hcount[0]))
+        m.d.comb += nx.eq(Mux(cls | pph | sph, 0, xend_r.data - xstart))
+        nh = Mux((first | xph) & ~pph, 0, Mux(rd, hcount[1], hcount[0]))
         total = Signal(self.xlist_bits + 1)
         m.d.comb += total.eq(nx + nh)
         idx = Signal(self.xlist_bits + 1)
@@ -343,12 +350,13 @@ class LstmEngine(wiring.Component):
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == total) & ~head_valid & ~pe_busy
                                 & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
-                                & (ew_idle | first))
+                                & (ew_idle | first | xph))
 
         # --- accumulator read-out: classifier output stage (one row per cycle) -------------------
         ew = Signal()                                  # the element-wise unit runs (register)
         outp = Signal()                                # classifier output phase
         drain = Signal()                               # accumulators -> gate buffers
+        save = Signal()                                # projection rows -> save area
         # The element-wise unit runs beside the next step's x-part MAC: it keeps its own copy
         # of the layer values it needs (latched when it starts).
         ew_hidden = Signal.like(hidden_r[0])
@@ -376,8 +384,12 @@ class LstmEngine(wiring.Component):
         m.d.comb += [obias_r.addr.eq(desc.bias_base + r), obias_r.en.eq(out_issue)]
         acc_data = Array(pe.acc_rdata for pe in pes)
         buf_ports = []                                 # gate buffers (one per PE)
+        # rows 0 .. rows_per_pe-1: the drained gate pre-activations; then the save area of
+        # the ceil(proj_max / N) local rows a projection uses (x part of the next step)
+        save_rows = -(-self.proj_max // n_pe)
         for p in range(n_pe):
-            buf = Memory(shape=signed(self.acc_bits), depth=self.rows_per_pe, init=[])
+            buf = Memory(shape=signed(self.acc_bits), depth=self.rows_per_pe + save_rows,
+                         init=[])
             m.submodules[f"gate_buf{p}"] = buf
             buf_ports.append((buf.write_port(), buf.read_port()))
         buf_data = Array(buf_r.data for _, buf_r in buf_ports)
@@ -555,10 +567,16 @@ class LstmEngine(wiring.Component):
         dk = Signal(self.local_bits + 1)               # drain: local row being read
         dr = Signal(bits_for(self.max_rows + n_pe))    # drain: dk * n_pe (first row of dk)
         d_issue = Signal()
-        m.d.comb += d_issue.eq(drain & (dr < GATES * cur_hidden))
+        cur_proj = Signal(bits_for(max(self.proj_max, 1)))
+        if self.proj_max:
+            m.d.comb += cur_proj.eq(Array(pd.rows for pd in proj_descs)[layer])
+        m.d.comb += d_issue.eq((drain & (dr < GATES * cur_hidden)) | (save & (dr < cur_proj)))
         d_valid = Signal()
+        d_save = Signal()                              # the row read goes to the save area
+        d_add = Signal()                               # DRAIN: add the saved x part
         d_row = Signal(self.local_bits)
-        m.d.sync += [d_valid.eq(d_issue), d_row.eq(dk)]
+        m.d.sync += [d_valid.eq(d_issue), d_row.eq(dk), d_save.eq(save),
+                     d_add.eq(drain & sv & (dr < cur_proj))]
         with m.If(d_issue):
             m.d.sync += [dk.eq(dk + 1), dr.eq(dr + n_pe)]
         for p, pe in enumerate(pes):
@@ -567,9 +585,16 @@ class LstmEngine(wiring.Component):
                 with m.If(lane_issue[ln] & (lane_pe[ln] == p)):
                     m.d.comb += ew_addr.eq(lane_local[ln])
             buf_w, buf_r = buf_ports[p]
-            m.d.comb += [buf_w.addr.eq(d_row), buf_w.data.eq(pe.acc_rdata),
-                         buf_w.en.eq(d_valid), buf_r.addr.eq(ew_addr)]
-            m.d.comb += [pe.drain.eq(drain | outp),
+            # DRAIN reads the save area (the unit is idle then: the MAC waited for it)
+            if self.proj_max:
+                m.d.comb += [buf_w.addr.eq(Mux(d_save, self.rows_per_pe + d_row, d_row)),
+                             buf_w.data.eq(pe.acc_rdata + Mux(d_add, buf_r.data, 0)),
+                             buf_r.addr.eq(Mux(drain, self.rows_per_pe + dk, ew_addr))]
+            else:
+                m.d.comb += [buf_w.addr.eq(d_row), buf_w.data.eq(pe.acc_rdata),
+                             buf_r.addr.eq(ew_addr)]
+            m.d.comb += buf_w.en.eq(d_valid)
+            m.d.comb += [pe.drain.eq(drain | save | outp),
                          pe.acc_raddr.eq(Mux(outp, r_local, dk)),
                          pe.acc_clear.eq(Mux(outp, o_valid & (o_pe == p), d_valid)),
                          pe.acc_clear_addr.eq(Mux(outp, o_local, d_row))]
@@ -642,7 +667,9 @@ class LstmEngine(wiring.Component):
             m.d.comb += [r_port.addr.eq(self.stat_step), port.eq(r_port.data)]
             stat_w[name] = w
         ew_cnt = Signal(32)
-        m.d.comb += [stat_w["mac"].addr.eq(gstep), stat_w["mac"].data.eq(mac_cnt),
+        xmac = Signal(32)                              # MAC cycles of the x-only phase
+        m.d.comb += [stat_w["mac"].addr.eq(gstep),
+                     stat_w["mac"].data.eq(mac_cnt + Mux(sv, xmac, 0)),
                      stat_w["pmac"].addr.eq(gstep),
                      stat_w["pmac"].data.eq(Mux(pph, mac_cnt, 0)),
                      stat_w["ew"].addr.eq(ew_gstep), stat_w["ew"].data.eq(ew_cnt + 1)]
@@ -693,6 +720,7 @@ class LstmEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [step.eq(0), gstep.eq(0), layer.eq(0), src.eq(0),
+                                 xph.eq(0), sv.eq(0),
                                  xstart.eq(0), first.eq(1), run_cnt.eq(0), self.done.eq(0),
                                  self.busy.eq(1), cls.eq(0), pph.eq(0),
                                  self.cls_cycles.eq(0)]
@@ -706,7 +734,7 @@ class LstmEngine(wiring.Component):
                         m.d.sync += desc.eq(Array(proj_descs)[layer])
                 with m.Else():
                     m.d.sync += desc.eq(Array(lstm_descs)[layer])
-                with m.If((gstep == 0) & ~pph):
+                with m.If((gstep == 0) & ~pph & ~xph):
                     m.d.sync += wp.eq(xlen_r.data)
                 m.next = "MAC"
             with m.State("MAC"):
@@ -726,6 +754,10 @@ class LstmEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += hcount[0].eq(0)
                         m.next = "OUTPUT"
+                    with m.Elif(xph):
+                        # step t+1's x part done: save the projection's rows
+                        m.d.sync += [xmac.eq(mac_cnt), dk.eq(0), dr.eq(0)]
+                        m.next = "SAVE"
                     with m.Else():
                         m.d.comb += stat_w["mac"].en.eq(1)
                         m.d.sync += [dk.eq(0), dr.eq(0)]
@@ -759,11 +791,29 @@ class LstmEngine(wiring.Component):
                         m.d.sync += hcount[0].eq(0)
                     with m.Else():
                         m.d.sync += hcount[1].eq(0)
+                    m.d.sync += sv.eq(0)
                     with m.If(has_proj):
-                        m.next = "PWAIT"
+                        with m.If(step + 1 < steps):
+                            # x_(t+1)'s part beside the unit (it does not need h_t)
+                            m.d.sync += [xph.eq(1), xstart.eq(xend_r.data)]
+                            m.next = "SETUP"
+                        with m.Else():
+                            m.next = "PWAIT"
                     with m.Else():
                         m.d.sync += src.eq(~src)
                         advance(wait_for_unit)
+            with m.State("SAVE"):
+                # accumulator rows 0 .. P-1 (local rows < ceil(P/N)) hold x_(t+1)'s part:
+                # to the buffers' save area, cleared for the projection
+                m.d.comb += save.eq(1)
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(~d_issue):
+                    m.d.sync += [xph.eq(0), sv.eq(1)]
+                    with m.If(ew_idle):
+                        m.d.sync += pph.eq(1)
+                        m.next = "SETUP"
+                    with m.Else():
+                        m.next = "PWAIT"
             with m.State("PWAIT"):
                 # the projection needs the whole h_t list
                 m.d.sync += run_cnt.eq(run_cnt + 1)

@@ -41,7 +41,7 @@ from .cyclemodel import Timing, active_columns, spmv_cycles
 from .encoding import EncodedMatrix
 
 __all__ = ["LstmCycleReport", "LayerTrace", "lstm_cycles", "stack_cycles", "ew_cycles",
-           "drain_cycles",
+           "drain_cycles", "save_cycles",
            "MAC_OVERHEAD", "EW_LATENCY", "OUTPUT_OVERHEAD", "GATES"]
 
 GATES = 4
@@ -140,6 +140,12 @@ def drain_cycles(hidden: int, n_pe: int) -> int:
     return -(-GATES * hidden // n_pe) + 1
 
 
+def save_cycles(proj: int, n_pe: int) -> int:
+    """SAVE phase (projection layers): the ``ceil(P / N)`` local accumulator rows the
+    projection uses go to the gate buffers' save area, one row per PE per cycle, + 1."""
+    return -(-proj // n_pe) + 1
+
+
 def stack_cycles(layers: list[LayerTrace], timing: Timing,
                  classifier: EncodedMatrix | None = None, lanes: int = 1) -> LstmCycleReport:
     """Cycles of a sequence through stacked layers (see the module docstring)."""
@@ -156,13 +162,21 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
         e_cycles = ew_cycles(layer.hidden, lanes)
         drain = drain_cycles(layer.hidden, layer.matrix.n_pe)
         inputs = layer.input_size
+        proj = layer.projection
+        saved_x = None                  # projection layers: (x part's MAC cycles) of step t
         for t in range(len(x_seq)):
             starts.append(now)
             x_cols = active_columns(x_seq[t])
             cols = np.concatenate([x_cols, inputs + active_columns(state)])
             mac_start = now + 1
             alone = spmv_cycles(layer.matrix, cols, timing)
-            if t:
+            if saved_x is not None:
+                # projection layer, t > 0: the x part ran beside the unit of step t - 1; now
+                # the recurrent part alone (the unit is done: the projection needed h_(t-1))
+                s_cycles = spmv_cycles(layer.matrix, cols[len(x_cols):], timing).cycles
+                m_cycles = saved_x + s_cycles
+                drain_start = mac_start + s_cycles + 1
+            elif t:
                 gate = (len(x_cols), max(0, ew_idle_at - mac_start))
                 m_cycles = spmv_cycles(layer.matrix, cols, timing, release=gate).cycles
                 drain_start = mac_start + m_cycles + 1
@@ -175,13 +189,22 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
             best = alone.ideal
             free_cycles = alone.cycles
             p_cycles = 0
-            if layer.projection is not None:
-                prep = spmv_cycles(layer.projection, active_columns(layer.h_seq[t]), timing)
+            saved_x = None
+            if proj is not None:
+                prep = spmv_cycles(proj, active_columns(layer.h_seq[t]), timing)
                 p_cycles = prep.cycles
                 best += prep.ideal
                 free_cycles += p_cycles
-                setup = max(launch + 1, ew_idle_at) + 1      # PWAIT
-                now = setup + 1 + p_cycles + 1 + layer.projection.rows + OUTPUT_OVERHEAD
+                if t + 1 < len(x_seq):
+                    # x_(t+1)'s part (SETUP, MAC) beside the unit, then SAVE of the
+                    # accumulator rows the projection uses
+                    saved_x = spmv_cycles(layer.matrix, active_columns(x_seq[t + 1]),
+                                          timing).cycles
+                    save_last = now + 1 + saved_x + save_cycles(proj.rows, proj.n_pe)
+                    setup = max(save_last, ew_idle_at) + 1   # (PWAIT)
+                else:
+                    setup = max(launch + 1, ew_idle_at) + 1      # PWAIT
+                now = setup + 1 + p_cycles + 1 + proj.rows + OUTPUT_OVERHEAD
             mac.append(m_cycles)
             free.append(free_cycles)
             ideal.append(best)

@@ -152,6 +152,24 @@ def stacked_cases(engine: LstmEngine, seed: int):
             [sequence(rng, steps, inputs, act),
              sequence(rng, int(rng.integers(1, engine.steps_max + 1)), inputs, act, 0.2),
              np.zeros((3, inputs), np.int64), sequence(rng, 1, inputs, act)])
+    if engine.proj_max and engine.layers_max > 1:
+        # Mixed stacks: a projection layer under a plain one and the reverse (the x-part /
+        # projection overlap only in the projection layer), P not a multiple of n_pe,
+        # T = 1 and T = 2 (one overlapped step) sequences.  (Own random stream: the cases
+        # above and below stay as they were.)
+        mrng = np.random.default_rng(seed + 1000)
+        for p0, p1, hidden, upper_hidden in (
+                (min(engine.proj_max, n + 2), 0, engine.hidden_max, engine.hidden_max - 1),
+                (0, 1, 2, 3), (1, 0, 1, 2)):
+            inputs = int(mrng.integers(1, engine.input_max + 1))
+            lower, _ = random_lstm(mrng, inputs, hidden, 0.5, n, proj=p0, bias_scale=0.5,
+                                   **kw)
+            upper, cls = random_lstm(mrng, p0 or hidden, upper_hidden, 0.5, n, proj=p1,
+                                     classes=min(2, engine.classes_max), bias_scale=0.5,
+                                     **kw)
+            add(f"mixed P{p0}/P{p1} H{hidden} I{inputs}", [lower, upper], cls,
+                [sequence(mrng, 7, inputs, act), sequence(mrng, 1, inputs, act),
+                 sequence(mrng, 2, inputs, act), np.zeros((2, inputs), np.int64)])
     # Saturating stack: extreme inputs, large weights and biases in every layer.
     hidden = min(engine.hidden_max, 9)
     proj = min(engine.proj_max, 4)
