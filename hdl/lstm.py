@@ -317,14 +317,18 @@ class LstmEngine(wiring.Component):
         # projection uses are saved in the gate buffers (sv), then the projection, then the
         # state-only phase of step t+1 (sph) whose DRAIN adds the saved rows back.
         sv = Signal()
-        sph = Signal()
-        m.d.comb += sph.eq(sv & ~pph & ~cls)
+        # ... and while the recurrent part runs, r_t is requantized from the gate buffers
+        # (pout) and its list entries are broadcast once all are written.
+        pout = Signal()
         ew_idle = Signal()                             # the element-wise unit is free
         first = Signal()                               # first step of a layer: state, c = 0
         rd = Signal()                                  # list bank the MAC broadcasts
         m.d.comb += rd.eq(Mux(pph, ~src, src))
         nx = Signal(self.xlist_bits)
-        m.d.comb += nx.eq(Mux(cls | pph | sph, 0, xend_r.data - xstart))
+        nx_all = Signal(self.xlist_bits)
+        m.d.comb += nx_all.eq(xend_r.data - xstart)
+        # x-only phase: the first ceil(n/2) of x_(t+1)'s non-zeros (the rest runs with r_t's)
+        m.d.comb += nx.eq(Mux(cls | pph, 0, Mux(xph, nx_all - (nx_all >> 1), nx_all)))
         nh = Mux((first | xph) & ~pph, 0, Mux(rd, hcount[1], hcount[0]))
         total = Signal(self.xlist_bits + 1)
         m.d.comb += total.eq(nx + nh)
@@ -335,7 +339,7 @@ class LstmEngine(wiring.Component):
         # The state list is complete only when the element-wise unit (of the previous step,
         # running beside this MAC) is done: its part waits for it.
         m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready)
-                             & ((idx < nx) | ew_idle))
+                             & ((idx < nx) | (ew_idle & ~pout)))
         m.d.comb += [xlist_r.addr.eq(xstart + idx), xlist_r.en.eq(fetch)]
         for b in range(2):
             m.d.comb += [hl_r[b].addr.eq(idx - nx), hl_r[b].en.eq(fetch)]
@@ -354,13 +358,20 @@ class LstmEngine(wiring.Component):
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == total) & ~head_valid & ~pe_busy
                                 & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
-                                & (ew_idle | first | xph))
+                                & (ew_idle | first | xph) & ~pout)
 
         # --- accumulator read-out: classifier output stage (one row per cycle) -------------------
         ew = Signal()                                  # the element-wise unit runs (register)
         outp = Signal()                                # classifier output phase
         drain = Signal()                               # accumulators -> gate buffers
         save = Signal()                                # projection rows -> save area
+        pdrain = Signal()                              # projection rows -> gate buffers
+        p_rows = Signal.like(desc.rows)                # the streaming output stage's ...
+        p_bias = Signal.like(desc.bias_base)           # ... projection descriptor values
+        p_shift = Signal.like(desc.shift)
+        p_relu = Signal()
+        p_gstep = Signal.like(gstep)
+        o_proj = Signal()                              # the row read out is r_t's (buffers)
         # The element-wise unit runs beside the next step's x-part MAC: it keeps its own copy
         # of the layer values it needs (latched when it starts).
         ew_hidden = Signal.like(hidden_r[0])
@@ -378,14 +389,16 @@ class LstmEngine(wiring.Component):
         r_pe = Signal(self.pe_bits)
         r_local = Signal(self.local_bits)
         out_issue = Signal()
-        m.d.comb += out_issue.eq(outp & (r < desc.rows))
+        m.d.comb += out_issue.eq((outp & (r < desc.rows)) | (pout & (r < p_rows)))
         o_valid = Signal()
         o_pe = Signal(self.pe_bits)
         o_local = Signal(self.local_bits)
         o_row = Signal.like(r)
-        m.d.sync += [o_valid.eq(out_issue), o_pe.eq(r_pe), o_local.eq(r_local), o_row.eq(r)]
+        m.d.sync += [o_valid.eq(out_issue), o_pe.eq(r_pe), o_local.eq(r_local), o_row.eq(r),
+                     o_proj.eq(pout)]
         obias_r = bias_mem.read_port()
-        m.d.comb += [obias_r.addr.eq(desc.bias_base + r), obias_r.en.eq(out_issue)]
+        m.d.comb += [obias_r.addr.eq(Mux(pout, p_bias, desc.bias_base) + r),
+                     obias_r.en.eq(out_issue)]
         acc_data = Array(pe.acc_rdata for pe in pes)
         buf_ports = []                                 # gate buffers (one per PE)
         # rows 0 .. rows_per_pe-1: the drained gate pre-activations; then the save area of
@@ -397,13 +410,16 @@ class LstmEngine(wiring.Component):
             m.submodules[f"gate_buf{p}"] = buf
             buf_ports.append((buf.write_port(), buf.read_port()))
         buf_data = Array(buf_r.data for _, buf_r in buf_ports)
-        m.d.comb += [rq.acc.eq(acc_data[o_pe]), rq.bias.eq(obias_r.data),
-                     rq.shift.eq(desc.shift), rq.relu.eq(desc.relu)]
+        m.d.comb += [rq.acc.eq(Mux(o_proj, buf_data[o_pe], acc_data[o_pe])),
+                     rq.bias.eq(obias_r.data),
+                     rq.shift.eq(Mux(o_proj, p_shift, desc.shift)),
+                     rq.relu.eq(Mux(o_proj, p_relu, desc.relu))]
         m.d.comb += [out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid & cls)]
         if self.proj_max:
-            m.d.comb += [r_w.addr.eq(o_row), r_w.data.eq(rq.out), r_w.en.eq(o_valid & pph)]
+            m.d.comb += [r_w.addr.eq(o_row), r_w.data.eq(rq.out),
+                         r_w.en.eq(o_valid & (pph | o_proj))]
         pout_wr = Signal()                             # a non-zero r_t element -> lists
-        m.d.comb += pout_wr.eq(o_valid & pph & (rq.out != 0))
+        m.d.comb += pout_wr.eq(o_valid & (pph | o_proj) & (rq.out != 0))
         with m.If(out_issue):
             m.d.sync += r.eq(r + 1)
             with m.If(r_pe == n_pe - 1):
@@ -574,7 +590,8 @@ class LstmEngine(wiring.Component):
         cur_proj = Signal(bits_for(max(self.proj_max, 1)))
         if self.proj_max:
             m.d.comb += cur_proj.eq(Array(pd.rows for pd in proj_descs)[layer])
-        m.d.comb += d_issue.eq((drain & (dr < GATES * cur_hidden)) | (save & (dr < cur_proj)))
+        m.d.comb += d_issue.eq((drain & (dr < GATES * cur_hidden))
+                               | ((save | pdrain) & (dr < cur_proj)))
         d_valid = Signal()
         d_save = Signal()                              # the row read goes to the save area
         d_add = Signal()                               # DRAIN: add the saved x part
@@ -593,12 +610,13 @@ class LstmEngine(wiring.Component):
             if self.proj_max:
                 m.d.comb += [buf_w.addr.eq(Mux(d_save, self.rows_per_pe + d_row, d_row)),
                              buf_w.data.eq(pe.acc_rdata + Mux(d_add, buf_r.data, 0)),
-                             buf_r.addr.eq(Mux(drain, self.rows_per_pe + dk, ew_addr))]
+                             buf_r.addr.eq(Mux(drain, self.rows_per_pe + dk,
+                                               Mux(pout, r_local, ew_addr)))]
             else:
                 m.d.comb += [buf_w.addr.eq(d_row), buf_w.data.eq(pe.acc_rdata),
                              buf_r.addr.eq(ew_addr)]
             m.d.comb += buf_w.en.eq(d_valid)
-            m.d.comb += [pe.drain.eq(drain | save | outp),
+            m.d.comb += [pe.drain.eq(drain | save | pdrain | outp),
                          pe.acc_raddr.eq(Mux(outp, r_local, dk)),
                          pe.acc_clear.eq(Mux(outp, o_valid & (o_pe == p), d_valid)),
                          pe.acc_clear_addr.eq(Mux(outp, o_local, d_row))]
@@ -687,6 +705,10 @@ class LstmEngine(wiring.Component):
             m.d.comb += stat_w["ew"].en.eq(1)
             with m.If(ew_app):
                 m.d.comb += [xend_en.eq(1), xend_addr.eq(ew_gstep + steps)]
+        # the streaming output stage (r_t from the buffers) ends by itself (the unit is idle)
+        with m.If(pout & ~out_issue & ~o_valid):
+            m.d.sync += pout.eq(0)
+            m.d.comb += [xend_en.eq(~is_last), xend_addr.eq(p_gstep + steps)]
 
         def finish():
             m.d.sync += [self.busy.eq(0), self.done.eq(1), self.cycles.eq(run_cnt + 1)]
@@ -694,7 +716,9 @@ class LstmEngine(wiring.Component):
 
         def advance(last_next):
             """The step's MAC work is done: next step, next layer, or ``last_next``."""
-            m.d.sync += [gstep.eq(gstep + 1), first.eq(0), xstart.eq(xend_r.data)]
+            m.d.sync += [gstep.eq(gstep + 1), first.eq(0)]
+            with m.If(~sv):                            # (sv: x_(t+1) is partly done)
+                m.d.sync += xstart.eq(xend_r.data)
             with m.If(step + 1 == steps):
                 with m.If(~is_last):
                     m.d.sync += [layer.eq(layer + 1), step.eq(0), first.eq(1)]
@@ -724,7 +748,7 @@ class LstmEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [step.eq(0), gstep.eq(0), layer.eq(0), src.eq(0),
-                                 xph.eq(0), sv.eq(0),
+                                 xph.eq(0), sv.eq(0), pout.eq(0),
                                  xstart.eq(0), first.eq(1), run_cnt.eq(0), self.done.eq(0),
                                  self.busy.eq(1), cls.eq(0), pph.eq(0),
                                  self.cls_cycles.eq(0)]
@@ -752,15 +776,19 @@ class LstmEngine(wiring.Component):
                     with m.Elif(pph):
                         # r_t goes to the src bank (the LSTM MAC has read r_(t-1) from it)
                         m.d.comb += stat_w["pmac"].en.eq(1)
-                        m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                        m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0), dk.eq(0), dr.eq(0)]
                         with m.If(src):
                             m.d.sync += hcount[1].eq(0)
                         with m.Else():
                             m.d.sync += hcount[0].eq(0)
-                        m.next = "OUTPUT"
+                        with m.If(sv):
+                            m.next = "PDRAIN"
+                        with m.Else():
+                            m.next = "OUTPUT"
                     with m.Elif(xph):
                         # step t+1's x part done: save the projection's rows
-                        m.d.sync += [xmac.eq(mac_cnt), dk.eq(0), dr.eq(0)]
+                        m.d.sync += [xmac.eq(mac_cnt), dk.eq(0), dr.eq(0),
+                                     xstart.eq(xstart + nx)]
                         m.next = "SAVE"
                     with m.Else():
                         m.d.comb += stat_w["mac"].en.eq(1)
@@ -818,6 +846,16 @@ class LstmEngine(wiring.Component):
                         m.next = "SETUP"
                     with m.Else():
                         m.next = "PWAIT"
+            with m.State("PDRAIN"):
+                # r_t's accumulator rows -> gate buffers (free: the unit is done); the output
+                # stage requantizes them from there beside step t+1's remaining MAC
+                m.d.comb += pdrain.eq(1)
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                with m.If(~d_issue):
+                    m.d.sync += [pph.eq(0), pout.eq(1), p_rows.eq(desc.rows),
+                                 p_bias.eq(desc.bias_base), p_shift.eq(desc.shift),
+                                 p_relu.eq(desc.relu), p_gstep.eq(gstep)]
+                    advance(to_classifier_or_finish)
             with m.State("PWAIT"):
                 # the projection needs the whole h_t list
                 m.d.sync += run_cnt.eq(run_cnt + 1)

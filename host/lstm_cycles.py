@@ -170,6 +170,7 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
         inputs = layer.input_size
         proj = layer.projection
         saved_x = None                  # projection layers: (x part's MAC cycles) of step t
+        split = out_free = 0            # ... its x columns done, first cycle r_t is complete
         for t in range(len(x_seq)):
             starts.append(now)
             x_cols = active_columns(x_seq[t])
@@ -177,9 +178,12 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
             mac_start = now + 1
             alone = spmv_cycles(layer.matrix, cols, timing)
             if saved_x is not None:
-                # projection layer, t > 0: the x part ran beside the unit of step t - 1; now
-                # the recurrent part alone (the unit is done: the projection needed h_(t-1))
-                s_cycles = spmv_cycles(layer.matrix, cols[len(x_cols):], timing).cycles
+                # projection layer, t > 0: the first half of the x part ran beside the unit of
+                # step t - 1; now the rest, then r_(t-1)'s columns once the output stage
+                # (running beside this MAC) has written them all
+                rest = cols[split:]
+                gate = (len(x_cols) - split, max(0, out_free - mac_start))
+                s_cycles = spmv_cycles(layer.matrix, rest, timing, release=gate).cycles
                 m_cycles = saved_x + s_cycles
                 drain_start = mac_start + s_cycles + 1
             elif t:
@@ -202,15 +206,22 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
                 best += prep.ideal
                 free_cycles += p_cycles
                 if t + 1 < len(x_seq):
-                    # x_(t+1)'s part (SETUP, MAC) beside the unit, then SAVE of the
-                    # accumulator rows the projection uses
-                    saved_x = spmv_cycles(layer.matrix, active_columns(x_seq[t + 1]),
-                                          timing).cycles
-                    save_last = now + 1 + saved_x + save_cycles(proj.rows, proj.n_pe)
+                    # the first half of x_(t+1)'s part (SETUP, MAC) beside the unit, then
+                    # SAVE of the accumulator rows the projection uses; after the projection
+                    # MAC, PDRAIN (its rows to the buffers) and the output stage beside the
+                    # next MAC
+                    x_next = active_columns(x_seq[t + 1])
+                    split = len(x_next) - len(x_next) // 2
+                    saved_x = spmv_cycles(layer.matrix, x_next[:split], timing).cycles
+                    rows = save_cycles(proj.rows, proj.n_pe)
+                    save_last = now + 1 + saved_x + rows
                     setup = max(save_last, ew_idle_at) + 1   # (PWAIT)
+                    pdrain_last = setup + 1 + p_cycles + rows
+                    out_free = pdrain_last + 1 + proj.rows + OUTPUT_OVERHEAD
+                    now = pdrain_last + 1
                 else:
                     setup = max(launch + 1, ew_idle_at) + 1      # PWAIT
-                now = setup + 1 + p_cycles + 1 + proj.rows + OUTPUT_OVERHEAD
+                    now = setup + 1 + p_cycles + 1 + proj.rows + OUTPUT_OVERHEAD
             mac.append(m_cycles)
             free.append(free_cycles)
             ideal.append(best)
