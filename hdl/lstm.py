@@ -17,12 +17,14 @@ Layer-major: layer ``l`` runs all ``T`` steps, then layer ``l + 1``, whose input
                         c = sat(rs(f*c + i*g)), h = sat(rs(o * tanh(c))); non-zero h go to
                         the state list (and the x list for the next layer), all h to the
                         dense h buffer (host read port h_addr / h_data)
-    (projection layers: the x part of step t+1 runs beside the unit, then SAVE copies the
-    accumulator rows the projection uses (local rows < ceil(P/N)) to a save area of the gate
-    buffers; wait for the unit, then the projection MAC over h_t's list and an output stage
-    writing r_t to the state list, the x list and the r memory; then step t+1's recurrent
-    part alone, whose DRAIN adds the saved rows back.  The last step of a layer: wait for
-    the unit, projection.)
+    (projection layers: the first half of step t+1's x part runs beside the unit, then
+    SAVE copies the accumulator rows the projection uses (local rows < ceil(P/N)) to a save
+    area of the gate buffers; wait for the unit, then the projection MAC over h_t's list,
+    PDRAIN (its rows to the gate buffers), and step t+1's MAC: the rest of the x part, then
+    r_t's columns once the output stage, running beside it from the buffers, has written
+    r_t to the state list, the x list and the r memory; its DRAIN adds the saved rows back.
+    The last step of a layer: wait for the unit, projection, output stage from the
+    accumulators.)
 
 After the last step, when ``CLASSIFY`` is set, the classifier ``Linear(S -> classes)`` runs
 on the same PE array over the final state list (MAC phase + one output row per cycle, as

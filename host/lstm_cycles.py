@@ -17,16 +17,21 @@ Layer-major order: layer ``l`` runs all ``T`` steps, then layer ``l + 1`` (its i
     ... the element-wise unit (E = ew_cycles(H, L) cycles from the buffers) starts and runs
         beside the next step's SETUP + MAC: the x part does not depend on h_t.
 
-With a projection the step continues after the unit (``r_t`` needs all of ``h_t``); when a
-step ``t + 1`` follows, its x part runs first, beside the unit, and its recurrent part
-after the projection::
+With a projection the step continues after the unit (``r_t`` needs all of ``h_t``).  The
+last step of a layer::
 
-    [t + 1 < T:  SETUP 1;  MAC X + 1 (X = spmv_cycles(W, x_(t+1)'s columns));
-                 SAVE ceil(P / N) + 1 (save_cycles: the rows the projection uses)]
     PWAIT  until the unit is done;  SETUP 1;  MAC Pm + 1 (Pm = spmv_cycles(W_hr, nonzero(h_t)));
     OUTPUT P + OUTPUT_OVERHEAD     (r_t requantized, to the state list and the next layer)
-    [step t + 1:  SETUP 1;  MAC R + 1 (R = spmv_cycles(W, r_t's columns I + u));  DRAIN;
-                  its mac = X + R]
+
+When a step ``t + 1`` follows, the first ``ceil(n/2)`` of x_(t+1)'s ``n`` non-zero columns
+run beside the unit, the rest beside the output stage::
+
+    SETUP 1;  MAC X + 1 (X = spmv_cycles(W, first half));
+    SAVE ceil(P / N) + 1 (save_cycles: the rows the projection uses);  PWAIT;
+    SETUP 1;  MAC Pm + 1;  PDRAIN ceil(P / N) + 1 (r_t's rows to the gate buffers);
+    step t + 1:  SETUP 1;  MAC R + 1 (R = spmv_cycles(W, rest + r_t's columns I + u,
+                 release=(len(rest), P + 1)): the output stage, P + OUTPUT_OVERHEAD cycles
+                 from this SETUP, writes r_t's list);  DRAIN;  its mac = X + R
 
 After the last step: wait for the unit (FWAIT), then the classifier of ``R`` rows::
 
