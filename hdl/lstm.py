@@ -373,6 +373,10 @@ class LstmEngine(wiring.Component):
         p_shift = Signal.like(desc.shift)
         p_relu = Signal()
         p_gstep = Signal.like(gstep)
+        p_in = Signal.like(in_r[0])                    # (the layer may change meanwhile)
+        p_app = Signal()
+        xnext = Signal()                               # the x-only phase is the next layer's
+        s_rows = Signal(bits_for(max(self.proj_max, 1)))  # P of the saved rows
         o_proj = Signal()                              # the row read out is r_t's (buffers)
         # The element-wise unit runs beside the next step's x-part MAC: it keeps its own copy
         # of the layer values it needs (latched when it starts).
@@ -599,7 +603,7 @@ class LstmEngine(wiring.Component):
         d_add = Signal()                               # DRAIN: add the saved x part
         d_row = Signal(self.local_bits)
         m.d.sync += [d_valid.eq(d_issue), d_row.eq(dk), d_save.eq(save),
-                     d_add.eq(drain & sv & (dr < cur_proj))]
+                     d_add.eq(drain & sv & (dr < s_rows))]
         with m.If(d_issue):
             m.d.sync += [dk.eq(dk + 1), dr.eq(dr + n_pe)]
         for p, pe in enumerate(pes):
@@ -651,8 +655,10 @@ class LstmEngine(wiring.Component):
                          lw_val.eq(wr_val), app_en.eq(ew_app),
                          app_col.eq(wr_unit), app_val.eq(wr_val)]
         with m.Elif(pout_wr):
-            m.d.comb += [lw_en.eq(1), lw_bank.eq(src), lw_col.eq(cur_in + o_row),
-                         lw_val.eq(rq.out), app_en.eq(~is_last), app_col.eq(o_row),
+            m.d.comb += [lw_en.eq(1), lw_bank.eq(src),
+                         lw_col.eq(Mux(o_proj, p_in, cur_in) + o_row),
+                         lw_val.eq(rq.out), app_en.eq(Mux(o_proj, p_app, ~is_last)),
+                         app_col.eq(o_row),
                          app_val.eq(rq.out)]
         ew_busy = Signal()
         m.d.comb += ew_busy.eq(Cat(*busy_terms).any())
@@ -710,16 +716,17 @@ class LstmEngine(wiring.Component):
         # the streaming output stage (r_t from the buffers) ends by itself (the unit is idle)
         with m.If(pout & ~out_issue & ~o_valid):
             m.d.sync += pout.eq(0)
-            m.d.comb += [xend_en.eq(~is_last), xend_addr.eq(p_gstep + steps)]
+            m.d.comb += [xend_en.eq(p_app), xend_addr.eq(p_gstep + steps)]
 
         def finish():
             m.d.sync += [self.busy.eq(0), self.done.eq(1), self.cycles.eq(run_cnt + 1)]
             m.next = "IDLE"
 
-        def advance(last_next):
-            """The step's MAC work is done: next step, next layer, or ``last_next``."""
+        def advance(last_next, keep_xstart=False):
+            """The step's MAC work is done: next step, next layer, or ``last_next``
+            (``keep_xstart``: the next x part is partly done, xstart points into it)."""
             m.d.sync += [gstep.eq(gstep + 1), first.eq(0)]
-            with m.If(~sv):                            # (sv: x_(t+1) is partly done)
+            if not keep_xstart:
                 m.d.sync += xstart.eq(xend_r.data)
             with m.If(step + 1 == steps):
                 with m.If(~is_last):
@@ -750,7 +757,7 @@ class LstmEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [step.eq(0), gstep.eq(0), layer.eq(0), src.eq(0),
-                                 xph.eq(0), sv.eq(0), pout.eq(0),
+                                 xph.eq(0), sv.eq(0), pout.eq(0), xnext.eq(0),
                                  xstart.eq(0), first.eq(1), run_cnt.eq(0), self.done.eq(0),
                                  self.busy.eq(1), cls.eq(0), pph.eq(0),
                                  self.cls_cycles.eq(0)]
@@ -763,7 +770,7 @@ class LstmEngine(wiring.Component):
                     if self.proj_max:
                         m.d.sync += desc.eq(Array(proj_descs)[layer])
                 with m.Else():
-                    m.d.sync += desc.eq(Array(lstm_descs)[layer])
+                    m.d.sync += desc.eq(Array(lstm_descs)[layer + xnext])
                 with m.If((gstep == 0) & ~pph & ~xph):
                     m.d.sync += wp.eq(xlen_r.data)
                 m.next = "MAC"
@@ -827,9 +834,11 @@ class LstmEngine(wiring.Component):
                         m.d.sync += hcount[1].eq(0)
                     m.d.sync += sv.eq(0)
                     with m.If(has_proj):
-                        with m.If(step + 1 < steps):
-                            # x_(t+1)'s part beside the unit (it does not need h_t)
-                            m.d.sync += [xph.eq(1), xstart.eq(xend_r.data)]
+                        with m.If((step + 1 < steps) | (~is_last & (steps > 1))):
+                            # x_(t+1)'s part beside the unit (it does not need h_t); after
+                            # the last step, the next layer's x_0 (r_0 of this layer)
+                            m.d.sync += [xph.eq(1), xstart.eq(xend_r.data),
+                                         xnext.eq(step + 1 == steps)]
                             m.next = "SETUP"
                         with m.Else():
                             m.next = "PWAIT"
@@ -842,7 +851,7 @@ class LstmEngine(wiring.Component):
                 m.d.comb += save.eq(1)
                 m.d.sync += run_cnt.eq(run_cnt + 1)
                 with m.If(~d_issue):
-                    m.d.sync += [xph.eq(0), sv.eq(1)]
+                    m.d.sync += [xph.eq(0), xnext.eq(0), sv.eq(1), s_rows.eq(cur_proj)]
                     with m.If(ew_idle):
                         m.d.sync += pph.eq(1)
                         m.next = "SETUP"
@@ -856,8 +865,9 @@ class LstmEngine(wiring.Component):
                 with m.If(~d_issue):
                     m.d.sync += [pph.eq(0), pout.eq(1), p_rows.eq(desc.rows),
                                  p_bias.eq(desc.bias_base), p_shift.eq(desc.shift),
-                                 p_relu.eq(desc.relu), p_gstep.eq(gstep)]
-                    advance(to_classifier_or_finish)
+                                 p_relu.eq(desc.relu), p_gstep.eq(gstep), p_in.eq(cur_in),
+                                 p_app.eq(~is_last)]
+                    advance(to_classifier_or_finish, keep_xstart=True)
             with m.State("PWAIT"):
                 # the projection needs the whole h_t list
                 m.d.sync += run_cnt.eq(run_cnt + 1)

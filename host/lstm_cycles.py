@@ -164,6 +164,8 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
     now = 1                     # cycle of the next SETUP (the start pulse is cycle 0)
     ew_idle_at = 0              # first cycle in which the element-wise unit is free
     state = None
+    saved_x = None                      # projection layers: (x part's MAC cycles) of step t
+    split = out_free = 0                # ... its x columns done, first cycle r_t is complete
     for n, layer in enumerate(layers):
         x_seq, states = np.asarray(layer.x_seq), np.asarray(layer.states)
         state = np.zeros(states.shape[1], dtype=np.int64)
@@ -174,8 +176,6 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
         drain = drain_cycles(layer.hidden, layer.matrix.n_pe)
         inputs = layer.input_size
         proj = layer.projection
-        saved_x = None                  # projection layers: (x part's MAC cycles) of step t
-        split = out_free = 0            # ... its x columns done, first cycle r_t is complete
         for t in range(len(x_seq)):
             starts.append(now)
             x_cols = active_columns(x_seq[t])
@@ -210,14 +210,19 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
                 p_cycles = prep.cycles
                 best += prep.ideal
                 free_cycles += p_cycles
-                if t + 1 < len(x_seq):
+                follow = None                # the x part that runs next: step t+1's, or
+                if t + 1 < len(x_seq):       # after the last step the next layer's x_0
+                    follow = (layer.matrix, x_seq[t + 1])
+                elif n + 1 < len(layers) and len(x_seq) > 1:
+                    follow = (layers[n + 1].matrix, np.asarray(layers[n + 1].x_seq)[0])
+                if follow is not None:
                     # the first half of x_(t+1)'s part (SETUP, MAC) beside the unit, then
                     # SAVE of the accumulator rows the projection uses; after the projection
                     # MAC, PDRAIN (its rows to the buffers) and the output stage beside the
                     # next MAC
-                    x_next = active_columns(x_seq[t + 1])
+                    x_next = active_columns(follow[1])
                     split = len(x_next) - len(x_next) // 2
-                    saved_x = spmv_cycles(layer.matrix, x_next[:split], timing).cycles
+                    saved_x = spmv_cycles(follow[0], x_next[:split], timing).cycles
                     rows = save_cycles(proj.rows, proj.n_pe)
                     save_last = now + 1 + saved_x + rows
                     setup = max(save_last, ew_idle_at) + 1   # (PWAIT)
