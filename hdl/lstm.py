@@ -23,8 +23,8 @@ Layer-major: layer ``l`` runs all ``T`` steps, then layer ``l + 1``, whose input
     PDRAIN (its rows to the gate buffers), and step t+1's MAC: the rest of the x part, then
     r_t's columns once the output stage, running beside it from the buffers, has written
     r_t to the state list, the x list and the r memory; its DRAIN adds the saved rows back.
-    The last step of a layer: wait for the unit, projection, output stage from the
-    accumulators.)
+    After a layer's last step (T >= 2) the next layer's x_0 part plays step t+1's; the last
+    layer's last step: wait for the unit, projection, output stage from the accumulators.)
 
 After the last step, when ``CLASSIFY`` is set, the classifier ``Linear(S -> classes)`` runs
 on the same PE array over the final state list (MAC phase + one output row per cycle, as

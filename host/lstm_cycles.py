@@ -18,13 +18,14 @@ Layer-major order: layer ``l`` runs all ``T`` steps, then layer ``l + 1`` (its i
         beside the next step's SETUP + MAC: the x part does not depend on h_t.
 
 With a projection the step continues after the unit (``r_t`` needs all of ``h_t``).  The
-last step of a layer::
+last layer's last step (or any step with T = 1)::
 
     PWAIT  until the unit is done;  SETUP 1;  MAC Pm + 1 (Pm = spmv_cycles(W_hr, nonzero(h_t)));
     OUTPUT P + OUTPUT_OVERHEAD     (r_t requantized, to the state list and the next layer)
 
-When a step ``t + 1`` follows, the first ``ceil(n/2)`` of x_(t+1)'s ``n`` non-zero columns
-run beside the unit, the rest beside the output stage::
+When a step ``t + 1`` follows (or, after a layer's last step with T >= 2, the next
+layer's step 0, whose x_0 is this layer's r_0), the first ``ceil(n/2)`` of x_(t+1)'s ``n``
+non-zero columns run beside the unit, the rest beside the output stage::
 
     SETUP 1;  MAC X + 1 (X = spmv_cycles(W, first half));
     SAVE ceil(P / N) + 1 (save_cycles: the rows the projection uses);  PWAIT;

@@ -153,9 +153,9 @@ def stacked_cases(engine: LstmEngine, seed: int):
              sequence(rng, int(rng.integers(1, engine.steps_max + 1)), inputs, act, 0.2),
              np.zeros((3, inputs), np.int64), sequence(rng, 1, inputs, act)])
     if engine.proj_max and engine.layers_max > 1:
-        # Mixed stacks: a projection layer under a plain one and the reverse (the x-part /
-        # projection overlap only in the projection layer), P not a multiple of n_pe,
-        # T = 1 and T = 2 (one overlapped step) sequences.  (Own random stream: the cases
+        # Mixed stacks: a projection layer under a plain one (its last step overlaps the
+        # plain layer's x_0 part) and the reverse, P not a multiple of n_pe, T = 1 (no
+        # overlap) and T = 2 (one overlapped step, then the layer change) sequences.  (Own random stream: the cases
         # above and below stay as they were.)
         mrng = np.random.default_rng(seed + 1000)
         for p0, p1, hidden, upper_hidden in (
