@@ -155,8 +155,8 @@ def stacked_cases(engine: LstmEngine, seed: int):
     if engine.proj_max and engine.layers_max > 1:
         # Mixed stacks: a projection layer under a plain one (its last step overlaps the
         # plain layer's x_0 part) and the reverse, P not a multiple of n_pe, T = 1 (no
-        # overlap) and T = 2 (one overlapped step, then the layer change) sequences.  (Own random stream: the cases
-        # above and below stay as they were.)
+        # overlap) and T = 2 (one overlapped step, then the layer change) sequences.  (Own
+        # random stream: the cases above and below stay as they were.)
         mrng = np.random.default_rng(seed + 1000)
         for p0, p1, hidden, upper_hidden in (
                 (min(engine.proj_max, n + 2), 0, engine.hidden_max, engine.hidden_max - 1),
