@@ -596,14 +596,17 @@ class LstmEngine(wiring.Component):
         cur_proj = Signal(bits_for(max(self.proj_max, 1)))
         if self.proj_max:
             m.d.comb += cur_proj.eq(Array(pd.rows for pd in proj_descs)[layer])
-        m.d.comb += d_issue.eq((drain & (dr < GATES * cur_hidden))
-                               | ((save | pdrain) & (dr < cur_proj)))
+        d_issue_terms = drain & (dr < GATES * cur_hidden)
+        if self.proj_max:
+            d_issue_terms |= (save | pdrain) & (dr < cur_proj)
+        m.d.comb += d_issue.eq(d_issue_terms)
         d_valid = Signal()
         d_save = Signal()                              # the row read goes to the save area
         d_add = Signal()                               # DRAIN: add the saved x part
         d_row = Signal(self.local_bits)
-        m.d.sync += [d_valid.eq(d_issue), d_row.eq(dk), d_save.eq(save),
-                     d_add.eq(drain & sv & (dr < s_rows))]
+        m.d.sync += [d_valid.eq(d_issue), d_row.eq(dk), d_save.eq(save)]
+        if self.proj_max:
+            m.d.sync += d_add.eq(drain & sv & (dr < s_rows))
         with m.If(d_issue):
             m.d.sync += [dk.eq(dk + 1), dr.eq(dr + n_pe)]
         for p, pe in enumerate(pes):
