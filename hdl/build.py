@@ -345,7 +345,9 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
         MemoryUse("codebook (per PE)", params["weight_width"],
                   p.n_codebooks << params["index_bits"], n_pe),
         MemoryUse("accumulators (per PE)", acc, p.rows_per_pe, n_pe),
-        MemoryUse("gate buffers (per PE)", acc, p.rows_per_pe, n_pe),
+        # drained gate sums, plus the save area of the ceil(proj_max / N) rows a projection
+        # uses (hdl/lstm.py)
+        MemoryUse("gate buffers (per PE)", acc, p.rows_per_pe + -(-p.proj_max // n_pe), n_pe),
         MemoryUse("bias memory (per lane + output stage)", acc, params["max_bias"], lanes + 1),
         MemoryUse("x list", p.col_bits + act, p.max_xlist),
         MemoryUse("x step ends", p.xlist_bits, p.gsteps_max),

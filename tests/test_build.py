@@ -233,3 +233,26 @@ def test_lstm_capacity_counts_lanes(lstm_model):
         build.check_capacity(get_board("icebreaker"), params, model_name=lstm_model.name)
     names = {m.name for m in build.memory_inventory(params)}
     assert {"x list", "gate ROM, sigmoid + tanh (per lane)", "entry memory (per PE)"} <= names
+
+
+def _engine_memories(fragment, path=""):
+    """(path, width, depth) of every memory an elaborated engine instantiates."""
+    from amaranth.hdl import Shape
+    from amaranth.hdl._mem import MemoryInstance
+    if isinstance(fragment, MemoryInstance):
+        yield path, Shape.cast(fragment._data.shape).width, fragment._data.depth
+    for sub, name, _ in getattr(fragment, "subfragments", []):
+        yield from _engine_memories(sub, f"{path}.{name}")
+
+
+def test_lstm_inventory_matches_the_gate_buffers_built(lstm_model):
+    """The capacity check's gate-buffer entry has the depth hdl/lstm.py gives the buffers,
+    including the save area a projection needs."""
+    from amaranth.hdl import Fragment
+    params = dict(build.engine_for_model(lstm_model), layers_max=2, proj_max=20)
+    built = {(w, d) for path, w, d in _engine_memories(Fragment.get(build.make_engine(params),
+                                                                    None))
+             if path.rsplit(".", 1)[-1].startswith("gate_buf")}
+    listed = [m for m in build.memory_inventory(params) if m.name == "gate buffers (per PE)"]
+    assert len(listed) == 1 and built == {(listed[0].width, listed[0].depth)}
+    assert listed[0].copies == params["n_pe"]
