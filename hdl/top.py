@@ -15,7 +15,8 @@ Back ends (what sits behind the region bus):
 * :class:`LstmBackend`: :class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.  Regions 0-4
   as for the SpMV engine; INFER's dense T x I input sequence (INPUT region, written in address
   order) is turned into the engine's x list (non-zeros with their columns) and per-step ends
-  on the fly; OUTPUT reads the classifier scores.
+  on the fly; OUTPUT reads the classifier scores, STATE the last layer's final output h_T
+  (r_T with a projection).
 * :class:`CnnBackend`: :class:`hdl.cnn.CnnEngine` behind :class:`CnnAdapter`.  Regions 0-4 as
   for the SpMV engine (DESCRIPTOR addresses ``layer << 5 | field``); INFER's input map, sent
   in (H, W, C) order, is written into feature-map buffer 0 at the engine's activation
@@ -114,21 +115,30 @@ def _drive_loader(m, e, bus, *, valid):
         m.d.comb += load.lanes[p].eq(bus.wdata)
 
 
-def _drive_readback(m, e, bus):
+def _drive_readback(m, e, bus, *, state=False):
     """Bus reads of regions 0..4 (ENTRY .. DESCRIPTOR) go to engine ``e``'s read-back port,
-    OUTPUT reads to its output buffer (``out_addr``); ``bus.rdata`` is the one read, latency 1.
-    The decoder reads only while the engine is idle (INFER waits for the run to end)."""
+    OUTPUT reads to its output buffer (``out_addr``), and with ``state`` STATE reads to the LSTM
+    engine's final-output port (``h_addr`` / ``h_data``, same width as ``out_data``);
+    ``bus.rdata`` is the one read, latency 1.  The decoder reads only while the engine is idle
+    (INFER waits for the run to end)."""
     rb = e.rb
     m.d.comb += [rb.en.eq(bus.re & (bus.region <= RegionId.DESCRIPTOR)),
                  rb.region.eq(bus.region[:3]), rb.pe.eq(bus.index), rb.addr.eq(bus.addr),
                  e.out_addr.eq(bus.addr)]
     from_output = Signal()
+    from_state = Signal()
     with m.If(bus.re):
         m.d.sync += from_output.eq(bus.region == RegionId.OUTPUT)
-    # Only the OUTPUT word's wire bits need the multiplexer (the shell sends no more).
+        if state:
+            m.d.sync += from_state.eq(bus.region == RegionId.STATE)
+    # Only the OUTPUT / STATE word's wire bits need the multiplexer (the shell sends no more).
     low = wire_bits(len(e.out_data))
+    act = e.out_data.as_signed()
+    if state:
+        m.d.comb += e.h_addr.eq(bus.addr)
+        act = Mux(from_state, e.h_data.as_signed(), act)
     m.d.comb += [bus.rdata.eq(rb.data),
-                 bus.rdata[:low].eq(Mux(from_output, e.out_data.as_signed(), rb.data[:low]))]
+                 bus.rdata[:low].eq(Mux(from_output | from_state, act, rb.data[:low]))]
 
 
 def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
@@ -238,7 +248,9 @@ class LstmAdapter(wiring.Component):
     bus cycles between writes).  STEPS is a descriptor field written when the model is loaded.
     ``ctl.start`` is delayed by one cycle (the last XEND write lands first) and ``ctl.done`` is
     masked in that cycle.  Reads (latency 1): regions 0-4 through the engine's read-back port
-    (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended).
+    (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended), STATE (read-only,
+    ``state_max`` words: the last layer's final output h_T, r_T with a projection, of the last
+    run, from the engine's ``h_addr`` / ``h_data`` port, sign-extended).
     ``ctl.reset`` and ``ctl.n_layers`` are ignored.
     """
 
@@ -272,6 +284,7 @@ class LstmAdapter(wiring.Component):
                        signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, max(1, e.classes_max), writable=False,
                        signed=True),
+            RegionSpec(RegionId.STATE, act.width, e.state_max, writable=False, signed=True),
         ]
 
     def elaborate(self, platform):
@@ -324,7 +337,7 @@ class LstmAdapter(wiring.Component):
             m.d.comb += [load.region.eq(LstmRegion.XEND), load.addr.eq(end_step),
                          load.data.eq(end_value), load.valid.eq(1)]
 
-        _drive_readback(m, e, bus)
+        _drive_readback(m, e, bus, state=True)
         m.d.sync += start_d.eq(ctl.start)
         m.d.comb += [e.start.eq(start_d), ctl.busy.eq(e.busy | start_d),
                      ctl.done.eq(e.done & ~start_d), ctl.cycles.eq(e.cycles)]

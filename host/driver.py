@@ -8,6 +8,7 @@
         print(acc.identify())
         acc.load("lstm.spn")                           # checks, writes, verifies every region
         y = acc.infer(x)                               # one float input -> output integers
+        y, h = acc.infer(x, state=True)                # LSTM engine: and h_T (LstmState)
         for y in acc.stream(xs):                       # results in input order
             ...
 
@@ -62,6 +63,7 @@ __all__ = [
     "DeviceStatus",
     "EngineInfo",
     "LoadBlock",
+    "LstmState",
     "cnn_config",
     "cnn_input_order",
     "model_mismatches",
@@ -109,6 +111,25 @@ def unpack_words(data: bytes, word_bytes: int, signed: bool = True, bits: int | 
     if signed:
         value = np.where(value >= (1 << (bits - 1)), value - (1 << bits), value)
     return value
+
+
+@dataclass(frozen=True)
+class LstmState:
+    """The LSTM engine's final state of a run, read from the STATE region: the last LSTM
+    layer's final output h_T (r_T with a projection), ``S`` = that layer's output size.
+
+    Attributes
+    ----------
+    ints : numpy.ndarray
+        int64 act-format integers (``act_width`` bits, ``act_frac`` fraction bits), ``(S,)``
+        for one input, ``(B, S)`` for a batch: bit-exact with the golden model
+        (:meth:`host.golden.GoldenModel.layer_forward` through the LSTM layers).
+    values : numpy.ndarray
+        float64, ``ints * 2**-act_frac`` (same shape).
+    """
+
+    ints: np.ndarray
+    values: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------------
@@ -723,6 +744,7 @@ class Accelerator:
         self._golden = None
         self._out_select = None
         self.last_cycles: int | None = None   #: engine cycles of the last inference
+        self._ran = False                     # an INFER answered since the model was attached
         self.last_load: dict | None = None    #: figures of the last load()
 
     # --- context manager -----------------------------------------------------------------------
@@ -1014,6 +1036,7 @@ class Accelerator:
         self._golden = GoldenModel(model)
         self._out_count = _output_count(model)
         self._out_select = None
+        self._ran = False
         info = self.identify()
         if info.engine == EngineKind.CNN:
             self._out_select = _cnn_output_select(model, info)
@@ -1063,17 +1086,80 @@ class Accelerator:
             outputs = outputs[self._out_select]
         return outputs, cycles
 
-    def infer(self, x) -> np.ndarray:
+    def infer(self, x, *, state: bool = False):
         """Output integers of one float input (shape ``input_shape``), or of a batch
-        ``(B, *input_shape)`` (then ``(B, outputs)``)."""
+        ``(B, *input_shape)`` (then ``(B, outputs)``).
+
+        With ``state=True`` (LSTM engine only) returns ``(outputs, LstmState)``: after each
+        input's INFER the final state h_T (r_T with a projection) is read from the STATE
+        region (:meth:`read_state`), one input at a time.
+        """
         model = self._need_model()
         single = np.asarray(x).shape == tuple(model.input_shape)
-        out = np.stack(list(self.stream_int(self.quantize(x), window=1)))
+        q = self.quantize(x)
+        if state:
+            self._state_region()             # refuse before running anything
+            pairs = [self.infer_int(one, state=True) for one in q]
+            out = np.stack([o for o, _ in pairs])
+            ints = np.stack([h.ints for _, h in pairs])
+            hs = LstmState(ints, self._dequantize(ints))
+            if single:
+                return out[0], LstmState(ints[0], hs.values[0])
+            return out, hs
+        out = np.stack(list(self.stream_int(q, window=1)))
         return out[0] if single else out
 
-    def infer_int(self, q) -> np.ndarray:
-        """Output integers of one quantized input (activation integers, ``input_shape``)."""
-        return next(iter(self.stream_int(np.asarray(q)[None], window=1)))
+    def infer_int(self, q, *, state: bool = False):
+        """Output integers of one quantized input (activation integers, ``input_shape``);
+        with ``state=True`` ``(outputs, LstmState)`` as :meth:`infer`."""
+        if state:
+            self._state_region()
+        out = next(iter(self.stream_int(np.asarray(q)[None], window=1)))
+        return (out, self.read_state()) if state else out
+
+    def _state_region(self):
+        """The STATE region description; :class:`SpineError` if the bitstream has none."""
+        model = self._need_model()
+        info = self.identify()
+        try:
+            region = info.region(RegionId.STATE)
+        except KeyError:
+            raise SpineError(
+                f"the bitstream on {self.url} cannot give the LSTM state h_T: it has no STATE "
+                f"region (engine {info.kind}); only LSTM engine bitstreams built with STATE "
+                f"read-back have it: rebuild the bitstream with this version "
+                f"(python -m hdl.build --model ...)") from None
+        size = _lstm_layers(model)[0][-1].output_size
+        if not region.readable or region.depth < size:
+            raise SpineError(f"the STATE region on {self.url} ({region.depth} words"
+                             f"{'' if region.readable else ', not readable'}) cannot hold "
+                             f"model {model.name!r}'s final state of {size} values")
+        return region, size
+
+    def _dequantize(self, ints) -> np.ndarray:
+        return self.identify().act_format.to_float(ints)
+
+    def read_state(self) -> LstmState:
+        """The last run's final LSTM state (LSTM engine only): the last LSTM layer's final
+        output h_T (r_T with a projection), ``S`` words read from the STATE region after the
+        last INFER (:meth:`infer`, :meth:`stream` ...), as integers and as floats.
+
+        Raises
+        ------
+        SpineError
+            If no model is attached, the bitstream has no STATE region (an SpMV or CNN engine,
+            or an LSTM bitstream built before STATE existed), or no inference has run since
+            the model was loaded.
+        """
+        region, size = self._state_region()
+        if not self._ran:
+            raise SpineError(f"no inference has run on {self.url} since the model was "
+                             f"loaded: call infer() first (STATE holds the last run's h_T)")
+        per = MAX_PAYLOAD // region.word_bytes
+        data = b"".join(self.read(RegionId.STATE, 0, k, min(per, size - k))
+                        for k in range(0, size, per))
+        ints = unpack_words(data, region.word_bytes, True, self.identify().act_width)
+        return LstmState(ints, self._dequantize(ints))
 
     def stream(self, inputs, window: int = 1):
         """Yield the output integers of every float input, in order, with up to ``window``
@@ -1112,6 +1198,7 @@ class Accelerator:
         for _, frame in self.link.pipeline(requests(), window):
             outputs, count = self._decode_output(frame.payload)
             self.last_cycles = count
+            self._ran = True
             yield (outputs, count) if cycles else outputs
 
 

@@ -181,7 +181,8 @@ class RegionId(enum.IntEnum):
     0-5 are the loader regions of the engines (same numbers as :class:`host.memory_map.Region`);
     0-4 read back the words the engine stores.  The IDENTIFY answer lists which regions a
     particular bitstream has, with word size, depth, index count and access rights; a region
-    not listed is answered with BAD_ADDRESS.
+    not listed is answered with BAD_ADDRESS (so STATE, added later, is simply absent from the
+    answers of older bitstreams and of engines without it).
     """
 
     ENTRY = 0       #: per PE (index = PE): packed (run, weight index) entries
@@ -192,6 +193,8 @@ class RegionId(enum.IntEnum):
     INPUT = 5       #: input activations (written by INFER; write-only)
     OUTPUT = 6      #: output activations of the last run (read-only)
     CONTROL = 7     #: shell registers, see :class:`Control`
+    STATE = 8       #: LSTM engine only (read-only): the last LSTM layer's final output of the
+    #:                 last run, h_T (r_T with a projection), act words at addresses 0 .. S-1
 
 
 class Control(enum.IntEnum):

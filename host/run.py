@@ -6,6 +6,7 @@
     python -m host.run --sim --model mlp.spn --input x.npy --labels y.npy --json
     python -m host.run --sim --model mlp.spn --input digits-mlp --check   # bundled test set
     python -m host.run --sim --model digits-cnn.spn --input digits-cnn --check   # CNN engine
+    python -m host.run --sim --model lstm.spn --input x.npy --check --state h.npy  # and h_T
 
 DATA (``--input``) is a float ``.npy`` of shape ``(batch, *input_shape)`` (or one input of
 ``input_shape``), or the name of a bundled example (its test set, with its labels); the
@@ -13,7 +14,10 @@ driver quantizes it like the golden model.  The model is loaded (written
 and verified) first unless ``--no-load`` says the board already holds it.  The first few inputs
 run one at a time to measure the round-trip latency, the rest pipelined (``--window``) to
 measure throughput.  ``--check`` compares every output with the golden model; the exit status
-is 1 if any differs.  ``--sim`` starts the simulated board (:mod:`hdl.sim`, built for the model)
+is 1 if any differs.  ``--state FILE`` (LSTM engine) runs every input once more, one at a
+time, reads the last LSTM layer's final output h_T (r_T with a projection) after each from the
+STATE region and saves its integers ``(batch, S)``; with ``--check`` they are compared with the
+golden model too.  ``--sim`` starts the simulated board (:mod:`hdl.sim`, built for the model)
 on a free local port, runs, and stops it.
 """
 
@@ -29,7 +33,7 @@ import numpy as np
 
 from .errors import SpineError
 
-__all__ = ["load_inputs", "load_labels", "main", "run"]
+__all__ = ["load_inputs", "load_labels", "main", "run", "run_state"]
 
 #: Inputs run one at a time (window 1) to measure latency.
 LATENCY_SAMPLES = 8
@@ -137,6 +141,33 @@ def run(acc, model, x, *, window: int = 1, check: bool = False, labels=None) -> 
     return outputs, report
 
 
+def run_state(acc, model, x, *, check: bool = False) -> tuple:
+    """The final LSTM state of every row of ``x`` on ``acc`` (LSTM engine, model loaded): one
+    INFER at a time, each followed by a READ of the STATE region
+    (:meth:`host.driver.Accelerator.infer_int` with ``state=True``).
+
+    Returns
+    -------
+    (ints, mismatches)
+        ``ints``: int64 ``(batch, S)``, h_T (r_T with a projection) in the act format;
+        ``mismatches``: inputs whose state differs from the golden model's (None without
+        ``check``).
+    """
+    q = acc.quantize(x)
+    ints = np.stack([acc.infer_int(one, state=True)[1].ints for one in q])
+    mismatches = None
+    if check:
+        from .compressed import QLSTM
+        from .golden import GoldenModel
+        golden = GoldenModel(model)
+        want = q
+        for layer in model.layers:
+            if isinstance(layer, QLSTM):
+                want = golden.layer_forward(layer, want)
+        mismatches = int(np.count_nonzero((want != ints).any(axis=1)))
+    return ints, mismatches
+
+
 def _example_data(name: str, input_shape):
     """``(x, y)`` of a bundled example's test set when ``name`` is an example name (and not a
     file), else ``(None, None)``."""
@@ -167,6 +198,9 @@ def _format(report: dict) -> str:
         lines.append(f"  accuracy {report['accuracy']:.2%}")
     if report["mismatches"] is not None:
         lines.append(f"  check: {report['mismatches']} outputs differ from the golden model")
+    if report.get("state_mismatches") is not None:
+        lines.append(f"  check: {report['state_mismatches']} final states (h_T) differ from "
+                     f"the golden model")
     link = report["link"]
     if link["retries"]:
         lines.append(f"  link retries {link['retries']} (bad CRC answers {link['bad_crc']}, "
@@ -190,6 +224,9 @@ def _parser() -> argparse.ArgumentParser:
                    "model (exit 1 on any difference)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--output", help="save the output integers to this .npy")
+    p.add_argument("--state", metavar="FILE", help="LSTM engine: run every input once more, "
+                   "one at a time, and save the last LSTM layer's final output h_T (r_T with "
+                   "a projection) of each, act-format integers (batch, S), to this .npy")
     p.add_argument("--window", type=int, default=2, help="requests in flight (default 2: the "
                    "next request arrives while the engine runs; the 256-byte receive FIFO holds "
                    "one 135-byte request besides the one being executed, see docs/driver.md)")
@@ -228,10 +265,15 @@ def main(argv: list[str] | None = None) -> int:
                 acc.attach(model)
             else:
                 acc.load(model, progress=not args.json and sys.stderr.isatty())
+            if args.state:
+                states, state_mismatches = run_state(acc, model, x, check=args.check)
             outputs, report = run(acc, model, x, window=args.window, check=args.check,
                                   labels=labels)
         if args.output:
             np.save(args.output, outputs)
+        if args.state:
+            np.save(args.state, states)
+            report["state_mismatches"] = state_mismatches
     except (SpineError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -247,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if sim is not None:
         report["sim"] = sim.stats
     print(json.dumps(report, indent=1) if args.json else _format(report))
-    return 1 if report["mismatches"] else 0
+    return 1 if report["mismatches"] or report.get("state_mismatches") else 0
 
 
 if __name__ == "__main__":

@@ -470,3 +470,44 @@ def test_write_only_regions_are_skipped(model):
     assert report["verified"] == 1                        # the final CONTROL words
     assert "entries of PE 0" in report["skipped"] and "biases" in report["skipped"]
     assert Command.CHECKSUM in board.commands
+
+
+# --- the LSTM state (region STATE) --------------------------------------------------------------
+# The positive path (h_T read back bit-exact) runs on the real RTL: tests/hw/test_end_to_end.py
+# (test_lstm_state_bit_exact) and tests/hw/test_shell.py (the LSTM shell case).
+
+
+def test_state_needs_a_model(board):
+    with connect(board) as acc, pytest.raises(SpineError, match="no model .* load"):
+        acc.read_state()
+
+
+def test_state_refused_without_state_region(board, model):
+    """An SpMV board has no STATE region: read_state() and infer(state=True) say so (engine
+    kind, how to fix) and infer(state=True) sends no INFER first."""
+    x = inputs(model, 2)
+    with connect(board) as acc:
+        acc.load(model, progress=False)
+        assert np.array_equal(acc.infer(x), golden(model, x))
+        infers = board.infers
+        for call in (acc.read_state, lambda: acc.infer(x, state=True),
+                     lambda: acc.infer_int(acc.quantize(x)[0], state=True)):
+            with pytest.raises(SpineError, match=r"no STATE region \(engine SPMV\).*"
+                                                 r"rebuild the bitstream"):
+                call()
+        assert board.infers == infers
+
+
+def test_run_cli_state_refused_on_spmv(monkeypatch, tmp_path, model, capsys):
+    import host.driver
+    from host.package import save_package
+    from host.run import main
+    spn, x_path = tmp_path / "m.spn", tmp_path / "x.npy"
+    save_package(model, spn)
+    np.save(x_path, inputs(model, 3).astype(np.float32))
+    board = FakeBoard(make_identity(2), model)
+    monkeypatch.setattr(host.driver, "open_link", lambda url, **kw: board)
+    assert main(["--port", "fake://", "--model", str(spn), "--input", str(x_path),
+                 "--state", str(tmp_path / "h.npy")]) == 2
+    assert "no STATE region" in capsys.readouterr().err
+    assert not (tmp_path / "h.npy").exists() and board.infers == 0

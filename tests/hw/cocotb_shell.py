@@ -513,6 +513,16 @@ async def engine_load_readback_infer(dut):
     for rid in (RegionId.ENTRY, RegionId.POINTER, RegionId.CODEBOOK, RegionId.BIAS,
                 RegionId.DESCRIPTOR, RegionId.OUTPUT, RegionId.CONTROL):
         assert table[rid].readable, f"region {rid} is not readable"
+    has_state = "state0" in data
+    assert (RegionId.STATE in table) == has_state, sorted(table)
+    if has_state:
+        st = table[RegionId.STATE]
+        assert st.readable and not st.writable and st.count == 1, st
+        # read-only: a WRITE is refused, a READ past the depth too
+        await dev.request(Command.WRITE, struct.pack("<BBI", RegionId.STATE, 0, 0)
+                          + bytes(st.word_bytes), expect=Status.BAD_ADDRESS)
+        await dev.request(Command.READ, struct.pack("<BBIH", RegionId.STATE, 0, st.depth, 1),
+                          expect=Status.BAD_ADDRESS)
     # Not loaded yet.
     await dev.request(Command.INFER, b"", expect=Status.NOT_LOADED)
     blocks = data["blocks"]       # (n, 5): region, index, address, offset into words, check
@@ -577,6 +587,18 @@ async def engine_load_readback_infer(dut):
         assert np.array_equal(outputs, expected), (case, outputs, expected)
         assert cycles == int(data[f"cycles{case}"]), (case, cycles, int(data[f"cycles{case}"]))
         dut._log.info(f"case {case}: {len(outputs)} outputs match, {cycles} cycles")
+        if f"state{case}" in data:
+            # LSTM engine: STATE reads the last layer's final output h_T of this run (READ
+            # and CHECKSUM as OUTPUT), bit-exact with the golden model's.
+            state = [int(v) for v in data[f"state{case}"]]
+            st_wb = table[RegionId.STATE].word_bytes
+            got = await dev.read(RegionId.STATE, 0, 0, len(state))
+            assert got == wire(state, st_wb), (case, got, state)
+            assert await dev.checksum(RegionId.STATE, 0, 0, len(state)) == crc16(
+                _pack(state, st_wb))
+            k = len(state) - 1
+            assert await dev.read(RegionId.STATE, 0, k, 1) == wire(state[k:], st_wb)
+            dut._log.info(f"case {case}: h_T ({len(state)} values) matches")
         # Reading back between runs changes nothing (the engine's ports are idle).
         region, index, address, _, expect = loaded[case % len(loaded)]
         assert await dev.checksum(region, index, address, len(expect)) == crc16(

@@ -298,6 +298,47 @@ def test_lstm_single_infer_and_zero_input(lstm_board, lstm_workload):
         assert np.array_equal(acc.infer(zero), expected(model, zero))
 
 
+def test_lstm_state_bit_exact(lstm_board, lstm_workload, tmp_path):
+    """``infer(x, state=True)`` / ``read_state()``: the final hidden state h_T read from the
+    STATE region after each run equals the golden model's LSTM output (its layer_forward
+    through the LSTM layer) bit for bit, the floats are the integers times 2**-frac; before
+    any inference read_state() is refused; ``host.run --state`` saves the same integers."""
+    from host.errors import SpineError
+
+    model = lstm_workload["model"]
+    x = lstm_workload["x"][:6]
+    golden = GoldenModel(model)
+    q = golden.quantize_input(x)
+    lstm = model.layers[0]
+    want = golden.layer_forward(lstm, q)
+    assert want.shape == (len(x), lstm.output_size) and np.count_nonzero(want) > 0
+    frac = model.act_format.frac
+    with Accelerator(lstm_board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        with pytest.raises(SpineError, match="no inference has run .* call infer"):
+            acc.read_state()
+        out, state = acc.infer(x, state=True)
+        assert np.array_equal(out, golden.forward_int(q))
+        assert state.ints.shape == want.shape
+        mismatches = int(np.count_nonzero((state.ints != want).any(axis=1)))
+        assert mismatches == 0, f"{mismatches} of {len(x)} h_T differ from the golden model"
+        assert np.array_equal(state.values, want * 2.0 ** -frac)
+        one, single = acc.infer(x[2], state=True)           # one input: (S,)
+        assert np.array_equal(one, out[2]) and np.array_equal(single.ints, want[2])
+        list(acc.stream(x[:3], window=1))                   # STATE: the last run's h_T
+        assert np.array_equal(acc.read_state().ints, want[2])
+    x_path, h_path = tmp_path / "x.npy", tmp_path / "h.npy"
+    np.save(x_path, x[:4].astype(np.float32))
+    proc = subprocess.run(
+        [sys.executable, "-m", "host.run", "--port", lstm_board.url, "--model",
+         str(lstm_workload["path"]), "--input", str(x_path), "--check", "--json", "--state",
+         str(h_path)], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["state_mismatches"] == 0
+    assert np.array_equal(np.load(h_path), golden.layer_forward(
+        lstm, golden.quantize_input(x[:4].astype(np.float32))))
+
+
 @pytest.mark.parametrize("kind", ["mlp", "lstm"])
 def test_verify_finds_a_word_overwritten_after_the_load(kind, request):
     """On the real RTL: a word changed through WRITE after the load is found by verify(),

@@ -4,7 +4,8 @@
   an LstmEngine for a 2-layer LSTMP package; IDENTIFY's fields give the driver back the
   engine's sizes (layers, projection); the driver's image fills the DESCRIPTOR region exactly.
 * ``test_host_run_sim_stacked_projection`` (slow: one board build, ~1.5 min):
-  ``python -m host.run --sim --check`` on that package, every output equal to the golden model.
+  ``python -m host.run --sim --check --state`` on that package, every output and every final
+  state r_T (region STATE) equal to the golden model's.
 """
 
 from __future__ import annotations
@@ -90,9 +91,14 @@ def test_stacked_package_identify_round_trip(tmp_path):
 @pytest.mark.slow
 def test_host_run_sim_stacked_projection(tmp_path):
     _, path, x_path = stacked_package(tmp_path)
+    h_path = tmp_path / "h.npy"
     proc = subprocess.run([sys.executable, "-m", "host.run", "--sim", "--model", str(path),
-                           "--input", str(x_path), "--check", "--json"],
+                           "--input", str(x_path), "--check", "--json", "--state",
+                           str(h_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["inferences"] == 10 and report["mismatches"] == 0
+    # r_T of the second (projected) layer, read from region STATE, equals the golden model's
+    assert report["state_mismatches"] == 0
+    assert np.load(h_path).shape == (10, 6)

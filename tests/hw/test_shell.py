@@ -151,6 +151,7 @@ def _lstm_case(seed=8):
         x[rng.random((steps, inputs)) < 0.4] = 0
         run = expected_run(engine, image, x)
         data[f"x{case}"], data[f"expected{case}"] = x.ravel(), run.outputs
+        data[f"state{case}"] = run.h                 # golden h_T, read from region STATE
         data[f"cycles{case}"] = np.int64(run.cycles.total)
     data["n_cases"] = np.int64(cases)
     return core, data
