@@ -39,7 +39,7 @@ __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "defa
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "build_bitstream", "parse_nextpnr_report",
-           "main"]
+           "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -501,6 +501,34 @@ def format_report(rep: dict) -> str:
 # Build
 
 
+#: Yosys command run right after ``read_rtlil`` on iCE40: every synchronous memory read port
+#: returns undefined data when it reads the word its memory's write port writes in the same
+#: cycle.  Amaranth's ``read_port()`` is not transparent (old data on a collision) and the
+#: iCE40 EBR model in Yosys gives no collision behaviour, so without this ``memory_libmap``
+#: emulates read-first for every memory: the write is delayed by a cycle and a bypass (hold
+#: register, address comparator, output mux) added, ~2 x width FFs each: 702 LCs of the
+#: 4839-LC 2-PE build (docs/ice40-resources.md, section 1.2).  No spine design uses the data of
+#: such a collision: the PE's accumulator forwards the colliding write through its own
+#: register; the loader writes entry, pointer, codebook, bias and list memories only while the
+#: engine is idle; a layer reads one non-zero list bank and writes the other; the shell's RX
+#: FIFO reads only words written in earlier cycles; its payload buffer is never read in a cycle
+#: that writes it.  (All these memories have one write port; the 1-bit mask covers it.)
+ICE40_NO_READ_FIRST = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2"
+
+
+def tool_overrides(family: str, *, report_file: str, seed: int) -> dict:
+    """Amaranth build-template overrides for ``family`` (``"ice40"`` / ``"ecp5"``): Yosys and
+    nextpnr options of :func:`build_bitstream`."""
+    overrides = {"nextpnr_opts": ["--report", report_file, "--timing-allow-fail",
+                                  "--seed", str(seed)]}
+    if family == "ice40":
+        overrides["synth_opts"] = ["-dsp"]
+        overrides["script_after_read"] = ICE40_NO_READ_FIRST
+    else:
+        overrides["synth_opts"] = []
+    return overrides
+
+
 class _Progress:
     """Stage messages with elapsed time; a spinner line on a terminal."""
 
@@ -603,9 +631,7 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     platform = board.platform()
     report_file = f"{name}.report.json"
     plan = platform.build(top, name=name, build_dir=str(build_dir), do_build=False,
-                          synth_opts=["-dsp"] if board.family == "ice40" else [],
-                          nextpnr_opts=["--report", report_file, "--timing-allow-fail",
-                                        "--seed", str(seed)])
+                          **tool_overrides(board.family, report_file=report_file, seed=seed))
     if build_dir.exists():
         shutil.rmtree(build_dir)
     plan.extract(str(build_dir))

