@@ -352,7 +352,10 @@ class SpmvEngine(wiring.Component):
                                 & (mac_cnt >= min_cycles))
 
         # --- output stage -----------------------------------------------------------------------
-        m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
+        # issue (row r: accumulator and bias read) -> b (read data) -> requantizer
+        # (REQUANT_LATENCY registers) -> q (list / output-buffer write, count).
+        m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1,
+                                                pipelined=True)
         bias_r = bias_mem.read_port()
         row_bits = addr_bits(self.max_rows)
         r = Signal(bits_for(self.max_rows))            # next row to read
@@ -374,6 +377,15 @@ class SpmvEngine(wiring.Component):
         m.d.comb += [rq.acc.eq(acc_sel), rq.bias.eq(bias_r.data), rq.shift.eq(desc.shift),
                      rq.relu.eq(desc.relu)]
         m.d.sync += [b_valid.eq(issue), b_row.eq(r), b_pe.eq(r_pe), b_local.eq(r_local)]
+        # rows in the requantizer: valid bits and row numbers, REQUANT_LATENCY deep
+        q_valid = [Signal(name=f"q_valid{i}") for i in range(rq.latency)]
+        q_row = [Signal(row_bits, name=f"q_row{i}") for i in range(rq.latency)]
+        m.d.sync += [q_valid[0].eq(b_valid), q_row[0].eq(b_row)]
+        m.d.sync += [q_valid[i].eq(q_valid[i - 1]) for i in range(1, rq.latency)]
+        m.d.sync += [q_row[i].eq(q_row[i - 1]) for i in range(1, rq.latency)]
+        o_valid, o_row = q_valid[-1], q_row[-1]
+        in_flight = Signal()
+        m.d.comb += in_flight.eq(Cat(b_valid, *q_valid).any())
         with m.If(issue):
             m.d.sync += r.eq(r + 1)
             with m.If(r_pe == n_pe - 1):
@@ -382,12 +394,12 @@ class SpmvEngine(wiring.Component):
                 m.d.sync += r_pe.eq(r_pe + 1)
         dst_count = Mux(src, counts[0], counts[1])
         nonzero = rq.out != 0
-        m.d.comb += [out_wr_slot.eq(dst_count), out_wr_row.eq(b_row),
+        m.d.comb += [out_wr_slot.eq(dst_count), out_wr_row.eq(o_row),
                      out_wr_value.eq(rq.out),
-                     out_wr_en[0].eq(b_valid & nonzero & src),
-                     out_wr_en[1].eq(b_valid & nonzero & ~src),
-                     out_w.addr.eq(b_row), out_w.data.eq(rq.out), out_w.en.eq(b_valid)]
-        with m.If(b_valid & nonzero):
+                     out_wr_en[0].eq(o_valid & nonzero & src),
+                     out_wr_en[1].eq(o_valid & nonzero & ~src),
+                     out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid)]
+        with m.If(o_valid & nonzero):
             with m.If(src):
                 m.d.sync += counts[0].eq(counts[0] + 1)
             with m.Else():
@@ -426,7 +438,7 @@ class SpmvEngine(wiring.Component):
             with m.State("OUTPUT"):
                 m.d.comb += drain.eq(1)
                 m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(~issue & ~b_valid):
+                with m.If(~issue & ~in_flight):
                     m.d.sync += [src.eq(~src), layer.eq(layer + 1)]
                     with m.If(layer + 1 == n_layers):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1),

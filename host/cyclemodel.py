@@ -36,7 +36,12 @@ import numpy as np
 
 from .encoding import EncodedMatrix
 
-__all__ = ["Timing", "CycleReport", "spmv_cycles", "active_columns"]
+__all__ = ["Timing", "CycleReport", "spmv_cycles", "active_columns", "REQUANT_LATENCY"]
+
+#: Register stages of the output-stage requantizer (``hdl.requant.Requantizer(pipelined=True)``):
+#: operands, ``acc + bias``, shift, rounding add, saturate / ReLU (the SpMV engine's output
+#: phase, host.memory_map.OUTPUT_OVERHEAD).
+REQUANT_LATENCY = 5
 
 
 @dataclass(frozen=True)

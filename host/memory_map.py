@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 
 from .activations import TableSpec
-from .cyclemodel import Timing
+from .cyclemodel import REQUANT_LATENCY, Timing
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .params import check_int
 
@@ -36,8 +36,9 @@ FIRST_BROADCAST = 1
 DRAIN_LATENCY = 3
 #: Non-MAC cycles per layer besides the rows: descriptor load + done detection.
 SETUP_CYCLES = 2
-#: Output phase cycles are ``rows + OUTPUT_OVERHEAD`` (one pipeline stage + the finish cycle).
-OUTPUT_OVERHEAD = 2
+#: Output phase cycles are ``rows + OUTPUT_OVERHEAD``: the accumulator / bias read, the pipelined
+#: requantizer's REQUANT_LATENCY stages (host.cyclemodel), the finish cycle.
+OUTPUT_OVERHEAD = 2 + REQUANT_LATENCY
 #: LSTM gates (i, f, g, o).
 GATES = 4
 
