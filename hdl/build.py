@@ -193,9 +193,12 @@ def engine_for_model(model, *, max_layers=None):
 
 
 def default_engine(board, n_pe=None):
+    """The engine parameters of a build for ``board`` without a model (``n_pe`` PEs if
+    given)."""
     params = dict(board.default_engine)
     if n_pe is not None:
         params["n_pe"] = n_pe
+    params.setdefault("fifo_depth", board.fifo_depth)
     params.setdefault("mlp", True)
     params.setdefault("uniform_fields", True)
     return params
@@ -222,7 +225,8 @@ def make_engine(params):
                           max_entries_per_pe=params["max_entries_per_pe"],
                           ew_lanes=params["ew_lanes"],
                           layers_max=params.get("layers_max", 1),
-                          proj_max=params.get("proj_max", 0))
+                          proj_max=params.get("proj_max", 0),
+                          fifo_depth=params.get("fifo_depth", 8))
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -231,7 +235,8 @@ def make_engine(params):
                       max_rows=params["max_rows"], max_cols=params["max_cols"],
                       max_entries_per_pe=params["max_entries_per_pe"],
                       max_layers=params["max_layers"],
-                      max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"))
+                      max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"),
+                      fifo_depth=params.get("fifo_depth", 8))
 
 
 def make_backend(params):
@@ -674,7 +679,8 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
                       f"{params['run_bits']} bits, act Q{params['act_width']}.{params['act_frac']},"
                       f" weights {params['weight_width']} bits, acc {params['acc_bits']} bits, "
                       f"{params['max_rows']}x{params['max_cols']} max, "
-                      f"{params['max_entries_per_pe']} entries/PE, {params['max_layers']} layers")
+                      f"{params['max_entries_per_pe']} entries/PE, {params['max_layers']} layers, "
+                      f"FIFO depth {params.get('fifo_depth', 8)}")
     toolchain = describe_toolchain()
     rep = {
         "name": name, "board": board.name, "device": board.device,
@@ -762,6 +768,7 @@ def prepare(args):
         except Exception as error:  # the package reader's own message
             raise BuildError(f"--model {args.model}: {error}") from None
         params = engine_for_model(model)
+        params["fifo_depth"] = board.fifo_depth
         if args.pes is not None and args.pes != model.n_pe:
             raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
                              f"{model.n_pe} PEs (recompress it with --pes {args.pes})")

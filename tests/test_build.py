@@ -95,6 +95,19 @@ def test_default_engine_fits(capsys):
     assert "capacity check:" in text and "fits" in text
 
 
+def test_fifo_depth_comes_from_the_board(lstm_model):
+    """Default and model-sized engines get the board's broadcast FIFO depth; the engine's cycle
+    model timing follows it."""
+    board = get_board("icebreaker")
+    assert board.fifo_depth == 4 and get_board("ulx3s").fifo_depth == 8
+    params = build.default_engine(board)
+    assert params["fifo_depth"] == 4
+    engine = build.make_engine(params)
+    assert engine.fifo_depth == 4 and engine.timing().fifo_depth == 4
+    lstm = build.make_engine(dict(build.engine_for_model(lstm_model), fifo_depth=2))
+    assert lstm.timing().fifo_depth == 2
+
+
 def test_capacity_error_names_memory_and_overflow():
     board = get_board("icebreaker")
     params = build.default_engine(board)
