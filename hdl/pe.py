@@ -264,8 +264,10 @@ class ProcessingElement(wiring.Component):
         s4_valid = Signal()
         s4_tok = Signal()
         s4_row = Signal(self.row_bits)
-        m.d.sync += [s4_prod.eq(cb_r.data * s3_value), s4_valid.eq(s3_valid),
-                     s4_tok.eq(s3_tok), s4_row.eq(s3_row)]
+        # The product register is zero when no entry is in S4, so that the drain's clear can
+        # go through the adder (below).
+        m.d.sync += [s4_prod.eq(Mux(s3_valid, cb_r.data * s3_value, 0)),
+                     s4_valid.eq(s3_valid), s4_tok.eq(s3_tok), s4_row.eq(s3_row)]
 
         acc_r = acc_mem.read_port()
         acc_w = acc_mem.write_port()
@@ -274,19 +276,24 @@ class ProcessingElement(wiring.Component):
                      self.acc_rdata.eq(acc_r.data)]
 
         # --- S4: accumulate with forwarding ---------------------------------------------------
-        fw_valid = Signal()
-        fw_row = Signal(self.row_bits)
+        # fw_hit: the entry now in S4 has the row of the previous S4 entry, whose sum is in
+        # fw_data (its write collides with this entry's S3 read); compared one cycle early
+        # (S3 row against S4 row) so that the compare is off the adder path.
+        fw_hit = Signal()
         fw_data = Signal(signed(self.acc_bits))
         old = Signal(signed(self.acc_bits))
         total = Signal(signed(self.acc_bits))
-        m.d.comb += [old.eq(Mux(fw_valid & (fw_row == s4_row), fw_data, acc_r.data)),
+        m.d.sync += fw_hit.eq(s4_valid & (s4_row == s3_row))
+        # In the output phase s4_prod is 0 and old is forced to 0: total = 0 clears the row
+        # (no data multiplexer on the write port).
+        m.d.comb += [old.eq(Mux(self.drain, 0, Mux(fw_hit, fw_data, acc_r.data))),
                      total.eq(old + s4_prod)]          # truncated: wraps at acc_bits
-        m.d.sync += [fw_valid.eq(s4_valid), fw_row.eq(s4_row), fw_data.eq(total)]
+        m.d.sync += fw_data.eq(total)
+        m.d.comb += acc_w.data.eq(total)
         with m.If(self.drain):
-            m.d.comb += [acc_w.addr.eq(self.acc_clear_addr), acc_w.data.eq(0),
-                         acc_w.en.eq(self.acc_clear)]
+            m.d.comb += [acc_w.addr.eq(self.acc_clear_addr), acc_w.en.eq(self.acc_clear)]
         with m.Else():
-            m.d.comb += [acc_w.addr.eq(s4_row), acc_w.data.eq(total), acc_w.en.eq(s4_valid)]
+            m.d.comb += [acc_w.addr.eq(s4_row), acc_w.en.eq(s4_valid)]
 
         m.d.comb += self.busy.eq(self.col.valid | pend | (ptr_reg < end_reg) | s2_valid
                                  | s3_tok | s4_tok)
