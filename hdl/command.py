@@ -399,15 +399,24 @@ class CommandDecoder(wiring.Component):
                                                                    depth=self.rx_fifo_depth)
             m.d.comb += [rx_fifo.w_data.eq(self.rx.payload), rx_fifo.w_en.eq(self.rx.valid),
                          self.rx.ready.eq(rx_fifo.w_rdy)]
-            rx_valid, rx_byte, rx_ready = rx_fifo.r_rdy, rx_fifo.r_data, rx_fifo.r_en
+            # One register after the FIFO: its data comes straight from a block RAM output,
+            # too slow to feed the frame decisions (CRC compare, length check) in one cycle.
+            rx_valid, rx_byte = Signal(), Signal(8)
+            rx_ready = Signal()
+            m.d.comb += rx_fifo.r_en.eq(~rx_valid | rx_ready)
+            with m.If(rx_fifo.r_en):
+                m.d.sync += [rx_valid.eq(rx_fifo.r_rdy), rx_byte.eq(rx_fifo.r_data)]
         else:
             rx_valid, rx_byte, rx_ready = self.rx.valid, self.rx.payload, self.rx.ready
 
         # --- payload buffer and IDENTIFY ROM ----------------------------------------------------
         m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
+        # rom_style: one EBR on iCE40 instead of ~110 flip-flops and a 128:1 read multiplexer
+        # (Yosys maps ROMs this small to logic by default).
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity_bytes),
-                                        init=list(self.identity_bytes))
+                                        init=list(self.identity_bytes),
+                                        attrs={"rom_style": "block"})
         rom_r = rom.read_port()
         ptr_bits = bits_for(MAX_PAYLOAD)
         buf_raddr = Signal(ptr_bits)
@@ -430,6 +439,12 @@ class CommandDecoder(wiring.Component):
         a_region, a_index = args[0:8], args[8:16]
         a_addr, a_count = args[16:48], args[48:64]
         idle = Signal(range(self.timeout_cycles + 1))
+        # Registered decisions, computed a cycle ahead so that no counter compare feeds the FSM's
+        # next-state logic directly (iCE40 timing): idle == timeout - 1, last payload byte,
+        # last response payload byte.
+        idle_last = Signal()
+        pay_last = Signal()
+        tx_last = Signal()
 
         # --- response registers -----------------------------------------------------------------
         r_status = Signal(8)
@@ -536,7 +551,8 @@ class CommandDecoder(wiring.Component):
             # ---------------------------------------------------------------- receive
             with m.State("HUNT"):
                 m.d.comb += got.eq(rx_valid)
-                m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), pidx.eq(0), args.eq(0)]
+                m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), idle_last.eq(0),
+                             pidx.eq(0), args.eq(0)]
                 with m.If(rx_valid & (rx_byte == REQUEST_SYNC)):
                     m.next = "CMD"
 
@@ -544,14 +560,15 @@ class CommandDecoder(wiring.Component):
                 """Common part of the header/payload/CRC states: take a byte or time out."""
                 m.d.comb += [receiving.eq(1), got.eq(rx_valid)]
                 with m.If(rx_valid):
-                    m.d.sync += idle.eq(0)
+                    m.d.sync += [idle.eq(0), idle_last.eq(0)]
                     action()
                     if next_state is not None:
                         m.next = next_state
-                with m.Elif(idle == self.timeout_cycles - 1):
+                with m.Elif(idle_last):
                     respond(Status.TIMEOUT)
                 with m.Else():
-                    m.d.sync += idle.eq(idle + 1)
+                    m.d.sync += [idle.eq(idle + 1),
+                                 idle_last.eq(idle == self.timeout_cycles - 2)]
 
             def crc_byte():
                 m.d.comb += [crc_in.eq(rx_byte), crc_step.eq(1)]
@@ -574,6 +591,7 @@ class CommandDecoder(wiring.Component):
                     crc_byte()
                     m.d.sync += length[8:].eq(rx_byte)
                     full = Cat(length[:8], rx_byte)
+                    m.d.sync += pay_last.eq(full == 1)
                     with m.If(full > MAX_PAYLOAD):
                         respond(Status.BAD_LENGTH)
                     with m.Elif(full == 0):
@@ -589,8 +607,8 @@ class CommandDecoder(wiring.Component):
                         for i in range(ACCESS_HEADER_BYTES):
                             with m.Case(i):
                                 m.d.sync += args[8 * i:8 * i + 8].eq(rx_byte)
-                    m.d.sync += pidx.eq(pidx + 1)
-                    with m.If(pidx + 1 == length):
+                    m.d.sync += [pidx.eq(pidx + 1), pay_last.eq(pidx + 2 == length)]
+                    with m.If(pay_last):
                         m.next = "CRC0"
                 receive(None, payload)
             with m.State("CRC0"):
@@ -827,7 +845,7 @@ class CommandDecoder(wiring.Component):
                 send(r_len[:8], "T_LEN1")
             with m.State("T_LEN1"):
                 m.d.comb += buf_raddr.eq(0)
-                m.d.sync += pidx.eq(0)
+                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1)]
                 with m.If(r_len == 0):
                     send(r_len[8:], "T_CRC0")
                 with m.Else():
@@ -839,8 +857,8 @@ class CommandDecoder(wiring.Component):
                              buf_raddr.eq(pidx + self.tx.ready)]
                 with m.If(self.tx.ready):
                     m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
-                    m.d.sync += pidx.eq(pidx + 1)
-                    with m.If(pidx + 1 == r_len):
+                    m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]
+                    with m.If(tx_last):
                         m.next = "T_CRC0"
             with m.State("T_CRC0"):
                 send(crc[:8], "T_CRC1", step_crc=False)
