@@ -196,6 +196,9 @@ def test_ice40_spram_instantiates_the_primitive_for_ice40():
     text = rtlil.convert(Ice40Spram(), platform=Ice40())
     assert "SB_SPRAM256KA" in text
     assert "SB_SPRAM256KA" not in rtlil.convert(Ice40Spram())
+    # the board platform itself (amaranth spells the family "iCE40")
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    assert "SB_SPRAM256KA" in rtlil.convert(Ice40Spram(), platform=ICEBreakerPlatform())
 
 
 # --- processing element -----------------------------------------------------------------------
