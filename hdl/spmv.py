@@ -290,13 +290,12 @@ class SpmvEngine(wiring.Component):
             write_descriptor_field(m, descs[load.addr[3:]], load)
 
         # --- non-zero lists (two banks) and the dense output buffer -----------------------------
-        lists, list_r, list_w = [], [], []
-        for b in range(2):
-            mem = Memory(shape=self.list_layout, depth=self.list_depth, init=[])
-            m.submodules[f"list{b}"] = mem
-            lists.append(mem)
-            list_r.append(mem.read_port())
-            list_w.append(mem.write_port())
+        # Both banks share one memory (bank = the top address bit): a layer reads its source
+        # bank and writes the other, so one read and one write port suffice (half the EBR).
+        slot_bits = addr_bits(self.list_depth)
+        m.submodules.lists = lists = Memory(shape=self.list_layout, depth=2 << slot_bits,
+                                            init=[])
+        list_r, list_w = lists.read_port(), lists.write_port()
         counts = [Signal(range(self.list_depth + 1), name=f"count{b}") for b in range(2)]
         src = Signal()                                 # bank read by this layer's broadcast
         m.submodules.out_mem = out_mem = Memory(shape=signed(act.width), depth=self.max_rows,
@@ -309,32 +308,29 @@ class SpmvEngine(wiring.Component):
         in_write = load.valid & (region == Region.INPUT)
         in_first = load.addr == 0
         in_slot = Mux(in_first, 0, counts[0])
-        out_wr_en = [Signal(name=f"out_list_we{b}") for b in range(2)]
+        out_wr_en = Signal()                           # output write to the dst bank, ~src
         out_wr_slot = Signal(range(self.list_depth + 1))
         out_wr_row = Signal(self.col_bits)
         out_wr_value = Signal(signed(act.width))
         with m.If(in_write):
-            m.d.comb += [list_w[0].addr.eq(in_slot), list_w[0].data.col.eq(load.addr),
-                         list_w[0].data.value.eq(in_value),
-                         list_w[0].en.eq(in_value != 0)]
+            m.d.comb += [list_w.addr.eq(Cat(in_slot[:slot_bits], 0)),
+                         list_w.data.col.eq(load.addr), list_w.data.value.eq(in_value),
+                         list_w.en.eq(in_value != 0)]
             m.d.sync += counts[0].eq(in_slot + (in_value != 0))
         with m.Else():
-            m.d.comb += [list_w[0].addr.eq(out_wr_slot), list_w[0].data.col.eq(out_wr_row),
-                         list_w[0].data.value.eq(out_wr_value), list_w[0].en.eq(out_wr_en[0])]
-        m.d.comb += [list_w[1].addr.eq(out_wr_slot), list_w[1].data.col.eq(out_wr_row),
-                     list_w[1].data.value.eq(out_wr_value), list_w[1].en.eq(out_wr_en[1])]
+            m.d.comb += [list_w.addr.eq(Cat(out_wr_slot[:slot_bits], ~src)),
+                         list_w.data.col.eq(out_wr_row), list_w.data.value.eq(out_wr_value),
+                         list_w.en.eq(out_wr_en)]
 
         # --- broadcaster ------------------------------------------------------------------------
         idx = Signal(range(self.list_depth + 1))
         head_valid = Signal()
         src_count = Mux(src, counts[1], counts[0])
-        head = Mux(src, list_r[1].data.as_value(), list_r[0].data.as_value())
-        head = data.View(self.list_layout, head)
+        head = list_r.data
         mac = Signal()                                 # MAC phase
         fetch = Signal()
         m.d.comb += fetch.eq(mac & (idx < src_count) & (~head_valid | fifo.w.ready))
-        for b in range(2):
-            m.d.comb += [list_r[b].addr.eq(idx), list_r[b].en.eq(fetch)]
+        m.d.comb += [list_r.addr.eq(Cat(idx[:slot_bits], src)), list_r.en.eq(fetch)]
         m.d.comb += [fifo.w.valid.eq(head_valid),
                      fifo.w.payload.k.eq(desc.ptr_base + head.col),
                      fifo.w.payload.value.eq(head.value)]
@@ -396,8 +392,7 @@ class SpmvEngine(wiring.Component):
         nonzero = rq.out != 0
         m.d.comb += [out_wr_slot.eq(dst_count), out_wr_row.eq(o_row),
                      out_wr_value.eq(rq.out),
-                     out_wr_en[0].eq(o_valid & nonzero & src),
-                     out_wr_en[1].eq(o_valid & nonzero & ~src),
+                     out_wr_en.eq(o_valid & nonzero),
                      out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid)]
         with m.If(o_valid & nonzero):
             with m.If(src):
