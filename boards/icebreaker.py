@@ -23,11 +23,12 @@ BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4
                                "ICESTORM_SPRAM": "spram", "ICESTORM_DSP": "dsp"})
 
 #: The engine of a build without ``--model`` (``hdl.spmv.SpmvEngine`` keyword arguments).
-#: The engine keeps entries in EBR (SPRAM support is not implemented in hdl.spmv yet): 2 PEs +
-#: the UART shell use ~92 % of the 5280 LCs (docs/ice40-resources.md has the breakdown).
-DEFAULT_ENGINE = dict(n_pe=2, index_bits=4, run_bits=4, act_width=16, act_frac=10,
+#: Four PEs with their entries in the four SB_SPRAM256KA (one each); the rest of the engine is
+#: in EBR (29 of 30 with the shell).  Block RAM, not logic, limits the PE count: every PE needs
+#: 5 EBR (pointers 2, codebook 1, 32-bit accumulators 2); see docs/ice40-resources.md.
+DEFAULT_ENGINE = dict(n_pe=4, index_bits=4, run_bits=4, act_width=16, act_frac=10,
                       weight_width=16, acc_bits=32, max_rows=64, max_cols=64,
-                      max_entries_per_pe=512, max_layers=2)
+                      max_entries_per_pe=512, max_layers=2, memory="spram")
 
 #: Broadcast FIFO depth per PE: 4 instead of EIE's 8 saves ~670 LCs at 8 PEs (one 8:1 -> 4:1
 #: read multiplexer of k + value bits per PE) for +0.3 % MAC cycles on digits-lstm

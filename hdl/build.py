@@ -236,7 +236,8 @@ def make_engine(params):
                       max_entries_per_pe=params["max_entries_per_pe"],
                       max_layers=params["max_layers"],
                       max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"),
-                      fifo_depth=params.get("fifo_depth", 8))
+                      fifo_depth=params.get("fifo_depth", 8),
+                      memory=params.get("memory", "bram"))
 
 
 def make_backend(params):
@@ -307,15 +308,17 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     list_depth = max(max_rows, max_cols)
     col_bits = max(1, ceil_log2(list_depth))
     rows_per_pe = -(-max_rows // n_pe)
+    spram = params.get("memory", "bram") == "spram"     # entries in SB_SPRAM256KA, not EBR
     inventory = [
-        MemoryUse("entry memory (per PE)", entry_bits, entries, n_pe),
+        MemoryUse("entry memory (per PE)", entry_bits, 0 if spram else entries, n_pe),
         MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
         MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
         MemoryUse("codebook (per PE)", params["weight_width"],
                   layers << params["index_bits"], n_pe),
         MemoryUse("accumulators (per PE)", params["acc_bits"], rows_per_pe, n_pe),
         MemoryUse("bias memory", params["acc_bits"], bias),
-        MemoryUse("non-zero activation lists", col_bits + params["act_width"], list_depth, 2),
+        MemoryUse("non-zero activation lists (both banks)", col_bits + params["act_width"],
+                  2 << col_bits),
         MemoryUse("output buffer", params["act_width"], max_rows),
         MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
         MemoryUse("IDENTIFY ROM", 8, identify_bytes),
@@ -421,6 +424,11 @@ def check_capacity(board, params, *, model_name=None):
                         f"needed, the "
                         f"{board.device} has {budget.bram_blocks} ({used - budget.bram_blocks} "
                         f"too many); largest: {detail}")
+    if params.get("memory", "bram") == "spram" and params["n_pe"] > budget.spram_blocks:
+        problems.append(f"SPRAM overflows: entries in SPRAM need one SB_SPRAM256KA per PE, "
+                        f"{params['n_pe']} PEs need {params['n_pe']}, the {board.device} has "
+                        f"{budget.spram_blocks} ({params['n_pe'] - budget.spram_blocks} too many;"
+                        f" use memory='bram' or fewer PEs)")
     lanes = params.get("ew_lanes", 0) if params.get("engine") == "lstm" else 0
     dsp = params["n_pe"] + lanes
     if dsp > budget.dsp:
@@ -438,7 +446,8 @@ def check_capacity(board, params, *, model_name=None):
                      f"{params['fm_lanes']} activations, {params['max_layers']} layers")
         raise CapacityError(f"{what} does not fit the {board.name} ({sizes}):\n  "
                             + "\n  ".join(problems))
-    return {"bram_blocks": used, "dsp": dsp,
+    spram_used = params["n_pe"] if params.get("memory", "bram") == "spram" else 0
+    return {"bram_blocks": used, "dsp": dsp, "spram_blocks": spram_used,
             "inventory": [dict(name=m.name, width=m.width, depth=m.depth, copies=m.copies,
                                blocks=m.blocks) for m in inventory]}
 
@@ -680,7 +689,8 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
                       f" weights {params['weight_width']} bits, acc {params['acc_bits']} bits, "
                       f"{params['max_rows']}x{params['max_cols']} max, "
                       f"{params['max_entries_per_pe']} entries/PE, {params['max_layers']} layers, "
-                      f"FIFO depth {params.get('fifo_depth', 8)}")
+                      f"FIFO depth {params.get('fifo_depth', 8)}, entries in "
+                      f"{params.get('memory', 'bram').upper()}")
     toolchain = describe_toolchain()
     rep = {
         "name": name, "board": board.name, "device": board.device,

@@ -112,6 +112,7 @@ def test_capacity_error_names_memory_and_overflow():
     board = get_board("icebreaker")
     params = build.default_engine(board)
     params["max_entries_per_pe"] = 4000
+    params["memory"] = "bram"                  # the default keeps entries in SPRAM
     with pytest.raises(build.CapacityError) as info:
         build.check_capacity(board, params, model_name="big")
     text = str(info.value)
@@ -119,6 +120,23 @@ def test_capacity_error_names_memory_and_overflow():
     assert "block RAM overflows" in text and "entry memory (per PE)" in text
     used = sum(m.blocks for m in build.memory_inventory(params))
     assert f"{used} blocks of 4 kbit needed, the iCE40UP5K has 30 ({used - 30} too many)" in text
+
+
+def test_spram_entries_are_not_block_ram():
+    """The iCEBreaker default keeps entries in SPRAM (one per PE, 4 at most); they are not
+    counted as block RAM, and a fifth PE is refused naming the SPRAM."""
+    board = get_board("icebreaker")
+    params = build.default_engine(board)
+    assert params["memory"] == "spram" and params["n_pe"] == 4
+    names = {m.name for m in build.memory_inventory(params)}
+    assert "entry memory (per PE)" not in names
+    used = build.check_capacity(board, params)
+    assert used["spram_blocks"] == 4 and used["bram_blocks"] <= 30
+    with pytest.raises(build.CapacityError, match=r"SPRAM overflows: entries in SPRAM need one "
+                                                  r"SB_SPRAM256KA per PE, 5 PEs need 5, the "
+                                                  r"iCE40UP5K has 4 \(1 too many"):
+        build.check_capacity(board, build.default_engine(board, n_pe=5))
+    assert build.make_engine(params).memory == "spram"
 
 
 def test_dsp_overflow():
