@@ -493,6 +493,13 @@ class CommandDecoder(wiring.Component):
         is_control = Signal()
         is_infer = Signal()
         is_checksum = Signal()
+        # The command decoded in DECODE (one flag per command), so that DISPATCH's decision does
+        # not start with 8-bit compares of `cmd`.
+        cmd_is = {c: Signal(name=f"cmd_is_{c.name.lower()}") for c in Command}
+        # Registered every cycle: `words` is never tested in the cycle after it changes.
+        words_one = Signal()
+        # Likewise for the CONTROL registers (changed only by a WRITE, frames before use).
+        n_in_zero, n_out_zero = Signal(), Signal()
         ctrl_rdata = Signal(32)
 
         # Region attributes of the requested region (combinational lookup, then registered).
@@ -533,6 +540,8 @@ class CommandDecoder(wiring.Component):
         m.d.comb += [bus.region.eq(cur_region), bus.index.eq(cur_index),
                      bus.addr.eq(cur_addr[:self.addr_width]), bus.wdata.eq(word)]
         m.d.comb += eng.n_layers.eq(n_layers[:8])
+        m.d.sync += [words_one.eq(words == 1), n_in_zero.eq(n_inputs == 0),
+                     n_out_zero.eq(n_outputs == 0)]
         m.d.comb += self.error.eq(last_error != 0)
 
         do_clear = Signal()              # RESET: clear the counters in T_COUNT
@@ -632,6 +641,7 @@ class CommandDecoder(wiring.Component):
                              cur_region.eq(a_region), cur_index.eq(a_index),
                              cur_addr.eq(a_addr), is_control.eq(a_region == RegionId.CONTROL),
                              is_infer.eq(0), is_checksum.eq(cmd == Command.CHECKSUM),
+                             *(flag.eq(cmd == c) for c, flag in cmd_is.items()),
                              byte_j.eq(0), optr.eq(0), crc.eq(CRC16_INIT), word.eq(0),
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
@@ -660,65 +670,64 @@ class CommandDecoder(wiring.Component):
                              access_oob.eq(addr_hi | (end_access > k_depth))]
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                with m.Switch(cmd):
-                    with m.Case(Command.IDENTIFY):
-                        with m.If(~len_zero):
-                            respond(Status.BAD_LENGTH)
-                        with m.Else():
-                            respond(Status.OK, len(self.identity_bytes), 1)
-                    with m.Case(Command.STATUS):
-                        with m.If(~len_zero):
-                            respond(Status.BAD_LENGTH)
-                        with m.Else():
-                            respond(Status.OK, STATUS_BYTES, 2)
-                    with m.Case(Command.RESET):
-                        with m.If(~len_zero):
-                            respond(Status.BAD_LENGTH)
-                        with m.Else():
-                            m.d.comb += eng.reset.eq(1)
-                            m.d.sync += do_clear.eq(1)
+                with m.If(cmd_is[Command.IDENTIFY]):
+                    with m.If(~len_zero):
+                        respond(Status.BAD_LENGTH)
+                    with m.Else():
+                        respond(Status.OK, len(self.identity_bytes), 1)
+                with m.Elif(cmd_is[Command.STATUS]):
+                    with m.If(~len_zero):
+                        respond(Status.BAD_LENGTH)
+                    with m.Else():
+                        respond(Status.OK, STATUS_BYTES, 2)
+                with m.Elif(cmd_is[Command.RESET]):
+                    with m.If(~len_zero):
+                        respond(Status.BAD_LENGTH)
+                    with m.Else():
+                        m.d.comb += eng.reset.eq(1)
+                        m.d.sync += do_clear.eq(1)
+                        respond(Status.OK)
+                with m.Elif(cmd_is[Command.WRITE]):
+                    with m.If(len_le6 | remainder_nz):
+                        respond(Status.BAD_LENGTH)
+                    with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
+                        respond(Status.BAD_ADDRESS)
+                    with m.Else():
+                        m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
+                                     pidx.eq(WRITE_HEADER_BYTES)]
+                        m.next = "W_ADDR"
+                with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
+                    with m.If(len_ne8 | (cmd_is[Command.READ] & read_too_long)):
+                        respond(Status.BAD_LENGTH)
+                    with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
+                        respond(Status.BAD_ADDRESS)
+                    with m.Elif(count_zero):
+                        with m.If(cmd_is[Command.READ]):
                             respond(Status.OK)
-                    with m.Case(Command.WRITE):
-                        with m.If(len_le6 | remainder_nz):
-                            respond(Status.BAD_LENGTH)
-                        with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
-                            respond(Status.BAD_ADDRESS)
                         with m.Else():
-                            m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
-                                         pidx.eq(WRITE_HEADER_BYTES)]
-                            m.next = "W_ADDR"
-                    with m.Case(Command.READ, Command.CHECKSUM):
-                        with m.If(len_ne8 | ((cmd == Command.READ) & read_too_long)):
-                            respond(Status.BAD_LENGTH)
-                        with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
+                            m.next = "CK_STORE0"
+                    with m.Else():
+                        m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
+                        m.next = "R_ISSUE"
+                if infer_ok:
+                    with m.Elif(cmd_is[Command.INFER]):
+                        with m.If(not_loaded):
+                            respond(Status.NOT_LOADED)
+                        with m.Elif(infer_oob):
                             respond(Status.BAD_ADDRESS)
-                        with m.Elif(count_zero):
-                            with m.If(cmd == Command.READ):
-                                respond(Status.OK)
-                            with m.Else():
-                                m.next = "CK_STORE0"
+                        with m.Elif(infer_len_bad):
+                            respond(Status.BAD_LENGTH)
                         with m.Else():
-                            m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
-                            m.next = "R_ISSUE"
-                    if infer_ok:
-                        with m.Case(Command.INFER):
-                            with m.If(not_loaded):
-                                respond(Status.NOT_LOADED)
-                            with m.Elif(infer_oob):
-                                respond(Status.BAD_ADDRESS)
-                            with m.Elif(infer_len_bad):
-                                respond(Status.BAD_LENGTH)
+                            m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
+                                         cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
+                                         words.eq(n_inputs), wb_log2.eq(in_log2),
+                                         pidx.eq(0)]
+                            with m.If(n_in_zero):
+                                m.next = "I_START"
                             with m.Else():
-                                m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
-                                             cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
-                                             words.eq(n_inputs), wb_log2.eq(in_log2),
-                                             pidx.eq(0)]
-                                with m.If(n_inputs == 0):
-                                    m.next = "I_START"
-                                with m.Else():
-                                    m.next = "W_ADDR"
-                    with m.Default():
-                        respond(Status.UNKNOWN_COMMAND)
+                                m.next = "W_ADDR"
+                with m.Else():
+                    respond(Status.UNKNOWN_COMMAND)
 
             # WRITE (and INFER's input writes): bytes from the buffer into `word`, then a write.
             with m.State("W_ADDR"):
@@ -741,7 +750,7 @@ class CommandDecoder(wiring.Component):
                 with m.Else():
                     m.d.comb += bus.we.eq(1)
                 m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1), word.eq(0)]
-                with m.If(words == 1):
+                with m.If(words_one):
                     with m.If(is_infer):
                         m.next = "I_START"
                     with m.Else():
@@ -774,7 +783,7 @@ class CommandDecoder(wiring.Component):
                 m.d.sync += byte_j.eq(byte_j + 1)
                 with m.If(byte_j == (1 << wb_log2) - 1):
                     m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
-                    with m.If(words == 1):
+                    with m.If(words_one):
                         with m.If(is_checksum):
                             m.next = "CK_STORE0"
                         with m.Else():
@@ -807,7 +816,7 @@ class CommandDecoder(wiring.Component):
                         m.d.sync += [cur_region.eq(RegionId.OUTPUT), cur_index.eq(0),
                                      cur_addr.eq(0), words.eq(n_outputs),
                                      wb_log2.eq(exact_log2(out_spec.word_bytes))]
-                    with m.If(n_outputs == 0):
+                    with m.If(n_out_zero):
                         respond(Status.OK, INFER_HEADER_BYTES)
                     with m.Else():
                         m.next = "R_ISSUE"
