@@ -342,10 +342,13 @@ class SpmvEngine(wiring.Component):
         pe_busy = Signal()
         m.d.comb += pe_busy.eq(Cat(*(pe.busy for pe in pes)).any())
         mac_cnt = Signal(32)
+        # A layer's MAC phase lasts at least min_cycles (an empty broadcast still drains);
+        # `warm` = min(mac_cnt, min_cycles), a 3-bit count instead of a 32-bit compare.
         min_cycles = FIRST_BROADCAST + DRAIN_LATENCY
+        warm = Signal(range(min_cycles + 1))
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == src_count) & ~head_valid & ~pe_busy
-                                & (mac_cnt >= min_cycles))
+                                & (warm == min_cycles))
 
         # --- output stage -----------------------------------------------------------------------
         # issue (row r: accumulator and bias read) -> b (read data) -> requantizer
@@ -417,11 +420,13 @@ class SpmvEngine(wiring.Component):
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.sync += [run_cnt.eq(run_cnt + 1), desc.eq(descs[layer]), idx.eq(0),
-                             mac_cnt.eq(0)]
+                             mac_cnt.eq(0), warm.eq(0)]
                 m.next = "MAC"
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
                 m.d.sync += [run_cnt.eq(run_cnt + 1), mac_cnt.eq(mac_cnt + 1)]
+                with m.If(warm != min_cycles):
+                    m.d.sync += warm.eq(warm + 1)
                 with m.If(mac_done):
                     m.d.sync += [layer_cycles[layer].eq(mac_cnt), r.eq(0), r_pe.eq(0),
                                  r_local.eq(0)]
