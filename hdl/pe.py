@@ -219,6 +219,10 @@ class ProcessingElement(wiring.Component):
         with m.If(pop):
             m.d.sync += [swap.eq(k[0]), col_value.eq(self.col.payload.value)]
         m.d.sync += [ptr_reg.eq(Mux(have, start + 1, start)), end_reg.eq(end)]
+        # left = (ptr_reg < end_reg), kept as a register: the next cycle's ptr_reg < end_reg is
+        # start + 1 < end after an issue and start < end (then false) otherwise, i.e. `more`.
+        left = Signal()
+        m.d.sync += left.eq(more)
 
         # --- issue: entry read ----------------------------------------------------------------
         issue_addr = self.entry_base + start
@@ -228,11 +232,17 @@ class ProcessingElement(wiring.Component):
             entry = entry_r.data
             entry_port = entry_r
         else:
-            # Single port: the loader writes only while the engine is idle.
+            # Single port: the loader writes only while the engine is idle.  Its writes are
+            # registered first (the SPRAMs sit at the die corners: the shell's write decision
+            # cannot also cross the chip in the same cycle).
             m.submodules.entry_spram = spram = Ice40Spram()
-            m.d.comb += [spram.addr.eq(Mux(self.entry_w.en, self.entry_w.addr, issue_addr)),
-                         spram.wdata.eq(self.entry_w.data.as_value()),
-                         spram.we.eq(self.entry_w.en), spram.re.eq(have)]
+            w_en = Signal()
+            w_addr = Signal.like(self.entry_w.addr)
+            w_data = Signal(self.entry_layout.size)
+            m.d.sync += [w_en.eq(self.entry_w.en), w_addr.eq(self.entry_w.addr),
+                         w_data.eq(self.entry_w.data.as_value())]
+            m.d.comb += [spram.addr.eq(Mux(w_en, w_addr, issue_addr)), spram.wdata.eq(w_data),
+                         spram.we.eq(w_en), spram.re.eq(have)]
             entry = data.View(self.entry_layout,
                               spram.rdata[:self.entry_layout.size])
             entry_port = None
@@ -295,7 +305,7 @@ class ProcessingElement(wiring.Component):
         with m.Else():
             m.d.comb += [acc_w.addr.eq(s4_row), acc_w.en.eq(s4_valid)]
 
-        m.d.comb += self.busy.eq(self.col.valid | pend | (ptr_reg < end_reg) | s2_valid
+        m.d.comb += self.busy.eq(self.col.valid | pend | left | s2_valid
                                  | s3_tok | s4_tok)
 
         # --- read-back (hdl.readback): the idle pipeline's read ports --------------------------
