@@ -12,8 +12,10 @@ Pipeline (one entry per cycle, padding included), cycle ``t`` = the entry's *iss
                  forwarding register covers the write of the previous entry to the same row
 
 The next column may be popped in the cycle that issues the current column's last entry, so a
-busy PE issues back to back (the cycle model's ``pop_p[c] >= E_p[c-1] - fetch_latency``).  An
-empty column costs its pop cycle only.  The last product is in its accumulator three cycles
+busy PE issues back to back (the cycle model's ``pop_p[c] >= E_p[c-1] - fetch_latency``), but
+not in the cycle its pointer pair arrives: the pop decision uses registered flags only (iCE40
+timing), so pops are at least two cycles apart (``pop_interval = 2``) and an empty column costs
+two cycles.  The last product is in its accumulator three cycles
 after the last issue (``drain_latency = 3``); :attr:`ProcessingElement.busy` follows the same
 chain (an empty column's pointer read counts as an issue slot) so the engine's done detection
 lands exactly on the model's cycle.
@@ -207,10 +209,16 @@ class ProcessingElement(wiring.Component):
                          end.eq(Mux(swap, even_r.data, odd_r.data))]
         with m.Else():
             m.d.comb += [start.eq(ptr_reg), end.eq(end_reg)]
+        # left = (ptr_reg < end_reg), more = (ptr_reg + 1 < end_reg): registered, computed from
+        # this cycle's start and end (ptr_reg advances by `have`).  So the pop decision
+        # (col.ready) depends on registers only; in the cycle the pointer pair arrives (pend)
+        # the PE does not pop (the cycle model's pop_interval = 2).
+        left = Signal()
+        more = Signal()
+        m.d.sync += [left.eq(start + 1 < end), more.eq(start + 2 < end)]
         have = Signal()                    # an entry issues this cycle
-        more = Signal()                    # more than one entry left: cannot pop
-        m.d.comb += [have.eq(start < end), more.eq(start + 1 < end)]
-        m.d.comb += self.col.ready.eq(~more)
+        m.d.comb += have.eq(Mux(pend, start < end, left))
+        m.d.comb += self.col.ready.eq(~pend & ~more)
         pop = self.col.valid & self.col.ready
         k = self.col.payload.k
         m.d.comb += [even_r.addr.eq((k + 1) >> 1), odd_r.addr.eq(k >> 1),
@@ -219,10 +227,6 @@ class ProcessingElement(wiring.Component):
         with m.If(pop):
             m.d.sync += [swap.eq(k[0]), col_value.eq(self.col.payload.value)]
         m.d.sync += [ptr_reg.eq(Mux(have, start + 1, start)), end_reg.eq(end)]
-        # left = (ptr_reg < end_reg), kept as a register: the next cycle's ptr_reg < end_reg is
-        # start + 1 < end after an issue and start < end (then false) otherwise, i.e. `more`.
-        left = Signal()
-        m.d.sync += left.eq(more)
 
         # --- issue: entry read ----------------------------------------------------------------
         issue_addr = self.entry_base + start

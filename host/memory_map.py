@@ -23,7 +23,8 @@ from .params import check_int
 __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
            "LstmRegion",
            "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
-           "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "SETUP_CYCLES",
+           "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "POP_INTERVAL",
+           "SETUP_CYCLES",
            "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT"]
 
 #: Default activation format (Q5.10).
@@ -34,6 +35,8 @@ FETCH_LATENCY = 1
 FIRST_BROADCAST = 1
 #: Cycles from the last entry issue to its product being in the accumulator.
 DRAIN_LATENCY = 3
+#: Fewest cycles between two pops of a PE (hdl.pe: no pop while a column's pointers arrive).
+POP_INTERVAL = 2
 #: Non-MAC cycles per layer besides the rows: descriptor load + done detection.
 SETUP_CYCLES = 2
 #: Output phase cycles are ``rows + OUTPUT_OVERHEAD``: the accumulator / bias read, the pipelined
@@ -144,7 +147,8 @@ def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
 
 def _timing(fifo_depth: int) -> Timing:
     return Timing(fifo_depth=fifo_depth, fetch_latency=FETCH_LATENCY,
-                  first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY)
+                  first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY,
+                  pop_interval=POP_INTERVAL)
 
 
 class _Widths:
