@@ -443,6 +443,7 @@ class CommandDecoder(wiring.Component):
         # next-state logic directly (iCE40 timing): idle == timeout - 1, last payload byte,
         # last response payload byte.
         idle_last = Signal()
+        len_big, len_none, crc_ok = Signal(), Signal(), Signal()
         pay_last = Signal()
         tx_last = Signal()
 
@@ -600,14 +601,17 @@ class CommandDecoder(wiring.Component):
                     crc_byte()
                     m.d.sync += length[8:].eq(rx_byte)
                     full = Cat(length[:8], rx_byte)
-                    m.d.sync += pay_last.eq(full == 1)
-                    with m.If(full > MAX_PAYLOAD):
-                        respond(Status.BAD_LENGTH)
-                    with m.Elif(full == 0):
-                        m.next = "CRC0"
-                    with m.Else():
-                        m.next = "PAYLOAD"
-                receive(None, len1)
+                    m.d.sync += [pay_last.eq(full == 1), len_big.eq(full > MAX_PAYLOAD),
+                                 len_none.eq(full == 0)]
+                receive("LEN_CHECK", len1)
+            with m.State("LEN_CHECK"):
+                # the length decision a cycle after the byte (registered compares)
+                with m.If(len_big):
+                    respond(Status.BAD_LENGTH)
+                with m.Elif(len_none):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 def payload():
                     crc_byte()
@@ -624,12 +628,15 @@ class CommandDecoder(wiring.Component):
                 receive("CRC1", store(crc_lo, step=False))
             with m.State("CRC1"):
                 def crc1():
-                    with m.If(Cat(crc_lo, rx_byte) == crc):
-                        m.d.sync += good.eq(good + 1)
-                        m.next = "DECODE"
-                    with m.Else():
-                        respond(Status.BAD_CRC)
-                receive(None, crc1)
+                    m.d.sync += crc_ok.eq(Cat(crc_lo, rx_byte) == crc)
+                receive("CRC_CHECK", crc1)
+            with m.State("CRC_CHECK"):
+                # the CRC decision a cycle after the byte (registered compare)
+                with m.If(crc_ok):
+                    m.d.sync += good.eq(good + 1)
+                    m.next = "DECODE"
+                with m.Else():
+                    respond(Status.BAD_CRC)
 
             # ---------------------------------------------------------------- execute
             # Checks are computed over four registered stages (DECODE, PREP1-3) so that no
