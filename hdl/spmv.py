@@ -325,7 +325,7 @@ class SpmvEngine(wiring.Component):
         # --- broadcaster ------------------------------------------------------------------------
         idx = Signal(range(self.list_depth + 1))
         head_valid = Signal()
-        src_count = Mux(src, counts[1], counts[0])
+        src_count = Signal.like(counts[0])            # counts[src], latched in SETUP
         head = list_r.data
         mac = Signal()                                 # MAC phase
         fetch = Signal()
@@ -419,8 +419,18 @@ class SpmvEngine(wiring.Component):
                                  self.busy.eq(1), n_layers.eq(self.n_layers)]
                     m.next = "SETUP"
             with m.State("SETUP"):
+                # Everything the output phase starts from is set here, not on mac_done (which
+                # then drives only the state register; iCE40 timing).  The destination bank is
+                # not read during the MAC phase.  mac_cnt starts at -1 so that it holds the
+                # MAC-phase length (as counted up to mac_done) once in OUTPUT.
                 m.d.sync += [run_cnt.eq(run_cnt + 1), desc.eq(descs[layer]), idx.eq(0),
-                             mac_cnt.eq(0), warm.eq(0)]
+                             mac_cnt.eq(-1), warm.eq(0),
+                             src_count.eq(Mux(src, counts[1], counts[0])),
+                             r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                with m.If(src):
+                    m.d.sync += counts[0].eq(0)
+                with m.Else():
+                    m.d.sync += counts[1].eq(0)
                 m.next = "MAC"
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
@@ -428,16 +438,10 @@ class SpmvEngine(wiring.Component):
                 with m.If(warm != min_cycles):
                     m.d.sync += warm.eq(warm + 1)
                 with m.If(mac_done):
-                    m.d.sync += [layer_cycles[layer].eq(mac_cnt), r.eq(0), r_pe.eq(0),
-                                 r_local.eq(0)]
-                    with m.If(src):
-                        m.d.sync += counts[0].eq(0)
-                    with m.Else():
-                        m.d.sync += counts[1].eq(0)
                     m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 m.d.comb += drain.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
+                m.d.sync += [run_cnt.eq(run_cnt + 1), layer_cycles[layer].eq(mac_cnt)]
                 with m.If(~issue & ~in_flight):
                     m.d.sync += [src.eq(~src), layer.eq(layer + 1)]
                     with m.If(layer + 1 == n_layers):
