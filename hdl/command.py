@@ -480,6 +480,10 @@ class CommandDecoder(wiring.Component):
                           else Cat(value, Const(0, width - len(value))))
         status_word = Cat(*fields)
         assert len(status_word) == STATUS_BYTES * 8
+        # STATUS bytes are read like the payload buffer: registered, at address buf_raddr (the
+        # byte multiplexer stays off the transmit / CRC path).
+        status_q = Signal(8)
+        m.d.sync += status_q.eq(status_word.word_select(buf_raddr[:ceil_log2(STATUS_BYTES)], 8))
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
         cur_region = Signal(REGION_BITS)
@@ -867,8 +871,7 @@ class CommandDecoder(wiring.Component):
                 with m.Else():
                     send(r_len[8:], "T_PAY")
             with m.State("T_PAY"):
-                status_byte = status_word.word_select(pidx[:ceil_log2(STATUS_BYTES)], 8)
-                value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_byte))
+                value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_q))
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value),
                              buf_raddr.eq(pidx + self.tx.ready)]
                 with m.If(self.tx.ready):
