@@ -399,13 +399,21 @@ class CommandDecoder(wiring.Component):
                                                                    depth=self.rx_fifo_depth)
             m.d.comb += [rx_fifo.w_data.eq(self.rx.payload), rx_fifo.w_en.eq(self.rx.valid),
                          self.rx.ready.eq(rx_fifo.w_rdy)]
-            # One register after the FIFO: its data comes straight from a block RAM output,
-            # too slow to feed the frame decisions (CRC compare, length check) in one cycle.
-            rx_valid, rx_byte = Signal(), Signal(8)
-            rx_ready = Signal()
-            m.d.comb += rx_fifo.r_en.eq(~rx_valid | rx_ready)
-            with m.If(rx_fifo.r_en):
-                m.d.sync += [rx_valid.eq(rx_fifo.r_rdy), rx_byte.eq(rx_fifo.r_data)]
+            # A two-entry skid buffer after the FIFO: the FIFO's data comes straight from a
+            # block RAM output, too slow to feed the frame decisions in the same cycle, and the
+            # FIFO's read enable depends on a register only (not on the decoder's state).
+            rx_valid, rx_byte = Signal(name="rx_valid"), Signal(8, name="rx_byte")
+            skid_valid, skid_byte = Signal(name="skid_valid"), Signal(8, name="skid_byte")
+            rx_ready = Signal(name="rx_ready")
+            m.d.comb += rx_fifo.r_en.eq(~skid_valid)
+            take = rx_fifo.r_rdy & ~skid_valid
+            with m.If(~rx_valid | rx_ready):               # the head is free next cycle
+                with m.If(skid_valid):
+                    m.d.sync += [rx_valid.eq(1), rx_byte.eq(skid_byte), skid_valid.eq(0)]
+                with m.Else():
+                    m.d.sync += [rx_valid.eq(take), rx_byte.eq(rx_fifo.r_data)]
+            with m.Elif(take):                             # the head is held: park the byte
+                m.d.sync += [skid_valid.eq(1), skid_byte.eq(rx_fifo.r_data)]
         else:
             rx_valid, rx_byte, rx_ready = self.rx.valid, self.rx.payload, self.rx.ready
 
