@@ -452,6 +452,10 @@ class CommandDecoder(wiring.Component):
         # last response payload byte.
         idle_last = Signal()
         len_big, len_none, crc_ok = Signal(), Signal(), Signal()
+        # The answer decided in PREP4: answer now (d_resp) with d_status / d_len / d_src, and
+        # RESET's side effects (d_reset).
+        d_resp, d_reset = Signal(), Signal()
+        d_status, d_len, d_src = Signal(8), Signal(bits_for(MAX_PAYLOAD)), Signal(2)
         pay_last = Signal()
         tx_last = Signal()
 
@@ -651,7 +655,7 @@ class CommandDecoder(wiring.Component):
                     respond(Status.BAD_CRC)
 
             # ---------------------------------------------------------------- execute
-            # Checks are computed over four registered stages (DECODE, PREP1-3) so that no
+            # Checks are computed over five registered stages (DECODE, PREP1-4) so that no
             # long carry chain sits in front of DISPATCH (iCE40 timing).
             aw = self.check_bits
             with m.State("DECODE"):
@@ -687,66 +691,89 @@ class CommandDecoder(wiring.Component):
             with m.State("PREP3"):
                 m.d.sync += [write_oob.eq(addr_hi | (end_write > k_depth)),
                              access_oob.eq(addr_hi | (end_access > k_depth))]
-                m.next = "DISPATCH"
-            with m.State("DISPATCH"):
+                m.next = "PREP4"
+            # PREP4 takes the answer decision (which error, or go on) on the registered checks;
+            # DISPATCH acts on it, so the response registers' enable is one registered flag.
+            with m.State("PREP4"):
+                def decide(status=None, length=0, src=0):
+                    if status is None:                 # no answer yet: DISPATCH goes on
+                        m.d.sync += d_resp.eq(0)
+                    else:
+                        m.d.sync += [d_resp.eq(1), d_status.eq(status), d_len.eq(length),
+                                     d_src.eq(src)]
+                m.d.sync += d_reset.eq(0)
                 with m.If(cmd_is[Command.IDENTIFY]):
                     with m.If(~len_zero):
-                        respond(Status.BAD_LENGTH)
+                        decide(Status.BAD_LENGTH)
                     with m.Else():
-                        respond(Status.OK, len(self.identity_bytes), 1)
+                        decide(Status.OK, len(self.identity_bytes), 1)
                 with m.Elif(cmd_is[Command.STATUS]):
                     with m.If(~len_zero):
-                        respond(Status.BAD_LENGTH)
+                        decide(Status.BAD_LENGTH)
                     with m.Else():
-                        respond(Status.OK, STATUS_BYTES, 2)
+                        decide(Status.OK, STATUS_BYTES, 2)
                 with m.Elif(cmd_is[Command.RESET]):
                     with m.If(~len_zero):
-                        respond(Status.BAD_LENGTH)
+                        decide(Status.BAD_LENGTH)
                     with m.Else():
-                        m.d.comb += eng.reset.eq(1)
-                        m.d.sync += do_clear.eq(1)
-                        respond(Status.OK)
+                        m.d.sync += d_reset.eq(1)
+                        decide(Status.OK)
                 with m.Elif(cmd_is[Command.WRITE]):
                     with m.If(len_le6 | remainder_nz):
-                        respond(Status.BAD_LENGTH)
+                        decide(Status.BAD_LENGTH)
                     with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
-                        respond(Status.BAD_ADDRESS)
+                        decide(Status.BAD_ADDRESS)
                     with m.Else():
-                        m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
-                                     pidx.eq(WRITE_HEADER_BYTES)]
-                        m.next = "W_ADDR"
+                        decide()
                 with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
                     with m.If(len_ne8 | (cmd_is[Command.READ] & read_too_long)):
-                        respond(Status.BAD_LENGTH)
+                        decide(Status.BAD_LENGTH)
                     with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
-                        respond(Status.BAD_ADDRESS)
-                    with m.Elif(count_zero):
-                        with m.If(cmd_is[Command.READ]):
-                            respond(Status.OK)
+                        decide(Status.BAD_ADDRESS)
+                    with m.Elif(count_zero & cmd_is[Command.READ]):
+                        decide(Status.OK)
+                    with m.Else():
+                        decide()
+                if infer_ok:
+                    with m.Elif(cmd_is[Command.INFER]):
+                        with m.If(not_loaded):
+                            decide(Status.NOT_LOADED)
+                        with m.Elif(infer_oob):
+                            decide(Status.BAD_ADDRESS)
+                        with m.Elif(infer_len_bad):
+                            decide(Status.BAD_LENGTH)
                         with m.Else():
-                            m.next = "CK_STORE0"
+                            decide()
+                with m.Else():
+                    decide(Status.UNKNOWN_COMMAND)
+                m.next = "DISPATCH"
+            with m.State("DISPATCH"):
+                with m.If(d_resp):
+                    with m.If(d_reset):
+                        m.d.comb += eng.reset.eq(1)
+                        m.d.sync += do_clear.eq(1)
+                    m.d.sync += [r_status.eq(d_status), r_len.eq(d_len), r_src.eq(d_src)]
+                    m.next = "T_COUNT"
+                with m.Elif(cmd_is[Command.WRITE]):
+                    m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
+                                 pidx.eq(WRITE_HEADER_BYTES)]
+                    m.next = "W_ADDR"
+                with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
+                    with m.If(count_zero):             # CHECKSUM of no words
+                        m.next = "CK_STORE0"
                     with m.Else():
                         m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
                         m.next = "R_ISSUE"
                 if infer_ok:
-                    with m.Elif(cmd_is[Command.INFER]):
-                        with m.If(not_loaded):
-                            respond(Status.NOT_LOADED)
-                        with m.Elif(infer_oob):
-                            respond(Status.BAD_ADDRESS)
-                        with m.Elif(infer_len_bad):
-                            respond(Status.BAD_LENGTH)
+                    with m.Else():                     # INFER (every other command answered)
+                        m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
+                                     cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
+                                     words.eq(n_inputs), wb_log2.eq(in_log2),
+                                     pidx.eq(0)]
+                        with m.If(n_in_zero):
+                            m.next = "I_START"
                         with m.Else():
-                            m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
-                                         cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
-                                         words.eq(n_inputs), wb_log2.eq(in_log2),
-                                         pidx.eq(0)]
-                            with m.If(n_in_zero):
-                                m.next = "I_START"
-                            with m.Else():
-                                m.next = "W_ADDR"
-                with m.Else():
-                    respond(Status.UNKNOWN_COMMAND)
+                            m.next = "W_ADDR"
 
             # WRITE (and INFER's input writes): bytes from the buffer into `word`, then a write.
             with m.State("W_ADDR"):
