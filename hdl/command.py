@@ -492,10 +492,11 @@ class CommandDecoder(wiring.Component):
                           else Cat(value, Const(0, width - len(value))))
         status_word = Cat(*fields)
         assert len(status_word) == STATUS_BYTES * 8
-        # STATUS bytes are read like the payload buffer: registered, at address buf_raddr (the
-        # byte multiplexer stays off the transmit / CRC path).
+        # STATUS byte pidx, registered (the 32:1 byte multiplexer stays off the transmit / CRC
+        # path); T_PAY waits a cycle after each pidx change (st_wait).
         status_q = Signal(8)
-        m.d.sync += status_q.eq(status_word.word_select(buf_raddr[:ceil_log2(STATUS_BYTES)], 8))
+        st_wait = Signal()
+        m.d.sync += status_q.eq(status_word.word_select(pidx[:ceil_log2(STATUS_BYTES)], 8))
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
         cur_region = Signal(REGION_BITS)
@@ -900,16 +901,20 @@ class CommandDecoder(wiring.Component):
                 send(r_len[:8], "T_LEN1")
             with m.State("T_LEN1"):
                 m.d.comb += buf_raddr.eq(0)
-                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1)]
+                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1), st_wait.eq(1)]
                 with m.If(r_len == 0):
                     send(r_len[8:], "T_CRC0")
                 with m.Else():
                     send(r_len[8:], "T_PAY")
             with m.State("T_PAY"):
                 value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_q))
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value),
-                             buf_raddr.eq(pidx + self.tx.ready)]
-                with m.If(self.tx.ready):
+                # STATUS bytes: status_q follows pidx a cycle late, so wait one cycle after
+                # every pidx change (st_wait) before offering the byte.
+                offer = ~(st_wait & (r_src == 2))
+                m.d.comb += [self.tx.valid.eq(offer), self.tx.payload.eq(value),
+                             buf_raddr.eq(pidx + (self.tx.ready & offer))]
+                m.d.sync += st_wait.eq(self.tx.ready & offer)
+                with m.If(self.tx.ready & offer):
                     m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
                     m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]
                     with m.If(tx_last):
