@@ -366,7 +366,8 @@ class SpmvEngine(wiring.Component):
         b_local = Signal(addr_bits(self.rows_per_pe))
         drain = Signal()                               # output phase
         issue = Signal()
-        m.d.comb += issue.eq(drain & (r < desc.rows))
+        more_rows = Signal()                           # r < desc.rows, kept as a register
+        m.d.comb += issue.eq(drain & more_rows)
         m.d.comb += [bias_r.addr.eq(desc.bias_base + r), bias_r.en.eq(issue)]
         for p, pe in enumerate(pes):
             m.d.comb += [pe.drain.eq(drain), pe.acc_raddr.eq(r_local),
@@ -386,7 +387,7 @@ class SpmvEngine(wiring.Component):
         in_flight = Signal()
         m.d.comb += in_flight.eq(Cat(b_valid, *q_valid).any())
         with m.If(issue):
-            m.d.sync += r.eq(r + 1)
+            m.d.sync += [r.eq(r + 1), more_rows.eq(r + 1 < desc.rows)]
             with m.If(r_pe == n_pe - 1):
                 m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
             with m.Else():
@@ -426,7 +427,8 @@ class SpmvEngine(wiring.Component):
                 m.d.sync += [run_cnt.eq(run_cnt + 1), desc.eq(descs[layer]), idx.eq(0),
                              mac_cnt.eq(-1), warm.eq(0),
                              src_count.eq(Mux(src, counts[1], counts[0])),
-                             r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                             r.eq(0), r_pe.eq(0), r_local.eq(0),
+                             more_rows.eq(descs[layer].rows != 0)]
                 with m.If(src):
                     m.d.sync += counts[0].eq(0)
                 with m.Else():
