@@ -299,8 +299,12 @@ class ProcessingElement(wiring.Component):
         total = Signal(signed(self.acc_bits))
         m.d.sync += fw_hit.eq(s4_valid & (s4_row == s3_row))
         # In the output phase s4_prod is 0 and old is forced to 0: total = 0 clears the row
-        # (no data multiplexer on the write port).
-        m.d.comb += [old.eq(Mux(self.drain, 0, Mux(fw_hit, fw_data, acc_r.data))),
+        # (no data multiplexer on the write port).  `zero` is drain a cycle late (the first
+        # clear comes a cycle after the first output-phase read; S4 is empty around the
+        # phase change), so the engine-wide drain net does not feed the adder directly.
+        zero = Signal()
+        m.d.sync += zero.eq(self.drain)
+        m.d.comb += [old.eq(Mux(zero, 0, Mux(fw_hit, fw_data, acc_r.data))),
                      total.eq(old + s4_prod)]          # truncated: wraps at acc_bits
         m.d.sync += fw_data.eq(total)
         m.d.comb += acc_w.data.eq(total)
