@@ -15,7 +15,8 @@ Per layer ``layer_setup`` cycles load the descriptor.  The MAC phase, cycle 0 = 
 
   and a zero word moves ``t`` on by one.  Padding positions are never read.
 * **PEs**: exactly :mod:`host.cyclemodel`'s rules (``pop_p[c] = max(B[c] + 1,
-  pop_p[c-1] + pop_interval, E_p[c-1] - fetch_latency)``, ``E_p[c] = pop_p[c] + fetch_latency + w_p[c]``).
+  pop_p[c-1] + pop_interval, E_p[c-1] - fetch_latency)``,
+  ``E_p[c] = pop_p[c] + fetch_latency + w_p[c]``).
 * **Done**: ``M = max(scan_end, max_p E_p[last] + drain_latency)`` where ``scan_end`` is the
   ``t`` after the last word (0 when the patch has no in-bounds word); the MAC phase lasts
   ``M + 1`` cycles.
