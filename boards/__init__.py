@@ -79,6 +79,11 @@ class Board:
         :class:`hdl.spmv.SpmvEngine` keyword arguments of a build without a model.
     notes : str
         Free text shown by ``--help`` and in docs/boards.md.
+    fifo_depth : int
+        Broadcast FIFO depth per PE of every engine built for the board (with or without a
+        model; EIE uses 8).  Each slot costs a ``k + value`` wide register per FIFO and widens
+        every PE's read multiplexer, so small FPGAs use fewer (the cycle model follows:
+        ``engine.timing().fifo_depth``).
     """
 
     name: str
@@ -92,6 +97,7 @@ class Board:
     budget: Budget
     default_engine: dict
     notes: str = ""
+    fifo_depth: int = 8
 
     def platform(self):
         return self.platform_factory()

@@ -2,11 +2,11 @@
 is the UART on FPGA pins 6 = RX, 9 = TX), two user LEDs (red 11, green 37).
 
 Budget: 5280 logic cells, 30 EBR blocks of 4 kbit, 4 SPRAM blocks of 256 kbit, 8 SB_MAC16 DSPs.
-Default clock: the 12 MHz oscillator directly (no PLL), because the SpmvEngine's output stage
-(accumulator memory -> requantizer -> list write, ~72 ns) limits Fmax to ~13.8 MHz on this
-device; ``--freq 16 .. 275`` uses the SB_PLL40_PAD (e.g. 36 MHz = 12 MHz x 48 / 16) once the
-engine is pipelined.  Default UART 1 Mbaud (the FT2232H does up to 12 Mbaud; 1 Mbaud = 12
-clocks per bit at 12 MHz, exact; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
+Default clock: 30 MHz (12 MHz x 40 / 16) from the oscillator through the SB_PLL40_PAD
+(``--freq 16 .. 275`` picks another; ``--freq 12`` runs from the oscillator without the
+PLL).  The limits are the UART shell's decoder and the engine's sequencer decisions
+(docs/ice40-resources.md has the measured critical paths).  Default UART 1 Mbaud (the
+FT2232H does up to 12 Mbaud; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
 """
 
 from amaranth_boards.icebreaker import ICEBreakerPlatform
@@ -14,7 +14,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from . import Board, Budget
 
 OSC_HZ = 12_000_000
-CLOCK_HZ = 12_000_000
+CLOCK_HZ = 30_000_000
 BAUD = 1_000_000
 
 BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4,
@@ -23,15 +23,22 @@ BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4
                                "ICESTORM_SPRAM": "spram", "ICESTORM_DSP": "dsp"})
 
 #: The engine of a build without ``--model`` (``hdl.spmv.SpmvEngine`` keyword arguments).
-#: The engine keeps entries in EBR (SPRAM support is not implemented in hdl.spmv yet): 2 PEs +
-#: the UART shell use ~92 % of the 5280 LCs (docs/ice40-resources.md has the breakdown).
-DEFAULT_ENGINE = dict(n_pe=2, index_bits=4, run_bits=4, act_width=16, act_frac=10,
+#: Four PEs with their entries in the four SB_SPRAM256KA (one each); the rest of the engine is
+#: in EBR (29 of 30 with the shell).  Block RAM, not logic, limits the PE count: every PE needs
+#: 5 EBR (pointers 2, codebook 1, 32-bit accumulators 2); see docs/ice40-resources.md.
+DEFAULT_ENGINE = dict(n_pe=4, index_bits=4, run_bits=4, act_width=16, act_frac=10,
                       weight_width=16, acc_bits=32, max_rows=64, max_cols=64,
-                      max_entries_per_pe=512, max_layers=2)
+                      max_entries_per_pe=512, max_layers=2, memory="spram")
+
+#: Broadcast FIFO depth per PE: 4 instead of EIE's 8 saves ~670 LCs at 8 PEs (one 8:1 -> 4:1
+#: read multiplexer of k + value bits per PE) for +0.3 % MAC cycles on digits-lstm
+#: (docs/ice40-resources.md, plan item 4).
+FIFO_DEPTH = 4
 
 BOARD = Board(
     name="icebreaker", family="ice40", device="iCE40UP5K", package="SG48",
     platform_factory=ICEBreakerPlatform, osc_hz=OSC_HZ, clock_hz=CLOCK_HZ, baud=BAUD,
-    budget=BUDGET, default_engine=DEFAULT_ENGINE,
-    notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator "
-          "(PLL for --freq 16-275 MHz); UART on the FT2232H channel B at 1 Mbaud.")
+    budget=BUDGET, default_engine=DEFAULT_ENGINE, fifo_depth=FIFO_DEPTH,
+    notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator, "
+          "PLL to 30 MHz by default (--freq 16-275 MHz); UART on the FT2232H channel B at "
+          "1 Mbaud.")

@@ -39,7 +39,7 @@ __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "defa
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "build_bitstream", "parse_nextpnr_report",
-           "main"]
+           "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,9 +193,12 @@ def engine_for_model(model, *, max_layers=None):
 
 
 def default_engine(board, n_pe=None):
+    """The engine parameters of a build for ``board`` without a model (``n_pe`` PEs if
+    given)."""
     params = dict(board.default_engine)
     if n_pe is not None:
         params["n_pe"] = n_pe
+    params.setdefault("fifo_depth", board.fifo_depth)
     params.setdefault("mlp", True)
     params.setdefault("uniform_fields", True)
     return params
@@ -222,7 +225,8 @@ def make_engine(params):
                           max_entries_per_pe=params["max_entries_per_pe"],
                           ew_lanes=params["ew_lanes"],
                           layers_max=params.get("layers_max", 1),
-                          proj_max=params.get("proj_max", 0))
+                          proj_max=params.get("proj_max", 0),
+                          fifo_depth=params.get("fifo_depth", 8))
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -231,7 +235,9 @@ def make_engine(params):
                       max_rows=params["max_rows"], max_cols=params["max_cols"],
                       max_entries_per_pe=params["max_entries_per_pe"],
                       max_layers=params["max_layers"],
-                      max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"))
+                      max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"),
+                      fifo_depth=params.get("fifo_depth", 8),
+                      memory=params.get("memory", "bram"))
 
 
 def make_backend(params):
@@ -302,15 +308,17 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     list_depth = max(max_rows, max_cols)
     col_bits = max(1, ceil_log2(list_depth))
     rows_per_pe = -(-max_rows // n_pe)
+    spram = params.get("memory", "bram") == "spram"     # entries in SB_SPRAM256KA, not EBR
     inventory = [
-        MemoryUse("entry memory (per PE)", entry_bits, entries, n_pe),
+        MemoryUse("entry memory (per PE)", entry_bits, 0 if spram else entries, n_pe),
         MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
         MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
         MemoryUse("codebook (per PE)", params["weight_width"],
                   layers << params["index_bits"], n_pe),
         MemoryUse("accumulators (per PE)", params["acc_bits"], rows_per_pe, n_pe),
         MemoryUse("bias memory", params["acc_bits"], bias),
-        MemoryUse("non-zero activation lists", col_bits + params["act_width"], list_depth, 2),
+        MemoryUse("non-zero activation lists (both banks)", col_bits + params["act_width"],
+                  2 << col_bits),
         MemoryUse("output buffer", params["act_width"], max_rows),
         MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
         MemoryUse("IDENTIFY ROM", 8, identify_bytes),
@@ -416,6 +424,11 @@ def check_capacity(board, params, *, model_name=None):
                         f"needed, the "
                         f"{board.device} has {budget.bram_blocks} ({used - budget.bram_blocks} "
                         f"too many); largest: {detail}")
+    if params.get("memory", "bram") == "spram" and params["n_pe"] > budget.spram_blocks:
+        problems.append(f"SPRAM overflows: entries in SPRAM need one SB_SPRAM256KA per PE, "
+                        f"{params['n_pe']} PEs need {params['n_pe']}, the {board.device} has "
+                        f"{budget.spram_blocks} ({params['n_pe'] - budget.spram_blocks} too many;"
+                        f" use memory='bram' or fewer PEs)")
     lanes = params.get("ew_lanes", 0) if params.get("engine") == "lstm" else 0
     dsp = params["n_pe"] + lanes
     if dsp > budget.dsp:
@@ -433,7 +446,8 @@ def check_capacity(board, params, *, model_name=None):
                      f"{params['fm_lanes']} activations, {params['max_layers']} layers")
         raise CapacityError(f"{what} does not fit the {board.name} ({sizes}):\n  "
                             + "\n  ".join(problems))
-    return {"bram_blocks": used, "dsp": dsp,
+    spram_used = params["n_pe"] if params.get("memory", "bram") == "spram" else 0
+    return {"bram_blocks": used, "dsp": dsp, "spram_blocks": spram_used,
             "inventory": [dict(name=m.name, width=m.width, depth=m.depth, copies=m.copies,
                                blocks=m.blocks) for m in inventory]}
 
@@ -499,6 +513,34 @@ def format_report(rep: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Build
+
+
+#: Yosys command run right after ``read_rtlil`` on iCE40: every synchronous memory read port
+#: returns undefined data when it reads the word its memory's write port writes in the same
+#: cycle.  Amaranth's ``read_port()`` is not transparent (old data on a collision) and the
+#: iCE40 EBR model in Yosys gives no collision behaviour, so without this ``memory_libmap``
+#: emulates read-first for every memory: the write is delayed by a cycle and a bypass (hold
+#: register, address comparator, output mux) added, ~2 x width FFs each: 702 LCs of the
+#: 4839-LC 2-PE build (docs/ice40-resources.md, section 1.2).  No spine design uses the data of
+#: such a collision: the PE's accumulator forwards the colliding write through its own
+#: register; the loader writes entry, pointer, codebook, bias and list memories only while the
+#: engine is idle; a layer reads one non-zero list bank and writes the other; the shell's RX
+#: FIFO reads only words written in earlier cycles; its payload buffer is never read in a cycle
+#: that writes it.  (All these memories have one write port; the 1-bit mask covers it.)
+ICE40_NO_READ_FIRST = "setparam -set COLLISION_X_MASK 1 t:$memrd_v2"
+
+
+def tool_overrides(family: str, *, report_file: str, seed: int) -> dict:
+    """Amaranth build-template overrides for ``family`` (``"ice40"`` / ``"ecp5"``): Yosys and
+    nextpnr options of :func:`build_bitstream`."""
+    overrides = {"nextpnr_opts": ["--report", report_file, "--timing-allow-fail",
+                                  "--seed", str(seed)]}
+    if family == "ice40":
+        overrides["synth_opts"] = ["-dsp"]
+        overrides["script_after_read"] = ICE40_NO_READ_FIRST
+    else:
+        overrides["synth_opts"] = []
+    return overrides
 
 
 class _Progress:
@@ -603,9 +645,7 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     platform = board.platform()
     report_file = f"{name}.report.json"
     plan = platform.build(top, name=name, build_dir=str(build_dir), do_build=False,
-                          synth_opts=["-dsp"] if board.family == "ice40" else [],
-                          nextpnr_opts=["--report", report_file, "--timing-allow-fail",
-                                        "--seed", str(seed)])
+                          **tool_overrides(board.family, report_file=report_file, seed=seed))
     if build_dir.exists():
         shutil.rmtree(build_dir)
     plan.extract(str(build_dir))
@@ -648,7 +688,9 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
                       f"{params['run_bits']} bits, act Q{params['act_width']}.{params['act_frac']},"
                       f" weights {params['weight_width']} bits, acc {params['acc_bits']} bits, "
                       f"{params['max_rows']}x{params['max_cols']} max, "
-                      f"{params['max_entries_per_pe']} entries/PE, {params['max_layers']} layers")
+                      f"{params['max_entries_per_pe']} entries/PE, {params['max_layers']} layers, "
+                      f"FIFO depth {params.get('fifo_depth', 8)}, entries in "
+                      f"{params.get('memory', 'bram').upper()}")
     toolchain = describe_toolchain()
     rep = {
         "name": name, "board": board.name, "device": board.device,
@@ -736,6 +778,7 @@ def prepare(args):
         except Exception as error:  # the package reader's own message
             raise BuildError(f"--model {args.model}: {error}") from None
         params = engine_for_model(model)
+        params["fifo_depth"] = board.fifo_depth
         if args.pes is not None and args.pes != model.n_pe:
             raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
                              f"{model.n_pe} PEs (recompress it with --pes {args.pes})")

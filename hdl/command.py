@@ -399,15 +399,32 @@ class CommandDecoder(wiring.Component):
                                                                    depth=self.rx_fifo_depth)
             m.d.comb += [rx_fifo.w_data.eq(self.rx.payload), rx_fifo.w_en.eq(self.rx.valid),
                          self.rx.ready.eq(rx_fifo.w_rdy)]
-            rx_valid, rx_byte, rx_ready = rx_fifo.r_rdy, rx_fifo.r_data, rx_fifo.r_en
+            # A two-entry skid buffer after the FIFO: the FIFO's data comes straight from a
+            # block RAM output, too slow to feed the frame decisions in the same cycle, and the
+            # FIFO's read enable depends on a register only (not on the decoder's state).
+            rx_valid, rx_byte = Signal(name="rx_valid"), Signal(8, name="rx_byte")
+            skid_valid, skid_byte = Signal(name="skid_valid"), Signal(8, name="skid_byte")
+            rx_ready = Signal(name="rx_ready")
+            m.d.comb += rx_fifo.r_en.eq(~skid_valid)
+            take = rx_fifo.r_rdy & ~skid_valid
+            with m.If(~rx_valid | rx_ready):               # the head is free next cycle
+                with m.If(skid_valid):
+                    m.d.sync += [rx_valid.eq(1), rx_byte.eq(skid_byte), skid_valid.eq(0)]
+                with m.Else():
+                    m.d.sync += [rx_valid.eq(take), rx_byte.eq(rx_fifo.r_data)]
+            with m.Elif(take):                             # the head is held: park the byte
+                m.d.sync += [skid_valid.eq(1), skid_byte.eq(rx_fifo.r_data)]
         else:
             rx_valid, rx_byte, rx_ready = self.rx.valid, self.rx.payload, self.rx.ready
 
         # --- payload buffer and IDENTIFY ROM ----------------------------------------------------
         m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
+        # rom_style: one EBR on iCE40 instead of ~110 flip-flops and a 128:1 read multiplexer
+        # (Yosys maps ROMs this small to logic by default).
         m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity_bytes),
-                                        init=list(self.identity_bytes))
+                                        init=list(self.identity_bytes),
+                                        attrs={"rom_style": "block"})
         rom_r = rom.read_port()
         ptr_bits = bits_for(MAX_PAYLOAD)
         buf_raddr = Signal(ptr_bits)
@@ -430,6 +447,17 @@ class CommandDecoder(wiring.Component):
         a_region, a_index = args[0:8], args[8:16]
         a_addr, a_count = args[16:48], args[48:64]
         idle = Signal(range(self.timeout_cycles + 1))
+        # Registered decisions, computed a cycle ahead so that no counter compare feeds the FSM's
+        # next-state logic directly (iCE40 timing): idle == timeout - 1, last payload byte,
+        # last response payload byte.
+        idle_last = Signal()
+        len_big, len_none, crc_ok = Signal(), Signal(), Signal()
+        # The answer decided in PREP4: answer now (d_resp) with d_status / d_len / d_src, and
+        # RESET's side effects (d_reset).
+        d_resp, d_reset = Signal(), Signal()
+        d_status, d_len, d_src = Signal(8), Signal(bits_for(MAX_PAYLOAD)), Signal(2)
+        pay_last = Signal()
+        tx_last = Signal()
 
         # --- response registers -----------------------------------------------------------------
         r_status = Signal(8)
@@ -464,6 +492,11 @@ class CommandDecoder(wiring.Component):
                           else Cat(value, Const(0, width - len(value))))
         status_word = Cat(*fields)
         assert len(status_word) == STATUS_BYTES * 8
+        # STATUS byte pidx, registered (the 32:1 byte multiplexer stays off the transmit / CRC
+        # path); T_PAY waits a cycle after each pidx change (st_wait).
+        status_q = Signal(8)
+        st_wait = Signal()
+        m.d.sync += status_q.eq(status_word.word_select(pidx[:ceil_log2(STATUS_BYTES)], 8))
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
         cur_region = Signal(REGION_BITS)
@@ -478,6 +511,13 @@ class CommandDecoder(wiring.Component):
         is_control = Signal()
         is_infer = Signal()
         is_checksum = Signal()
+        # The command decoded in DECODE (one flag per command), so that DISPATCH's decision does
+        # not start with 8-bit compares of `cmd`.
+        cmd_is = {c: Signal(name=f"cmd_is_{c.name.lower()}") for c in Command}
+        # Registered every cycle: `words` is never tested in the cycle after it changes.
+        words_one = Signal()
+        # Likewise for the CONTROL registers (changed only by a WRITE, frames before use).
+        n_in_zero, n_out_zero = Signal(), Signal()
         ctrl_rdata = Signal(32)
 
         # Region attributes of the requested region (combinational lookup, then registered).
@@ -518,6 +558,8 @@ class CommandDecoder(wiring.Component):
         m.d.comb += [bus.region.eq(cur_region), bus.index.eq(cur_index),
                      bus.addr.eq(cur_addr[:self.addr_width]), bus.wdata.eq(word)]
         m.d.comb += eng.n_layers.eq(n_layers[:8])
+        m.d.sync += [words_one.eq(words == 1), n_in_zero.eq(n_inputs == 0),
+                     n_out_zero.eq(n_outputs == 0)]
         m.d.comb += self.error.eq(last_error != 0)
 
         do_clear = Signal()              # RESET: clear the counters in T_COUNT
@@ -536,7 +578,8 @@ class CommandDecoder(wiring.Component):
             # ---------------------------------------------------------------- receive
             with m.State("HUNT"):
                 m.d.comb += got.eq(rx_valid)
-                m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), pidx.eq(0), args.eq(0)]
+                m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), idle_last.eq(0),
+                             pidx.eq(0), args.eq(0)]
                 with m.If(rx_valid & (rx_byte == REQUEST_SYNC)):
                     m.next = "CMD"
 
@@ -544,14 +587,15 @@ class CommandDecoder(wiring.Component):
                 """Common part of the header/payload/CRC states: take a byte or time out."""
                 m.d.comb += [receiving.eq(1), got.eq(rx_valid)]
                 with m.If(rx_valid):
-                    m.d.sync += idle.eq(0)
+                    m.d.sync += [idle.eq(0), idle_last.eq(0)]
                     action()
                     if next_state is not None:
                         m.next = next_state
-                with m.Elif(idle == self.timeout_cycles - 1):
+                with m.Elif(idle_last):
                     respond(Status.TIMEOUT)
                 with m.Else():
-                    m.d.sync += idle.eq(idle + 1)
+                    m.d.sync += [idle.eq(idle + 1),
+                                 idle_last.eq(idle == self.timeout_cycles - 2)]
 
             def crc_byte():
                 m.d.comb += [crc_in.eq(rx_byte), crc_step.eq(1)]
@@ -574,13 +618,17 @@ class CommandDecoder(wiring.Component):
                     crc_byte()
                     m.d.sync += length[8:].eq(rx_byte)
                     full = Cat(length[:8], rx_byte)
-                    with m.If(full > MAX_PAYLOAD):
-                        respond(Status.BAD_LENGTH)
-                    with m.Elif(full == 0):
-                        m.next = "CRC0"
-                    with m.Else():
-                        m.next = "PAYLOAD"
-                receive(None, len1)
+                    m.d.sync += [pay_last.eq(full == 1), len_big.eq(full > MAX_PAYLOAD),
+                                 len_none.eq(full == 0)]
+                receive("LEN_CHECK", len1)
+            with m.State("LEN_CHECK"):
+                # the length decision a cycle after the byte (registered compares)
+                with m.If(len_big):
+                    respond(Status.BAD_LENGTH)
+                with m.Elif(len_none):
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 def payload():
                     crc_byte()
@@ -589,23 +637,26 @@ class CommandDecoder(wiring.Component):
                         for i in range(ACCESS_HEADER_BYTES):
                             with m.Case(i):
                                 m.d.sync += args[8 * i:8 * i + 8].eq(rx_byte)
-                    m.d.sync += pidx.eq(pidx + 1)
-                    with m.If(pidx + 1 == length):
+                    m.d.sync += [pidx.eq(pidx + 1), pay_last.eq(pidx + 2 == length)]
+                    with m.If(pay_last):
                         m.next = "CRC0"
                 receive(None, payload)
             with m.State("CRC0"):
                 receive("CRC1", store(crc_lo, step=False))
             with m.State("CRC1"):
                 def crc1():
-                    with m.If(Cat(crc_lo, rx_byte) == crc):
-                        m.d.sync += good.eq(good + 1)
-                        m.next = "DECODE"
-                    with m.Else():
-                        respond(Status.BAD_CRC)
-                receive(None, crc1)
+                    m.d.sync += crc_ok.eq(Cat(crc_lo, rx_byte) == crc)
+                receive("CRC_CHECK", crc1)
+            with m.State("CRC_CHECK"):
+                # the CRC decision a cycle after the byte (registered compare)
+                with m.If(crc_ok):
+                    m.d.sync += good.eq(good + 1)
+                    m.next = "DECODE"
+                with m.Else():
+                    respond(Status.BAD_CRC)
 
             # ---------------------------------------------------------------- execute
-            # Checks are computed over four registered stages (DECODE, PREP1-3) so that no
+            # Checks are computed over five registered stages (DECODE, PREP1-4) so that no
             # long carry chain sits in front of DISPATCH (iCE40 timing).
             aw = self.check_bits
             with m.State("DECODE"):
@@ -614,6 +665,7 @@ class CommandDecoder(wiring.Component):
                              cur_region.eq(a_region), cur_index.eq(a_index),
                              cur_addr.eq(a_addr), is_control.eq(a_region == RegionId.CONTROL),
                              is_infer.eq(0), is_checksum.eq(cmd == Command.CHECKSUM),
+                             *(flag.eq(cmd == c) for c, flag in cmd_is.items()),
                              byte_j.eq(0), optr.eq(0), crc.eq(CRC16_INIT), word.eq(0),
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
@@ -640,67 +692,89 @@ class CommandDecoder(wiring.Component):
             with m.State("PREP3"):
                 m.d.sync += [write_oob.eq(addr_hi | (end_write > k_depth)),
                              access_oob.eq(addr_hi | (end_access > k_depth))]
+                m.next = "PREP4"
+            # PREP4 takes the answer decision (which error, or go on) on the registered checks;
+            # DISPATCH acts on it, so the response registers' enable is one registered flag.
+            with m.State("PREP4"):
+                def decide(status=None, length=0, src=0):
+                    if status is None:                 # no answer yet: DISPATCH goes on
+                        m.d.sync += d_resp.eq(0)
+                    else:
+                        m.d.sync += [d_resp.eq(1), d_status.eq(status), d_len.eq(length),
+                                     d_src.eq(src)]
+                m.d.sync += d_reset.eq(0)
+                with m.If(cmd_is[Command.IDENTIFY]):
+                    with m.If(~len_zero):
+                        decide(Status.BAD_LENGTH)
+                    with m.Else():
+                        decide(Status.OK, len(self.identity_bytes), 1)
+                with m.Elif(cmd_is[Command.STATUS]):
+                    with m.If(~len_zero):
+                        decide(Status.BAD_LENGTH)
+                    with m.Else():
+                        decide(Status.OK, STATUS_BYTES, 2)
+                with m.Elif(cmd_is[Command.RESET]):
+                    with m.If(~len_zero):
+                        decide(Status.BAD_LENGTH)
+                    with m.Else():
+                        m.d.sync += d_reset.eq(1)
+                        decide(Status.OK)
+                with m.Elif(cmd_is[Command.WRITE]):
+                    with m.If(len_le6 | remainder_nz):
+                        decide(Status.BAD_LENGTH)
+                    with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
+                        decide(Status.BAD_ADDRESS)
+                    with m.Else():
+                        decide()
+                with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
+                    with m.If(len_ne8 | (cmd_is[Command.READ] & read_too_long)):
+                        decide(Status.BAD_LENGTH)
+                    with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
+                        decide(Status.BAD_ADDRESS)
+                    with m.Elif(count_zero & cmd_is[Command.READ]):
+                        decide(Status.OK)
+                    with m.Else():
+                        decide()
+                if infer_ok:
+                    with m.Elif(cmd_is[Command.INFER]):
+                        with m.If(not_loaded):
+                            decide(Status.NOT_LOADED)
+                        with m.Elif(infer_oob):
+                            decide(Status.BAD_ADDRESS)
+                        with m.Elif(infer_len_bad):
+                            decide(Status.BAD_LENGTH)
+                        with m.Else():
+                            decide()
+                with m.Else():
+                    decide(Status.UNKNOWN_COMMAND)
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                with m.Switch(cmd):
-                    with m.Case(Command.IDENTIFY):
-                        with m.If(~len_zero):
-                            respond(Status.BAD_LENGTH)
+                with m.If(d_resp):
+                    with m.If(d_reset):
+                        m.d.comb += eng.reset.eq(1)
+                        m.d.sync += do_clear.eq(1)
+                    m.d.sync += [r_status.eq(d_status), r_len.eq(d_len), r_src.eq(d_src)]
+                    m.next = "T_COUNT"
+                with m.Elif(cmd_is[Command.WRITE]):
+                    m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
+                                 pidx.eq(WRITE_HEADER_BYTES)]
+                    m.next = "W_ADDR"
+                with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
+                    with m.If(count_zero):             # CHECKSUM of no words
+                        m.next = "CK_STORE0"
+                    with m.Else():
+                        m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
+                        m.next = "R_ISSUE"
+                if infer_ok:
+                    with m.Else():                     # INFER (every other command answered)
+                        m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
+                                     cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
+                                     words.eq(n_inputs), wb_log2.eq(in_log2),
+                                     pidx.eq(0)]
+                        with m.If(n_in_zero):
+                            m.next = "I_START"
                         with m.Else():
-                            respond(Status.OK, len(self.identity_bytes), 1)
-                    with m.Case(Command.STATUS):
-                        with m.If(~len_zero):
-                            respond(Status.BAD_LENGTH)
-                        with m.Else():
-                            respond(Status.OK, STATUS_BYTES, 2)
-                    with m.Case(Command.RESET):
-                        with m.If(~len_zero):
-                            respond(Status.BAD_LENGTH)
-                        with m.Else():
-                            m.d.comb += eng.reset.eq(1)
-                            m.d.sync += do_clear.eq(1)
-                            respond(Status.OK)
-                    with m.Case(Command.WRITE):
-                        with m.If(len_le6 | remainder_nz):
-                            respond(Status.BAD_LENGTH)
-                        with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
-                            respond(Status.BAD_ADDRESS)
-                        with m.Else():
-                            m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
-                                         pidx.eq(WRITE_HEADER_BYTES)]
                             m.next = "W_ADDR"
-                    with m.Case(Command.READ, Command.CHECKSUM):
-                        with m.If(len_ne8 | ((cmd == Command.READ) & read_too_long)):
-                            respond(Status.BAD_LENGTH)
-                        with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
-                            respond(Status.BAD_ADDRESS)
-                        with m.Elif(count_zero):
-                            with m.If(cmd == Command.READ):
-                                respond(Status.OK)
-                            with m.Else():
-                                m.next = "CK_STORE0"
-                        with m.Else():
-                            m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
-                            m.next = "R_ISSUE"
-                    if infer_ok:
-                        with m.Case(Command.INFER):
-                            with m.If(not_loaded):
-                                respond(Status.NOT_LOADED)
-                            with m.Elif(infer_oob):
-                                respond(Status.BAD_ADDRESS)
-                            with m.Elif(infer_len_bad):
-                                respond(Status.BAD_LENGTH)
-                            with m.Else():
-                                m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
-                                             cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
-                                             words.eq(n_inputs), wb_log2.eq(in_log2),
-                                             pidx.eq(0)]
-                                with m.If(n_inputs == 0):
-                                    m.next = "I_START"
-                                with m.Else():
-                                    m.next = "W_ADDR"
-                    with m.Default():
-                        respond(Status.UNKNOWN_COMMAND)
 
             # WRITE (and INFER's input writes): bytes from the buffer into `word`, then a write.
             with m.State("W_ADDR"):
@@ -723,7 +797,7 @@ class CommandDecoder(wiring.Component):
                 with m.Else():
                     m.d.comb += bus.we.eq(1)
                 m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1), word.eq(0)]
-                with m.If(words == 1):
+                with m.If(words_one):
                     with m.If(is_infer):
                         m.next = "I_START"
                     with m.Else():
@@ -756,7 +830,7 @@ class CommandDecoder(wiring.Component):
                 m.d.sync += byte_j.eq(byte_j + 1)
                 with m.If(byte_j == (1 << wb_log2) - 1):
                     m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
-                    with m.If(words == 1):
+                    with m.If(words_one):
                         with m.If(is_checksum):
                             m.next = "CK_STORE0"
                         with m.Else():
@@ -789,7 +863,7 @@ class CommandDecoder(wiring.Component):
                         m.d.sync += [cur_region.eq(RegionId.OUTPUT), cur_index.eq(0),
                                      cur_addr.eq(0), words.eq(n_outputs),
                                      wb_log2.eq(exact_log2(out_spec.word_bytes))]
-                    with m.If(n_outputs == 0):
+                    with m.If(n_out_zero):
                         respond(Status.OK, INFER_HEADER_BYTES)
                     with m.Else():
                         m.next = "R_ISSUE"
@@ -827,20 +901,23 @@ class CommandDecoder(wiring.Component):
                 send(r_len[:8], "T_LEN1")
             with m.State("T_LEN1"):
                 m.d.comb += buf_raddr.eq(0)
-                m.d.sync += pidx.eq(0)
+                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1), st_wait.eq(1)]
                 with m.If(r_len == 0):
                     send(r_len[8:], "T_CRC0")
                 with m.Else():
                     send(r_len[8:], "T_PAY")
             with m.State("T_PAY"):
-                status_byte = status_word.word_select(pidx[:ceil_log2(STATUS_BYTES)], 8)
-                value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_byte))
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value),
-                             buf_raddr.eq(pidx + self.tx.ready)]
-                with m.If(self.tx.ready):
+                value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_q))
+                # STATUS bytes: status_q follows pidx a cycle late, so wait one cycle after
+                # every pidx change (st_wait) before offering the byte.
+                offer = ~(st_wait & (r_src == 2))
+                m.d.comb += [self.tx.valid.eq(offer), self.tx.payload.eq(value),
+                             buf_raddr.eq(pidx + (self.tx.ready & offer))]
+                m.d.sync += st_wait.eq(self.tx.ready & offer)
+                with m.If(self.tx.ready & offer):
                     m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
-                    m.d.sync += pidx.eq(pidx + 1)
-                    with m.If(pidx + 1 == r_len):
+                    m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]
+                    with m.If(tx_last):
                         m.next = "T_CRC0"
             with m.State("T_CRC0"):
                 send(crc[:8], "T_CRC1", step_crc=False)

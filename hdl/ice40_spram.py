@@ -27,7 +27,7 @@ class Ice40Spram(wiring.Component):
     ----------
     behavioural : bool or None
         Force the model (True) or the primitive (False); None (default): the primitive when the
-        platform is an iCE40 one (``platform.family == "ice40"``), else the model.
+        platform is an iCE40 one (``platform.family`` "iCE40", any case), else the model.
 
     Attributes
     ----------
@@ -57,7 +57,8 @@ class Ice40Spram(wiring.Component):
         m = Module()
         model = self.behavioural
         if model is None:
-            model = getattr(platform, "family", None) != "ice40"
+            # amaranth's SiliconBluePlatform says "iCE40"
+            model = str(getattr(platform, "family", "")).lower() != "ice40"
         if model:
             m.submodules.mem = mem = Memory(shape=SPRAM_WIDTH, depth=SPRAM_DEPTH, init=[])
             wp = mem.write_port()

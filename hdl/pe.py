@@ -12,8 +12,10 @@ Pipeline (one entry per cycle, padding included), cycle ``t`` = the entry's *iss
                  forwarding register covers the write of the previous entry to the same row
 
 The next column may be popped in the cycle that issues the current column's last entry, so a
-busy PE issues back to back (the cycle model's ``pop_p[c] >= E_p[c-1] - fetch_latency``).  An
-empty column costs its pop cycle only.  The last product is in its accumulator three cycles
+busy PE issues back to back (the cycle model's ``pop_p[c] >= E_p[c-1] - fetch_latency``), but
+not in the cycle its pointer pair arrives: the pop decision uses registered flags only (iCE40
+timing), so pops are at least two cycles apart (``pop_interval = 2``) and an empty column costs
+two cycles.  The last product is in its accumulator three cycles
 after the last issue (``drain_latency = 3``); :attr:`ProcessingElement.busy` follows the same
 chain (an empty column's pointer read counts as an issue slot) so the engine's done detection
 lands exactly on the model's cycle.
@@ -207,10 +209,16 @@ class ProcessingElement(wiring.Component):
                          end.eq(Mux(swap, even_r.data, odd_r.data))]
         with m.Else():
             m.d.comb += [start.eq(ptr_reg), end.eq(end_reg)]
+        # left = (ptr_reg < end_reg), more = (ptr_reg + 1 < end_reg): registered, computed from
+        # this cycle's start and end (ptr_reg advances by `have`).  So the pop decision
+        # (col.ready) depends on registers only; in the cycle the pointer pair arrives (pend)
+        # the PE does not pop (the cycle model's pop_interval = 2).
+        left = Signal()
+        more = Signal()
+        m.d.sync += [left.eq(start + 1 < end), more.eq(start + 2 < end)]
         have = Signal()                    # an entry issues this cycle
-        more = Signal()                    # more than one entry left: cannot pop
-        m.d.comb += [have.eq(start < end), more.eq(start + 1 < end)]
-        m.d.comb += self.col.ready.eq(~more)
+        m.d.comb += have.eq(Mux(pend, start < end, left))
+        m.d.comb += self.col.ready.eq(~pend & ~more)
         pop = self.col.valid & self.col.ready
         k = self.col.payload.k
         m.d.comb += [even_r.addr.eq((k + 1) >> 1), odd_r.addr.eq(k >> 1),
@@ -228,11 +236,17 @@ class ProcessingElement(wiring.Component):
             entry = entry_r.data
             entry_port = entry_r
         else:
-            # Single port: the loader writes only while the engine is idle.
+            # Single port: the loader writes only while the engine is idle.  Its writes are
+            # registered first (the SPRAMs sit at the die corners: the shell's write decision
+            # cannot also cross the chip in the same cycle).
             m.submodules.entry_spram = spram = Ice40Spram()
-            m.d.comb += [spram.addr.eq(Mux(self.entry_w.en, self.entry_w.addr, issue_addr)),
-                         spram.wdata.eq(self.entry_w.data.as_value()),
-                         spram.we.eq(self.entry_w.en), spram.re.eq(have)]
+            w_en = Signal()
+            w_addr = Signal.like(self.entry_w.addr)
+            w_data = Signal(self.entry_layout.size)
+            m.d.sync += [w_en.eq(self.entry_w.en), w_addr.eq(self.entry_w.addr),
+                         w_data.eq(self.entry_w.data.as_value())]
+            m.d.comb += [spram.addr.eq(Mux(w_en, w_addr, issue_addr)), spram.wdata.eq(w_data),
+                         spram.we.eq(w_en), spram.re.eq(have)]
             entry = data.View(self.entry_layout,
                               spram.rdata[:self.entry_layout.size])
             entry_port = None
@@ -264,8 +278,10 @@ class ProcessingElement(wiring.Component):
         s4_valid = Signal()
         s4_tok = Signal()
         s4_row = Signal(self.row_bits)
-        m.d.sync += [s4_prod.eq(cb_r.data * s3_value), s4_valid.eq(s3_valid),
-                     s4_tok.eq(s3_tok), s4_row.eq(s3_row)]
+        # The product register is zero when no entry is in S4, so that the drain's clear can
+        # go through the adder (below).
+        m.d.sync += [s4_prod.eq(Mux(s3_valid, cb_r.data * s3_value, 0)),
+                     s4_valid.eq(s3_valid), s4_tok.eq(s3_tok), s4_row.eq(s3_row)]
 
         acc_r = acc_mem.read_port()
         acc_w = acc_mem.write_port()
@@ -274,21 +290,30 @@ class ProcessingElement(wiring.Component):
                      self.acc_rdata.eq(acc_r.data)]
 
         # --- S4: accumulate with forwarding ---------------------------------------------------
-        fw_valid = Signal()
-        fw_row = Signal(self.row_bits)
+        # fw_hit: the entry now in S4 has the row of the previous S4 entry, whose sum is in
+        # fw_data (its write collides with this entry's S3 read); compared one cycle early
+        # (S3 row against S4 row) so that the compare is off the adder path.
+        fw_hit = Signal()
         fw_data = Signal(signed(self.acc_bits))
         old = Signal(signed(self.acc_bits))
         total = Signal(signed(self.acc_bits))
-        m.d.comb += [old.eq(Mux(fw_valid & (fw_row == s4_row), fw_data, acc_r.data)),
+        m.d.sync += fw_hit.eq(s4_valid & (s4_row == s3_row))
+        # In the output phase s4_prod is 0 and old is forced to 0: total = 0 clears the row
+        # (no data multiplexer on the write port).  `zero` is drain a cycle late (the first
+        # clear comes a cycle after the first output-phase read; S4 is empty around the
+        # phase change), so the engine-wide drain net does not feed the adder directly.
+        zero = Signal()
+        m.d.sync += zero.eq(self.drain)
+        m.d.comb += [old.eq(Mux(zero, 0, Mux(fw_hit, fw_data, acc_r.data))),
                      total.eq(old + s4_prod)]          # truncated: wraps at acc_bits
-        m.d.sync += [fw_valid.eq(s4_valid), fw_row.eq(s4_row), fw_data.eq(total)]
+        m.d.sync += fw_data.eq(total)
+        m.d.comb += acc_w.data.eq(total)
         with m.If(self.drain):
-            m.d.comb += [acc_w.addr.eq(self.acc_clear_addr), acc_w.data.eq(0),
-                         acc_w.en.eq(self.acc_clear)]
+            m.d.comb += [acc_w.addr.eq(self.acc_clear_addr), acc_w.en.eq(self.acc_clear)]
         with m.Else():
-            m.d.comb += [acc_w.addr.eq(s4_row), acc_w.data.eq(total), acc_w.en.eq(s4_valid)]
+            m.d.comb += [acc_w.addr.eq(s4_row), acc_w.en.eq(s4_valid)]
 
-        m.d.comb += self.busy.eq(self.col.valid | pend | (ptr_reg < end_reg) | s2_valid
+        m.d.comb += self.busy.eq(self.col.valid | pend | left | s2_valid
                                  | s3_tok | s4_tok)
 
         # --- read-back (hdl.readback): the idle pipeline's read ports --------------------------

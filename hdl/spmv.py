@@ -290,13 +290,12 @@ class SpmvEngine(wiring.Component):
             write_descriptor_field(m, descs[load.addr[3:]], load)
 
         # --- non-zero lists (two banks) and the dense output buffer -----------------------------
-        lists, list_r, list_w = [], [], []
-        for b in range(2):
-            mem = Memory(shape=self.list_layout, depth=self.list_depth, init=[])
-            m.submodules[f"list{b}"] = mem
-            lists.append(mem)
-            list_r.append(mem.read_port())
-            list_w.append(mem.write_port())
+        # Both banks share one memory (bank = the top address bit): a layer reads its source
+        # bank and writes the other, so one read and one write port suffice (half the EBR).
+        slot_bits = addr_bits(self.list_depth)
+        m.submodules.lists = lists = Memory(shape=self.list_layout, depth=2 << slot_bits,
+                                            init=[])
+        list_r, list_w = lists.read_port(), lists.write_port()
         counts = [Signal(range(self.list_depth + 1), name=f"count{b}") for b in range(2)]
         src = Signal()                                 # bank read by this layer's broadcast
         m.submodules.out_mem = out_mem = Memory(shape=signed(act.width), depth=self.max_rows,
@@ -309,32 +308,29 @@ class SpmvEngine(wiring.Component):
         in_write = load.valid & (region == Region.INPUT)
         in_first = load.addr == 0
         in_slot = Mux(in_first, 0, counts[0])
-        out_wr_en = [Signal(name=f"out_list_we{b}") for b in range(2)]
+        out_wr_en = Signal()                           # output write to the dst bank, ~src
         out_wr_slot = Signal(range(self.list_depth + 1))
         out_wr_row = Signal(self.col_bits)
         out_wr_value = Signal(signed(act.width))
         with m.If(in_write):
-            m.d.comb += [list_w[0].addr.eq(in_slot), list_w[0].data.col.eq(load.addr),
-                         list_w[0].data.value.eq(in_value),
-                         list_w[0].en.eq(in_value != 0)]
+            m.d.comb += [list_w.addr.eq(Cat(in_slot[:slot_bits], 0)),
+                         list_w.data.col.eq(load.addr), list_w.data.value.eq(in_value),
+                         list_w.en.eq(in_value != 0)]
             m.d.sync += counts[0].eq(in_slot + (in_value != 0))
         with m.Else():
-            m.d.comb += [list_w[0].addr.eq(out_wr_slot), list_w[0].data.col.eq(out_wr_row),
-                         list_w[0].data.value.eq(out_wr_value), list_w[0].en.eq(out_wr_en[0])]
-        m.d.comb += [list_w[1].addr.eq(out_wr_slot), list_w[1].data.col.eq(out_wr_row),
-                     list_w[1].data.value.eq(out_wr_value), list_w[1].en.eq(out_wr_en[1])]
+            m.d.comb += [list_w.addr.eq(Cat(out_wr_slot[:slot_bits], ~src)),
+                         list_w.data.col.eq(out_wr_row), list_w.data.value.eq(out_wr_value),
+                         list_w.en.eq(out_wr_en)]
 
         # --- broadcaster ------------------------------------------------------------------------
         idx = Signal(range(self.list_depth + 1))
         head_valid = Signal()
-        src_count = Mux(src, counts[1], counts[0])
-        head = Mux(src, list_r[1].data.as_value(), list_r[0].data.as_value())
-        head = data.View(self.list_layout, head)
+        src_count = Signal.like(counts[0])            # counts[src], latched in SETUP
+        head = list_r.data
         mac = Signal()                                 # MAC phase
         fetch = Signal()
         m.d.comb += fetch.eq(mac & (idx < src_count) & (~head_valid | fifo.w.ready))
-        for b in range(2):
-            m.d.comb += [list_r[b].addr.eq(idx), list_r[b].en.eq(fetch)]
+        m.d.comb += [list_r.addr.eq(Cat(idx[:slot_bits], src)), list_r.en.eq(fetch)]
         m.d.comb += [fifo.w.valid.eq(head_valid),
                      fifo.w.payload.k.eq(desc.ptr_base + head.col),
                      fifo.w.payload.value.eq(head.value)]
@@ -346,13 +342,19 @@ class SpmvEngine(wiring.Component):
         pe_busy = Signal()
         m.d.comb += pe_busy.eq(Cat(*(pe.busy for pe in pes)).any())
         mac_cnt = Signal(32)
+        # A layer's MAC phase lasts at least min_cycles (an empty broadcast still drains);
+        # `warm` = min(mac_cnt, min_cycles), a 3-bit count instead of a 32-bit compare.
         min_cycles = FIRST_BROADCAST + DRAIN_LATENCY
+        warm = Signal(range(min_cycles + 1))
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == src_count) & ~head_valid & ~pe_busy
-                                & (mac_cnt >= min_cycles))
+                                & (warm == min_cycles))
 
         # --- output stage -----------------------------------------------------------------------
-        m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
+        # issue (row r: accumulator and bias read) -> b (read data) -> requantizer
+        # (REQUANT_LATENCY registers) -> q (list / output-buffer write, count).
+        m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1,
+                                                pipelined=True)
         bias_r = bias_mem.read_port()
         row_bits = addr_bits(self.max_rows)
         r = Signal(bits_for(self.max_rows))            # next row to read
@@ -364,7 +366,8 @@ class SpmvEngine(wiring.Component):
         b_local = Signal(addr_bits(self.rows_per_pe))
         drain = Signal()                               # output phase
         issue = Signal()
-        m.d.comb += issue.eq(drain & (r < desc.rows))
+        more_rows = Signal()                           # r < desc.rows, kept as a register
+        m.d.comb += issue.eq(drain & more_rows)
         m.d.comb += [bias_r.addr.eq(desc.bias_base + r), bias_r.en.eq(issue)]
         for p, pe in enumerate(pes):
             m.d.comb += [pe.drain.eq(drain), pe.acc_raddr.eq(r_local),
@@ -374,20 +377,28 @@ class SpmvEngine(wiring.Component):
         m.d.comb += [rq.acc.eq(acc_sel), rq.bias.eq(bias_r.data), rq.shift.eq(desc.shift),
                      rq.relu.eq(desc.relu)]
         m.d.sync += [b_valid.eq(issue), b_row.eq(r), b_pe.eq(r_pe), b_local.eq(r_local)]
+        # rows in the requantizer: valid bits and row numbers, REQUANT_LATENCY deep
+        q_valid = [Signal(name=f"q_valid{i}") for i in range(rq.latency)]
+        q_row = [Signal(row_bits, name=f"q_row{i}") for i in range(rq.latency)]
+        m.d.sync += [q_valid[0].eq(b_valid), q_row[0].eq(b_row)]
+        m.d.sync += [q_valid[i].eq(q_valid[i - 1]) for i in range(1, rq.latency)]
+        m.d.sync += [q_row[i].eq(q_row[i - 1]) for i in range(1, rq.latency)]
+        o_valid, o_row = q_valid[-1], q_row[-1]
+        in_flight = Signal()
+        m.d.comb += in_flight.eq(Cat(b_valid, *q_valid).any())
         with m.If(issue):
-            m.d.sync += r.eq(r + 1)
+            m.d.sync += [r.eq(r + 1), more_rows.eq(r + 1 < desc.rows)]
             with m.If(r_pe == n_pe - 1):
                 m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
             with m.Else():
                 m.d.sync += r_pe.eq(r_pe + 1)
         dst_count = Mux(src, counts[0], counts[1])
         nonzero = rq.out != 0
-        m.d.comb += [out_wr_slot.eq(dst_count), out_wr_row.eq(b_row),
+        m.d.comb += [out_wr_slot.eq(dst_count), out_wr_row.eq(o_row),
                      out_wr_value.eq(rq.out),
-                     out_wr_en[0].eq(b_valid & nonzero & src),
-                     out_wr_en[1].eq(b_valid & nonzero & ~src),
-                     out_w.addr.eq(b_row), out_w.data.eq(rq.out), out_w.en.eq(b_valid)]
-        with m.If(b_valid & nonzero):
+                     out_wr_en.eq(o_valid & nonzero),
+                     out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid)]
+        with m.If(o_valid & nonzero):
             with m.If(src):
                 m.d.sync += counts[0].eq(counts[0] + 1)
             with m.Else():
@@ -409,24 +420,31 @@ class SpmvEngine(wiring.Component):
                                  self.busy.eq(1), n_layers.eq(self.n_layers)]
                     m.next = "SETUP"
             with m.State("SETUP"):
+                # Everything the output phase starts from is set here, not on mac_done (which
+                # then drives only the state register; iCE40 timing).  The destination bank is
+                # not read during the MAC phase.  mac_cnt starts at -1 so that it holds the
+                # MAC-phase length (as counted up to mac_done) once in OUTPUT.
                 m.d.sync += [run_cnt.eq(run_cnt + 1), desc.eq(descs[layer]), idx.eq(0),
-                             mac_cnt.eq(0)]
+                             mac_cnt.eq(-1), warm.eq(0),
+                             src_count.eq(Mux(src, counts[1], counts[0])),
+                             r.eq(0), r_pe.eq(0), r_local.eq(0),
+                             more_rows.eq(descs[layer].rows != 0)]
+                with m.If(src):
+                    m.d.sync += counts[0].eq(0)
+                with m.Else():
+                    m.d.sync += counts[1].eq(0)
                 m.next = "MAC"
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
                 m.d.sync += [run_cnt.eq(run_cnt + 1), mac_cnt.eq(mac_cnt + 1)]
+                with m.If(warm != min_cycles):
+                    m.d.sync += warm.eq(warm + 1)
                 with m.If(mac_done):
-                    m.d.sync += [layer_cycles[layer].eq(mac_cnt), r.eq(0), r_pe.eq(0),
-                                 r_local.eq(0)]
-                    with m.If(src):
-                        m.d.sync += counts[0].eq(0)
-                    with m.Else():
-                        m.d.sync += counts[1].eq(0)
                     m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 m.d.comb += drain.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(~issue & ~b_valid):
+                m.d.sync += [run_cnt.eq(run_cnt + 1), layer_cycles[layer].eq(mac_cnt)]
+                with m.If(~issue & ~in_flight):
                     m.d.sync += [src.eq(~src), layer.eq(layer + 1)]
                     with m.If(layer + 1 == n_layers):
                         m.d.sync += [self.busy.eq(0), self.done.eq(1),

@@ -14,8 +14,9 @@ Per layer ``layer_setup`` cycles load the descriptor.  The MAC phase, cycle 0 = 
       B[c] = max(t, B[c-1] + 1, max_p pop_p[c-F] + 1)        (then t = B[c] + 1)
 
   and a zero word moves ``t`` on by one.  Padding positions are never read.
-* **PEs**: exactly :mod:`host.cyclemodel`'s rules (``pop_p[c] = max(B[c] + 1, pop_p[c-1] + 1,
-  E_p[c-1] - fetch_latency)``, ``E_p[c] = pop_p[c] + fetch_latency + w_p[c]``).
+* **PEs**: exactly :mod:`host.cyclemodel`'s rules (``pop_p[c] = max(B[c] + 1,
+  pop_p[c-1] + pop_interval, E_p[c-1] - fetch_latency)``,
+  ``E_p[c] = pop_p[c] + fetch_latency + w_p[c]``).
 * **Done**: ``M = max(scan_end, max_p E_p[last] + drain_latency)`` where ``scan_end`` is the
   ``t`` after the last word (0 when the patch has no in-bounds word); the MAC phase lasts
   ``M + 1`` cycles.
@@ -32,7 +33,7 @@ import numpy as np
 
 from .cnn_image import CnnConfig, CnnImage, groups
 from .compressed import CompressedModel
-from .memory_map import DRAIN_LATENCY, FETCH_LATENCY
+from .memory_map import DRAIN_LATENCY, FETCH_LATENCY, POP_INTERVAL
 
 __all__ = ["CnnTiming", "PixelCycles", "LayerCycles", "CnnRun", "layer_words", "mac_cycles",
            "expected_runs", "layer_inputs", "model_for"]
@@ -64,6 +65,8 @@ class CnnTiming:
     pixel_setup: int = 2
     output_overhead: int = 2
     output_rows: int = 1
+    #: Fewest cycles between two pops of one PE (:class:`host.cyclemodel.Timing`).
+    pop_interval: int = POP_INTERVAL
 
 
 def layer_words(ly, x, lanes: int):
@@ -132,7 +135,7 @@ def mac_cycles(col_len: np.ndarray, n_words: int, word_pos, columns,
         b = t
         if c >= depth:
             b = max(b, max_pop[c - depth] + 1)
-        pop = np.maximum(np.maximum(last_pop + 1, end - fetch), b + 1)
+        pop = np.maximum(np.maximum(last_pop + timing.pop_interval, end - fetch), b + 1)
         last_pop = pop
         end = pop + fetch + work[:, c]
         max_pop.append(int(pop.max()))

@@ -15,7 +15,7 @@ are never broadcast, and finding the next non-zero costs nothing):
 * **Pop** ``pop_p[c]``: PE ``p`` takes the column from its FIFO (one per cycle, visible the
   cycle after the push) at most ``fetch_latency`` cycles before its entry stage frees up::
 
-      pop_p[c] = max(B[c] + 1, pop_p[c-1] + 1, E_p[c-1] - fetch_latency)
+      pop_p[c] = max(B[c] + 1, pop_p[c-1] + pop_interval, E_p[c-1] - fetch_latency)
 
 * **Entries**: the entry stage issues one entry per cycle, padding included, from
   ``S_p[c] = pop_p[c] + fetch_latency`` until ``E_p[c] = S_p[c] + w_p[c]``, where ``w_p[c]`` is
@@ -36,7 +36,12 @@ import numpy as np
 
 from .encoding import EncodedMatrix
 
-__all__ = ["Timing", "CycleReport", "spmv_cycles", "active_columns"]
+__all__ = ["Timing", "CycleReport", "spmv_cycles", "active_columns", "REQUANT_LATENCY"]
+
+#: Register stages of the output-stage requantizer (``hdl.requant.Requantizer(pipelined=True)``):
+#: operands, ``acc + bias``, shift, rounding add, saturate / ReLU (the SpMV engine's output
+#: phase, host.memory_map.OUTPUT_OVERHEAD).
+REQUANT_LATENCY = 5
 
 
 @dataclass(frozen=True)
@@ -53,16 +58,23 @@ class Timing:
         Cycle of the first broadcast after the start pulse.
     drain_latency : int
         Cycles from the last issued entry to its product sitting in the accumulator.
+    pop_interval : int
+        Fewest cycles between two pops of one PE (1: a pop every cycle; 2: a PE that pops in
+        cycle P waits for the column's pointers and pops again at P + 2 at the earliest).
     """
 
     fifo_depth: int = 8
     fetch_latency: int = 1
     first_broadcast: int = 0
     drain_latency: int = 3
+    pop_interval: int = 1
 
     def __post_init__(self):
         if not isinstance(self.fifo_depth, int) or self.fifo_depth < 1:
             raise ValueError(f"`fifo_depth` must be a positive integer, not {self.fifo_depth!r}")
+        if not isinstance(self.pop_interval, int) or self.pop_interval < 1:
+            raise ValueError(f"`pop_interval` must be a positive integer, not "
+                             f"{self.pop_interval!r}")
         for name in ("fetch_latency", "first_broadcast", "drain_latency"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -132,7 +144,8 @@ def spmv_cycles(matrix: EncodedMatrix, columns, timing: Timing = Timing(),
             broadcast = max(broadcast, int(pop[c - depth].max()) + 1)
         if c >= gate_from:
             broadcast = max(broadcast, gate_fetch + 1)
-        this_pop = np.maximum(np.maximum(last_pop + 1, end - fetch), broadcast + 1)
+        this_pop = np.maximum(np.maximum(last_pop + timing.pop_interval, end - fetch),
+                              broadcast + 1)
         pop[c] = this_pop
         last_pop = this_pop
         end = this_pop + fetch + work[:, c]

@@ -16,14 +16,15 @@ import enum
 from dataclasses import dataclass
 
 from .activations import TableSpec
-from .cyclemodel import Timing
+from .cyclemodel import REQUANT_LATENCY, Timing
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .params import check_int
 
 __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
            "LstmRegion",
            "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
-           "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "SETUP_CYCLES",
+           "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "POP_INTERVAL",
+           "SETUP_CYCLES",
            "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT"]
 
 #: Default activation format (Q5.10).
@@ -34,10 +35,13 @@ FETCH_LATENCY = 1
 FIRST_BROADCAST = 1
 #: Cycles from the last entry issue to its product being in the accumulator.
 DRAIN_LATENCY = 3
+#: Fewest cycles between two pops of a PE (hdl.pe: no pop while a column's pointers arrive).
+POP_INTERVAL = 2
 #: Non-MAC cycles per layer besides the rows: descriptor load + done detection.
 SETUP_CYCLES = 2
-#: Output phase cycles are ``rows + OUTPUT_OVERHEAD`` (one pipeline stage + the finish cycle).
-OUTPUT_OVERHEAD = 2
+#: Output phase cycles are ``rows + OUTPUT_OVERHEAD``: the accumulator / bias read, the pipelined
+#: requantizer's REQUANT_LATENCY stages (host.cyclemodel), the finish cycle.
+OUTPUT_OVERHEAD = 2 + REQUANT_LATENCY
 #: LSTM gates (i, f, g, o).
 GATES = 4
 
@@ -143,7 +147,8 @@ def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
 
 def _timing(fifo_depth: int) -> Timing:
     return Timing(fifo_depth=fifo_depth, fetch_latency=FETCH_LATENCY,
-                  first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY)
+                  first_broadcast=FIRST_BROADCAST, drain_latency=DRAIN_LATENCY,
+                  pop_interval=POP_INTERVAL)
 
 
 class _Widths:

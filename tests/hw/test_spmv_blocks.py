@@ -39,32 +39,69 @@ def simulate(dut, bench, clock=True):
 # --- requantizer ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("acc_bits,act", [(32, Format(16, 10)), (24, Format(12, 8)),
-                                          (16, Format(8, 4))])
-def test_requantizer_matches_fixedpoint(acc_bits, act):
-    rng = np.random.default_rng(acc_bits)
+def _requant_cases(acc_bits, seed):
+    rng = np.random.default_rng(seed)
     max_shift = 15
-    dut = Requantizer(acc_bits, act, max_shift)
     lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1))
-    acc = np.concatenate([rng.integers(lo, hi, 300), [lo, hi - 1, 0, -1, 1]])
-    bias = np.concatenate([rng.integers(lo, hi, 300), [hi - 1, 1, 0, 0, 0]])
+    acc = np.concatenate([rng.integers(lo, hi, 300), [lo, hi - 1, 0, -1, 1, lo, hi - 1]])
+    bias = np.concatenate([rng.integers(lo, hi, 300), [hi - 1, 1, 0, 0, 0, 0, 0]])
     # Small accumulators too, so that rounding (not only saturation) is exercised.
     acc[:100] = rng.integers(-(1 << 20), 1 << 20, 100) >> (32 - acc_bits)
     bias[:100] = 0
     shift = rng.integers(0, max_shift + 1, len(acc))
+    shift[-2:] = (0, max_shift)
     relu = rng.random(len(acc)) < 0.5
+    return max_shift, list(zip(acc, bias, shift, relu))
+
+
+def _requant_expected(a, b, s, r, acc_bits, act):
+    expected = int(requantize(wrap(int(a) + int(b), acc_bits), int(s), act))
+    return max(expected, 0) if r else expected
+
+
+@pytest.mark.parametrize("acc_bits,act", [(32, Format(16, 10)), (24, Format(12, 8)),
+                                          (16, Format(8, 4))])
+def test_requantizer_matches_fixedpoint(acc_bits, act):
+    max_shift, cases = _requant_cases(acc_bits, acc_bits)
+    dut = Requantizer(acc_bits, act, max_shift)
+    assert dut.latency == 0
 
     async def bench(ctx):
-        for a, b, s, r in zip(acc, bias, shift, relu):
+        for a, b, s, r in cases:
             ctx.set(dut.acc, int(a))
             ctx.set(dut.bias, int(b))
             ctx.set(dut.shift, int(s))
             ctx.set(dut.relu, int(r))
-            expected = int(requantize(wrap(int(a) + int(b), acc_bits), int(s), act))
-            if r:
-                expected = max(expected, 0)
-            assert ctx.get(dut.out) == expected, (a, b, s, r)
+            assert ctx.get(dut.out) == _requant_expected(a, b, s, r, acc_bits, act), (a, b, s, r)
     simulate(dut, bench, clock=False)
+
+
+@pytest.mark.parametrize("acc_bits,act", [(32, Format(16, 10)), (16, Format(8, 4))])
+def test_pipelined_requantizer_matches_fixedpoint(acc_bits, act):
+    """A new operand set every cycle; each result appears exactly REQUANT_LATENCY cycles
+    later (the engines' OUTPUT_OVERHEAD counts on it)."""
+    from hdl.requant import REQUANT_LATENCY
+    from host.memory_map import OUTPUT_OVERHEAD
+    assert OUTPUT_OVERHEAD == 2 + REQUANT_LATENCY
+    max_shift, cases = _requant_cases(acc_bits, acc_bits + 1)
+    dut = Requantizer(acc_bits, act, max_shift, pipelined=True)
+    assert dut.latency == REQUANT_LATENCY
+    expected = [_requant_expected(a, b, s, r, acc_bits, act) for a, b, s, r in cases]
+
+    async def bench(ctx):
+        for t in range(len(cases) + REQUANT_LATENCY):
+            if t < len(cases):
+                a, b, s, r = cases[t]
+                ctx.set(dut.acc, int(a))
+                ctx.set(dut.bias, int(b))
+                ctx.set(dut.shift, int(s))
+                ctx.set(dut.relu, int(r))
+            await ctx.tick()
+            # after tick t, out holds the result of the operands of cycle t - LATENCY + 1
+            k = t - REQUANT_LATENCY + 1
+            if 0 <= k < len(cases):
+                assert ctx.get(dut.out) == expected[k], (k, cases[k])
+    simulate(dut, bench)
 
 
 def test_requantizer_validates():
@@ -72,6 +109,8 @@ def test_requantizer_validates():
         Requantizer(32, Format(16, 10), 32)
     with pytest.raises(ValueError, match="`acc_bits` must be an integer from 16 to 48"):
         Requantizer(8, Format(16, 10), 3)
+    with pytest.raises(TypeError, match="`pipelined` must be True or False, not 1"):
+        Requantizer(32, Format(16, 10), 3, pipelined=1)
 
 
 # --- broadcast FIFO ---------------------------------------------------------------------------
@@ -157,6 +196,9 @@ def test_ice40_spram_instantiates_the_primitive_for_ice40():
     text = rtlil.convert(Ice40Spram(), platform=Ice40())
     assert "SB_SPRAM256KA" in text
     assert "SB_SPRAM256KA" not in rtlil.convert(Ice40Spram())
+    # the board platform itself (amaranth spells the family "iCE40")
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    assert "SB_SPRAM256KA" in rtlil.convert(Ice40Spram(), platform=ICEBreakerPlatform())
 
 
 # --- processing element -----------------------------------------------------------------------
