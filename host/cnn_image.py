@@ -34,6 +34,7 @@ import numpy as np
 from .compressed import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix
 from .encoding import EncodedMatrix
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format, wrap
+from .matrix_image import check_encoding, check_weights
 from .memory_map import Region as SpmvRegion
 from .params import check_int
 
@@ -382,20 +383,8 @@ def _check_limits(ly: HwLayer, config: CnnConfig) -> None:
         if value > limit:
             raise ValueError(f"{ly.name}: {what} {value} exceeds the engine's `{param}` = "
                              f"{limit}")
-    enc = ly.matrix.encoded
-    if enc.n_pe != config.n_pe:
-        raise ValueError(f"{ly.name} is encoded for {enc.n_pe} PEs, the engine has "
-                         f"{config.n_pe}")
-    if (enc.index_bits, enc.run_bits) != (config.index_bits, config.run_bits):
-        raise ValueError(f"{ly.name} has {enc.index_bits}-bit indices and {enc.run_bits}-bit "
-                         f"runs, the engine {config.index_bits} and {config.run_bits}")
-    if ly.matrix.weight_format.frac >= config.weight_width:
-        raise ValueError(f"{ly.name}: weight fraction bits {ly.matrix.weight_format.frac} do "
-                         f"not fit a {config.weight_width}-bit weight")
-    book = np.asarray(ly.matrix.codebook, dtype=np.int64)
-    lo, hi = -(1 << (config.weight_width - 1)), (1 << (config.weight_width - 1)) - 1
-    if book.min() < lo or book.max() > hi:
-        raise ValueError(f"{ly.name}: codebook values do not fit {config.weight_width} bits")
+    check_encoding(config, ly.matrix, ly.name)
+    check_weights(config, ly.matrix, ly.name)
 
 
 def groups(channels: int, lanes: int) -> int:

@@ -21,6 +21,7 @@ from .encoding import encode
 from .fixedpoint import Format, wrap
 from .golden import GoldenModel, spmv
 from .lstm_cycles import LayerTrace, LstmCycleReport, stack_cycles
+from .matrix_image import check_encoding, check_weights
 from .memory_map import (DESCRIPTOR_FIELDS, GATES, Field, LstmField, LstmParams, LstmRegion,
                          params_of)
 
@@ -55,19 +56,8 @@ class LstmImage:
 
 
 def _check_matrix(engine, matrix: SparseMatrix, where: str):
-    enc = matrix.encoded
-    if enc.n_pe != engine.n_pe:
-        raise ValueError(f"{where} is encoded for {enc.n_pe} PEs, the engine has {engine.n_pe}")
-    if (enc.index_bits, enc.run_bits) != (engine.index_bits, engine.run_bits):
-        raise ValueError(f"{where} has {enc.index_bits}-bit indices and {enc.run_bits}-bit "
-                         f"runs, the engine {engine.index_bits} and {engine.run_bits}")
-    if matrix.weight_format.frac >= engine.weight_width:
-        raise ValueError(f"{where}: weight fraction bits {matrix.weight_format.frac} do not "
-                         f"fit a {engine.weight_width}-bit weight")
-    book = np.asarray(matrix.codebook, dtype=np.int64)
-    lo, hi = -(1 << (engine.weight_width - 1)), (1 << (engine.weight_width - 1)) - 1
-    if book.min() < lo or book.max() > hi:
-        raise ValueError(f"{where}: codebook values do not fit {engine.weight_width} bits")
+    check_encoding(engine, matrix, where)
+    check_weights(engine, matrix, where)
 
 
 def _check_layers(engine: LstmParams, layers: list) -> None:

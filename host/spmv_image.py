@@ -18,6 +18,7 @@ from .compressed import QLinear, SparseMatrix
 from .cyclemodel import active_columns, spmv_cycles
 from .fixedpoint import Format, wrap
 from .golden import spmv
+from .matrix_image import check_encoding, check_weights
 from .memory_map import DESCRIPTOR_FIELDS, Field, Region, SpmvParams, params_of
 
 __all__ = ["EngineImage", "build_image", "image_writes", "input_writes", "expected_run",
@@ -83,25 +84,15 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
     for n, (matrix, relu) in enumerate(pairs):
         enc = matrix.encoded
         where = f"layer {n}"
-        if enc.n_pe != engine.n_pe:
-            raise ValueError(f"{where} is encoded for {enc.n_pe} PEs, the engine has "
-                             f"{engine.n_pe}")
-        if (enc.index_bits, enc.run_bits) != (engine.index_bits, engine.run_bits):
-            raise ValueError(f"{where} has {enc.index_bits}-bit indices and {enc.run_bits}-bit "
-                             f"runs, the engine {engine.index_bits} and {engine.run_bits}")
+        check_encoding(engine, matrix, where)
         if enc.rows > engine.max_rows or enc.cols > engine.max_cols:
             raise ValueError(f"{where} is {enc.rows}x{enc.cols}, the engine holds at most "
                              f"{engine.max_rows}x{engine.max_cols}")
         if prev_rows is not None and enc.cols != prev_rows:
             raise ValueError(f"{where} has {enc.cols} inputs but the previous layer has "
                              f"{prev_rows} outputs")
-        if matrix.weight_format.frac >= engine.weight_width:
-            raise ValueError(f"{where}: weight fraction bits {matrix.weight_format.frac} do "
-                             f"not fit a {engine.weight_width}-bit weight")
+        check_weights(engine, matrix, where)
         book = np.asarray(matrix.codebook, dtype=np.int64)
-        lo, hi = -(1 << (engine.weight_width - 1)), (1 << (engine.weight_width - 1)) - 1
-        if book.min() < lo or book.max() > hi:
-            raise ValueError(f"{where}: codebook values do not fit {engine.weight_width} bits")
         prev_rows = enc.rows
         length = int(enc.entries_per_pe().max())
         block = np.zeros((length, engine.n_pe), dtype=np.int64)
