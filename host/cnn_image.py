@@ -34,7 +34,7 @@ import numpy as np
 from .compressed import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix
 from .encoding import EncodedMatrix
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format, wrap
-from .matrix_image import check_encoding, check_weights
+from .matrix_image import LoaderWrites, check_encoding, check_weights
 from .memory_map import Region as SpmvRegion
 from .params import check_int
 
@@ -619,25 +619,8 @@ def input_writes(config: CnnConfig, image: CnnImage, x) -> dict[str, np.ndarray]
 def image_writes(config: CnnConfig, image: CnnImage) -> dict[str, np.ndarray]:
     """Loader writes of ``image``: arrays ``region``, ``addr``, ``data`` (signed values; the
     driver masks them to the port width) and ``lanes`` (n, n_pe), in write order."""
-    region, addr, value, lanes = [], [], [], []
-    n_pe = config.n_pe
-
-    def add(reg, addresses, data=None, lane=None):
-        count = len(addresses)
-        region.append(np.full(count, int(reg), dtype=np.int64))
-        addr.append(np.asarray(addresses, dtype=np.int64))
-        value.append(np.zeros(count, np.int64) if data is None
-                     else np.asarray(data, dtype=np.int64))
-        lanes.append(np.zeros((count, n_pe), np.int64) if lane is None
-                     else np.asarray(lane, dtype=np.int64))
-
-    add(Region.ENTRY, np.arange(len(image.entries)), lane=image.entries)
-    add(Region.POINTER, np.arange(len(image.pointers)), lane=image.pointers)
-    size = 1 << config.index_bits
-    for slot, book in enumerate(image.codebooks):
-        add(Region.CODEBOOK, slot * size + np.arange(size), data=book)
-    add(Region.BIAS, np.arange(len(image.bias)), data=image.bias)
+    writes = LoaderWrites(config.n_pe)
+    writes.add_matrix_memories(Region, image, config.index_bits)
     for n, desc in enumerate(image.descriptors):
-        add(Region.DESCRIPTOR, (n << FIELD_BITS) + np.arange(len(desc)), data=desc)
-    return {"region": np.concatenate(region), "addr": np.concatenate(addr),
-            "data": np.concatenate(value), "lanes": np.concatenate(lanes)}
+        writes.add(Region.DESCRIPTOR, (n << FIELD_BITS) + np.arange(len(desc)), data=desc)
+    return writes.arrays()

@@ -21,7 +21,7 @@ from .encoding import encode
 from .fixedpoint import Format, wrap
 from .golden import GoldenModel, spmv
 from .lstm_cycles import LayerTrace, LstmCycleReport, stack_cycles
-from .matrix_image import check_encoding, check_weights
+from .matrix_image import LoaderWrites, check_encoding, check_weights
 from .memory_map import (DESCRIPTOR_FIELDS, GATES, Field, LstmField, LstmParams, LstmRegion,
                          params_of)
 
@@ -176,42 +176,20 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
                      np.concatenate(biases), descs, layers, classifier, GoldenModel(model))
 
 
-def _writes():
-    return {"region": [], "addr": [], "data": [], "lanes": []}
-
-
-def _add(w, n_pe, region, addresses, data=None, lanes=None):
-    count = len(addresses)
-    w["region"].append(np.full(count, int(region), dtype=np.int64))
-    w["addr"].append(np.asarray(addresses, dtype=np.int64))
-    w["data"].append(np.zeros(count, np.int64) if data is None
-                     else np.asarray(data, dtype=np.int64))
-    w["lanes"].append(np.zeros((count, n_pe), np.int64) if lanes is None
-                      else np.asarray(lanes, dtype=np.int64))
-
-
-def _finish(engine, w):
-    mask = (1 << engine.data_width) - 1
-    if not w["region"]:
-        return {"region": np.zeros(0, np.int64), "addr": np.zeros(0, np.int64),
-                "data": np.zeros(0, np.int64), "lanes": np.zeros((0, engine.n_pe), np.int64)}
-    return {"region": np.concatenate(w["region"]), "addr": np.concatenate(w["addr"]),
-            "data": np.concatenate(w["data"]) & mask, "lanes": np.concatenate(w["lanes"])}
+def _finish(engine, writes: LoaderWrites) -> dict:
+    out = writes.arrays()
+    out["data"] &= (1 << engine.data_width) - 1
+    return out
 
 
 def image_writes(engine: LstmParams, image: LstmImage) -> dict:
     """Loader writes of the model (arrays ``region, addr, data, lanes``)."""
     engine = params_of(engine, LstmParams)
-    w, n = _writes(), engine.n_pe
-    _add(w, n, LstmRegion.ENTRY, np.arange(len(image.entries)), lanes=image.entries)
-    _add(w, n, LstmRegion.POINTER, np.arange(len(image.pointers)), lanes=image.pointers)
-    size = 1 << engine.index_bits
-    for slot, book in enumerate(image.codebooks):
-        _add(w, n, LstmRegion.CODEBOOK, slot * size + np.arange(size), data=book)
-    _add(w, n, LstmRegion.BIAS, np.arange(len(image.bias)), data=image.bias)
+    writes = LoaderWrites(engine.n_pe)
+    writes.add_matrix_memories(LstmRegion, image, engine.index_bits)
     addr, value = zip(*image.descriptors)
-    _add(w, n, LstmRegion.DESCRIPTOR, addr, data=value)
-    return _finish(engine, w)
+    writes.add(LstmRegion.DESCRIPTOR, addr, data=value)
+    return _finish(engine, writes)
 
 
 def sequence_writes(engine: LstmParams, x_seq) -> dict:
@@ -232,12 +210,12 @@ def sequence_writes(engine: LstmParams, x_seq) -> dict:
         raise ValueError(f"the sequence has {len(cols)} non-zero inputs, the x list holds "
                          f"{engine.max_xlist}")
     aw = engine.act_format.width
-    w, n = _writes(), engine.n_pe
+    writes = LoaderWrites(engine.n_pe)
     packed = (cols << aw) | (values & ((1 << aw) - 1))
-    _add(w, n, LstmRegion.XLIST, np.arange(len(cols)), data=packed)
-    _add(w, n, LstmRegion.XEND, np.arange(steps), data=ends)
-    _add(w, n, LstmRegion.DESCRIPTOR, [(2 << 3) | LstmField.STEPS], data=[steps])
-    return _finish(engine, w)
+    writes.add(LstmRegion.XLIST, np.arange(len(cols)), data=packed)
+    writes.add(LstmRegion.XEND, np.arange(steps), data=ends)
+    writes.add(LstmRegion.DESCRIPTOR, [(2 << 3) | LstmField.STEPS], data=[steps])
+    return _finish(engine, writes)
 
 
 @dataclass
@@ -333,7 +311,7 @@ def case_data(engine: LstmParams, cases) -> tuple[dict, list]:
             writes = image_writes(engine, image)
             current = image
         else:
-            writes = _finish(engine, _writes())
+            writes = _finish(engine, LoaderWrites(engine.n_pe))
         if current is None:
             raise ValueError("the first case needs an image")
         seq = sequence_writes(engine, x_seq)

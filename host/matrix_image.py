@@ -1,7 +1,9 @@
 """The matrix part of an engine's memory image, shared by the SpMV, LSTM and CNN engines.
 
-All three engines hold their sparse matrices the same way: :func:`check_encoding` and
-:func:`check_weights` tell whether a matrix fits an engine.  Pure NumPy;
+All three engines hold their sparse matrices the same way (one loader, regions ENTRY, POINTER,
+CODEBOOK and BIAS): :func:`check_encoding` and :func:`check_weights` tell whether a matrix fits
+an engine, and :class:`LoaderWrites` collects the loader writes ``(region, addr, data,
+lanes)``.  Pure NumPy;
 an ``engine`` is any object with the engine's ``n_pe``, ``index_bits``, ``run_bits`` and
 ``weight_width`` (:class:`host.memory_map.SpmvParams`, :class:`host.memory_map.LstmParams`,
 :class:`host.cnn_image.CnnConfig`).
@@ -13,7 +15,7 @@ import numpy as np
 
 from .compressed import SparseMatrix
 
-__all__ = ["check_encoding", "check_weights"]
+__all__ = ["check_encoding", "check_weights", "LoaderWrites"]
 
 
 def check_encoding(engine, matrix: SparseMatrix, where: str) -> None:
@@ -65,3 +67,67 @@ def check_weights(engine, matrix: SparseMatrix, where: str) -> None:
     lo, hi = -(1 << (engine.weight_width - 1)), (1 << (engine.weight_width - 1)) - 1
     if book.min() < lo or book.max() > hi:
         raise ValueError(f"{where}: codebook values do not fit {engine.weight_width} bits")
+
+
+class LoaderWrites:
+    """Loader writes collected in write order.
+
+    Parameters
+    ----------
+    n_pe : int
+        Processing elements (columns of ``lanes``).
+    """
+
+    def __init__(self, n_pe: int):
+        self.n_pe = n_pe
+        self._parts = {"region": [], "addr": [], "data": [], "lanes": []}
+
+    def add(self, region, addresses, data=None, lanes=None) -> None:
+        """Append one write per address.
+
+        Parameters
+        ----------
+        region : int
+            ``load.region`` of every write.
+        addresses : array_like of int
+            The addresses, in write order.
+        data : array_like of int, optional
+            One value per write (0 without).
+        lanes : array_like of int, optional
+            ``(len(addresses), n_pe)`` per-PE values (0 without).
+        """
+        count = len(addresses)
+        self._parts["region"].append(np.full(count, int(region), dtype=np.int64))
+        self._parts["addr"].append(np.asarray(addresses, dtype=np.int64))
+        self._parts["data"].append(np.zeros(count, np.int64) if data is None
+                                   else np.asarray(data, dtype=np.int64))
+        self._parts["lanes"].append(np.zeros((count, self.n_pe), np.int64) if lanes is None
+                                    else np.asarray(lanes, dtype=np.int64))
+
+    def add_matrix_memories(self, regions, image, index_bits: int) -> None:
+        """Append the writes of an image's entries, pointers, codebooks and bias.
+
+        Parameters
+        ----------
+        regions : enum
+            The engine's region values (``ENTRY``, ``POINTER``, ``CODEBOOK``, ``BIAS``).
+        image
+            The image (its ``entries``, ``pointers``, ``codebooks`` and ``bias``, as
+            :meth:`MatrixMemories.arrays`).
+        index_bits : int
+            Weight index width: codebook slot ``s`` is at ``s << index_bits``.
+        """
+        self.add(regions.ENTRY, np.arange(len(image.entries)), lanes=image.entries)
+        self.add(regions.POINTER, np.arange(len(image.pointers)), lanes=image.pointers)
+        size = 1 << index_bits
+        for slot, book in enumerate(image.codebooks):
+            self.add(regions.CODEBOOK, slot * size + np.arange(size), data=book)
+        self.add(regions.BIAS, np.arange(len(image.bias)), data=image.bias)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The writes as arrays ``region``, ``addr``, ``data`` (signed values as given) and
+        ``lanes`` (n, n_pe), int64; empty arrays when nothing was added."""
+        if not self._parts["region"]:
+            return {"region": np.zeros(0, np.int64), "addr": np.zeros(0, np.int64),
+                    "data": np.zeros(0, np.int64), "lanes": np.zeros((0, self.n_pe), np.int64)}
+        return {key: np.concatenate(parts) for key, parts in self._parts.items()}

@@ -18,7 +18,7 @@ from .compressed import QLinear, SparseMatrix
 from .cyclemodel import active_columns, spmv_cycles
 from .fixedpoint import Format, wrap
 from .golden import spmv
-from .matrix_image import check_encoding, check_weights
+from .matrix_image import LoaderWrites, check_encoding, check_weights
 from .memory_map import DESCRIPTOR_FIELDS, Field, Region, SpmvParams, params_of
 
 __all__ = ["EngineImage", "build_image", "image_writes", "input_writes", "expected_run",
@@ -144,29 +144,13 @@ def image_writes(engine: SpmvParams, image: EngineImage) -> dict[str, np.ndarray
     """Loader writes of ``image``: arrays ``region``, ``addr``, ``data`` (two's complement in
     ``data_width`` bits) and ``lanes`` (n, n_pe) in write order."""
     engine = params_of(engine, SpmvParams)
-    region, addr, value, lanes = [], [], [], []
-    n_pe = engine.n_pe
-
-    def add(reg, addresses, data=None, lane=None):
-        count = len(addresses)
-        region.append(np.full(count, int(reg), dtype=np.int64))
-        addr.append(np.asarray(addresses, dtype=np.int64))
-        value.append(np.zeros(count, np.int64) if data is None
-                     else np.asarray(data, dtype=np.int64))
-        lanes.append(np.zeros((count, n_pe), np.int64) if lane is None
-                     else np.asarray(lane, dtype=np.int64))
-
-    add(Region.ENTRY, np.arange(len(image.entries)), lane=image.entries)
-    add(Region.POINTER, np.arange(len(image.pointers)), lane=image.pointers)
-    size = 1 << engine.index_bits
-    for slot, book in enumerate(image.codebooks):
-        add(Region.CODEBOOK, slot * size + np.arange(size), data=book)
-    add(Region.BIAS, np.arange(len(image.bias)), data=image.bias)
+    writes = LoaderWrites(engine.n_pe)
+    writes.add_matrix_memories(Region, image, engine.index_bits)
     for n, desc in enumerate(image.descriptors):
-        add(Region.DESCRIPTOR, (n << 3) + np.arange(len(desc)), data=desc)
-    mask = (1 << engine.data_width) - 1
-    return {"region": np.concatenate(region), "addr": np.concatenate(addr),
-            "data": np.concatenate(value) & mask, "lanes": np.concatenate(lanes)}
+        writes.add(Region.DESCRIPTOR, (n << 3) + np.arange(len(desc)), data=desc)
+    out = writes.arrays()
+    out["data"] &= (1 << engine.data_width) - 1
+    return out
 
 
 def input_writes(engine: SpmvParams, activations) -> dict[str, np.ndarray]:
@@ -252,9 +236,7 @@ def case_data(engine: SpmvParams, cases) -> tuple[dict, list]:
             writes = image_writes(engine, image)
             current = image
         else:
-            writes = {"region": np.zeros(0, np.int64), "addr": np.zeros(0, np.int64),
-                      "data": np.zeros(0, np.int64),
-                      "lanes": np.zeros((0, engine.n_pe), np.int64)}
+            writes = LoaderWrites(engine.n_pe).arrays()
         if current is None:
             raise ValueError("the first case needs an image")
         run = expected_run(engine, current, x)
