@@ -33,8 +33,8 @@ import numpy as np
 
 from .compressed import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix
 from .encoding import EncodedMatrix
-from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format, wrap
-from .matrix_image import LoaderWrites, check_encoding, check_weights
+from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
+from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
 from .memory_map import Region as SpmvRegion
 from .params import check_int
 
@@ -502,8 +502,8 @@ def build_image(config: CnnConfig, model_or_layers, input_shape=None) -> CnnImag
         raise ValueError(f"the model has {len(layers)} conv/linear layers, the engine's "
                          f"descriptor table holds `max_layers` = {config.max_layers}")
     g = config.fm_lanes
-    entry_base = ptr_base = bias_base = 0
-    entry_blocks, ptr_blocks, books, biases, descs, mats = [], [], [], [], [], []
+    memories = MatrixMemories(config.n_pe, config.acc_bits)
+    descs, mats = [], []
     for n, ly in enumerate(layers):
         for what, shape in (("input", ly.in_shape), ("output", ly.out_shape)):
             need = fm_words(shape, g)
@@ -514,32 +514,20 @@ def build_image(config: CnnConfig, model_or_layers, input_shape=None) -> CnnImag
                                  f"`fm_words` = {config.fm_words}")
         enc = hw_matrix(ly, g)
         mats.append(enc)
-        length = int(enc.entries_per_pe().max())
-        if entry_base + length > config.max_entries_per_pe:
-            raise ValueError(f"{ly.name}: the entry memory needs {entry_base + length} entries "
+        entry_base, ptr_base, bias_base = memories.place(enc, ly.matrix.codebook, ly.matrix.bias)
+        if memories.entry_base > config.max_entries_per_pe:
+            raise ValueError(f"{ly.name}: the entry memory needs {memories.entry_base} entries "
                              f"per PE up to this layer, the engine holds "
                              f"`max_entries_per_pe` = {config.max_entries_per_pe}")
-        if ptr_base + enc.cols + 1 > config.max_pointers:
-            raise ValueError(f"{ly.name}: the pointer memory needs {ptr_base + enc.cols + 1} "
+        if memories.ptr_base > config.max_pointers:
+            raise ValueError(f"{ly.name}: the pointer memory needs {memories.ptr_base} "
                              f"slots up to this layer, the engine holds `max_pointers` = "
                              f"{config.max_pointers}")
-        if bias_base + ly.rows > config.max_bias:
-            raise ValueError(f"{ly.name}: the bias memory needs {bias_base + ly.rows} words up "
+        if memories.bias_base > config.max_bias:
+            raise ValueError(f"{ly.name}: the bias memory needs {memories.bias_base} words up "
                              f"to this layer, the engine holds `max_bias` = {config.max_bias}")
-        block = np.zeros((length, config.n_pe), dtype=np.int64)
-        for p in range(config.n_pe):
-            block[:len(enc.entries[p]), p] = enc.entries[p]
-        entry_blocks.append(block)
-        ptr_blocks.append(np.stack([np.asarray(ptr, dtype=np.int64) for ptr in enc.col_ptr],
-                                   axis=1))
-        books.append(np.asarray(ly.matrix.codebook, dtype=np.int64))
-        biases.append(wrap(np.asarray(ly.matrix.bias, dtype=np.int64), config.acc_bits))
         descs.append(_descriptor(config, ly, n, entry_base, ptr_base, bias_base))
-        entry_base += length
-        ptr_base += enc.cols + 1
-        bias_base += ly.rows
-    return CnnImage(np.concatenate(entry_blocks), np.concatenate(ptr_blocks), np.stack(books),
-                    np.concatenate(biases), np.stack(descs), layers, mats,
+    return CnnImage(*memories.arrays(), np.stack(descs), layers, mats,
                     tuple(layers[0].in_shape))
 
 

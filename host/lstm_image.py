@@ -18,10 +18,10 @@ import numpy as np
 
 from .compressed import CompressedModel, QLinear, QLSTM, SparseMatrix
 from .encoding import encode
-from .fixedpoint import Format, wrap
+from .fixedpoint import Format
 from .golden import GoldenModel, spmv
 from .lstm_cycles import LayerTrace, LstmCycleReport, stack_cycles
-from .matrix_image import LoaderWrites, check_encoding, check_weights
+from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
 from .memory_map import (DESCRIPTOR_FIELDS, GATES, Field, LstmField, LstmParams, LstmRegion,
                          params_of)
 
@@ -125,18 +125,11 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
                              f"{engine.classes_max}")
         _check_matrix(engine, cm, "classifier")
         matrices.append((cm, bool(classifier.relu), 1, last.input_size))
-    entry_base = ptr_base = bias_base = 0
-    blocks, ptrs, books, biases, descs = [], [], [], [], []
+    memories = MatrixMemories(engine.n_pe, engine.acc_bits)
+    descs = []
     for n, (matrix, relu, k, col_base) in enumerate(matrices):
         enc = matrix.encoded
-        length = int(enc.entries_per_pe().max())
-        block = np.zeros((length, engine.n_pe), dtype=np.int64)
-        for p in range(engine.n_pe):
-            block[:len(enc.entries[p]), p] = enc.entries[p]
-        blocks.append(block)
-        ptrs.append(np.stack([np.asarray(c, dtype=np.int64) for c in enc.col_ptr], axis=1))
-        books.append(np.asarray(matrix.codebook, dtype=np.int64))
-        biases.append(wrap(np.asarray(matrix.bias, dtype=np.int64), engine.acc_bits))
+        entry_base, ptr_base, bias_base = memories.place(enc, matrix.codebook, matrix.bias)
         # State lists hold columns I + u: the projection's / classifier's column u is slot
         # ptr_base + u.
         fields = {Field.ROWS: enc.rows, Field.COLS: enc.cols, Field.ENTRY_BASE: entry_base,
@@ -144,11 +137,8 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
                   Field.CODEBOOK: n, Field.SHIFT: matrix.weight_format.frac,
                   Field.RELU: int(relu)}
         descs += [((k << 3) | int(f), int(fields[f])) for f in DESCRIPTOR_FIELDS]
-        entry_base += length
-        ptr_base += enc.cols + 1
-        bias_base += enc.rows
-    if entry_base > engine.max_entries_per_pe:
-        raise ValueError(f"the model needs {entry_base} entries per PE, the engine holds "
+    if memories.entry_base > engine.max_entries_per_pe:
+        raise ValueError(f"the model needs {memories.entry_base} entries per PE, the engine holds "
                          f"{engine.max_entries_per_pe}")
     for n in range(engine.layers_max):
         if engine.proj_max and (n >= len(layers) or layers[n].projection is None):
@@ -172,8 +162,7 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
     if model.table_spec != engine.table_spec:
         raise ValueError(f"table spec {model.table_spec} differs from the engine's "
                          f"{engine.table_spec}")
-    return LstmImage(np.concatenate(blocks), np.concatenate(ptrs), np.stack(books),
-                     np.concatenate(biases), descs, layers, classifier, GoldenModel(model))
+    return LstmImage(*memories.arrays(), descs, layers, classifier, GoldenModel(model))
 
 
 def _finish(engine, writes: LoaderWrites) -> dict:

@@ -2,8 +2,8 @@
 
 All three engines hold their sparse matrices the same way (one loader, regions ENTRY, POINTER,
 CODEBOOK and BIAS): :func:`check_encoding` and :func:`check_weights` tell whether a matrix fits
-an engine, and :class:`LoaderWrites` collects the loader writes ``(region, addr, data,
-lanes)``.  Pure NumPy;
+an engine, :class:`MatrixMemories` lays matrices out one after another, and
+:class:`LoaderWrites` collects the loader writes ``(region, addr, data, lanes)``.  Pure NumPy;
 an ``engine`` is any object with the engine's ``n_pe``, ``index_bits``, ``run_bits`` and
 ``weight_width`` (:class:`host.memory_map.SpmvParams`, :class:`host.memory_map.LstmParams`,
 :class:`host.cnn_image.CnnConfig`).
@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from .compressed import SparseMatrix
+from .encoding import EncodedMatrix
+from .fixedpoint import wrap
 
-__all__ = ["check_encoding", "check_weights", "LoaderWrites"]
+__all__ = ["check_encoding", "check_weights", "MatrixMemories", "LoaderWrites"]
 
 
 def check_encoding(engine, matrix: SparseMatrix, where: str) -> None:
@@ -67,6 +69,71 @@ def check_weights(engine, matrix: SparseMatrix, where: str) -> None:
     lo, hi = -(1 << (engine.weight_width - 1)), (1 << (engine.weight_width - 1)) - 1
     if book.min() < lo or book.max() > hi:
         raise ValueError(f"{where}: codebook values do not fit {engine.weight_width} bits")
+
+
+class MatrixMemories:
+    """Entry, pointer, codebook and bias memories, filled one matrix after another.
+
+    Matrix ``n`` placed gets codebook slot ``n`` and the next entry addresses (as many per PE
+    as its longest PE has entries, shorter PEs padded with 0), ``cols + 1`` pointer slots
+    (relative to its entry base) and ``rows`` bias words.
+
+    Parameters
+    ----------
+    n_pe : int
+        Processing elements (lanes of the entry and pointer memories).
+    acc_bits : int
+        Accumulator width the biases are wrapped to.
+
+    Attributes
+    ----------
+    entry_base, ptr_base, bias_base : int
+        Entries per PE, pointer slots and bias words used so far (the next matrix's bases).
+    """
+
+    def __init__(self, n_pe: int, acc_bits: int):
+        self.n_pe = n_pe
+        self.acc_bits = acc_bits
+        self.entry_base = self.ptr_base = self.bias_base = 0
+        self._entries, self._pointers, self._codebooks, self._bias = [], [], [], []
+
+    def place(self, enc: EncodedMatrix, codebook, bias) -> tuple[int, int, int]:
+        """Append one matrix.
+
+        Parameters
+        ----------
+        enc : EncodedMatrix
+            Its entries and column pointers (in the order the engine reads the columns).
+        codebook : array_like of int
+            Its codebook (the next slot).
+        bias : array_like of int
+            Its bias, ``enc.rows`` values in accumulator format.
+
+        Returns
+        -------
+        tuple of int
+            ``(entry_base, ptr_base, bias_base)`` of this matrix.
+        """
+        length = int(enc.entries_per_pe().max())
+        block = np.zeros((length, self.n_pe), dtype=np.int64)
+        for p in range(self.n_pe):
+            block[:len(enc.entries[p]), p] = enc.entries[p]
+        self._entries.append(block)
+        self._pointers.append(np.stack([np.asarray(ptr, dtype=np.int64) for ptr in enc.col_ptr],
+                                       axis=1))
+        self._codebooks.append(np.asarray(codebook, dtype=np.int64))
+        self._bias.append(wrap(np.asarray(bias, dtype=np.int64), self.acc_bits))
+        bases = (self.entry_base, self.ptr_base, self.bias_base)
+        self.entry_base += length
+        self.ptr_base += enc.cols + 1
+        self.bias_base += enc.rows
+        return bases
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The memories: ``(entries (E, n_pe), pointers (K, n_pe), codebooks (matrices,
+        2**index_bits), bias (sum of rows,))``, int64."""
+        return (np.concatenate(self._entries), np.concatenate(self._pointers),
+                np.stack(self._codebooks), np.concatenate(self._bias))
 
 
 class LoaderWrites:

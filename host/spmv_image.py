@@ -16,9 +16,9 @@ import numpy as np
 
 from .compressed import QLinear, SparseMatrix
 from .cyclemodel import active_columns, spmv_cycles
-from .fixedpoint import Format, wrap
+from .fixedpoint import Format
 from .golden import spmv
-from .matrix_image import LoaderWrites, check_encoding, check_weights
+from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
 from .memory_map import DESCRIPTOR_FIELDS, Field, Region, SpmvParams, params_of
 
 __all__ = ["EngineImage", "build_image", "image_writes", "input_writes", "expected_run",
@@ -78,8 +78,8 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
     pairs = _as_pairs(layers)
     if not 1 <= len(pairs) <= engine.max_layers:
         raise ValueError(f"the engine runs 1 to {engine.max_layers} layers, not {len(pairs)}")
-    entry_base = ptr_base = bias_base = 0
-    entry_blocks, ptr_blocks, books, biases, descs = [], [], [], [], []
+    memories = MatrixMemories(engine.n_pe, engine.acc_bits)
+    descs = []
     prev_rows = None
     for n, (matrix, relu) in enumerate(pairs):
         enc = matrix.encoded
@@ -92,17 +92,8 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
             raise ValueError(f"{where} has {enc.cols} inputs but the previous layer has "
                              f"{prev_rows} outputs")
         check_weights(engine, matrix, where)
-        book = np.asarray(matrix.codebook, dtype=np.int64)
         prev_rows = enc.rows
-        length = int(enc.entries_per_pe().max())
-        block = np.zeros((length, engine.n_pe), dtype=np.int64)
-        for p in range(engine.n_pe):
-            block[:len(enc.entries[p]), p] = enc.entries[p]
-        entry_blocks.append(block)
-        ptr_blocks.append(np.stack([np.asarray(ptr, dtype=np.int64) for ptr in enc.col_ptr],
-                                   axis=1))
-        books.append(book)
-        biases.append(wrap(np.asarray(matrix.bias, dtype=np.int64), engine.acc_bits))
+        entry_base, ptr_base, bias_base = memories.place(enc, matrix.codebook, matrix.bias)
         desc = np.zeros(len(DESCRIPTOR_FIELDS), dtype=np.int64)
         desc[Field.ROWS] = enc.rows
         desc[Field.COLS] = enc.cols
@@ -113,9 +104,7 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
         desc[Field.SHIFT] = matrix.weight_format.frac
         desc[Field.RELU] = int(relu)
         descs.append(desc)
-        entry_base += length
-        ptr_base += enc.cols + 1
-        bias_base += enc.rows
+    entry_base, ptr_base, bias_base = memories.entry_base, memories.ptr_base, memories.bias_base
     if entry_base > engine.max_entries_per_pe:
         raise ValueError(f"the layers need {entry_base} entries per PE, the engine holds "
                          f"{engine.max_entries_per_pe}")
@@ -125,8 +114,7 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
     if bias_base > engine.max_bias:
         raise ValueError(f"the layers need {bias_base} biases, the engine holds "
                          f"{engine.max_bias}")
-    return EngineImage(np.concatenate(entry_blocks), np.concatenate(ptr_blocks),
-                       np.stack(books), np.concatenate(biases), np.stack(descs), pairs)
+    return EngineImage(*memories.arrays(), np.stack(descs), pairs)
 
 
 def pack_lanes(lanes: np.ndarray, lane_width: int) -> list[int]:
