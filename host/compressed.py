@@ -20,6 +20,7 @@ import scipy.sparse
 from .activations import TableSpec
 from .encoding import EncodedMatrix
 from .fixedpoint import Format
+from .huffman import HuffmanCode
 
 __all__ = [
     "SparseMatrix", "QLinear", "QLSTM", "QConv2d", "QMaxPool2d", "QFlatten", "QReLU",
@@ -73,6 +74,29 @@ class SparseMatrix:
 
     def nonzeros(self) -> int:
         return int(self.weights_csr.nnz)
+
+    @cached_property
+    def entry_codes(self) -> dict[str, tuple[np.ndarray, HuffmanCode]]:
+        """Huffman codes of the entries' two streams (all PEs' entries in PE order).
+
+        Built once and shared by the compression report (coded sizes) and the package writer
+        (coded streams).
+
+        Returns
+        -------
+        dict
+            ``{"index": (symbols, code), "run": (symbols, code)}``: the weight indices
+            (alphabet ``2**index_bits``) and the zero runs (alphabet ``2**run_bits``) as int64
+            arrays, each with its :meth:`HuffmanCode.from_symbols` code.
+        """
+        enc = self.encoded
+        stream = np.concatenate(enc.entries).astype(np.int64) if enc.entries else \
+            np.zeros(0, np.int64)
+        index = stream & ((1 << enc.index_bits) - 1)
+        run = stream >> enc.index_bits
+        return {name: (symbols, HuffmanCode.from_symbols(symbols, 1 << bits))
+                for name, symbols, bits in (("index", index, enc.index_bits),
+                                            ("run", run, enc.run_bits))}
 
 
 @dataclass

@@ -51,12 +51,7 @@ _SIMPLE = {"maxpool2d": QMaxPool2d, "flatten": QFlatten, "relu": QReLU}
 
 def _matrix_to_file(prefix: str, matrix: SparseMatrix, arrays: dict) -> dict:
     enc = matrix.encoded
-    stream = np.concatenate(enc.entries).astype(np.int64) if enc.entries else \
-        np.zeros(0, np.int64)
-    index = stream & ((1 << enc.index_bits) - 1)
-    run = stream >> enc.index_bits
-    for name, symbols, bits in (("index", index, enc.index_bits), ("run", run, enc.run_bits)):
-        code = HuffmanCode.from_symbols(symbols, 1 << bits)
+    for name, (symbols, code) in matrix.entry_codes.items():
         arrays[f"{prefix}.{name}_code"] = np.frombuffer(code.encode(symbols), dtype=np.uint8)
         arrays[f"{prefix}.{name}_lengths"] = np.asarray(code.lengths, dtype=np.uint8)
     arrays[f"{prefix}.codebook"] = matrix.codebook.astype(np.int32)
@@ -64,7 +59,7 @@ def _matrix_to_file(prefix: str, matrix: SparseMatrix, arrays: dict) -> dict:
     arrays[f"{prefix}.col_counts"] = enc.column_lengths().astype(np.uint32)
     return {"rows": enc.rows, "cols": enc.cols, "index_bits": enc.index_bits,
             "run_bits": enc.run_bits, "weight_format": matrix.weight_format.to_dict(),
-            "entries": int(len(stream))}
+            "entries": int(enc.entries_per_pe().sum())}
 
 
 def save_package(model: CompressedModel, path) -> int:

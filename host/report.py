@@ -33,11 +33,16 @@ def _count_bits(counts: np.ndarray) -> int:
     return max(1, math.ceil(math.log2(int(counts.max()) + 1))) if counts.size else 1
 
 
+def _coded_bits(symbols: np.ndarray, code: HuffmanCode, alphabet: int) -> int:
+    if symbols.size == 0:
+        return 0
+    return code.encoded_bits(symbols) + 8 * alphabet
+
+
 def _huffman_bits(symbols: np.ndarray, alphabet: int) -> int:
     if symbols.size == 0:
         return 0
-    code = HuffmanCode.from_symbols(symbols, alphabet)
-    return code.encoded_bits(symbols) + 8 * alphabet
+    return _coded_bits(symbols, HuffmanCode.from_symbols(symbols, alphabet), alphabet)
 
 
 def storage_bits(model: CompressedModel) -> list[dict]:
@@ -54,14 +59,11 @@ def storage_bits(model: CompressedModel) -> list[dict]:
         tables = (1 << enc.index_bits) * matrix.weight_format.width \
             + bias_count * model.acc_bits
         quantized = n_entries * enc.entry_bits + count_bits + tables
-        stream = np.concatenate(enc.entries).astype(np.int64) if n_entries else \
-            np.zeros(0, dtype=np.int64)
-        index_stream = stream & ((1 << enc.index_bits) - 1)
-        run_stream = stream >> enc.index_bits
+        codes = matrix.entry_codes
         flat_counts = counts.ravel()
         count_alphabet = int(flat_counts.max()) + 1 if flat_counts.size else 1
-        huffman = (_huffman_bits(index_stream, 1 << enc.index_bits)
-                   + _huffman_bits(run_stream, 1 << enc.run_bits)
+        huffman = (_coded_bits(*codes["index"], 1 << enc.index_bits)
+                   + _coded_bits(*codes["run"], 1 << enc.run_bits)
                    + min(count_bits, _huffman_bits(flat_counts, count_alphabet)) + tables)
         out.append({"layer": index, "dense_bits": dense, "pruned_bits": pruned,
                     "quantized_bits": quantized, "huffman_bits": huffman})
