@@ -72,6 +72,31 @@ def make_identity(n_pe=2, *, index_bits=4, run_bits=4, act_width=16, act_frac=10
                     **{k: v for k, v in params.items() if k != "engine"})
 
 
+def backend_info(backend):
+    """The IDENTIFY answer of a board built with ``backend``, as the driver decodes it.
+
+    Parameters
+    ----------
+    backend
+        An engine backend of :func:`hdl.build.make_backend` (its ``params`` and ``regions``).
+
+    Returns
+    -------
+    host.driver.EngineInfo
+        Its fields from the backend's parameters and region table, at 12 MHz and 1 Mbaud with
+        1024-byte payloads.
+    """
+    from host.driver import EngineInfo
+
+    p = backend.params
+    regions = tuple(r.describe() for r in backend.regions)
+    return EngineInfo(PROTOCOL_VERSION, p["engine"], 12_000_000, 1_000_000,
+                      engine_config_digest(p), p["n_pe"], p["index_bits"], p["run_bits"],
+                      p["act_width"], p["act_frac"], p["weight_width"], p["acc_bits"],
+                      p["max_layers"], p["max_rows"], p["max_cols"], p["max_entries_per_pe"],
+                      p["max_pointers"], p["max_bias"], 1024, regions)
+
+
 class FakeBoard:
     """A fake board behind a fake serial port (TEST FIXTURE).
 

@@ -237,21 +237,17 @@ def test_engine_for_lstm_model(lstm_model):
     """An LSTM package gets an LstmEngine sized for it; IDENTIFY's fields give the driver back
     the engine's sizes."""
     from hdl.top import LstmBackend
-    from host.driver import EngineInfo, _lstm_limits, model_mismatches
-    from host.protocol import PROTOCOL_VERSION, Identity, engine_config_digest
+    from fake_board import backend_info
+
+    from host.driver import _lstm_limits, model_mismatches
+    from host.protocol import Identity
     params = build.engine_for_model(lstm_model)
     assert params["engine"] == "lstm" and not params["mlp"]
     assert (params["hidden_max"], params["input_max"], params["steps_max"],
             params["classes_max"], params["ew_lanes"]) == (64, 8, 8, 10, 4)
     backend = build.make_backend(params)
     assert isinstance(backend, LstmBackend)
-    p = backend.params
-    regions = tuple(r.describe() for r in backend.regions)
-    info = EngineInfo(PROTOCOL_VERSION, p["engine"], 12_000_000, 1_000_000,
-                      engine_config_digest(p), p["n_pe"], p["index_bits"], p["run_bits"],
-                      p["act_width"], p["act_frac"], p["weight_width"], p["acc_bits"],
-                      p["max_layers"], p["max_rows"], p["max_cols"], p["max_entries_per_pe"],
-                      p["max_pointers"], p["max_bias"], 1024, regions)
+    info = backend_info(backend)
     assert isinstance(info, Identity) and info.kind == "LSTM" and info.hash_ok
     assert _lstm_limits(info) == {"hidden_max": 64, "input_max": 8, "steps_max": 8,
                                   "classes_max": 10, "layers_max": 1, "proj_max": 0}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from amaranth.hdl import Shape
-from amaranth.sim import Simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hw"))
 
+from readback_sim import load_and_read_back
 from test_cnn import random_matrix
 
 from hdl.cnn import CnnEngine
@@ -56,35 +56,7 @@ def test_cnn_readback():
             want[(region, 0, addr)] = v & WORD
     masks = {r: (1 << wire_bits(w)) - 1 for r, w in widths.items()}
     masks[Region.DESCRIPTOR] = WORD
-    got = {}
-
-    async def bench(ctx):
-        load, rb = engine.load, engine.rb
-        ctx.set(load.mask, (1 << cfg.n_pe) - 1)
-        for i in range(len(writes["region"])):
-            ctx.set(load.region, int(writes["region"][i]))
-            ctx.set(load.addr, int(writes["addr"][i]))
-            ctx.set(load.data, int(writes["data"][i]) & ((1 << engine.data_width) - 1))
-            for p in range(cfg.n_pe):
-                ctx.set(load.lanes[p], int(writes["lanes"][i][p]))
-            ctx.set(load.valid, 1)
-            await ctx.tick()
-        ctx.set(load.valid, 0)
-        await ctx.tick()
-        for key in want:
-            region, pe, addr = key
-            ctx.set(rb.en, 1)
-            ctx.set(rb.region, region)
-            ctx.set(rb.pe, pe)
-            ctx.set(rb.addr, addr)
-            await ctx.tick()
-            ctx.set(rb.en, 0)
-            got[key] = ctx.get(rb.data) & masks[region]
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    got = load_and_read_back(engine, cfg.n_pe, writes, want, masks)
     bad = [(k, got[k], v & masks[k[0]]) for k, v in want.items() if got[k] != v & masks[k[0]]]
     assert not bad, f"{len(bad)} of {len(want)} words differ, first {bad[:5]}"
     assert {region for region, _, _ in got} == set(Region) - {Region.INPUT}

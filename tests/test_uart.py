@@ -113,6 +113,26 @@ def _bits(byte, stop=1):
     return [0] + [(byte >> i) & 1 for i in range(8)] + [stop]
 
 
+def _frame_levels(byte, divisor, stop=1):
+    """The line levels of one frame of ``byte``, one per clock cycle.
+
+    Parameters
+    ----------
+    byte : int
+        The data byte (sent LSB first after the start bit).
+    divisor : int
+        Clock cycles per bit.
+    stop : int
+        The stop bit's level (0 makes a framing error).
+
+    Returns
+    -------
+    list of int
+        Each bit of :func:`_bits` repeated ``divisor`` times.
+    """
+    return [b for b in _bits(byte, stop) for _ in range(divisor)]
+
+
 @pytest.mark.parametrize("divisor,skew", [(16, 0.0), (16, 0.03), (16, -0.03), (8, 0.02)])
 def test_rx_with_baud_skew(divisor, skew):
     """A sender 2-3 % off the nominal bit time is still received correctly."""
@@ -159,10 +179,10 @@ def test_framing_error_then_recovery():
     async def bench(ctx):
         ctx.set(rx.stream.ready, 1)
         levels = [1] * 20
-        levels += [b for b in _bits(0x5A, stop=0) for _ in range(divisor)]   # bad stop bit
+        levels += _frame_levels(0x5A, divisor, stop=0)                       # bad stop bit
         levels += [0] * (4 * divisor)                                        # line held low
         levels += [1] * (3 * divisor)
-        levels += [b for b in _bits(0xC3) for _ in range(divisor)]           # a good byte
+        levels += _frame_levels(0xC3, divisor)                               # a good byte
         levels += [1] * (3 * divisor)
         for lvl in levels:
             ctx.set(rx.rx, lvl)
@@ -186,7 +206,7 @@ def test_glitch_is_not_a_start_bit():
     async def bench(ctx):
         ctx.set(rx.stream.ready, 1)
         levels = [1] * 10 + [0] * 3 + [1] * (12 * divisor)      # 3-cycle glitch
-        levels += [b for b in _bits(0x42) for _ in range(divisor)] + [1] * 40
+        levels += _frame_levels(0x42, divisor) + [1] * 40
         for lvl in levels:
             ctx.set(rx.rx, lvl)
             _, _, v, p = await ctx.tick().sample(rx.stream.valid, rx.stream.payload)
@@ -206,7 +226,7 @@ def test_overrun_keeps_latest_byte():
         ctx.set(rx.stream.ready, 0)
         levels = [1] * 8
         for byte in (0x11, 0x22):
-            levels += [b for b in _bits(byte) for _ in range(divisor)]
+            levels += _frame_levels(byte, divisor)
         levels += [1] * 10
         for lvl in levels:
             ctx.set(rx.rx, lvl)
@@ -234,6 +254,6 @@ def test_tx_waveform():
             await ctx.tick()
 
     _run(tx, bench, deadline_cycles=14 * divisor)
-    expected = [b for b in _bits(0xB4) for _ in range(divisor)]
+    expected = _frame_levels(0xB4, divisor)
     assert line[:10 * divisor] == expected
     assert all(line[10 * divisor:])

@@ -12,14 +12,13 @@ expectations ``expected`` (golden outputs), ``layer_cycles``, ``layer_mac`` and 
 from __future__ import annotations
 
 import os
-import time
 
 import cocotb
 import numpy as np
-from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
+from cocotb.triggers import FallingEdge
 
 from hdl.simulate import load_test_data
-from cocotb_engine_io import load_writes, start_and_reset, write
+from cocotb_engine_io import case_arrays, load_writes, run_to_done, start_and_reset, write
 
 
 @cocotb.test()
@@ -31,7 +30,7 @@ async def cnn_cases(dut):
     await start_and_reset(dut, int(data["n_pe"]))
     results, failures = {}, []
     for i in range(int(data["n_cases"])):
-        c = {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+        c = case_arrays(data, i)
         await load_writes(dut, c["w_region"], c["w_addr"], c["w_data"] & mask, c["w_lanes"],
                           lane_width)
         for addr, value in zip(c["x_addr"], c["x_data"]):
@@ -39,14 +38,7 @@ async def cnn_cases(dut):
         dut.load__valid.value = 0
         n_layers = int(c["n_layers"])
         dut.n_layers.value = n_layers
-        dut.start.value = 1
-        await FallingEdge(dut.clk)
-        dut.start.value = 0
-        t0 = time.perf_counter()
-        await with_timeout(RisingEdge(dut.done), 10 * int(c["cycles"]) + 10_000, "ns")
-        await FallingEdge(dut.clk)
-        t_run = time.perf_counter() - t0
-        cycles = int(dut.cycles.value)
+        cycles, t_run = await run_to_done(dut, c["cycles"])
         layer_cycles, layer_mac = [], []
         for n in range(n_layers):
             dut.stat_layer.value = n

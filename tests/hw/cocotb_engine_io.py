@@ -7,8 +7,10 @@ Inputs change after a falling edge of ``clk``; the loader port is ``load__region
 
 from __future__ import annotations
 
+import time
+
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge
+from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
 from host.spmv_image import pack_lanes
 
@@ -48,3 +50,35 @@ async def load_writes(dut, region, addr, data, lanes, lane_width, progress=None)
         if progress is not None:
             progress(i)
     dut.load__valid.value = 0
+
+
+def case_arrays(data, i: int) -> dict:
+    """The arrays of case ``i`` of the test data, without their ``c{i}_`` prefix."""
+    return {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+
+
+async def run_to_done(dut, expected_cycles: int) -> tuple[int, float]:
+    """Pulse ``start`` for one cycle and wait for ``done``.
+
+    Parameters
+    ----------
+    dut
+        The engine under test (inputs set, ``start`` low, after a falling edge).
+    expected_cycles : int
+        The cycle model's count for the run; the wait times out after
+        ``10 * expected_cycles + 10_000`` ns (100 MHz clock).
+
+    Returns
+    -------
+    tuple of (int, float)
+        The engine's ``cycles`` count one falling edge after ``done`` rose, and the wall
+        seconds the simulator took from the start pulse to then.
+    """
+    dut.start.value = 1
+    await FallingEdge(dut.clk)
+    dut.start.value = 0
+    t0 = time.perf_counter()
+    await with_timeout(RisingEdge(dut.done), 10 * int(expected_cycles) + 10_000, "ns")
+    await FallingEdge(dut.clk)
+    t_run = time.perf_counter() - t0
+    return int(dut.cycles.value), t_run

@@ -11,14 +11,13 @@ Inputs change after a falling edge, outputs are sampled after a falling edge.  R
 from __future__ import annotations
 
 import os
-import time
 
 import cocotb
 import numpy as np
-from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
+from cocotb.triggers import FallingEdge
 
 from hdl.simulate import load_test_data
-from cocotb_engine_io import load_writes, start_and_reset
+from cocotb_engine_io import case_arrays, load_writes, run_to_done, start_and_reset
 
 
 @cocotb.test()
@@ -31,17 +30,10 @@ async def lstm_cases(dut):
 
     results, failures = {}, []
     for i in range(int(data["n_cases"])):
-        c = {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+        c = case_arrays(data, i)
         region, addr, wdata, lanes = c["w_region"], c["w_addr"], c["w_data"], c["w_lanes"]
         await load_writes(dut, region, addr, wdata, lanes, lane_width)
-        dut.start.value = 1
-        await FallingEdge(dut.clk)
-        dut.start.value = 0
-        t1 = time.perf_counter()
-        await with_timeout(RisingEdge(dut.done), 10 * int(c["cycles"]) + 10_000, "ns")
-        await FallingEdge(dut.clk)
-        t_run = time.perf_counter() - t1
-        cycles = int(dut.cycles.value)
+        cycles, t_run = await run_to_done(dut, c["cycles"])
         cls_mac = int(dut.cls_cycles.value)
         mac, ew, pmac = [], [], []
         for t in range(int(c["steps"])):

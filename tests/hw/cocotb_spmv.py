@@ -20,10 +20,10 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
+from cocotb.triggers import FallingEdge
 
 from hdl.simulate import load_test_data
-from cocotb_engine_io import load_writes, start_and_reset, write
+from cocotb_engine_io import case_arrays, load_writes, run_to_done, start_and_reset, write
 
 
 @cocotb.test()
@@ -45,7 +45,7 @@ async def spmv_cases(dut):
             with open(progress_path, "w") as f:
                 f.write(f"{written[0]}\n")
     for i in range(int(data["n_cases"])):
-        c = {k[len(f"c{i}_"):]: v for k, v in data.items() if k.startswith(f"c{i}_")}
+        c = case_arrays(data, i)
         t0 = time.perf_counter()
         await load_writes(dut, c["w_region"], c["w_addr"], c["w_data"], c["w_lanes"],
                           lane_width, progress)
@@ -57,14 +57,7 @@ async def spmv_cases(dut):
         dut.load__valid.value = 0
         t_load = time.perf_counter() - t0
         dut.n_layers.value = int(c["n_layers"])
-        dut.start.value = 1
-        await FallingEdge(dut.clk)
-        dut.start.value = 0
-        t1 = time.perf_counter()
-        await with_timeout(RisingEdge(dut.done), 10 * int(c["cycles"]) + 10_000, "ns")
-        await FallingEdge(dut.clk)
-        t_run = time.perf_counter() - t1
-        cycles = int(dut.cycles.value)
+        cycles, t_run = await run_to_done(dut, c["cycles"])
         layer_cycles = []
         for n in range(int(c["n_layers"])):
             dut.stat_layer.value = n

@@ -27,24 +27,101 @@ from host.protocol import Command, pack_request
 N_INPUTS = 150
 
 
+def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs):
+    """A bundled digits model compressed for 8 PEs and saved as .spn, with test inputs.
+
+    Parameters
+    ----------
+    tmp_path_factory : pytest.TempPathFactory
+        Where the package is saved (a new folder named ``folder``).
+    kind : str
+        ``"mlp"``, ``"lstm"`` or ``"cnn"``: the model ``digits-<kind>``, saved as
+        ``<kind>.spn``.
+    density : float or None
+        The pruning density; None takes the model's default (0.25 if it has none), as
+        ``python -m host.compress digits-<kind> --pes 8`` does.
+    folder : str
+        The temporary folder's name.
+    n_inputs : int
+        How many test inputs and labels to keep.
+
+    Returns
+    -------
+    dict
+        ``model`` (the compressed model), ``path`` (its .spn), ``x`` and ``y`` (the first
+        ``n_inputs`` test inputs and labels), ``source`` (the resolved model source) and
+        ``folder``.
+    """
+    source = resolve_model(f"digits-{kind}")
+    if density is None:
+        density = source.defaults.get("density", 0.25)
+    result = compress_model(source.model, CompressConfig(n_pe=8, density=density),
+                            calib_x=source.train[0])
+    folder = tmp_path_factory.mktemp(folder)
+    path = folder / f"{kind}.spn"
+    save_package(result.model, path)
+    x, y = source.test
+    return {"model": result.model, "path": path, "x": x[:n_inputs], "y": y[:n_inputs],
+            "source": source, "folder": folder}
+
+
+def icebreaker_harness(model):
+    """The Verilator harness of the icebreaker board's top for ``model`` (cached in
+    build/sim).
+
+    Parameters
+    ----------
+    model : CompressedModel or Path
+        The model (or its .spn) the board's engine is sized for.
+
+    Returns
+    -------
+    The build of :func:`hdl.sim.build_harness`, for :class:`hdl.sim.SimBoard`.
+    """
+    # The icebreaker profile (clock, baud) as ``host.run --sim``'s default, so the CLI tests
+    # share these Verilator builds; the simulated core does not depend on the FPGA.
+    component, rx, tx, cpb = board_top("icebreaker", model)
+    return build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
+
+
+def timed_cycle_stream(acc, x):
+    """Quantize ``x`` and stream it with cycle counts (window 2), timed.
+
+    Parameters
+    ----------
+    acc : host.driver.Accelerator
+        A connected accelerator with the model loaded.
+    x : numpy.ndarray
+        Float inputs, one per inference.
+
+    Returns
+    -------
+    tuple
+        ``(q, got, seconds, status, stats)``: the quantized inputs, the ``(outputs, cycles)``
+        pairs, the wall time of the stream, the board's status after it and the link's
+        statistics.
+    """
+    q = acc.quantize(x)
+    start = time.monotonic()
+    got = list(acc.stream_int(q, window=2, cycles=True))
+    seconds = time.monotonic() - start
+    return q, got, seconds, acc.status(), acc.link.stats
+
+
+def rows_differing(out, want):
+    """How many rows of ``out`` differ from ``want`` in at least one element."""
+    return int(np.count_nonzero((out != want).any(axis=1)))
+
+
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
     """digits-mlp compressed for 8 PEs, saved as .spn, with test inputs and labels."""
-    source = resolve_model("digits-mlp")
-    result = compress_model(source.model, CompressConfig(n_pe=8, density=0.2),
-                            calib_x=source.train[0])
-    folder = tmp_path_factory.mktemp("e2e")
-    path = folder / "mlp.spn"
-    save_package(result.model, path)
-    x, y = source.test
-    return {"model": result.model, "path": path, "x": x[:N_INPUTS], "y": y[:N_INPUTS],
-            "source": source, "folder": folder}
+    return compressed_workload(tmp_path_factory, "mlp", 0.2, "e2e", N_INPUTS)
 
 
 @pytest.fixture(scope="module")
 def build(workload):
-    component, rx, tx, cpb = board_top("icebreaker", workload["model"])
-    return build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
+    return icebreaker_harness(workload["model"])
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +150,7 @@ def test_stream_bit_exact(board, workload):
     assert len(got) == len(x) >= 100
     out = np.stack(got)
     want = expected(model, x)
-    mismatches = int(np.count_nonzero((out != want).any(axis=1)))
+    mismatches = rows_differing(out, want)
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
     assert status.infers == len(x)
     assert stats.retries == 0 and stats.bad_crc == 0
@@ -230,22 +307,12 @@ N_LSTM_INPUTS = 150
 def lstm_workload(tmp_path_factory):
     """digits-lstm compressed for 8 PEs (its default density 0.25, as ``python -m
     host.compress digits-lstm --pes 8``), saved as .spn, with test inputs and labels."""
-    source = resolve_model("digits-lstm")
-    density = source.defaults.get("density", 0.25)
-    result = compress_model(source.model, CompressConfig(n_pe=8, density=density),
-                            calib_x=source.train[0])
-    path = tmp_path_factory.mktemp("e2e-lstm") / "lstm.spn"
-    save_package(result.model, path)
-    x, y = source.test
-    return {"model": result.model, "path": path, "x": x[:N_LSTM_INPUTS],
-            "y": y[:N_LSTM_INPUTS]}
+    return compressed_workload(tmp_path_factory, "lstm", None, "e2e-lstm", N_LSTM_INPUTS)
 
 
 @pytest.fixture(scope="module")
 def lstm_board(lstm_workload):
-    component, rx, tx, cpb = board_top("icebreaker", lstm_workload["path"])
-    harness = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
-    with SimBoard(harness) as running:
+    with SimBoard(icebreaker_harness(lstm_workload["path"])) as running:
         yield running
 
 
@@ -263,16 +330,11 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
         report = acc.last_load["verify"]
         assert report["skipped"] == [] and report["rewritten"] == []
         assert report["verified"] == acc.last_load["blocks"] - 1
-        q = acc.quantize(x)
-        start = time.monotonic()
-        got = list(acc.stream_int(q, window=2, cycles=True))
-        seconds = time.monotonic() - start
-        status = acc.status()
-        stats = acc.link.stats
+        q, got, seconds, status, stats = timed_cycle_stream(acc, x)
     assert len(got) == len(x) >= 100
     out = np.stack([o for o, _ in got])
     want = GoldenModel(model).forward_int(q)
-    mismatches = int(np.count_nonzero((out != want).any(axis=1)))
+    mismatches = rows_differing(out, want)
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
     assert status.infers == len(x)
     assert stats.bad_crc == 0
@@ -285,17 +347,6 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     assert accuracy > 0.9
     print(f"\nLSTM: {len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
           f"{np.mean(cycles):.0f} cycles each, accuracy {accuracy:.3f}, link {stats.as_dict()}")
-
-
-def test_lstm_single_infer_and_zero_input(lstm_board, lstm_workload):
-    """One float input through infer(); an all-zero sequence (empty x list) is exact too."""
-    model = lstm_workload["model"]
-    with Accelerator(lstm_board.url, timeout=5.0) as acc:
-        acc.load(model, progress=False)
-        x0 = lstm_workload["x"][0]
-        assert np.array_equal(acc.infer(x0), expected(model, x0[None])[0])
-        zero = np.zeros((1, *model.input_shape))
-        assert np.array_equal(acc.infer(zero), expected(model, zero))
 
 
 def test_lstm_state_bit_exact(lstm_board, lstm_workload, tmp_path):
@@ -320,7 +371,7 @@ def test_lstm_state_bit_exact(lstm_board, lstm_workload, tmp_path):
         out, state = acc.infer(x, state=True)
         assert np.array_equal(out, golden.forward_int(q))
         assert state.ints.shape == want.shape
-        mismatches = int(np.count_nonzero((state.ints != want).any(axis=1)))
+        mismatches = rows_differing(state.ints, want)
         assert mismatches == 0, f"{mismatches} of {len(x)} h_T differ from the golden model"
         assert np.array_equal(state.values, want * 2.0 ** -frac)
         one, single = acc.infer(x[2], state=True)           # one input: (S,)
@@ -387,24 +438,12 @@ N_CNN_INPUTS = 150
 def cnn_workload(tmp_path_factory):
     """digits-cnn compressed for 8 PEs (its default density, as ``python -m host.compress
     digits-cnn --pes 8``), saved as .spn, with test inputs and labels."""
-    source = resolve_model("digits-cnn")
-    density = source.defaults.get("density", 0.25)
-    result = compress_model(source.model, CompressConfig(n_pe=8, density=density),
-                            calib_x=source.train[0])
-    path = tmp_path_factory.mktemp("e2e-cnn") / "cnn.spn"
-    save_package(result.model, path)
-    x, y = source.test
-    return {"model": result.model, "path": path, "x": x[:N_CNN_INPUTS],
-            "y": y[:N_CNN_INPUTS], "source": source}
+    return compressed_workload(tmp_path_factory, "cnn", None, "e2e-cnn", N_CNN_INPUTS)
 
 
 @pytest.fixture(scope="module")
 def cnn_board(cnn_workload):
-    # The icebreaker profile (clock, baud) as ``host.run --sim``'s default, so the CLI test
-    # below shares this Verilator build; the simulated core does not depend on the FPGA.
-    component, rx, tx, cpb = board_top("icebreaker", cnn_workload["path"])
-    harness = build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
-    with SimBoard(harness) as running:
+    with SimBoard(icebreaker_harness(cnn_workload["path"])) as running:
         yield running
 
 
@@ -429,16 +468,11 @@ def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
         report = acc.last_load["verify"]
         assert report["skipped"] == [] and report["rewritten"] == []
         assert report["verified"] == acc.last_load["blocks"] - 1
-        q = acc.quantize(x)
-        start = time.monotonic()
-        got = list(acc.stream_int(q, window=2, cycles=True))
-        seconds = time.monotonic() - start
-        status = acc.status()
-        stats = acc.link.stats
+        q, got, seconds, status, stats = timed_cycle_stream(acc, x)
     assert len(got) == len(x) >= 100
     out = np.stack([o for o, _ in got])
     want = GoldenModel(model).forward_int(q)
-    mismatches = int(np.count_nonzero((out != want).any(axis=1)))
+    mismatches = rows_differing(out, want)
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
     assert status.infers == len(x)
     assert stats.bad_crc == 0
@@ -453,12 +487,17 @@ def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
           f"{np.mean(cycles):.0f} cycles each, accuracy {accuracy:.3f}, link {stats.as_dict()}")
 
 
-def test_cnn_single_infer_and_zero_input(cnn_board, cnn_workload):
-    """One float input through infer(); an all-zero map (nothing broadcast) is exact too."""
-    model = cnn_workload["model"]
-    with Accelerator(cnn_board.url, timeout=5.0) as acc:
+@pytest.mark.parametrize("kind", ["lstm", "cnn"])
+def test_single_infer_and_zero_input(kind, request):
+    """One float input through infer(); an all-zero input is exact too (on the LSTM an empty
+    x list, on the CNN a map with nothing broadcast).  After the CNN stream test, which
+    counts the board's inferences from a fresh start."""
+    running = request.getfixturevalue(f"{kind}_board")
+    workload = request.getfixturevalue(f"{kind}_workload")
+    model = workload["model"]
+    with Accelerator(running.url, timeout=5.0) as acc:
         acc.load(model, progress=False)
-        x0 = cnn_workload["x"][0]
+        x0 = workload["x"][0]
         assert np.array_equal(acc.infer(x0), expected(model, x0[None])[0])
         zero = np.zeros((1, *model.input_shape))
         assert np.array_equal(acc.infer(zero), expected(model, zero))

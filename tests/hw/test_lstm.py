@@ -76,17 +76,30 @@ def sequence(rng, steps, inputs, fmt: Format, density=0.7, scale=0.5):
     return np.where(rng.random((steps, inputs)) < density, x, 0).astype(np.int64)
 
 
+def _weight_kwargs(engine: LstmEngine):
+    """The random layers' weight format (2 integer bits) and the keyword arguments that give
+    :func:`host.lstm_image.random_lstm` the engine's index and run bits and that format."""
+    wf = Format(engine.weight_width, engine.weight_width - 2)
+    return wf, dict(index_bits=engine.index_bits, run_bits=engine.run_bits, weight_format=wf)
+
+
+def _case_adder(engine: LstmEngine, cases: list):
+    """``add(name, layers, cls, seqs)``: build the image of ``layers`` (one QLSTM or a stack)
+    and ``cls`` and append one case per sequence to ``cases``, named ``name#k``; only the
+    first carries the image (the later ones run on it)."""
+    def add(name, layers, cls, seqs):
+        image = build_image(engine, layers, cls)
+        for k, x in enumerate(seqs):
+            cases.append((f"{name}#{k}", image if k == 0 else None, x))
+    return add
+
+
 def random_cases(engine: LstmEngine, seed: int):
     rng = np.random.default_rng(seed)
     act, n = engine.act_format, engine.n_pe
-    wf = Format(engine.weight_width, engine.weight_width - 2)
-    kw = dict(index_bits=engine.index_bits, run_bits=engine.run_bits, weight_format=wf)
+    wf, kw = _weight_kwargs(engine)
     cases = []
-
-    def add(name, lstm, cls, seqs):
-        image = build_image(engine, lstm, cls)
-        for k, x in enumerate(seqs):
-            cases.append((f"{name}#{k}", image if k == 0 else None, x))
+    add = _case_adder(engine, cases)
 
     hiddens = [min(h, engine.hidden_max)
                for h in (1, 2, n + 1, 7, 13, engine.hidden_max, engine.hidden_max - 1, 5)]
@@ -125,14 +138,9 @@ def stacked_cases(engine: LstmEngine, seed: int):
     up, mostly not multiples of n_pe), long sequences, zero inputs, a saturating stack."""
     rng = np.random.default_rng(seed)
     act, n = engine.act_format, engine.n_pe
-    wf = Format(engine.weight_width, engine.weight_width - 2)
-    kw = dict(index_bits=engine.index_bits, run_bits=engine.run_bits, weight_format=wf)
+    wf, kw = _weight_kwargs(engine)
     cases = []
-
-    def add(name, layers, cls, seqs):
-        image = build_image(engine, layers, cls)
-        for k, x in enumerate(seqs):
-            cases.append((f"{name}#{k}", image if k == 0 else None, x))
+    add = _case_adder(engine, cases)
 
     hiddens = [1, n + 1, engine.hidden_max, 2 * n + 1, engine.hidden_max - 1, 5]
     for rep, hidden in enumerate(hiddens):

@@ -20,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))     # fake_board
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -52,22 +53,18 @@ def stacked_package(tmp_path):
 
 def test_stacked_package_identify_round_trip(tmp_path):
     from hdl import build
-    from host.driver import EngineInfo, _lstm_layers, _lstm_limits, _lstm_params, model_mismatches
+    from fake_board import backend_info
+
+    from host.driver import _lstm_layers, _lstm_limits, _lstm_params, model_mismatches
     from host.lstm_image import build_image
-    from host.protocol import PROTOCOL_VERSION, RegionId, engine_config_digest
+    from host.protocol import RegionId
     model, _, _ = stacked_package(tmp_path)
     assert [layer.proj_size for layer in model.layers[:2]] == [6, 6]
     params = build.engine_for_model(model)
     assert (params["layers_max"], params["proj_max"], params["hidden_max"],
             params["input_max"]) == (2, 6, 12, 6)
     backend = build.make_backend(params)
-    p = backend.params
-    regions = tuple(r.describe() for r in backend.regions)
-    info = EngineInfo(PROTOCOL_VERSION, p["engine"], 12_000_000, 1_000_000,
-                      engine_config_digest(p), p["n_pe"], p["index_bits"], p["run_bits"],
-                      p["act_width"], p["act_frac"], p["weight_width"], p["acc_bits"],
-                      p["max_layers"], p["max_rows"], p["max_cols"], p["max_entries_per_pe"],
-                      p["max_pointers"], p["max_bias"], 1024, regions)
+    info = backend_info(backend)
     assert info.hash_ok
     limits = _lstm_limits(info)
     assert (limits["layers_max"], limits["proj_max"], limits["hidden_max"],

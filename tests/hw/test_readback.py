@@ -6,9 +6,15 @@ shell tests (test_shell.py) cover the same through the UART on Verilator."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from readback_sim import load_and_read_back
 
 from host.fixedpoint import Format
 from host.memory_map import Region, descriptor_readback
@@ -45,36 +51,8 @@ def _wire_masks(engine):
 
 
 def _run(engine, writes, want):
-    got = {}
     masks = _wire_masks(engine)
-
-    async def bench(ctx):
-        load, rb = engine.load, engine.rb
-        ctx.set(load.mask, (1 << engine.n_pe) - 1)
-        for i in range(len(writes["region"])):
-            ctx.set(load.region, int(writes["region"][i]))
-            ctx.set(load.addr, int(writes["addr"][i]))
-            ctx.set(load.data, int(writes["data"][i]))
-            for p in range(engine.n_pe):
-                ctx.set(load.lanes[p], int(writes["lanes"][i][p]))
-            ctx.set(load.valid, 1)
-            await ctx.tick()
-        ctx.set(load.valid, 0)
-        await ctx.tick()
-        for key in want:
-            region, pe, addr = key
-            ctx.set(rb.en, 1)
-            ctx.set(rb.region, region)
-            ctx.set(rb.pe, pe)
-            ctx.set(rb.addr, addr)
-            await ctx.tick()
-            ctx.set(rb.en, 0)
-            got[key] = ctx.get(rb.data) & masks[region]
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    got = load_and_read_back(engine, engine.n_pe, writes, want, masks)
     bad = [(k, got[k], v) for k, v in want.items() if got[k] != v & masks[k[0]]]
     assert not bad, f"{len(bad)} of {len(want)} words differ, first {bad[:5]}"
     return got
