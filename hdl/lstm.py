@@ -52,11 +52,10 @@ from host.activations import TableSpec, make_table
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATENCY,
                              FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion)
 
-from .broadcast import BroadcastFifo
-from .pe import ProcessingElement, addr_bits, column_layout
+from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
-from .spmv import LoadSignature, connect_matrix_loader
+from .spmv import LoadSignature, add_pe_array, connect_matrix_loader
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
@@ -167,19 +166,14 @@ class LstmEngine(wiring.Component):
         region = load.region
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
-        pes = []
-        for p in range(n_pe):
-            pe = ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
-                                   act_width=aw, weight_width=self.weight_width,
-                                   acc_bits=self.acc_bits, rows=self.rows_per_pe,
-                                   entries=self.max_entries_per_pe,
-                                   pointers=self.max_pointers, codebooks=self.max_layers)
-            m.submodules[f"pe{p}"] = pe
-            pes.append(pe)
-        m.submodules.fifo = fifo = BroadcastFifo(n_pe, column_layout(self.k_bits, aw),
-                                                 self.fifo_depth)
-        for p, pe in enumerate(pes):
-            wiring.connect(m, fifo.r[p], pe.col)
+        def make_pe():
+            return ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
+                                     act_width=aw, weight_width=self.weight_width,
+                                     acc_bits=self.acc_bits, rows=self.rows_per_pe,
+                                     entries=self.max_entries_per_pe,
+                                     pointers=self.max_pointers, codebooks=self.max_layers)
+        pes, fifo = add_pe_array(m, n_pe, make_pe, k_bits=self.k_bits, act_width=aw,
+                                 fifo_depth=self.fifo_depth)
 
         # --- descriptors ------------------------------------------------------------------------
         # descriptor k (load.addr = k << 3 | field): 4l = layer l's LSTM matrix, 1 = classifier,

@@ -51,6 +51,39 @@ __all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEM
 # once in host.memory_map (host never imports hdl); they are re-exported here.
 
 
+def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth):
+    """Add the engines' PE array to ``m``: ``n_pe`` PEs (submodules ``pe0`` ...) fed by one
+    :class:`BroadcastFifo` (submodule ``fifo``), each PE's ``col`` on the FIFO's read port.
+
+    Parameters
+    ----------
+    m : Module
+    n_pe : int
+    make_pe : callable
+        ``make_pe()`` returns one PE (a :class:`ProcessingElement` or a stand-in with its
+        signature).
+    k_bits, act_width : int
+        Widths of the broadcast column (:func:`hdl.pe.column_layout`).
+    fifo_depth : int
+        FIFO depth per PE.
+
+    Returns
+    -------
+    pes : list of wiring.Component
+    fifo : BroadcastFifo
+        Its write port ``fifo.w`` is the caller's broadcaster.
+    """
+    pes = []
+    for p in range(n_pe):
+        pe = make_pe()
+        m.submodules[f"pe{p}"] = pe
+        pes.append(pe)
+    m.submodules.fifo = fifo = BroadcastFifo(n_pe, column_layout(k_bits, act_width), fifo_depth)
+    for p, pe in enumerate(pes):
+        wiring.connect(m, fifo.r[p], pe.col)
+    return pes, fifo
+
+
 def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_width, acc_bits,
                           max_bias):
     """Loader writes shared by the engines (regions 0..3 of :class:`Region`).
@@ -266,15 +299,8 @@ class SpmvEngine(wiring.Component):
         load = self.load
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
-        pes = []
-        for p in range(n_pe):
-            pe = self.make_pe()
-            m.submodules[f"pe{p}"] = pe
-            pes.append(pe)
-        col_shape = column_layout(self.k_bits, act.width)
-        m.submodules.fifo = fifo = BroadcastFifo(n_pe, col_shape, self.fifo_depth)
-        for p, pe in enumerate(pes):
-            wiring.connect(m, fifo.r[p], pe.col)
+        pes, fifo = add_pe_array(m, n_pe, self.make_pe, k_bits=self.k_bits,
+                                 act_width=act.width, fifo_depth=self.fifo_depth)
 
         # --- descriptors ------------------------------------------------------------------------
         descs = Array(Signal(self.descriptor_layout, name=f"desc{i}")
