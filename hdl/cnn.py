@@ -42,7 +42,8 @@ from host.memory_map import DRAIN_LATENCY, FETCH_LATENCY
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
-from .spmv import LoadSignature, add_pe_array, connect_matrix_loader
+from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
+                   matrix_descriptor_members)
 
 __all__ = ["CnnEngine", "REQUANT_LATENCY", "LAYER_SETUP", "PIXEL_SETUP", "OUTPUT_OVERHEAD"]
 
@@ -119,13 +120,10 @@ class CnnEngine(wiring.Component):
         self.og_bits = bits_for(-(-c.max_rows // c.fm_lanes))
         self.lane_width = max(self.entry_bits, self.ptr_bits)
         self.descriptor_layout = data.StructLayout({
-            "rows": unsigned(bits_for(c.max_rows)),
-            "entry_base": unsigned(self.entry_addr_bits),
-            "ptr_base": unsigned(self.k_bits),
-            "bias_base": unsigned(self.bias_bits),
-            "cb_slot": unsigned(self.cb_bits),
-            "shift": unsigned(bits_for(c.weight_width - 1)),
-            "relu": unsigned(1),
+            **matrix_descriptor_members(
+                max_rows=c.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
+                bias_bits=self.bias_bits, cb_bits=self.cb_bits,
+                shift_bits=bits_for(c.weight_width - 1)),
             "in_h": unsigned(self.dim_bits),
             "in_w": unsigned(self.dim_bits),
             "kh": unsigned(self.dim_bits),

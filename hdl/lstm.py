@@ -55,7 +55,8 @@ from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATEN
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
-from .spmv import LoadSignature, add_pe_array, connect_matrix_loader
+from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
+                   matrix_descriptor_members)
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
@@ -117,15 +118,9 @@ class LstmEngine(wiring.Component):
                      "addr_width", "data_width", "layers_max", "proj_max", "state_max",
                      "n_codebooks", "n_descriptors", "gsteps_max"):
             setattr(self, name, getattr(params, name))
-        self.descriptor_layout = data.StructLayout({
-            "rows": unsigned(bits_for(self.max_rows)),
-            "entry_base": unsigned(self.entry_addr_bits),
-            "ptr_base": unsigned(self.k_bits),
-            "bias_base": unsigned(self.bias_bits),
-            "cb_slot": unsigned(self.cb_bits),
-            "shift": unsigned(self.shift_bits),
-            "relu": unsigned(1),
-        })
+        self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
+            max_rows=self.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
+            bias_bits=self.bias_bits, cb_bits=self.cb_bits, shift_bits=self.shift_bits))
         self.list_layout = data.StructLayout({"col": unsigned(self.col_bits),
                                               "value": signed(act_format.width)})
         super().__init__({

@@ -51,6 +51,34 @@ __all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEM
 # once in host.memory_map (host never imports hdl); they are re-exported here.
 
 
+def matrix_descriptor_members(*, max_rows, entry_addr_bits, k_bits, bias_bits, cb_bits,
+                              shift_bits) -> dict:
+    """Members of a matrix descriptor, the part every engine's descriptors share (the fields
+    of :data:`DESCRIPTOR_MEMBERS`, in this order).
+
+    Parameters
+    ----------
+    max_rows : int
+        Largest row count (``rows`` is ``bits_for(max_rows)`` wide).
+    entry_addr_bits, k_bits, bias_bits, cb_bits, shift_bits : int
+        Widths of ``entry_base``, ``ptr_base``, ``bias_base``, ``cb_slot`` and ``shift``.
+
+    Returns
+    -------
+    dict
+        ``name -> shape`` for a :class:`amaranth.lib.data.StructLayout` (``relu`` is 1 bit).
+    """
+    return {
+        "rows": unsigned(bits_for(max_rows)),
+        "entry_base": unsigned(entry_addr_bits),
+        "ptr_base": unsigned(k_bits),
+        "bias_base": unsigned(bias_bits),
+        "cb_slot": unsigned(cb_bits),
+        "shift": unsigned(shift_bits),
+        "relu": unsigned(1),
+    }
+
+
 def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth):
     """Add the engines' PE array to ``m``: ``n_pe`` PEs (submodules ``pe0`` ...) fed by one
     :class:`BroadcastFifo` (submodule ``fifo``), each PE's ``col`` on the FIFO's read port.
@@ -231,15 +259,9 @@ class SpmvEngine(wiring.Component):
                      "data_width"):
             setattr(self, name, getattr(params, name))
         max_pointers, max_bias = params.max_pointers, params.max_bias
-        self.descriptor_layout = data.StructLayout({
-            "rows": unsigned(bits_for(max_rows)),
-            "entry_base": unsigned(self.entry_addr_bits),
-            "ptr_base": unsigned(self.k_bits),
-            "bias_base": unsigned(self.bias_bits),
-            "cb_slot": unsigned(self.cb_bits),
-            "shift": unsigned(self.shift_bits),
-            "relu": unsigned(1),
-        })
+        self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
+            max_rows=max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
+            bias_bits=self.bias_bits, cb_bits=self.cb_bits, shift_bits=self.shift_bits))
         self.list_layout = data.StructLayout({"col": unsigned(self.col_bits),
                                               "value": signed(act_format.width)})
         row_bits = addr_bits(max_rows)
