@@ -42,7 +42,7 @@ See ``docs/lstm-engine.md``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -56,7 +56,7 @@ from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
 from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
-                   matrix_descriptor_members)
+                   matrix_descriptor_members, write_descriptor_field)
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
@@ -189,13 +189,6 @@ class LstmEngine(wiring.Component):
         bias_mem = connect_matrix_loader(
             m, pes, load, desc, entry_bits=self.entry_bits, ptr_bits=self.ptr_bits,
             weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias)
-
-        def write_descriptor_field(m, target, load):
-            with m.Switch(load.addr[:3]):
-                for field, name in DESCRIPTOR_MEMBERS:
-                    with m.Case(field):
-                        member = Value.cast(getattr(target, name))
-                        m.d.sync += member.eq(load.data[:len(member)])
 
         with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
             with m.Switch(load.addr[3:]):

@@ -27,7 +27,7 @@ See ``docs/spmv-engine.md`` for the loading interface and address maps.
 from __future__ import annotations
 
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -142,12 +142,22 @@ def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_wi
 
 def write_descriptor_field(m, target, load):
     """Within a DESCRIPTOR write: the member of ``target`` named by field ``load.addr[:3]``
-    takes ``load.data`` (truncated to its width)."""
+    takes ``load.data`` (truncated to its width).
+
+    Parameters
+    ----------
+    m : Module
+    target : View
+        A descriptor (layout with :func:`matrix_descriptor_members`): a signal, or one picked
+        from an ``Array`` of them by an address.
+    load : LoadSignature
+        The engine's loader port.
+    """
     with m.Switch(load.addr[:3]):
         for field, name in DESCRIPTOR_MEMBERS:
             with m.Case(field):
-                member = getattr(target, name)
-                m.d.sync += member.eq(load.data[:len(member.as_value())])
+                member = Value.cast(getattr(target, name))
+                m.d.sync += member.eq(load.data[:len(member)])
 
 
 class LoadSignature(wiring.Signature):
