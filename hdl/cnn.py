@@ -39,11 +39,11 @@ from host.cnn_cycles import CnnTiming
 from host.cnn_image import FIELD_BITS, CnnConfig, Field, Region
 from host.memory_map import DRAIN_LATENCY, FETCH_LATENCY
 
-from .broadcast import BroadcastFifo
-from .pe import ProcessingElement, addr_bits, column_layout
+from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
-from .spmv import LoadSignature, connect_matrix_loader
+from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
+                   matrix_descriptor_members)
 
 __all__ = ["CnnEngine", "REQUANT_LATENCY", "LAYER_SETUP", "PIXEL_SETUP", "OUTPUT_OVERHEAD"]
 
@@ -120,13 +120,10 @@ class CnnEngine(wiring.Component):
         self.og_bits = bits_for(-(-c.max_rows // c.fm_lanes))
         self.lane_width = max(self.entry_bits, self.ptr_bits)
         self.descriptor_layout = data.StructLayout({
-            "rows": unsigned(bits_for(c.max_rows)),
-            "entry_base": unsigned(self.entry_addr_bits),
-            "ptr_base": unsigned(self.k_bits),
-            "bias_base": unsigned(self.bias_bits),
-            "cb_slot": unsigned(self.cb_bits),
-            "shift": unsigned(bits_for(c.weight_width - 1)),
-            "relu": unsigned(1),
+            **matrix_descriptor_members(
+                max_rows=c.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
+                bias_bits=self.bias_bits, cb_bits=self.cb_bits,
+                shift_bits=bits_for(c.weight_width - 1)),
             "in_h": unsigned(self.dim_bits),
             "in_w": unsigned(self.dim_bits),
             "kh": unsigned(self.dim_bits),
@@ -206,15 +203,8 @@ class CnnEngine(wiring.Component):
         load = self.load
 
         # --- PEs, broadcast FIFO, descriptors, loader -------------------------------------------
-        pes = []
-        for p in range(n_pe):
-            pe = self.make_pe()
-            m.submodules[f"pe{p}"] = pe
-            pes.append(pe)
-        m.submodules.fifo = fifo = BroadcastFifo(n_pe, column_layout(self.k_bits, act.width),
-                                                 c.fifo_depth)
-        for p, pe in enumerate(pes):
-            wiring.connect(m, fifo.r[p], pe.col)
+        pes, fifo = add_pe_array(m, n_pe, self.make_pe, k_bits=self.k_bits,
+                                 act_width=act.width, fifo_depth=c.fifo_depth)
 
         descs = Array(Signal(self.descriptor_layout, name=f"desc{i}")
                       for i in range(c.max_layers))

@@ -10,7 +10,6 @@ cycle counts next to the golden-model and cycle-model expectations
 from __future__ import annotations
 
 import inspect
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from host.cnn_image import image_writes, input_writes, output_addresses
 from host.encoding import entry_layout_fields
 
 from .cnn import CnnEngine
-from .spmv_sim import EngineBuild, cached_verilog, dedupe_modules, strip_memory_init
+from .spmv_sim import (EngineBuild, build_timed, cached_verilog, dedupe_modules,
+                       simulate_cases, strip_memory_init)
 
 __all__ = ["COCOTB_MODULE", "TOPLEVEL", "engine_verilog", "build_engine", "CnnCase",
            "CnnResult", "run_cnn_cases"]
@@ -48,16 +48,7 @@ def engine_verilog(engine: CnnEngine) -> str:
 
 def build_engine(engine: CnnEngine) -> EngineBuild:
     """Verilog + Verilator build of ``engine`` (both cached)."""
-    import time
-
-    from .simulate import build_info, build_simulation
-    start = time.monotonic()
-    verilog = engine_verilog(engine)
-    middle = time.monotonic()
-    build = build_simulation(verilog, TOPLEVEL)
-    now = time.monotonic() - middle
-    first = float(build_info(build).get("seconds") or 0.0)
-    return EngineBuild(build, middle - start, now, first, now < 0.5 * first)
+    return build_timed(engine_verilog, engine, TOPLEVEL)
 
 
 @dataclass
@@ -156,24 +147,14 @@ def run_cnn_cases(engine: CnnEngine, build: Path, cases, *, test_dir=None, check
     seconds)``.  With ``check`` a mismatch (outputs or cycles) fails the cocotb test and raises
     ``AssertionError`` here.  ``dense`` also models every case without zero skipping
     (``LayerCycles.dense_mac``)."""
-    from .simulate import run_cocotb
     cases = list(cases)
     runs = _expectations(engine, cases, dense)
     data = case_data(engine, cases, runs)
-    with tempfile.TemporaryDirectory(prefix="spine-cnn-") as tmp:
-        test_dir = Path(test_dir) if test_dir is not None else Path(tmp)
-        test_dir.mkdir(parents=True, exist_ok=True)
-        results_path = test_dir / "cnn_results.npz"
-        env = {"SPINE_RESULTS": str(results_path)}
-        if not check:
-            env["SPINE_NO_CHECK"] = "1"
-        sim = run_cocotb(build, TOPLEVEL, COCOTB_MODULE, test_dir=test_dir, data=data,
-                         extra_env=env)
-        with np.load(results_path) as npz:
-            got = {k: npz[k] for k in npz.files}
+    got, seconds = simulate_cases("cnn", build, TOPLEVEL, COCOTB_MODULE, data,
+                                  test_dir=test_dir, check=check)
     out = []
     for i, (case, run) in enumerate(zip(cases, runs)):
         out.append(CnnResult(case.name, got[f"c{i}_out"], int(got[f"c{i}_cycles"]),
                              got[f"c{i}_layer_cycles"], got[f"c{i}_layer_mac"], run,
                              float(got[f"c{i}_run_seconds"])))
-    return out, sim.seconds
+    return out, seconds

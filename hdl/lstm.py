@@ -42,7 +42,7 @@ See ``docs/lstm-engine.md``.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -52,11 +52,11 @@ from host.activations import TableSpec, make_table
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATENCY,
                              FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion)
 
-from .broadcast import BroadcastFifo
-from .pe import ProcessingElement, addr_bits, column_layout
+from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
-from .spmv import LoadSignature, connect_matrix_loader
+from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
+                   matrix_descriptor_members, write_descriptor_field)
 
 __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 
@@ -118,15 +118,9 @@ class LstmEngine(wiring.Component):
                      "addr_width", "data_width", "layers_max", "proj_max", "state_max",
                      "n_codebooks", "n_descriptors", "gsteps_max"):
             setattr(self, name, getattr(params, name))
-        self.descriptor_layout = data.StructLayout({
-            "rows": unsigned(bits_for(self.max_rows)),
-            "entry_base": unsigned(self.entry_addr_bits),
-            "ptr_base": unsigned(self.k_bits),
-            "bias_base": unsigned(self.bias_bits),
-            "cb_slot": unsigned(self.cb_bits),
-            "shift": unsigned(self.shift_bits),
-            "relu": unsigned(1),
-        })
+        self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
+            max_rows=self.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
+            bias_bits=self.bias_bits, cb_bits=self.cb_bits, shift_bits=self.shift_bits))
         self.list_layout = data.StructLayout({"col": unsigned(self.col_bits),
                                               "value": signed(act_format.width)})
         super().__init__({
@@ -167,19 +161,14 @@ class LstmEngine(wiring.Component):
         region = load.region
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
-        pes = []
-        for p in range(n_pe):
-            pe = ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
-                                   act_width=aw, weight_width=self.weight_width,
-                                   acc_bits=self.acc_bits, rows=self.rows_per_pe,
-                                   entries=self.max_entries_per_pe,
-                                   pointers=self.max_pointers, codebooks=self.max_layers)
-            m.submodules[f"pe{p}"] = pe
-            pes.append(pe)
-        m.submodules.fifo = fifo = BroadcastFifo(n_pe, column_layout(self.k_bits, aw),
-                                                 self.fifo_depth)
-        for p, pe in enumerate(pes):
-            wiring.connect(m, fifo.r[p], pe.col)
+        def make_pe():
+            return ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
+                                     act_width=aw, weight_width=self.weight_width,
+                                     acc_bits=self.acc_bits, rows=self.rows_per_pe,
+                                     entries=self.max_entries_per_pe,
+                                     pointers=self.max_pointers, codebooks=self.max_layers)
+        pes, fifo = add_pe_array(m, n_pe, make_pe, k_bits=self.k_bits, act_width=aw,
+                                 fifo_depth=self.fifo_depth)
 
         # --- descriptors ------------------------------------------------------------------------
         # descriptor k (load.addr = k << 3 | field): 4l = layer l's LSTM matrix, 1 = classifier,
@@ -200,13 +189,6 @@ class LstmEngine(wiring.Component):
         bias_mem = connect_matrix_loader(
             m, pes, load, desc, entry_bits=self.entry_bits, ptr_bits=self.ptr_bits,
             weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias)
-
-        def write_descriptor_field(m, target, load):
-            with m.Switch(load.addr[:3]):
-                for field, name in DESCRIPTOR_MEMBERS:
-                    with m.Case(field):
-                        member = Value.cast(getattr(target, name))
-                        m.d.sync += member.eq(load.data[:len(member)])
 
         with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
             with m.Switch(load.addr[3:]):

@@ -7,8 +7,6 @@ the simulation Verilog (cached), the Verilator build and :func:`run_lstm_cases`.
 from __future__ import annotations
 
 import inspect
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +44,10 @@ def engine_verilog(engine: LstmEngine) -> str:
 
 def build_engine(engine: LstmEngine) -> tuple[Path, float, float]:
     """Verilator build (cached); returns ``(build_dir, seconds now, seconds when built)``."""
-    from .simulate import build_info, build_simulation
-    start = time.monotonic()
-    build = build_simulation(engine_verilog(engine), TOPLEVEL)
-    return build, time.monotonic() - start, float(build_info(build).get("seconds") or 0.0)
+    from .spmv_sim import build_timed
+    built = build_timed(engine_verilog, engine, TOPLEVEL)
+    return (built.build_dir, built.verilog_seconds + built.build_seconds_now,
+            built.build_seconds)
 
 
 @dataclass
@@ -81,20 +79,11 @@ class LstmCaseResult:
 def run_lstm_cases(engine: LstmEngine, build: Path, cases, *, test_dir=None,
                    check: bool = True) -> tuple[list[LstmCaseResult], float]:
     """Run ``cases`` in one simulation; returns ``(results, simulator seconds)``."""
-    from .simulate import run_cocotb
+    from .spmv_sim import simulate_cases
     cases = list(cases)
     data, runs = case_data(engine, cases)
-    with tempfile.TemporaryDirectory(prefix="spine-lstm-") as tmp:
-        test_dir = Path(test_dir) if test_dir is not None else Path(tmp)
-        test_dir.mkdir(parents=True, exist_ok=True)
-        results_path = test_dir / "lstm_results.npz"
-        env = {"SPINE_RESULTS": str(results_path)}
-        if not check:
-            env["SPINE_NO_CHECK"] = "1"
-        sim = run_cocotb(build, TOPLEVEL, COCOTB_MODULE, test_dir=test_dir, data=data,
-                         extra_env=env)
-        with np.load(results_path) as npz:
-            got = {k: npz[k] for k in npz.files}
+    got, seconds = simulate_cases("lstm", build, TOPLEVEL, COCOTB_MODULE, data,
+                                  test_dir=test_dir, check=check)
     out = []
     for i, ((name, _, _), run) in enumerate(zip(cases, runs)):
         p = f"c{i}_"
@@ -102,4 +91,4 @@ def run_lstm_cases(engine: LstmEngine, build: Path, cases, *, test_dir=None,
                                   got[p + "ew"], int(got[p + "cls_mac"]),
                                   int(got[p + "cycles"]), run,
                                   float(got[p + "run_seconds"]), got[p + "pmac"]))
-    return out, sim.seconds
+    return out, seconds

@@ -27,7 +27,7 @@ See ``docs/spmv-engine.md`` for the loading interface and address maps.
 from __future__ import annotations
 
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -49,6 +49,67 @@ __all__ = ["SpmvEngine", "Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEM
 
 # The loader regions, descriptor fields, pipeline constants and derived widths are defined
 # once in host.memory_map (host never imports hdl); they are re-exported here.
+
+
+def matrix_descriptor_members(*, max_rows, entry_addr_bits, k_bits, bias_bits, cb_bits,
+                              shift_bits) -> dict:
+    """Members of a matrix descriptor, the part every engine's descriptors share (the fields
+    of :data:`DESCRIPTOR_MEMBERS`, in this order).
+
+    Parameters
+    ----------
+    max_rows : int
+        Largest row count (``rows`` is ``bits_for(max_rows)`` wide).
+    entry_addr_bits, k_bits, bias_bits, cb_bits, shift_bits : int
+        Widths of ``entry_base``, ``ptr_base``, ``bias_base``, ``cb_slot`` and ``shift``.
+
+    Returns
+    -------
+    dict
+        ``name -> shape`` for a :class:`amaranth.lib.data.StructLayout` (``relu`` is 1 bit).
+    """
+    return {
+        "rows": unsigned(bits_for(max_rows)),
+        "entry_base": unsigned(entry_addr_bits),
+        "ptr_base": unsigned(k_bits),
+        "bias_base": unsigned(bias_bits),
+        "cb_slot": unsigned(cb_bits),
+        "shift": unsigned(shift_bits),
+        "relu": unsigned(1),
+    }
+
+
+def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth):
+    """Add the engines' PE array to ``m``: ``n_pe`` PEs (submodules ``pe0`` ...) fed by one
+    :class:`BroadcastFifo` (submodule ``fifo``), each PE's ``col`` on the FIFO's read port.
+
+    Parameters
+    ----------
+    m : Module
+    n_pe : int
+    make_pe : callable
+        ``make_pe()`` returns one PE (a :class:`ProcessingElement` or a stand-in with its
+        signature).
+    k_bits, act_width : int
+        Widths of the broadcast column (:func:`hdl.pe.column_layout`).
+    fifo_depth : int
+        FIFO depth per PE.
+
+    Returns
+    -------
+    pes : list of wiring.Component
+    fifo : BroadcastFifo
+        Its write port ``fifo.w`` is the caller's broadcaster.
+    """
+    pes = []
+    for p in range(n_pe):
+        pe = make_pe()
+        m.submodules[f"pe{p}"] = pe
+        pes.append(pe)
+    m.submodules.fifo = fifo = BroadcastFifo(n_pe, column_layout(k_bits, act_width), fifo_depth)
+    for p, pe in enumerate(pes):
+        wiring.connect(m, fifo.r[p], pe.col)
+    return pes, fifo
 
 
 def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_width, acc_bits,
@@ -81,12 +142,22 @@ def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_wi
 
 def write_descriptor_field(m, target, load):
     """Within a DESCRIPTOR write: the member of ``target`` named by field ``load.addr[:3]``
-    takes ``load.data`` (truncated to its width)."""
+    takes ``load.data`` (truncated to its width).
+
+    Parameters
+    ----------
+    m : Module
+    target : View
+        A descriptor (layout with :func:`matrix_descriptor_members`): a signal, or one picked
+        from an ``Array`` of them by an address.
+    load : LoadSignature
+        The engine's loader port.
+    """
     with m.Switch(load.addr[:3]):
         for field, name in DESCRIPTOR_MEMBERS:
             with m.Case(field):
-                member = getattr(target, name)
-                m.d.sync += member.eq(load.data[:len(member.as_value())])
+                member = Value.cast(getattr(target, name))
+                m.d.sync += member.eq(load.data[:len(member)])
 
 
 class LoadSignature(wiring.Signature):
@@ -198,15 +269,9 @@ class SpmvEngine(wiring.Component):
                      "data_width"):
             setattr(self, name, getattr(params, name))
         max_pointers, max_bias = params.max_pointers, params.max_bias
-        self.descriptor_layout = data.StructLayout({
-            "rows": unsigned(bits_for(max_rows)),
-            "entry_base": unsigned(self.entry_addr_bits),
-            "ptr_base": unsigned(self.k_bits),
-            "bias_base": unsigned(self.bias_bits),
-            "cb_slot": unsigned(self.cb_bits),
-            "shift": unsigned(self.shift_bits),
-            "relu": unsigned(1),
-        })
+        self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
+            max_rows=max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
+            bias_bits=self.bias_bits, cb_bits=self.cb_bits, shift_bits=self.shift_bits))
         self.list_layout = data.StructLayout({"col": unsigned(self.col_bits),
                                               "value": signed(act_format.width)})
         row_bits = addr_bits(max_rows)
@@ -266,15 +331,8 @@ class SpmvEngine(wiring.Component):
         load = self.load
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
-        pes = []
-        for p in range(n_pe):
-            pe = self.make_pe()
-            m.submodules[f"pe{p}"] = pe
-            pes.append(pe)
-        col_shape = column_layout(self.k_bits, act.width)
-        m.submodules.fifo = fifo = BroadcastFifo(n_pe, col_shape, self.fifo_depth)
-        for p, pe in enumerate(pes):
-            wiring.connect(m, fifo.r[p], pe.col)
+        pes, fifo = add_pe_array(m, n_pe, self.make_pe, k_bits=self.k_bits,
+                                 act_width=act.width, fifo_depth=self.fifo_depth)
 
         # --- descriptors ------------------------------------------------------------------------
         descs = Array(Signal(self.descriptor_layout, name=f"desc{i}")

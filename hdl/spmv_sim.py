@@ -31,7 +31,8 @@ from .pe import ProcessingElement
 from .spmv import SpmvEngine
 
 __all__ = ["COCOTB_MODULE", "build_engine", "EngineBuild", "engine_verilog", "strip_memory_init",
-           "dedupe_modules", "run_engine_cases", "CaseResult", "cached_verilog"]
+           "dedupe_modules", "run_engine_cases", "CaseResult", "cached_verilog", "build_timed",
+           "simulate_cases"]
 
 COCOTB_MODULE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "cocotb_spmv.py"
 TOPLEVEL = "spmv_engine"
@@ -171,11 +172,30 @@ def engine_verilog(engine: SpmvEngine) -> str:
 
 def build_engine(engine: SpmvEngine) -> EngineBuild:
     """Verilog + Verilator build of ``engine`` (both cached)."""
+    return build_timed(engine_verilog, engine, TOPLEVEL)
+
+
+def build_timed(make_verilog, engine, toplevel: str) -> EngineBuild:
+    """Verilog ``make_verilog(engine)`` and its Verilator build (top module ``toplevel``),
+    each timed; what the engines' ``build_engine`` do.
+
+    Parameters
+    ----------
+    make_verilog : callable
+        An engine's (cached) simulation Verilog, e.g. :func:`engine_verilog`.
+    engine : wiring.Component
+    toplevel : str
+
+    Returns
+    -------
+    EngineBuild
+        ``reused`` when the build took less than half the time it took when it was made.
+    """
     from .simulate import build_info, build_simulation
     start = time.monotonic()
-    verilog = engine_verilog(engine)
+    verilog = make_verilog(engine)
     middle = time.monotonic()
-    build = build_simulation(verilog, TOPLEVEL)
+    build = build_simulation(verilog, toplevel)
     now = time.monotonic() - middle
     first = float(build_info(build).get("seconds") or 0.0)
     return EngineBuild(build, middle - start, now, first, now < 0.5 * first)
@@ -235,25 +255,63 @@ def run_engine_cases(engine: SpmvEngine, build: Path, cases, *, test_dir=None,
     With ``check`` a mismatch (outputs or cycles) fails the cocotb test and raises
     ``AssertionError`` here; without it the results are returned for reporting.
     """
-    from .simulate import run_cocotb
     cases = list(cases)
     data, runs = case_data(engine, cases)
-    with tempfile.TemporaryDirectory(prefix="spine-spmv-") as tmp:
-        test_dir = Path(test_dir) if test_dir is not None else Path(tmp)
-        test_dir.mkdir(parents=True, exist_ok=True)
-        results_path = test_dir / "spmv_results.npz"
-        env = {"SPINE_RESULTS": str(results_path)}
-        if not check:
-            env["SPINE_NO_CHECK"] = "1"
-        env.update(extra_env or {})
-        sim = run_cocotb(build, TOPLEVEL, COCOTB_MODULE, test_dir=test_dir, data=data,
-                         extra_env=env)
-        with np.load(results_path) as npz:
-            got = {k: npz[k] for k in npz.files}
+    got, seconds = simulate_cases("spmv", build, TOPLEVEL, COCOTB_MODULE, data,
+                                  test_dir=test_dir, check=check, extra_env=extra_env)
     out = []
     for i, ((name, _, _), run) in enumerate(zip(cases, runs)):
         out.append(CaseResult(str(name), got[f"c{i}_out"], int(got[f"c{i}_cycles"]),
                               got[f"c{i}_layer_cycles"], run,
                               float(got[f"c{i}_load_seconds"]),
                               float(got[f"c{i}_run_seconds"])))
-    return out, sim.seconds
+    return out, seconds
+
+
+def simulate_cases(kind: str, build: Path, toplevel: str, cocotb_module: Path, data: dict, *,
+                   test_dir=None, check: bool = True, extra_env=None) -> tuple[dict, float]:
+    """One simulation of an engine's cocotb case driver; what the engines' ``run_*_cases`` do.
+
+    The driver gets ``data`` (:func:`hdl.simulate.run_cocotb`) and ``$SPINE_RESULTS``, the path
+    of the ``.npz`` it writes its results to, ``<test_dir>/<kind>_results.npz``.
+
+    Parameters
+    ----------
+    kind : str
+        ``"spmv"``, ``"lstm"`` or ``"cnn"``: names the results file and the temporary folder.
+    build : Path
+        The Verilator build (:func:`build_timed`).
+    toplevel : str
+    cocotb_module : Path
+        The driver, e.g. ``tests/hw/cocotb_spmv.py``.
+    data : dict
+        The cases' arrays.
+    test_dir : path, optional
+        Where the simulator runs (created); default a temporary folder, removed afterwards.
+    check : bool
+        Otherwise ``$SPINE_NO_CHECK=1``: the driver records mismatches instead of failing
+        (with ``check`` a mismatch raises ``AssertionError`` here).
+    extra_env : dict, optional
+        More ``SPINE_*`` variables for the driver.
+
+    Returns
+    -------
+    results : dict
+        The arrays of the results ``.npz``.
+    seconds : float
+        Simulator wall seconds.
+    """
+    from .simulate import run_cocotb
+    with tempfile.TemporaryDirectory(prefix=f"spine-{kind}-") as tmp:
+        test_dir = Path(test_dir) if test_dir is not None else Path(tmp)
+        test_dir.mkdir(parents=True, exist_ok=True)
+        results_path = test_dir / f"{kind}_results.npz"
+        env = {"SPINE_RESULTS": str(results_path)}
+        if not check:
+            env["SPINE_NO_CHECK"] = "1"
+        env.update(extra_env or {})
+        sim = run_cocotb(build, toplevel, cocotb_module, test_dir=test_dir, data=data,
+                         extra_env=env)
+        with np.load(results_path) as npz:
+            got = {k: npz[k] for k in npz.files}
+    return got, sim.seconds
