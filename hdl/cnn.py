@@ -41,15 +41,19 @@ from host.memory_map import DRAIN_LATENCY, FETCH_LATENCY
 
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
+from . import requant
 from .requant import Requantizer
 from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
                    matrix_descriptor_members)
 
 __all__ = ["CnnEngine", "REQUANT_LATENCY", "LAYER_SETUP", "PIXEL_SETUP", "OUTPUT_OVERHEAD"]
 
-#: Cycles from the requantizer's inputs to its output (0: combinational).  The output stage
-#: delays the destination read and write by this many cycles; change it with the Requantizer.
-REQUANT_LATENCY = getattr(Requantizer, "LATENCY", 0)
+#: The output stage's requantizers are combinational (``Requantizer(pipelined=False)``).
+OUTPUT_REQUANT_PIPELINED = False
+#: Cycles from the requantizer's inputs to its output (the Requantizer's own ``latency``: 0
+#: combinational, :data:`hdl.requant.REQUANT_LATENCY` pipelined).  The output stage delays
+#: the destination read and write by this many cycles.
+REQUANT_LATENCY = requant.REQUANT_LATENCY if OUTPUT_REQUANT_PIPELINED else 0
 #: Cycles per layer before the first pixel: LAYER (descriptor) + INIT (counters).
 LAYER_SETUP = CnnTiming.layer_setup
 #: Cycles per pixel before the MAC phase: PIXEL (bounds) + PIXEL2 (addresses).
@@ -322,7 +326,9 @@ class CnnEngine(wiring.Component):
         lat, par = REQUANT_LATENCY, self.out_rows
         rqs = []
         for j in range(par):
-            rq = Requantizer(c.acc_bits, act, c.weight_width - 1)
+            rq = Requantizer(c.acc_bits, act, c.weight_width - 1,
+                             pipelined=OUTPUT_REQUANT_PIPELINED)
+            assert rq.latency == REQUANT_LATENCY
             m.submodules[f"requant{j}"] = rq
             rqs.append(rq)
         bias_rs = [bias_mem.read_port() for _ in range(par)]
