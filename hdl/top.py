@@ -141,6 +141,30 @@ def _drive_readback(m, e, bus, *, state=False):
                  bus.rdata[:low].eq(Mux(from_output | from_state, act, rb.data[:low]))]
 
 
+def _drive_control(m, e, ctl, *, max_layers):
+    """Connect the decoder's engine control ``ctl`` straight to engine ``e``.
+
+    ``start`` goes to the engine with ``ctl.n_layers`` as its layer count when that lies in
+    ``1 .. max_layers`` (else 1); the engine's ``busy``, ``done`` and ``cycles`` go back.
+
+    Parameters
+    ----------
+    m : Module
+        The adapter's module (comb statements are added to it).
+    e : SpmvEngine or CnnEngine
+        Engine with ``start``, ``n_layers``, ``busy``, ``done`` and ``cycles`` ports.
+    ctl : EngineControlSignature interface
+        The adapter's ``ctl`` port.
+    max_layers : int
+        The most layers the engine runs.
+    """
+    n_layers = Signal(range(1, max_layers + 1), init=1)
+    with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
+        m.d.comb += n_layers.eq(ctl.n_layers)
+    m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
+                 ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+
+
 def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
     """The engine parameters IDENTIFY reports (and the configuration hash covers)."""
     return {
@@ -201,12 +225,7 @@ class EngineAdapter(wiring.Component):
         m.submodules.engine = e
         _drive_loader(m, e, bus, valid=bus.we & (bus.region != RegionId.OUTPUT))
         _drive_readback(m, e, bus)
-        max_layers = e.max_layers
-        n_layers = Signal(range(1, max_layers + 1), init=1)
-        with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
-            m.d.comb += n_layers.eq(ctl.n_layers)
-        m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
-                     ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+        _drive_control(m, e, ctl, max_layers=e.max_layers)
         return m
 
 
@@ -474,12 +493,7 @@ class CnnAdapter(wiring.Component):
                 m.d.sync += [word.eq(cur_word), lane.eq(cur_lane + 1), group.eq(cur_group)]
 
         _drive_readback(m, e, bus)
-        max_layers = c.max_layers
-        n_layers = Signal(range(1, max_layers + 1), init=1)
-        with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
-            m.d.comb += n_layers.eq(ctl.n_layers)
-        m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
-                     ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+        _drive_control(m, e, ctl, max_layers=c.max_layers)
         return m
 
 
