@@ -177,6 +177,14 @@ def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
     }
 
 
+def _check_loader_words(engine, acc_bits):
+    """Raise ValueError unless ``engine``'s loader words (``engine.data_width``) and its
+    accumulator (``acc_bits``) fit the region bus's :data:`hdl.command.DATA_BITS`-bit words."""
+    if acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
+        raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
+                         f"loader words are {engine.data_width} bits")
+
+
 class EngineAdapter(wiring.Component):
     """:class:`hdl.spmv.SpmvEngine` behind the region bus.
 
@@ -280,9 +288,7 @@ class LstmAdapter(wiring.Component):
 
         if not isinstance(engine, LstmEngine):
             raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
-        if engine.acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
-            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
-                             f"loader words are {engine.data_width} bits")
+        _check_loader_words(engine, engine.acc_bits)
         if engine.n_pe > 256:
             raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
         self.engine = engine
@@ -416,9 +422,7 @@ class CnnAdapter(wiring.Component):
         if not isinstance(engine, CnnEngine):
             raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
         c = engine.cfg
-        if c.acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
-            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
-                             f"loader words are {engine.data_width} bits")
+        _check_loader_words(engine, c.acc_bits)
         if c.n_pe > 256:
             raise ValueError(f"the region bus addresses at most 256 PEs, not {c.n_pe}")
         self.engine = engine
