@@ -185,7 +185,55 @@ def _check_loader_words(engine, acc_bits):
                          f"loader words are {engine.data_width} bits")
 
 
-class EngineAdapter(wiring.Component):
+class _EngineBusAdapter(wiring.Component):
+    """What every engine adapter shares: the engine, its region table, the ``bus`` and ``ctl``
+    ports sized for that table, read latency 1.
+
+    A subclass defines ``check_engine(engine)`` (TypeError for the wrong engine class) and
+    ``region_table(engine)`` as static methods, checks the engine's word sizes and then calls
+    this ``__init__``.
+
+    Parameters
+    ----------
+    engine : SpmvEngine, LstmEngine or CnnEngine
+        The engine (``engine.n_pe`` PEs, at most 256: the bus's ``index`` is 8 bits).
+    """
+
+    read_latency = 1
+
+    def __init__(self, engine):
+        if engine.n_pe > 256:
+            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
+        self.engine = engine
+        self.regions = self.region_table(engine)
+        self.addr_width = _addr_width(self.regions)
+        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
+                          "ctl": In(EngineControlSignature())})
+
+
+class _AdapterBackend:
+    """A back end that is one engine behind its adapter class :attr:`adapter`: the engine type
+    check and region table come from the adapter, :meth:`build` makes the adapter.
+
+    Parameters
+    ----------
+    engine : SpmvEngine, LstmEngine or CnnEngine
+        The engine ``adapter.check_engine`` accepts.
+    """
+
+    read_latency = 1
+    adapter: type[_EngineBusAdapter]
+
+    def __init__(self, engine):
+        self.adapter.check_engine(engine)
+        self.engine = engine
+        self.regions = self.adapter.region_table(engine)
+
+    def build(self):
+        return self.adapter(self.engine)
+
+
+class EngineAdapter(_EngineBusAdapter):
     """:class:`hdl.spmv.SpmvEngine` behind the region bus.
 
     Writes: region ENTRY/POINTER go to PE ``index`` only (``mask = 1 << index``, every lane
@@ -197,23 +245,20 @@ class EngineAdapter(wiring.Component):
     (INFER waits for ``done``).
     """
 
-    read_latency = 1
-
     def __init__(self, engine):
+        self.check_engine(engine)
+        if engine.acc_bits > DATA_BITS:
+            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; `acc_bits` must be "
+                             f"at most {DATA_BITS}, not {engine.acc_bits}")
+        super().__init__(engine)
+
+    @staticmethod
+    def check_engine(engine):
+        """Raise TypeError unless ``engine`` is an :class:`hdl.spmv.SpmvEngine`."""
         from .spmv import SpmvEngine
 
         if not isinstance(engine, SpmvEngine):
             raise TypeError(f"`engine` must be an hdl.spmv.SpmvEngine, not {engine!r}")
-        if engine.acc_bits > DATA_BITS:
-            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; `acc_bits` must be "
-                             f"at most {DATA_BITS}, not {engine.acc_bits}")
-        if engine.n_pe > 256:
-            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
-        self.engine = engine
-        self.regions = self.region_table(engine)
-        self.addr_width = _addr_width(self.regions)
-        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
-                          "ctl": In(EngineControlSignature())})
 
     @staticmethod
     def region_table(engine):
@@ -237,7 +282,7 @@ class EngineAdapter(wiring.Component):
         return m
 
 
-class EngineBackend:
+class EngineBackend(_AdapterBackend):
     """:class:`hdl.spmv.SpmvEngine` behind :class:`EngineAdapter`.
 
     Parameters
@@ -246,23 +291,15 @@ class EngineBackend:
     """
 
     kind = EngineKind.SPMV
-    read_latency = 1
+    adapter = EngineAdapter
 
     def __init__(self, engine):
-        from .spmv import SpmvEngine
-
-        if not isinstance(engine, SpmvEngine):
-            raise TypeError(f"`engine` must be an hdl.spmv.SpmvEngine, not {engine!r}")
-        self.engine = engine
-        self.regions = EngineAdapter.region_table(engine)
+        super().__init__(engine)
         e = engine
         self.params = _engine_params(self.kind, e, max_rows=e.max_rows, max_cols=e.max_cols)
 
-    def build(self):
-        return EngineAdapter(self.engine)
 
-
-class LstmAdapter(wiring.Component):
+class LstmAdapter(_EngineBusAdapter):
     """:class:`hdl.lstm.LstmEngine` behind the region bus.
 
     Writes: ENTRY/POINTER go to PE ``index`` only; CODEBOOK, BIAS, DESCRIPTOR to the engine's
@@ -281,21 +318,18 @@ class LstmAdapter(wiring.Component):
     ``ctl.reset`` and ``ctl.n_layers`` are ignored.
     """
 
-    read_latency = 1
-
     def __init__(self, engine):
+        self.check_engine(engine)
+        _check_loader_words(engine, engine.acc_bits)
+        super().__init__(engine)
+
+    @staticmethod
+    def check_engine(engine):
+        """Raise TypeError unless ``engine`` is an :class:`hdl.lstm.LstmEngine`."""
         from .lstm import LstmEngine
 
         if not isinstance(engine, LstmEngine):
             raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
-        _check_loader_words(engine, engine.acc_bits)
-        if engine.n_pe > 256:
-            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
-        self.engine = engine
-        self.regions = self.region_table(engine)
-        self.addr_width = _addr_width(self.regions)
-        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
-                          "ctl": In(EngineControlSignature())})
 
     @staticmethod
     def region_table(engine):
@@ -369,7 +403,7 @@ class LstmAdapter(wiring.Component):
         return m
 
 
-class LstmBackend:
+class LstmBackend(_AdapterBackend):
     """:class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.
 
     IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.LSTM`, ``max_layers`` (matrix
@@ -380,24 +414,18 @@ class LstmBackend:
     """
 
     kind = EngineKind.LSTM
-    read_latency = 1
+    adapter = LstmAdapter
 
     def __init__(self, engine):
-        from .lstm import GATES, LstmEngine
+        from .lstm import GATES
 
-        if not isinstance(engine, LstmEngine):
-            raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
-        self.engine = engine
-        self.regions = LstmAdapter.region_table(engine)
+        super().__init__(engine)
         e = engine
         self.params = _engine_params(self.kind, e, max_rows=GATES * e.hidden_max,
                                      max_cols=e.input_max + e.hidden_max)
 
-    def build(self):
-        return LstmAdapter(self.engine)
 
-
-class CnnAdapter(wiring.Component):
+class CnnAdapter(_EngineBusAdapter):
     """:class:`hdl.cnn.CnnEngine` behind the region bus.
 
     Writes: ENTRY/POINTER go to PE ``index`` only; CODEBOOK, BIAS and DESCRIPTOR (address
@@ -414,22 +442,18 @@ class CnnAdapter(wiring.Component):
     number of hardware layers; ``ctl.reset`` is ignored.
     """
 
-    read_latency = 1
-
     def __init__(self, engine):
+        self.check_engine(engine)
+        _check_loader_words(engine, engine.cfg.acc_bits)
+        super().__init__(engine)
+
+    @staticmethod
+    def check_engine(engine):
+        """Raise TypeError unless ``engine`` is an :class:`hdl.cnn.CnnEngine`."""
         from .cnn import CnnEngine
 
         if not isinstance(engine, CnnEngine):
             raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
-        c = engine.cfg
-        _check_loader_words(engine, c.acc_bits)
-        if c.n_pe > 256:
-            raise ValueError(f"the region bus addresses at most 256 PEs, not {c.n_pe}")
-        self.engine = engine
-        self.regions = self.region_table(engine)
-        self.addr_width = _addr_width(self.regions)
-        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
-                          "ctl": In(EngineControlSignature())})
 
     @staticmethod
     def region_table(engine):
@@ -520,7 +544,7 @@ def cnn_params(config) -> dict:
     }
 
 
-class CnnBackend:
+class CnnBackend(_AdapterBackend):
     """:class:`hdl.cnn.CnnEngine` behind :class:`CnnAdapter`.
 
     IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.CNN` and :func:`cnn_params`
@@ -529,19 +553,11 @@ class CnnBackend:
     """
 
     kind = EngineKind.CNN
-    read_latency = 1
+    adapter = CnnAdapter
 
     def __init__(self, engine):
-        from .cnn import CnnEngine
-
-        if not isinstance(engine, CnnEngine):
-            raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
-        self.engine = engine
-        self.regions = CnnAdapter.region_table(engine)
+        super().__init__(engine)
         self.params = cnn_params(engine.cfg)
-
-    def build(self):
-        return CnnAdapter(self.engine)
 
 
 class SpineCore(wiring.Component):
