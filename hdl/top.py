@@ -88,15 +88,26 @@ class MemoriesBackend:
         return RegionMemories(self.regions)
 
 
-def _matrix_regions(e) -> list:
+def _matrix_regions(e, sizes=None) -> list:
     """ENTRY, POINTER, CODEBOOK and BIAS of an engine built on :mod:`hdl.pe` (read back through
-    :mod:`hdl.readback`)."""
+    :mod:`hdl.readback`).
+
+    Parameters
+    ----------
+    e : SpmvEngine, LstmEngine or CnnEngine
+        The engine (``entry_bits``, ``ptr_bits``).
+    sizes : object, optional
+        Where the size parameters are (``n_pe``, ``max_entries_per_pe``, ``max_pointers``,
+        ``weight_width``, ``max_layers``, ``index_bits``, ``acc_bits``, ``max_bias``): default
+        ``e`` itself; a CnnEngine keeps them in its ``cfg``.
+    """
+    c = e if sizes is None else sizes
     return [
-        RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe),
-        RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe),
-        RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
+        RegionSpec(RegionId.ENTRY, e.entry_bits, c.max_entries_per_pe, c.n_pe),
+        RegionSpec(RegionId.POINTER, e.ptr_bits, c.max_pointers, c.n_pe),
+        RegionSpec(RegionId.CODEBOOK, c.weight_width, c.max_layers << c.index_bits,
                    signed=True),
-        RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, signed=True),
+        RegionSpec(RegionId.BIAS, c.acc_bits, c.max_bias, signed=True),
     ]
 
 
@@ -464,11 +475,7 @@ class CnnAdapter(_EngineBusAdapter):
         act = c.act_format
         activations = c.fm_words * c.fm_lanes
         return [
-            RegionSpec(RegionId.ENTRY, e.entry_bits, c.max_entries_per_pe, c.n_pe),
-            RegionSpec(RegionId.POINTER, e.ptr_bits, c.max_pointers, c.n_pe),
-            RegionSpec(RegionId.CODEBOOK, c.weight_width, c.max_layers << c.index_bits,
-                       signed=True),
-            RegionSpec(RegionId.BIAS, c.acc_bits, c.max_bias, signed=True),
+            *_matrix_regions(e, c),
             RegionSpec(RegionId.DESCRIPTOR, 32, c.max_layers << FIELD_BITS),
             RegionSpec(RegionId.INPUT, act.width, activations, readable=False, signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, activations, writable=False, signed=True),
