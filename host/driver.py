@@ -348,20 +348,52 @@ def _lstm_limits(info: EngineInfo) -> dict:
             "classes_max": classes, "layers_max": layers, "proj_max": proj}
 
 
+def _differ(problems: list, what: str, model_value, engine_value) -> None:
+    """Append ``"<what>: model <model_value>, engine <engine_value>"`` to ``problems`` if the
+    two values differ."""
+    if model_value != engine_value:
+        problems.append(f"{what}: model {model_value}, engine {engine_value}")
+
+
+def _header_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> None:
+    """Append to ``problems`` how the model's PE count, activation format and accumulator bits
+    differ from the engine's (the first checks of :func:`model_mismatches` on every engine)."""
+    _differ(problems, "PE count", model.n_pe, info.n_pe)
+    _differ(problems, "activation format", str(model.act_format), str(info.act_format))
+    _differ(problems, "accumulator bits", model.acc_bits, info.acc_bits)
+
+
+def _encoding_mismatches(where: str, m, info: EngineInfo, problems: list) -> None:
+    """Append to ``problems`` how one matrix's encoding does not fit the engine.
+
+    Parameters
+    ----------
+    where : str
+        The matrix's name in the messages (``"layer 0"``, ``"classifier"``, ...).
+    m : host.compressed.SparseMatrix
+        The matrix (``m.encoded``, ``m.weight_format``).
+    info : EngineInfo
+        The engine: its index bits and run bits must equal the encoding's, its weight width
+        must hold the matrix's weights.
+    problems : list of str
+        Appended to.
+    """
+    enc = m.encoded
+    _differ(problems, f"{where} index bits", enc.index_bits, info.index_bits)
+    _differ(problems, f"{where} run bits", enc.run_bits, info.run_bits)
+    if m.weight_format.width > info.weight_width:
+        problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
+                        f"{info.weight_width}")
+
+
 def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> list[str]:
     try:
         stack, cls = _lstm_layers(model)
     except ValueError as error:
         return problems + [str(error)]
 
-    def differ(what, model_value, engine_value):
-        if model_value != engine_value:
-            problems.append(f"{what}: model {model_value}, engine {engine_value}")
-
     limits = _lstm_limits(info)
-    differ("PE count", model.n_pe, info.n_pe)
-    differ("activation format", str(model.act_format), str(info.act_format))
-    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    _header_mismatches(model, info, problems)
     steps = int(model.input_shape[0])
     if len(stack) > limits["layers_max"]:
         problems.append(f"LSTM layers: model {len(stack)}, engine at most "
@@ -386,11 +418,7 @@ def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -
                  for n, lstm in enumerate(stack) if lstm.projection is not None]
     for where, m in matrices + [("classifier", cls.matrix)]:
         enc = m.encoded
-        differ(f"{where} index bits", enc.index_bits, info.index_bits)
-        differ(f"{where} run bits", enc.run_bits, info.run_bits)
-        if m.weight_format.width > info.weight_width:
-            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
-                            f"{info.weight_width}")
+        _encoding_mismatches(where, m, info, problems)
         if m.weight_format.frac >= info.weight_width:
             problems.append(f"{where} weight fraction bits {m.weight_format.frac} do not fit "
                             f"the engine's {info.weight_width}-bit weights")
@@ -431,13 +459,7 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
                     "board for it, `python -m hdl.sim --model` / `python -m hdl.build --model`)")
         return problems + [str(error) + hint]
 
-    def differ(what, model_value, engine_value):
-        if model_value != engine_value:
-            problems.append(f"{what}: model {model_value}, engine {engine_value}")
-
-    differ("PE count", model.n_pe, info.n_pe)
-    differ("activation format", str(model.act_format), str(info.act_format))
-    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    _header_mismatches(model, info, problems)
     if len(layers) > info.max_layers:
         problems.append(f"layers: model {len(layers)}, engine at most {info.max_layers}")
     entries = pointers = bias = 0
@@ -445,11 +467,7 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
         m = layer.matrix
         enc = m.encoded
         where = f"layer {n}"
-        differ(f"{where} index bits", enc.index_bits, info.index_bits)
-        differ(f"{where} run bits", enc.run_bits, info.run_bits)
-        if m.weight_format.width > info.weight_width:
-            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
-                            f"{info.weight_width}")
+        _encoding_mismatches(where, m, info, problems)
         if m.weight_format.frac >= info.weight_width:
             problems.append(f"{where} weight fraction bits {m.weight_format.frac} do not fit "
                             f"the engine's {info.weight_width}-bit weights")
@@ -528,21 +546,9 @@ def _cnn_mismatches(model: CompressedModel, info: EngineInfo, problems: list) ->
              f"{engine} engine (`python -m hdl.sim --model` / `python -m hdl.build --model` "
              f"build the board for the model)")]
 
-    def differ(what, model_value, engine_value):
-        if model_value != engine_value:
-            problems.append(f"{what}: model {model_value}, engine {engine_value}")
-
-    differ("PE count", model.n_pe, info.n_pe)
-    differ("activation format", str(model.act_format), str(info.act_format))
-    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    _header_mismatches(model, info, problems)
     for n, (name, m) in enumerate(model.matrices()):
-        enc = m.encoded
-        where = f"matrix {n} ({name})"
-        differ(f"{where} index bits", enc.index_bits, info.index_bits)
-        differ(f"{where} run bits", enc.run_bits, info.run_bits)
-        if m.weight_format.width > info.weight_width:
-            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
-                            f"{info.weight_width}")
+        _encoding_mismatches(f"matrix {n} ({name})", m, info, problems)
     if problems:
         return problems
     try:
