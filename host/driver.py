@@ -575,11 +575,8 @@ def _cnn_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock
                                 RegionId.DESCRIPTOR, 0, n << FIELD_BITS,
                                 np.asarray(desc, np.int64), wb(RegionId.DESCRIPTOR)))
     n_outputs = int(output_addresses(image, config.fm_lanes).max()) + 1
-    control = np.array([image.n_layers, int(np.prod(model.input_shape)), n_outputs,
-                        _image_id(blocks)], np.int64)
-    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
-                            wb(RegionId.CONTROL)))
-    return blocks
+    return _append_control(blocks, info, image.n_layers, int(np.prod(model.input_shape)),
+                           n_outputs)
 
 
 def _cnn_output_select(model: CompressedModel, info: EngineInfo) -> np.ndarray:
@@ -663,11 +660,7 @@ def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBloc
     blocks.append(LoadBlock("descriptors (LSTM layers, classifier, sequence)",
                             RegionId.DESCRIPTOR, 0, 0, desc, wb(RegionId.DESCRIPTOR),
                             expected=_lstm_descriptor_readback(desc)))
-    control = np.array([2, steps * stack[0].input_size, cls.matrix.rows, _image_id(blocks)],
-                       np.int64)
-    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
-                            wb(RegionId.CONTROL)))
-    return blocks
+    return _append_control(blocks, info, 2, steps * stack[0].input_size, cls.matrix.rows)
 
 
 def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
@@ -688,9 +681,31 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
         blocks.append(LoadBlock(f"descriptor of layer {n}", RegionId.DESCRIPTOR, 0, n << 3,
                                 desc, wb(RegionId.DESCRIPTOR),
                                 expected=_descriptor_readback(desc, n << 3, info.max_layers)))
-    control = np.array([len(layers), n_inputs, n_outputs, _image_id(blocks)], np.int64)
+    return _append_control(blocks, info, len(layers), n_inputs, n_outputs)
+
+
+def _append_control(blocks: list[LoadBlock], info: EngineInfo, n_layers: int, n_inputs: int,
+                    n_outputs: int) -> list[LoadBlock]:
+    """Append an image's last block, the CONTROL words that make the model runnable.
+
+    Parameters
+    ----------
+    blocks : list of LoadBlock
+        The image so far (from :func:`_matrix_blocks` on); appended to.
+    info : EngineInfo
+        The engine (CONTROL's word size).
+    n_layers, n_inputs, n_outputs : int
+        CONTROL.N_LAYERS, N_INPUTS and N_OUTPUTS; CONTROL.USER gets :func:`_image_id` of
+        ``blocks``.
+
+    Returns
+    -------
+    list of LoadBlock
+        ``blocks``.
+    """
+    control = np.array([n_layers, n_inputs, n_outputs, _image_id(blocks)], np.int64)
     blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
-                            wb(RegionId.CONTROL)))
+                            info.word_bytes(RegionId.CONTROL)))
     return blocks
 
 
