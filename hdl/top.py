@@ -88,15 +88,26 @@ class MemoriesBackend:
         return RegionMemories(self.regions)
 
 
-def _matrix_regions(e) -> list:
+def _matrix_regions(e, sizes=None) -> list:
     """ENTRY, POINTER, CODEBOOK and BIAS of an engine built on :mod:`hdl.pe` (read back through
-    :mod:`hdl.readback`)."""
+    :mod:`hdl.readback`).
+
+    Parameters
+    ----------
+    e : SpmvEngine, LstmEngine or CnnEngine
+        The engine (``entry_bits``, ``ptr_bits``).
+    sizes : object, optional
+        Where the size parameters are (``n_pe``, ``max_entries_per_pe``, ``max_pointers``,
+        ``weight_width``, ``max_layers``, ``index_bits``, ``acc_bits``, ``max_bias``): default
+        ``e`` itself; a CnnEngine keeps them in its ``cfg``.
+    """
+    c = e if sizes is None else sizes
     return [
-        RegionSpec(RegionId.ENTRY, e.entry_bits, e.max_entries_per_pe, e.n_pe),
-        RegionSpec(RegionId.POINTER, e.ptr_bits, e.max_pointers, e.n_pe),
-        RegionSpec(RegionId.CODEBOOK, e.weight_width, e.max_layers << e.index_bits,
+        RegionSpec(RegionId.ENTRY, e.entry_bits, c.max_entries_per_pe, c.n_pe),
+        RegionSpec(RegionId.POINTER, e.ptr_bits, c.max_pointers, c.n_pe),
+        RegionSpec(RegionId.CODEBOOK, c.weight_width, c.max_layers << c.index_bits,
                    signed=True),
-        RegionSpec(RegionId.BIAS, e.acc_bits, e.max_bias, signed=True),
+        RegionSpec(RegionId.BIAS, c.acc_bits, c.max_bias, signed=True),
     ]
 
 
@@ -141,6 +152,30 @@ def _drive_readback(m, e, bus, *, state=False):
                  bus.rdata[:low].eq(Mux(from_output | from_state, act, rb.data[:low]))]
 
 
+def _drive_control(m, e, ctl, *, max_layers):
+    """Connect the decoder's engine control ``ctl`` straight to engine ``e``.
+
+    ``start`` goes to the engine with ``ctl.n_layers`` as its layer count when that lies in
+    ``1 .. max_layers`` (else 1); the engine's ``busy``, ``done`` and ``cycles`` go back.
+
+    Parameters
+    ----------
+    m : Module
+        The adapter's module (comb statements are added to it).
+    e : SpmvEngine or CnnEngine
+        Engine with ``start``, ``n_layers``, ``busy``, ``done`` and ``cycles`` ports.
+    ctl : EngineControlSignature interface
+        The adapter's ``ctl`` port.
+    max_layers : int
+        The most layers the engine runs.
+    """
+    n_layers = Signal(range(1, max_layers + 1), init=1)
+    with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
+        m.d.comb += n_layers.eq(ctl.n_layers)
+    m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
+                 ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+
+
 def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
     """The engine parameters IDENTIFY reports (and the configuration hash covers)."""
     return {
@@ -153,7 +188,63 @@ def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
     }
 
 
-class EngineAdapter(wiring.Component):
+def _check_loader_words(engine, acc_bits):
+    """Raise ValueError unless ``engine``'s loader words (``engine.data_width``) and its
+    accumulator (``acc_bits``) fit the region bus's :data:`hdl.command.DATA_BITS`-bit words."""
+    if acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
+        raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
+                         f"loader words are {engine.data_width} bits")
+
+
+class _EngineBusAdapter(wiring.Component):
+    """What every engine adapter shares: the engine, its region table, the ``bus`` and ``ctl``
+    ports sized for that table, read latency 1.
+
+    A subclass defines ``check_engine(engine)`` (TypeError for the wrong engine class) and
+    ``region_table(engine)`` as static methods, checks the engine's word sizes and then calls
+    this ``__init__``.
+
+    Parameters
+    ----------
+    engine : SpmvEngine, LstmEngine or CnnEngine
+        The engine (``engine.n_pe`` PEs, at most 256: the bus's ``index`` is 8 bits).
+    """
+
+    read_latency = 1
+
+    def __init__(self, engine):
+        if engine.n_pe > 256:
+            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
+        self.engine = engine
+        self.regions = self.region_table(engine)
+        self.addr_width = _addr_width(self.regions)
+        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
+                          "ctl": In(EngineControlSignature())})
+
+
+class _AdapterBackend:
+    """A back end that is one engine behind its adapter class :attr:`adapter`: the engine type
+    check and region table come from the adapter, :meth:`build` makes the adapter.
+
+    Parameters
+    ----------
+    engine : SpmvEngine, LstmEngine or CnnEngine
+        The engine ``adapter.check_engine`` accepts.
+    """
+
+    read_latency = 1
+    adapter: type[_EngineBusAdapter]
+
+    def __init__(self, engine):
+        self.adapter.check_engine(engine)
+        self.engine = engine
+        self.regions = self.adapter.region_table(engine)
+
+    def build(self):
+        return self.adapter(self.engine)
+
+
+class EngineAdapter(_EngineBusAdapter):
     """:class:`hdl.spmv.SpmvEngine` behind the region bus.
 
     Writes: region ENTRY/POINTER go to PE ``index`` only (``mask = 1 << index``, every lane
@@ -165,23 +256,20 @@ class EngineAdapter(wiring.Component):
     (INFER waits for ``done``).
     """
 
-    read_latency = 1
-
     def __init__(self, engine):
+        self.check_engine(engine)
+        if engine.acc_bits > DATA_BITS:
+            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; `acc_bits` must be "
+                             f"at most {DATA_BITS}, not {engine.acc_bits}")
+        super().__init__(engine)
+
+    @staticmethod
+    def check_engine(engine):
+        """Raise TypeError unless ``engine`` is an :class:`hdl.spmv.SpmvEngine`."""
         from .spmv import SpmvEngine
 
         if not isinstance(engine, SpmvEngine):
             raise TypeError(f"`engine` must be an hdl.spmv.SpmvEngine, not {engine!r}")
-        if engine.acc_bits > DATA_BITS:
-            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; `acc_bits` must be "
-                             f"at most {DATA_BITS}, not {engine.acc_bits}")
-        if engine.n_pe > 256:
-            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
-        self.engine = engine
-        self.regions = self.region_table(engine)
-        self.addr_width = _addr_width(self.regions)
-        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
-                          "ctl": In(EngineControlSignature())})
 
     @staticmethod
     def region_table(engine):
@@ -201,16 +289,11 @@ class EngineAdapter(wiring.Component):
         m.submodules.engine = e
         _drive_loader(m, e, bus, valid=bus.we & (bus.region != RegionId.OUTPUT))
         _drive_readback(m, e, bus)
-        max_layers = e.max_layers
-        n_layers = Signal(range(1, max_layers + 1), init=1)
-        with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
-            m.d.comb += n_layers.eq(ctl.n_layers)
-        m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
-                     ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+        _drive_control(m, e, ctl, max_layers=e.max_layers)
         return m
 
 
-class EngineBackend:
+class EngineBackend(_AdapterBackend):
     """:class:`hdl.spmv.SpmvEngine` behind :class:`EngineAdapter`.
 
     Parameters
@@ -219,23 +302,15 @@ class EngineBackend:
     """
 
     kind = EngineKind.SPMV
-    read_latency = 1
+    adapter = EngineAdapter
 
     def __init__(self, engine):
-        from .spmv import SpmvEngine
-
-        if not isinstance(engine, SpmvEngine):
-            raise TypeError(f"`engine` must be an hdl.spmv.SpmvEngine, not {engine!r}")
-        self.engine = engine
-        self.regions = EngineAdapter.region_table(engine)
+        super().__init__(engine)
         e = engine
         self.params = _engine_params(self.kind, e, max_rows=e.max_rows, max_cols=e.max_cols)
 
-    def build(self):
-        return EngineAdapter(self.engine)
 
-
-class LstmAdapter(wiring.Component):
+class LstmAdapter(_EngineBusAdapter):
     """:class:`hdl.lstm.LstmEngine` behind the region bus.
 
     Writes: ENTRY/POINTER go to PE ``index`` only; CODEBOOK, BIAS, DESCRIPTOR to the engine's
@@ -254,23 +329,18 @@ class LstmAdapter(wiring.Component):
     ``ctl.reset`` and ``ctl.n_layers`` are ignored.
     """
 
-    read_latency = 1
-
     def __init__(self, engine):
+        self.check_engine(engine)
+        _check_loader_words(engine, engine.acc_bits)
+        super().__init__(engine)
+
+    @staticmethod
+    def check_engine(engine):
+        """Raise TypeError unless ``engine`` is an :class:`hdl.lstm.LstmEngine`."""
         from .lstm import LstmEngine
 
         if not isinstance(engine, LstmEngine):
             raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
-        if engine.acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
-            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
-                             f"loader words are {engine.data_width} bits")
-        if engine.n_pe > 256:
-            raise ValueError(f"the region bus addresses at most 256 PEs, not {engine.n_pe}")
-        self.engine = engine
-        self.regions = self.region_table(engine)
-        self.addr_width = _addr_width(self.regions)
-        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
-                          "ctl": In(EngineControlSignature())})
 
     @staticmethod
     def region_table(engine):
@@ -344,7 +414,7 @@ class LstmAdapter(wiring.Component):
         return m
 
 
-class LstmBackend:
+class LstmBackend(_AdapterBackend):
     """:class:`hdl.lstm.LstmEngine` behind :class:`LstmAdapter`.
 
     IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.LSTM`, ``max_layers`` (matrix
@@ -355,24 +425,18 @@ class LstmBackend:
     """
 
     kind = EngineKind.LSTM
-    read_latency = 1
+    adapter = LstmAdapter
 
     def __init__(self, engine):
-        from .lstm import GATES, LstmEngine
+        from .lstm import GATES
 
-        if not isinstance(engine, LstmEngine):
-            raise TypeError(f"`engine` must be an hdl.lstm.LstmEngine, not {engine!r}")
-        self.engine = engine
-        self.regions = LstmAdapter.region_table(engine)
+        super().__init__(engine)
         e = engine
         self.params = _engine_params(self.kind, e, max_rows=GATES * e.hidden_max,
                                      max_cols=e.input_max + e.hidden_max)
 
-    def build(self):
-        return LstmAdapter(self.engine)
 
-
-class CnnAdapter(wiring.Component):
+class CnnAdapter(_EngineBusAdapter):
     """:class:`hdl.cnn.CnnEngine` behind the region bus.
 
     Writes: ENTRY/POINTER go to PE ``index`` only; CODEBOOK, BIAS and DESCRIPTOR (address
@@ -389,24 +453,18 @@ class CnnAdapter(wiring.Component):
     number of hardware layers; ``ctl.reset`` is ignored.
     """
 
-    read_latency = 1
-
     def __init__(self, engine):
+        self.check_engine(engine)
+        _check_loader_words(engine, engine.cfg.acc_bits)
+        super().__init__(engine)
+
+    @staticmethod
+    def check_engine(engine):
+        """Raise TypeError unless ``engine`` is an :class:`hdl.cnn.CnnEngine`."""
         from .cnn import CnnEngine
 
         if not isinstance(engine, CnnEngine):
             raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
-        c = engine.cfg
-        if c.acc_bits > DATA_BITS or engine.data_width > DATA_BITS:
-            raise ValueError(f"the region bus carries {DATA_BITS}-bit words; the engine's "
-                             f"loader words are {engine.data_width} bits")
-        if c.n_pe > 256:
-            raise ValueError(f"the region bus addresses at most 256 PEs, not {c.n_pe}")
-        self.engine = engine
-        self.regions = self.region_table(engine)
-        self.addr_width = _addr_width(self.regions)
-        super().__init__({"bus": In(RegionBusSignature(self.addr_width)),
-                          "ctl": In(EngineControlSignature())})
 
     @staticmethod
     def region_table(engine):
@@ -417,11 +475,7 @@ class CnnAdapter(wiring.Component):
         act = c.act_format
         activations = c.fm_words * c.fm_lanes
         return [
-            RegionSpec(RegionId.ENTRY, e.entry_bits, c.max_entries_per_pe, c.n_pe),
-            RegionSpec(RegionId.POINTER, e.ptr_bits, c.max_pointers, c.n_pe),
-            RegionSpec(RegionId.CODEBOOK, c.weight_width, c.max_layers << c.index_bits,
-                       signed=True),
-            RegionSpec(RegionId.BIAS, c.acc_bits, c.max_bias, signed=True),
+            *_matrix_regions(e, c),
             RegionSpec(RegionId.DESCRIPTOR, 32, c.max_layers << FIELD_BITS),
             RegionSpec(RegionId.INPUT, act.width, activations, readable=False, signed=True),
             RegionSpec(RegionId.OUTPUT, act.width, activations, writable=False, signed=True),
@@ -474,12 +528,7 @@ class CnnAdapter(wiring.Component):
                 m.d.sync += [word.eq(cur_word), lane.eq(cur_lane + 1), group.eq(cur_group)]
 
         _drive_readback(m, e, bus)
-        max_layers = c.max_layers
-        n_layers = Signal(range(1, max_layers + 1), init=1)
-        with m.If((ctl.n_layers >= 1) & (ctl.n_layers <= max_layers)):
-            m.d.comb += n_layers.eq(ctl.n_layers)
-        m.d.comb += [e.start.eq(ctl.start), e.n_layers.eq(n_layers), ctl.busy.eq(e.busy),
-                     ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
+        _drive_control(m, e, ctl, max_layers=c.max_layers)
         return m
 
 
@@ -502,7 +551,7 @@ def cnn_params(config) -> dict:
     }
 
 
-class CnnBackend:
+class CnnBackend(_AdapterBackend):
     """:class:`hdl.cnn.CnnEngine` behind :class:`CnnAdapter`.
 
     IDENTIFY reports ``engine`` :data:`host.protocol.EngineKind.CNN` and :func:`cnn_params`
@@ -511,19 +560,11 @@ class CnnBackend:
     """
 
     kind = EngineKind.CNN
-    read_latency = 1
+    adapter = CnnAdapter
 
     def __init__(self, engine):
-        from .cnn import CnnEngine
-
-        if not isinstance(engine, CnnEngine):
-            raise TypeError(f"`engine` must be an hdl.cnn.CnnEngine, not {engine!r}")
-        self.engine = engine
-        self.regions = CnnAdapter.region_table(engine)
+        super().__init__(engine)
         self.params = cnn_params(engine.cfg)
-
-    def build(self):
-        return CnnAdapter(self.engine)
 
 
 class SpineCore(wiring.Component):

@@ -348,20 +348,52 @@ def _lstm_limits(info: EngineInfo) -> dict:
             "classes_max": classes, "layers_max": layers, "proj_max": proj}
 
 
+def _differ(problems: list, what: str, model_value, engine_value) -> None:
+    """Append ``"<what>: model <model_value>, engine <engine_value>"`` to ``problems`` if the
+    two values differ."""
+    if model_value != engine_value:
+        problems.append(f"{what}: model {model_value}, engine {engine_value}")
+
+
+def _header_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> None:
+    """Append to ``problems`` how the model's PE count, activation format and accumulator bits
+    differ from the engine's (the first checks of :func:`model_mismatches` on every engine)."""
+    _differ(problems, "PE count", model.n_pe, info.n_pe)
+    _differ(problems, "activation format", str(model.act_format), str(info.act_format))
+    _differ(problems, "accumulator bits", model.acc_bits, info.acc_bits)
+
+
+def _encoding_mismatches(where: str, m, info: EngineInfo, problems: list) -> None:
+    """Append to ``problems`` how one matrix's encoding does not fit the engine.
+
+    Parameters
+    ----------
+    where : str
+        The matrix's name in the messages (``"layer 0"``, ``"classifier"``, ...).
+    m : host.compressed.SparseMatrix
+        The matrix (``m.encoded``, ``m.weight_format``).
+    info : EngineInfo
+        The engine: its index bits and run bits must equal the encoding's, its weight width
+        must hold the matrix's weights.
+    problems : list of str
+        Appended to.
+    """
+    enc = m.encoded
+    _differ(problems, f"{where} index bits", enc.index_bits, info.index_bits)
+    _differ(problems, f"{where} run bits", enc.run_bits, info.run_bits)
+    if m.weight_format.width > info.weight_width:
+        problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
+                        f"{info.weight_width}")
+
+
 def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -> list[str]:
     try:
         stack, cls = _lstm_layers(model)
     except ValueError as error:
         return problems + [str(error)]
 
-    def differ(what, model_value, engine_value):
-        if model_value != engine_value:
-            problems.append(f"{what}: model {model_value}, engine {engine_value}")
-
     limits = _lstm_limits(info)
-    differ("PE count", model.n_pe, info.n_pe)
-    differ("activation format", str(model.act_format), str(info.act_format))
-    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    _header_mismatches(model, info, problems)
     steps = int(model.input_shape[0])
     if len(stack) > limits["layers_max"]:
         problems.append(f"LSTM layers: model {len(stack)}, engine at most "
@@ -386,11 +418,7 @@ def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -
                  for n, lstm in enumerate(stack) if lstm.projection is not None]
     for where, m in matrices + [("classifier", cls.matrix)]:
         enc = m.encoded
-        differ(f"{where} index bits", enc.index_bits, info.index_bits)
-        differ(f"{where} run bits", enc.run_bits, info.run_bits)
-        if m.weight_format.width > info.weight_width:
-            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
-                            f"{info.weight_width}")
+        _encoding_mismatches(where, m, info, problems)
         if m.weight_format.frac >= info.weight_width:
             problems.append(f"{where} weight fraction bits {m.weight_format.frac} do not fit "
                             f"the engine's {info.weight_width}-bit weights")
@@ -431,13 +459,7 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
                     "board for it, `python -m hdl.sim --model` / `python -m hdl.build --model`)")
         return problems + [str(error) + hint]
 
-    def differ(what, model_value, engine_value):
-        if model_value != engine_value:
-            problems.append(f"{what}: model {model_value}, engine {engine_value}")
-
-    differ("PE count", model.n_pe, info.n_pe)
-    differ("activation format", str(model.act_format), str(info.act_format))
-    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    _header_mismatches(model, info, problems)
     if len(layers) > info.max_layers:
         problems.append(f"layers: model {len(layers)}, engine at most {info.max_layers}")
     entries = pointers = bias = 0
@@ -445,11 +467,7 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
         m = layer.matrix
         enc = m.encoded
         where = f"layer {n}"
-        differ(f"{where} index bits", enc.index_bits, info.index_bits)
-        differ(f"{where} run bits", enc.run_bits, info.run_bits)
-        if m.weight_format.width > info.weight_width:
-            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
-                            f"{info.weight_width}")
+        _encoding_mismatches(where, m, info, problems)
         if m.weight_format.frac >= info.weight_width:
             problems.append(f"{where} weight fraction bits {m.weight_format.frac} do not fit "
                             f"the engine's {info.weight_width}-bit weights")
@@ -528,21 +546,9 @@ def _cnn_mismatches(model: CompressedModel, info: EngineInfo, problems: list) ->
              f"{engine} engine (`python -m hdl.sim --model` / `python -m hdl.build --model` "
              f"build the board for the model)")]
 
-    def differ(what, model_value, engine_value):
-        if model_value != engine_value:
-            problems.append(f"{what}: model {model_value}, engine {engine_value}")
-
-    differ("PE count", model.n_pe, info.n_pe)
-    differ("activation format", str(model.act_format), str(info.act_format))
-    differ("accumulator bits", model.acc_bits, info.acc_bits)
+    _header_mismatches(model, info, problems)
     for n, (name, m) in enumerate(model.matrices()):
-        enc = m.encoded
-        where = f"matrix {n} ({name})"
-        differ(f"{where} index bits", enc.index_bits, info.index_bits)
-        differ(f"{where} run bits", enc.run_bits, info.run_bits)
-        if m.weight_format.width > info.weight_width:
-            problems.append(f"{where} weight width: model {m.weight_format.width} bits, engine "
-                            f"{info.weight_width}")
+        _encoding_mismatches(f"matrix {n} ({name})", m, info, problems)
     if problems:
         return problems
     try:
@@ -569,11 +575,8 @@ def _cnn_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock
                                 RegionId.DESCRIPTOR, 0, n << FIELD_BITS,
                                 np.asarray(desc, np.int64), wb(RegionId.DESCRIPTOR)))
     n_outputs = int(output_addresses(image, config.fm_lanes).max()) + 1
-    control = np.array([image.n_layers, int(np.prod(model.input_shape)), n_outputs,
-                        _image_id(blocks)], np.int64)
-    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
-                            wb(RegionId.CONTROL)))
-    return blocks
+    return _append_control(blocks, info, image.n_layers, int(np.prod(model.input_shape)),
+                           n_outputs)
 
 
 def _cnn_output_select(model: CompressedModel, info: EngineInfo) -> np.ndarray:
@@ -657,11 +660,7 @@ def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBloc
     blocks.append(LoadBlock("descriptors (LSTM layers, classifier, sequence)",
                             RegionId.DESCRIPTOR, 0, 0, desc, wb(RegionId.DESCRIPTOR),
                             expected=_lstm_descriptor_readback(desc)))
-    control = np.array([2, steps * stack[0].input_size, cls.matrix.rows, _image_id(blocks)],
-                       np.int64)
-    blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
-                            wb(RegionId.CONTROL)))
-    return blocks
+    return _append_control(blocks, info, 2, steps * stack[0].input_size, cls.matrix.rows)
 
 
 def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
@@ -682,9 +681,31 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
         blocks.append(LoadBlock(f"descriptor of layer {n}", RegionId.DESCRIPTOR, 0, n << 3,
                                 desc, wb(RegionId.DESCRIPTOR),
                                 expected=_descriptor_readback(desc, n << 3, info.max_layers)))
-    control = np.array([len(layers), n_inputs, n_outputs, _image_id(blocks)], np.int64)
+    return _append_control(blocks, info, len(layers), n_inputs, n_outputs)
+
+
+def _append_control(blocks: list[LoadBlock], info: EngineInfo, n_layers: int, n_inputs: int,
+                    n_outputs: int) -> list[LoadBlock]:
+    """Append an image's last block, the CONTROL words that make the model runnable.
+
+    Parameters
+    ----------
+    blocks : list of LoadBlock
+        The image so far (from :func:`_matrix_blocks` on); appended to.
+    info : EngineInfo
+        The engine (CONTROL's word size).
+    n_layers, n_inputs, n_outputs : int
+        CONTROL.N_LAYERS, N_INPUTS and N_OUTPUTS; CONTROL.USER gets :func:`_image_id` of
+        ``blocks``.
+
+    Returns
+    -------
+    list of LoadBlock
+        ``blocks``.
+    """
+    control = np.array([n_layers, n_inputs, n_outputs, _image_id(blocks)], np.int64)
     blocks.append(LoadBlock("control", RegionId.CONTROL, 0, Control.N_LAYERS, control,
-                            wb(RegionId.CONTROL)))
+                            info.word_bytes(RegionId.CONTROL)))
     return blocks
 
 

@@ -231,6 +231,23 @@ def _random_values(rng, spec, n):
     return [rng.randrange(1 << spec.width) for _ in range(n)]
 
 
+async def _fill_writable(dev, rng):
+    """WRITE random words to the whole of every writable region (every index), in region
+    table order.
+
+    Parameters
+    ----------
+    dev : Device
+        The shell under test (its shadow memories track the writes).
+    rng : random.Random
+        Source of the words (drawn region by region, index by index).
+    """
+    for rid, spec in dev.regions.items():
+        if spec.writable:
+            for index in range(spec.count):
+                await dev.write(rid, index, 0, _random_values(rng, spec, spec.depth))
+
+
 # ------------------------------------------------------------------------------------------
 # Commands
 
@@ -261,12 +278,7 @@ async def write_read_checksum(dut):
     dev = Device(dut)
     await dev.start()
     rng = random.Random(1)
-    for rid, spec in dev.regions.items():
-        if not spec.writable:
-            continue
-        for index in range(spec.count):
-            values = _random_values(rng, spec, spec.depth)
-            await dev.write(rid, index, 0, values)
+    await _fill_writable(dev, rng)
     # A partial overwrite in the middle, a single word at the very end.
     entry = dev.regions[RegionId.ENTRY]
     await dev.write(RegionId.ENTRY, 1, 5, [1, 2, 3])
@@ -339,10 +351,7 @@ async def error_cases(dut):
     dev = Device(dut)
     await dev.start()
     rng = random.Random(3)
-    for rid, spec in dev.regions.items():
-        if spec.writable:
-            for index in range(spec.count):
-                await dev.write(rid, index, 0, _random_values(rng, spec, spec.depth))
+    await _fill_writable(dev, rng)
     entry = dev.regions[RegionId.ENTRY]
     pointer = dev.regions[RegionId.POINTER]
 
@@ -431,9 +440,7 @@ async def fuzz_garbage_truncated_bitflips(dut):
     n_frames = int(os.environ.get("SPINE_FUZZ_FRAMES", "240"))
     rng = random.Random(seed)
     writable = [(rid, spec) for rid, spec in dev.regions.items() if spec.writable]
-    for rid, spec in writable:
-        for index in range(spec.count):
-            await dev.write(rid, index, 0, _random_values(rng, spec, spec.depth))
+    await _fill_writable(dev, rng)
     await dev.check_all_memories()
     kinds = {"garbage": 0, "truncated": 0, "bitflip": 0, "good": 0}
     for n in range(n_frames):
