@@ -97,15 +97,17 @@ def timed_cycle_stream(acc, x):
     Returns
     -------
     tuple
-        ``(q, got, seconds, status, stats)``: the quantized inputs, the ``(outputs, cycles)``
-        pairs, the wall time of the stream, the board's status after it and the link's
-        statistics.
+        ``(q, got, seconds, infers, stats)``: the quantized inputs, the ``(outputs, cycles)``
+        pairs, the wall time of the stream, the INFER runs the board counted during the
+        stream (its STATUS counter's difference, so earlier tests on the same board do not
+        matter) and the link's statistics.
     """
     q = acc.quantize(x)
+    before = acc.status().infers
     start = time.monotonic()
     got = list(acc.stream_int(q, window=2, cycles=True))
     seconds = time.monotonic() - start
-    return q, got, seconds, acc.status(), acc.link.stats
+    return q, got, seconds, acc.status().infers - before, acc.link.stats
 
 
 def rows_differing(out, want):
@@ -142,17 +144,18 @@ def test_stream_bit_exact(board, workload):
         assert info.kind == "SPMV" and info.hash_ok and info.n_pe == 8
         acc.load(workload["path"], progress=False)
         report = acc.last_load["verify"]
+        before = acc.status().infers
         start = time.monotonic()
         got = list(acc.stream(x))
         seconds = time.monotonic() - start
-        status = acc.status()
+        infers = acc.status().infers - before
         stats = acc.link.stats
     assert len(got) == len(x) >= 100
     out = np.stack(got)
     want = expected(model, x)
     mismatches = rows_differing(out, want)
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
-    assert status.infers == len(x)
+    assert infers == len(x)
     assert stats.retries == 0 and stats.bad_crc == 0
     # Every block was read back from the engine's memories (only the first CONTROL write,
     # overwritten at the end, is not compared) and none needed a second write.
@@ -330,13 +333,13 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
         report = acc.last_load["verify"]
         assert report["skipped"] == [] and report["rewritten"] == []
         assert report["verified"] == acc.last_load["blocks"] - 1
-        q, got, seconds, status, stats = timed_cycle_stream(acc, x)
+        q, got, seconds, infers, stats = timed_cycle_stream(acc, x)
     assert len(got) == len(x) >= 100
     out = np.stack([o for o, _ in got])
     want = GoldenModel(model).forward_int(q)
     mismatches = rows_differing(out, want)
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
-    assert status.infers == len(x)
+    assert infers == len(x)
     assert stats.bad_crc == 0
     engine = make_engine(engine_for_model(model))
     engine._MustUse__silence = True
@@ -468,13 +471,13 @@ def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
         report = acc.last_load["verify"]
         assert report["skipped"] == [] and report["rewritten"] == []
         assert report["verified"] == acc.last_load["blocks"] - 1
-        q, got, seconds, status, stats = timed_cycle_stream(acc, x)
+        q, got, seconds, infers, stats = timed_cycle_stream(acc, x)
     assert len(got) == len(x) >= 100
     out = np.stack([o for o, _ in got])
     want = GoldenModel(model).forward_int(q)
     mismatches = rows_differing(out, want)
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
-    assert status.infers == len(x)
+    assert infers == len(x)
     assert stats.bad_crc == 0
     engine = make_engine(params)
     engine._MustUse__silence = True
@@ -490,8 +493,8 @@ def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
 @pytest.mark.parametrize("kind", ["lstm", "cnn"])
 def test_single_infer_and_zero_input(kind, request):
     """One float input through infer(); an all-zero input is exact too (on the LSTM an empty
-    x list, on the CNN a map with nothing broadcast).  After the CNN stream test, which
-    counts the board's inferences from a fresh start."""
+    x list, on the CNN a map with nothing broadcast).  The stream tests count only the
+    inferences of their own stream, so this test may run before or after them."""
     running = request.getfixturevalue(f"{kind}_board")
     workload = request.getfixturevalue(f"{kind}_workload")
     model = workload["model"]
