@@ -4,9 +4,12 @@ All arithmetic follows :mod:`host.fixedpoint`:
 
 * **Sparse matrix-vector product** (every weight layer)::
 
-      acc[i] = wrap(bias[i] + sum_j codebook[index[i, j]] * a[j], acc_bits)
-      out[i] = saturate(round_shift(acc[i], weight.frac), act)      (then max(0, .) with ReLU)
+      acc[i] = wrap(bias[i] + sum_j (codebook[index[i, j]] * a[j]) >> p, acc_bits)
+      out[i] = saturate(round_shift(acc[i], weight.frac - p), act)  (then max(0, .) with ReLU)
 
+  ``p`` is the model's ``product_shift`` (an arithmetic right shift, i.e. floor, of every
+  product; 0: exact products); the accumulators and the bias have ``act.frac + weight.frac - p``
+  fraction bits (:func:`host.compressed.acc_frac`, :func:`host.compressed.requant_shift`).
   The weights come from the encoded entries (:attr:`SparseMatrix.weights_csr`), the same bytes
   the hardware gets.  Accumulators wrap, so the order of the additions does not matter.
 * **LSTM step** (``z`` = the product above over ``[x_t ; h_(t-1)]``, in act format)::
@@ -33,34 +36,62 @@ import numpy as np
 
 from .activations import lookup, make_table
 from .compressed import (CompressedModel, QConv2d, QFlatten, QLinear, QLSTM, QMaxPool2d,
-                         QReLU, SparseMatrix)
+                         QReLU, SparseMatrix, requant_shift)
 from .fixedpoint import Format, quantize, requantize, round_shift, saturate, wrap
 from .floatmodel import Flatten, MaxPool2d, ReLU, im2col
 
-__all__ = ["GoldenModel", "spmv_accumulate", "spmv", "Diagnostics"]
+__all__ = ["GoldenModel", "spmv_accumulate", "spmv", "shifted_products_sum", "Diagnostics"]
+
+
+#: Most per-entry products (int64) held at once by :func:`shifted_products_sum`.
+PRODUCT_CHUNK = 1 << 22
+
+
+def shifted_products_sum(matrix: SparseMatrix, a: np.ndarray, product_shift: int) -> np.ndarray:
+    """``sum_j (w_ij * a_j) >> product_shift`` for a batch ``a`` ``(B, cols)`` int64, exact
+    (int64, ``(B, rows)``): the per-entry products, batch chunks of at most
+    :data:`PRODUCT_CHUNK` of them at a time."""
+    csr = matrix.weights_csr
+    out = np.empty((a.shape[0], matrix.rows), dtype=np.int64)
+    step = max(1, PRODUCT_CHUNK // max(csr.nnz, 1))
+    for lo in range(0, a.shape[0], step):
+        terms = (a[lo:lo + step][:, csr.indices] * csr.data) >> product_shift
+        out[lo:lo + step] = (matrix.row_selector @ terms.T).T
+    return out
 
 
 def spmv_accumulate(matrix: SparseMatrix, activations: np.ndarray, acc_bits: int,
-                    diagnostics: Diagnostics | None = None) -> np.ndarray:
+                    diagnostics: Diagnostics | None = None,
+                    product_shift: int = 0) -> np.ndarray:
     """Accumulators of ``matrix @ a + bias`` for a batch ``activations`` ``(B, cols)``: int64.
 
-    ``diagnostics`` (optional) counts accumulators whose true sum did not fit ``acc_bits``.
+    ``product_shift`` p: every product is shifted right (floor) by p bits before it is added.
+    ``diagnostics`` (optional) counts accumulators whose true sum did not fit ``acc_bits`` and
+    records the largest true magnitude (:attr:`Diagnostics.peak_accumulator`).
     """
     a = np.asarray(activations, dtype=np.int64)
-    exact = (matrix.weights_csr @ a.T).T + matrix.bias
+    if product_shift:
+        exact = shifted_products_sum(matrix, a, product_shift) + matrix.bias
+    else:
+        exact = (matrix.weights_csr @ a.T).T + matrix.bias
     acc = wrap(exact, acc_bits)
     if diagnostics is not None:
         diagnostics.accumulator_overflows += int(np.count_nonzero(acc != exact))
+        if exact.size:
+            diagnostics.peak_accumulator = max(diagnostics.peak_accumulator,
+                                               int(np.abs(exact).max()))
     return acc
 
 
 def spmv(matrix: SparseMatrix, activations, act: Format, acc_bits: int, relu: bool = False,
-         diagnostics=None) -> np.ndarray:
-    """Layer output in act format: requantized (and ReLU'd) accumulators."""
-    acc = spmv_accumulate(matrix, activations, acc_bits, diagnostics)
-    out = requantize(acc, matrix.weight_format.frac, act)
+         diagnostics=None, product_shift: int = 0) -> np.ndarray:
+    """Layer output in act format: requantized (and ReLU'd) accumulators (``product_shift``:
+    as :func:`spmv_accumulate`)."""
+    acc = spmv_accumulate(matrix, activations, acc_bits, diagnostics, product_shift)
+    shift = requant_shift(matrix.weight_format, product_shift)
+    out = requantize(acc, shift, act)
     if diagnostics is not None:
-        shifted = round_shift(acc, matrix.weight_format.frac)
+        shifted = round_shift(acc, shift)
         diagnostics.saturations += int(np.count_nonzero(shifted != out))
     return np.maximum(out, 0) if relu else out
 
@@ -71,6 +102,8 @@ class Diagnostics:
 
     accumulator_overflows: int = 0
     saturations: int = 0
+    #: Largest magnitude of a true (unwrapped) accumulator value, bias included.
+    peak_accumulator: int = 0
 
 
 @dataclass
@@ -118,7 +151,8 @@ class GoldenModel:
     def layer_forward(self, layer, x: np.ndarray) -> np.ndarray:
         act, acc_bits = self.act, self.model.acc_bits
         if isinstance(layer, QLinear):
-            return spmv(layer.matrix, x, act, acc_bits, layer.relu, self.diagnostics)
+            return spmv(layer.matrix, x, act, acc_bits, layer.relu, self.diagnostics,
+                        self.model.product_shift)
         if isinstance(layer, QLSTM):
             return self.lstm_forward(layer, x)
         if isinstance(layer, QConv2d):
@@ -144,7 +178,7 @@ class GoldenModel:
         projection and ``h_t`` without."""
         act, hsz, spec = self.act, layer.hidden, self.model.table_spec
         z = spmv(layer.matrix, np.concatenate([x_t, h], axis=1), act, self.model.acc_bits,
-                 False, self.diagnostics)
+                 False, self.diagnostics, self.model.product_shift)
         gate_i = lookup("sigmoid", z[:, 0:hsz], act, spec, table=self._sigmoid)
         gate_f = lookup("sigmoid", z[:, hsz:2 * hsz], act, spec, table=self._sigmoid)
         gate_g = lookup("tanh", z[:, 2 * hsz:3 * hsz], act, spec, table=self._tanh)
@@ -154,7 +188,8 @@ class GoldenModel:
                      act)
         if layer.projection is None:
             return h, c, h
-        r = spmv(layer.projection, h, act, self.model.acc_bits, False, self.diagnostics)
+        r = spmv(layer.projection, h, act, self.model.acc_bits, False, self.diagnostics,
+                 self.model.product_shift)
         return r, c, h
 
     def lstm_forward(self, layer: QLSTM, x: np.ndarray) -> np.ndarray:
@@ -173,5 +208,5 @@ class GoldenModel:
         oh, ow = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
         patches = im2col(x, k, s, p).reshape(batch * oh * ow, -1)
         out = spmv(layer.matrix, patches, self.act, self.model.acc_bits, layer.relu,
-                   self.diagnostics)
+                   self.diagnostics, self.model.product_shift)
         return out.reshape(batch, oh * ow, -1).transpose(0, 2, 1).reshape(batch, -1, oh, ow)

@@ -9,7 +9,9 @@ only differences are the golden model's own roundings:
 * sigmoid/tanh tables: :func:`host.activations.error_bound`;
 * LSTM (torch.nn.LSTM): the per-step bound derived in :func:`lstm_error_bound`;
 * stacked LSTMs with a projection (torch.nn.LSTM(num_layers=L, proj_size=P)): the same
-  bound carried through the layers (:func:`stacked_error_bound`).
+  bound carried through the layers (:func:`stacked_error_bound`);
+* product shift p > 0 (scipy.sparse): half an LSB plus less than one accumulator LSB
+  ``2**-(act.frac + weight.frac - p)`` per non-zero weight of the row (each floored product).
 """
 
 import numpy as np
@@ -17,10 +19,12 @@ import pytest
 import scipy.sparse
 
 from host.activations import TableSpec, error_bound, lookup
-from host.compressed import QConv2d, QLSTM, QLinear, CompressedModel, SparseMatrix
+from host.compressed import (QConv2d, QLSTM, QLinear, CompressedModel, SparseMatrix, acc_frac,
+                             check_product_shift, requant_shift)
 from host.encoding import encode
-from host.fixedpoint import Format, quantize
-from host.golden import GoldenModel, spmv
+from host.fixedpoint import Format, quantize, round_shift
+from host.golden import (Diagnostics, GoldenModel, shifted_products_sum, spmv,
+                         spmv_accumulate)
 
 ACT = Format(16, 10)
 
@@ -292,3 +296,101 @@ def test_stacked_projected_lstm_matches_torch_within_bound(num_layers, proj, hid
     assert error <= bound, (error, bound)
     assert bound < 0.5, "bound too loose to mean anything"
     assert error > 0
+
+
+# --- product shift (model-level `product_shift` p) ------------------------------------------
+#
+# Every product is floored to acc_frac = act.frac + weight.frac - p fraction bits, so it loses
+# less than one LSB 2**-acc_frac: a row of n non-zero weights is low by less than
+# n * 2**-acc_frac before the requantization's half-LSB rounding.  Bound per output:
+#     |out - reference| <= ACT.scale / 2 + n_row * 2**-acc_frac      (before clipping)
+
+
+def dense_floor_reference(matrix, idx, x, p):
+    """Independent integer reference: dense per-product floor, exact sums (int64)."""
+    weights = matrix.codebook[idx]                                   # (rows, cols)
+    terms = (x[:, None, :] * weights[None]) >> p                     # (B, rows, cols)
+    return terms.sum(axis=2) + matrix.bias
+
+
+@pytest.mark.parametrize("rows, cols, n_pe, density, p", [
+    (1, 1, 1, 1.0, 1), (37, 53, 8, 0.2, 7), (64, 17, 3, 0.9, 13), (9, 40, 64, 0.3, 20),
+])
+def test_spmv_product_shift_matches_float_within_derived_bound(rows, cols, n_pe, density, p):
+    rng = np.random.default_rng(rows + cols + p)
+    wfmt = Format(16, 13) if p <= 13 else Format(24, 21)
+    matrix, idx = random_matrix(rng, rows, cols, density, n_pe, wfmt=wfmt)
+    acc_frac = ACT.frac + wfmt.frac - p
+    matrix.bias = quantize(matrix.bias * 2.0 ** -(ACT.frac + wfmt.frac), Format(48, acc_frac))
+    x = quantize(rng.uniform(-1, 1, (20, cols)) * (rng.random((20, cols)) < 0.6), ACT)
+    weights = matrix.codebook[idx] * wfmt.scale
+    reference = (scipy.sparse.csr_matrix(weights) @ (x * ACT.scale).T).T \
+        + matrix.bias * 2.0 ** -acc_frac
+    n_row = np.count_nonzero(matrix.codebook[idx], axis=1)
+    bound = ACT.scale / 2 + n_row * 2.0 ** -acc_frac + 1e-12
+    assert np.array_equal(spmv(matrix, x, ACT, 48, product_shift=p),
+                          np.clip(round_shift(dense_floor_reference(matrix, idx, x, p),
+                                              wfmt.frac - p), ACT.min_int, ACT.max_int))
+    for relu in (False, True):
+        got = spmv(matrix, x, ACT, 48, relu, product_shift=p) * ACT.scale
+        expected = np.clip(np.maximum(reference, 0) if relu else reference,
+                           ACT.min_value, ACT.max_value)
+        assert np.all(np.abs(got - expected) <= bound)
+    # Each floor loses [0, 1) accumulator LSB: the sum is low by [0, n_row) LSBs.
+    exact = (matrix.weights_csr @ x.T).T * 2.0 ** -p
+    loss = exact - shifted_products_sum(matrix, x, p)
+    assert np.all(loss >= 0) and np.all(loss < np.maximum(n_row, 1e-9))
+
+
+def test_product_shift_zero_is_the_exact_path():
+    rng = np.random.default_rng(5)
+    matrix, idx = random_matrix(rng, 40, 70, 0.3, 4)
+    x = quantize(rng.uniform(-1, 1, (9, 70)), ACT)
+    exact = (matrix.weights_csr @ x.T).T
+    assert np.array_equal(shifted_products_sum(matrix, x, 0), exact)
+    assert np.array_equal(spmv_accumulate(matrix, x, 32, product_shift=0), exact + matrix.bias)
+    assert np.array_equal(spmv(matrix, x, ACT, 32, product_shift=0), spmv(matrix, x, ACT, 32))
+
+
+def test_product_shift_wraps_at_narrow_accumulators_and_counts_overflows():
+    rng = np.random.default_rng(6)
+    matrix, idx = random_matrix(rng, 16, 64, 1.0, 4, bias_scale=0.0)
+    x = np.full((3, 64), ACT.max_int)
+    exact = dense_floor_reference(matrix, idx, x, 9)
+    diag = Diagnostics()
+    got = spmv_accumulate(matrix, x, 16, diag, product_shift=9)
+    assert np.array_equal(got, ((exact + 2**15) % 2**16) - 2**15)
+    assert diag.accumulator_overflows == np.count_nonzero(np.abs(exact) >= 2**15) > 0
+    assert diag.peak_accumulator == np.abs(exact).max()
+
+
+def test_golden_model_applies_the_model_product_shift_to_every_layer():
+    rng = np.random.default_rng(7)
+    m1, i1 = random_matrix(rng, 12, 20, 0.5, 4)
+    m2, i2 = random_matrix(rng, 5, 12, 0.5, 4)
+    model = CompressedModel("two", (20,), [QLinear(m1, relu=True), QLinear(m2)], 4, ACT,
+                            product_shift=6)
+    x = quantize(rng.uniform(-1, 1, (7, 20)), ACT)
+    h = np.clip(round_shift(dense_floor_reference(m1, i1, x, 6), 13 - 6), ACT.min_int,
+                ACT.max_int)
+    h = np.maximum(h, 0)
+    out = np.clip(round_shift(dense_floor_reference(m2, i2, h, 6), 13 - 6), ACT.min_int,
+                  ACT.max_int)
+    assert np.array_equal(GoldenModel(model).forward_int(x), out)
+    assert model.requant_shift(m1) == 7 and model.acc_frac(m1) == ACT.frac + 7
+
+
+def test_product_shift_validation_messages():
+    rng = np.random.default_rng(8)
+    m1, _ = random_matrix(rng, 4, 4, 1.0, 1)                 # Q2.13 weights
+    with pytest.raises(ValueError, match=r"layer 0 \(linear\).*product shift 14 exceeds the "
+                                         r"13 fraction bits.*--product-shift"):
+        CompressedModel("m", (4,), [QLinear(m1)], 1, ACT, product_shift=14)
+    with pytest.raises(ValueError, match="must be a non-negative integer, not -1"):
+        CompressedModel("m", (4,), [QLinear(m1)], 1, ACT, product_shift=-1)
+    with pytest.raises(ValueError, match=r"`product_shift` must be from 0 to 31 .* not 32"):
+        check_product_shift(32, ACT, 16)
+    with pytest.raises(ValueError, match="exceeds the 13 fraction bits"):
+        requant_shift(Format(16, 13), 14)
+    assert requant_shift(Format(16, 13), 13) == 0
+    assert acc_frac(ACT, Format(16, 13), 5) == ACT.frac + 8
