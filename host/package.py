@@ -5,8 +5,8 @@ this module defines the model schema inside it (documented in docs/spn-format.md
 
 Meta (JSON)::
 
-    {"schema": 1 or 2, "name": str, "input_shape": [int...], "n_pe": int,
-     "act_format": {"width", "frac"}, "acc_bits": int,
+    {"schema": 1, 2 or 3, "name": str, "input_shape": [int...], "n_pe": int,
+     "act_format": {"width", "frac"}, "acc_bits": int, "product_shift": int (schema 3),
      "table_spec": {"index_bits", "range_log2"},
      "layers": [{"kind": "linear" | "lstm" | "conv2d" | "maxpool2d" | "flatten" | "relu",
                  ...layer fields..., "matrix": {...} for weight layers}],
@@ -20,7 +20,9 @@ column), and the entries of all PEs in PE order split into two Huffman-coded str
 (uint8 bytes and uint8 code lengths).  Schema 2 adds the LSTM projection (LSTMP): an
 ``lstm`` layer with ``"proj_size": P`` and a ``"projection"`` matrix whose arrays have the
 prefix ``L{i}p.``; a file without projections is written as schema 1 (readable by older
-spines), and both schemas load.  ``tables.sigmoid`` and ``tables.tanh`` (int32) hold the
+spines), and both schemas load.  Schema 3 adds ``"product_shift": p`` (p > 0: every product
+is floored by p bits, :mod:`host.compressed`); a model with p = 0 is written without it (as
+schema 1 or 2) and a file without it loads as p = 0.  ``tables.sigmoid`` and ``tables.tanh`` (int32) hold the
 activation tables; on load they must equal the ones :mod:`host.activations` makes.
 """
 
@@ -32,7 +34,7 @@ import numpy as np
 
 from .activations import TableSpec, make_table
 from .compressed import (CompressedModel, QConv2d, QFlatten, QLinear, QLSTM, QMaxPool2d,
-                         QReLU, SparseMatrix)
+                         QReLU, SparseMatrix, acc_frac)
 from .container import read_container, write_container
 from .encoding import EncodedMatrix
 from .errors import PackageError
@@ -41,8 +43,9 @@ from .huffman import HuffmanCode
 
 __all__ = ["save_package", "load_package", "SCHEMA_VERSION", "config_digest"]
 
-SCHEMA_VERSION = 2
-#: Oldest model schema this spine reads (schema 1: no LSTM projections).
+SCHEMA_VERSION = 3
+#: Oldest model schema this spine reads (schema 1: no LSTM projections; schema 2: no product
+#: shift).
 MIN_SCHEMA_VERSION = 1
 KIND = "spine-model"
 
@@ -92,6 +95,9 @@ def save_package(model: CompressedModel, path) -> int:
             "act_format": model.act_format.to_dict(), "acc_bits": model.acc_bits,
             "table_spec": model.table_spec.to_dict(), "layers": layers,
             "info": model.info}
+    if model.product_shift:
+        meta["schema"] = 3
+        meta["product_shift"] = model.product_shift
     return write_container(path, meta, arrays, kind=KIND)
 
 
@@ -133,7 +139,7 @@ class _Reader:
 
 
 def _matrix_from_file(reader: _Reader, prefix: str, meta, n_pe: int, acc_bits: int,
-                      act: Format) -> SparseMatrix:
+                      act: Format, product_shift: int = 0) -> SparseMatrix:
     where = (f"layer {prefix[1:-1]} projection" if prefix.endswith("p")
              else f"layer {prefix[1:]} matrix")
     if not isinstance(meta, dict):
@@ -144,7 +150,11 @@ def _matrix_from_file(reader: _Reader, prefix: str, meta, n_pe: int, acc_bits: i
     run_bits = reader.integer(meta, "run_bits", where, 1, 8)
     total = reader.integer(meta, "entries", where, 0, 1 << 31)
     wfmt = reader.format(meta, "weight_format", where)
-    if act.frac + wfmt.frac >= acc_bits:
+    try:
+        frac = acc_frac(act, wfmt, product_shift)
+    except ValueError as error:
+        reader.fail(where, str(error))
+    if frac >= acc_bits:
         reader.fail(where, "accumulator too narrow for the formats")
     codebook = reader.array(f"{prefix}.codebook", np.int32, (1 << index_bits,)).astype(np.int64)
     if codebook[0] != 0 or codebook.min() < wfmt.min_int or codebook.max() > wfmt.max_int:
@@ -209,6 +219,11 @@ def load_package(path) -> CompressedModel:
     n_pe = reader.integer(meta, "n_pe", "meta", 1, 1024)
     acc_bits = reader.integer(meta, "acc_bits", "meta", 8, 48)
     act = reader.format(meta, "act_format", "meta")
+    product_shift = 0
+    if "product_shift" in meta:
+        if schema < 3:
+            reader.fail("meta", "a product shift needs model schema 3")
+        product_shift = reader.integer(meta, "product_shift", "meta", 0, 2 * act.width + 64)
     try:
         spec = TableSpec(**meta.get("table_spec", {}))
     except (TypeError, ValueError) as error:
@@ -235,7 +250,8 @@ def load_package(path) -> CompressedModel:
             continue
         if kind not in ("linear", "lstm", "conv2d"):
             reader.fail(where, f"unknown layer kind {kind!r}")
-        matrix = _matrix_from_file(reader, f"L{i}", item.get("matrix"), n_pe, acc_bits, act)
+        matrix = _matrix_from_file(reader, f"L{i}", item.get("matrix"), n_pe, acc_bits, act,
+                                   product_shift)
         if kind == "linear":
             layers.append(QLinear(matrix, bool(item.get("relu", False))))
         elif kind == "lstm":
@@ -247,7 +263,7 @@ def load_package(path) -> CompressedModel:
                     reader.fail(where, "an LSTM projection needs model schema 2")
                 size = reader.integer(item, "proj_size", where, 1, 1 << 20)
                 proj = _matrix_from_file(reader, f"L{i}p", item.get("projection"), n_pe,
-                                         acc_bits, act)
+                                         acc_bits, act, product_shift)
                 if (proj.rows, proj.cols) != (size, hid):
                     reader.fail(where, f"projection {proj.rows}x{proj.cols} is not "
                                 f"proj_size x hidden = {size}x{hid}")
@@ -267,8 +283,12 @@ def load_package(path) -> CompressedModel:
                                   reader.integer(item, "stride", where, 1, 64),
                                   reader.integer(item, "padding", where, 0, 64),
                                   bool(item.get("relu", False))))
-    model = CompressedModel(str(meta.get("name", Path(path).stem)), tuple(shape), layers,
-                            n_pe, act, acc_bits, spec, info=meta.get("info", {}))
+    try:
+        model = CompressedModel(str(meta.get("name", Path(path).stem)), tuple(shape), layers,
+                                n_pe, act, acc_bits, spec, info=meta.get("info", {}),
+                                product_shift=product_shift)
+    except ValueError as error:
+        reader.fail("meta", str(error))
     _check_shapes(reader, model)
     return model
 
@@ -309,7 +329,9 @@ def config_digest(model: CompressedModel) -> str:
     import json
     widths = sorted({(m.encoded.index_bits, m.encoded.run_bits, m.weight_format.width)
                      for _, m in model.matrices()})
-    text = json.dumps({"n_pe": model.n_pe, "act": model.act_format.to_dict(),
-                       "acc_bits": model.acc_bits, "widths": widths,
-                       "tables": model.table_spec.to_dict()}, sort_keys=True)
+    facts = {"n_pe": model.n_pe, "act": model.act_format.to_dict(),
+             "acc_bits": model.acc_bits, "widths": widths, "tables": model.table_spec.to_dict()}
+    if model.product_shift:                 # p = 0 models keep their digests
+        facts["product_shift"] = model.product_shift
+    text = json.dumps(facts, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -207,3 +207,33 @@ def test_compress_stacked_projected_lstm_round_trip(tmp_path):
     with pytest.raises(ValueError, match="fine-tuning does not support LSTMs with a projection"):
         compress_model(fm, CompressConfig(n_pe=3, finetune_epochs=1), calib_x=x,
                        train=(x, np.zeros(64, int)))
+
+
+def test_product_shift_round_trip_schema_3_and_old_files_load_as_zero(tmp_path):
+    """p > 0 is written as schema 3 and reads back (golden bit-exact); p = 0 stays schema 1
+    without the field; a file without the field loads as p = 0; p in an older schema or one
+    larger than a layer's weight fraction bits is refused."""
+    from dataclasses import replace
+
+    from host.container import read_container, write_container
+    model = replace(small_model(), product_shift=5)
+    save_package(model, tmp_path / "p.spn")
+    meta, arrays = read_container(tmp_path / "p.spn", expected_kind="spine-model")
+    assert meta["schema"] == 3 and meta["product_shift"] == 5
+    loaded = load_package(tmp_path / "p.spn")
+    assert loaded.product_shift == 5
+    x = quantize(np.random.default_rng(4).uniform(-1, 1, (6, 7, 5)), ACT)
+    assert np.array_equal(GoldenModel(model).forward_int(x), GoldenModel(loaded).forward_int(x))
+    assert not np.array_equal(GoldenModel(small_model()).forward_int(x),
+                              GoldenModel(loaded).forward_int(x))
+    save_package(small_model(), tmp_path / "z.spn")
+    zmeta = read_container(tmp_path / "z.spn", expected_kind="spine-model")[0]
+    assert zmeta["schema"] == 1 and "product_shift" not in zmeta
+    assert load_package(tmp_path / "z.spn").product_shift == 0
+    write_container(tmp_path / "b.spn", dict(meta, schema=2), arrays, kind="spine-model")
+    with pytest.raises(PackageError, match="product shift needs model schema 3"):
+        load_package(tmp_path / "b.spn")
+    write_container(tmp_path / "c.spn", dict(meta, product_shift=14), arrays,
+                    kind="spine-model")
+    with pytest.raises(PackageError, match="product shift 14 exceeds the 13 fraction bits"):
+        load_package(tmp_path / "c.spn")
