@@ -80,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-width", type=_int_range(2, 32), default=16,
                         help="codebook entry width in bits (default 16, the iCE40 DSP width)")
     parser.add_argument("--acc-bits", type=_int_range(8, 48), default=32,
-                        help="accumulator width in bits (default 32)")
+                        help="accumulator width in bits (default 32; 16 fits one iCE40 block "
+                             "RAM per PE, see --product-shift)")
+    parser.add_argument("--product-shift", type=_int_range(0, 63), default=None, metavar="P",
+                        help="floor every product by P bits before it is added (default: the "
+                             "smallest P whose accumulators hold the calibration data with a "
+                             "25%% margin; 0 for 32-bit accumulators)")
     parser.add_argument("--finetune", type=_int_range(0, 10000), default=0, metavar="EPOCHS",
                         help="fine-tune the centroids with PyTorch for EPOCHS (needs training "
                              "data, i.e. a bundled example)")
@@ -104,7 +109,8 @@ def run(args) -> dict:
         n_pe=args.pes, density=density, bits=args.bits, run_bits=args.run_bits,
         balance=not args.no_balance, act_width=args.act_width, act_frac=args.act_frac,
         weight_width=args.weight_width, acc_bits=args.acc_bits,
-        layer_density=dict(args.layer_density), finetune_epochs=args.finetune)
+        product_shift=args.product_shift, layer_density=dict(args.layer_density),
+        finetune_epochs=args.finetune)
     calib = source.train[0] if source.train else (source.test[0] if source.test else None)
     with tqdm(desc="compress", unit="step", file=sys.stderr, leave=False,
               disable=None) as bar:

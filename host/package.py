@@ -22,8 +22,8 @@ column), and the entries of all PEs in PE order split into two Huffman-coded str
 prefix ``L{i}p.``; a file without projections is written as schema 1 (readable by older
 spines), and both schemas load.  Schema 3 adds ``"product_shift": p`` (p > 0: every product
 is floored by p bits, :mod:`host.compressed`); a model with p = 0 is written without it (as
-schema 1 or 2) and a file without it loads as p = 0.  ``tables.sigmoid`` and ``tables.tanh`` (int32) hold the
-activation tables; on load they must equal the ones :mod:`host.activations` makes.
+schema 1 or 2) and a file without it loads as p = 0.  ``tables.sigmoid`` and ``tables.tanh``
+(int32) hold the activation tables; on load they must equal the ones :mod:`host.activations` makes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Per weight layer: (1) magnitude pruning to the target density, load-balance-aware over the PEs
 by default (ESE); (2) weight sharing by k-means into ``2**bits`` codebook entries (entry 0 is
 0.0), optionally fine-tuned with PyTorch (trained quantization); (3) fixed-point formats;
-(4) EIE encoding per PE.  ReLU layers after a Linear or Conv2d are fused into it.  An LSTM's
+(4) EIE encoding per PE; (5) the product shift (:func:`choose_product_shift`: how far every
+product is floored so that narrow accumulators hold the calibration data).  ReLU layers after
+a Linear or Conv2d are fused into it.  An LSTM's
 projection ``W_hr`` (LSTMP) is a second matrix of its layer, compressed the same way (same
 density, its own codebook, a zero bias).
 """
@@ -11,13 +13,13 @@ density, its own codebook, a zero bias).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .activations import TableSpec
 from .compressed import (CompressedModel, QConv2d, QFlatten, QLinear, QLSTM, QMaxPool2d,
-                         QReLU, SparseMatrix)
+                         QReLU, SparseMatrix, acc_frac)
 from .encoding import encode
 from .errors import FitError, ModelError
 from .fixedpoint import MAX_WIDTH, Format, quantize
@@ -28,7 +30,13 @@ from .pruning import balanced_mask, magnitude_mask, pe_balance
 from .sharing import share_weights
 
 __all__ = ["CompressConfig", "LayerStats", "CompressionResult", "compress_model",
-           "calibrate_act_frac", "weight_format_for", "apply_shared_weights"]
+           "calibrate_act_frac", "weight_format_for", "apply_shared_weights",
+           "choose_product_shift", "ShiftChoice", "OVERFLOW_MARGIN"]
+
+#: Headroom the automatic product shift leaves: the largest true accumulator (bias included)
+#: on the calibration data, times this factor, must fit the signed ``acc_bits`` accumulator
+#: (25%, as the activation format's calibration).
+OVERFLOW_MARGIN = 1.25
 
 MAX_POINTER = (1 << 16) - 1
 """Largest per-PE entry count a 16-bit column pointer (EIE) can address."""
@@ -56,6 +64,10 @@ class CompressConfig:
         Codebook entry width in bits (16 matches the iCE40 DSP).
     acc_bits : int
         Accumulator width in bits.
+    product_shift : int or None
+        Bits every product is floored by before it is added (:mod:`host.compressed`); None
+        (default) chooses the smallest one whose accumulators hold the calibration data
+        (:func:`choose_product_shift`; 0 for 32-bit accumulators in practice).
     layer_density : dict
         Per-layer density overrides, keyed by layer index of the float model.
     finetune_epochs : int
@@ -71,6 +83,7 @@ class CompressConfig:
     act_frac: int | None = None
     weight_width: int = 16
     acc_bits: int = 32
+    product_shift: int | None = None
     layer_density: dict = field(default_factory=dict)
     finetune_epochs: int = 0
     table_spec: TableSpec = field(default_factory=TableSpec)
@@ -94,6 +107,8 @@ class CompressConfig:
                 raise ValueError(f"`{where}` must be a number in (0, 1], not {value!r}")
         if self.act_frac is not None:
             integer("act_frac", 0, self.act_width - 2)
+        if self.product_shift is not None:
+            integer("product_shift", 0, self.act_width + self.weight_width - 1)
         if self.act_width + self.weight_width > self.acc_bits + 16:
             raise ValueError(f"`acc_bits` = {self.acc_bits} is too narrow for "
                              f"{self.act_width}-bit activations times "
@@ -105,6 +120,7 @@ class CompressConfig:
                 "run_bits": self.run_bits, "balance": self.balance,
                 "act_width": self.act_width, "act_frac": self.act_frac,
                 "weight_width": self.weight_width, "acc_bits": self.acc_bits,
+                "product_shift": self.product_shift,
                 "layer_density": {str(k): v for k, v in self.layer_density.items()},
                 "finetune_epochs": self.finetune_epochs}
 
@@ -126,11 +142,50 @@ class LayerStats:
 
 
 @dataclass
+class ShiftChoice:
+    """How the product shift was chosen (:func:`choose_product_shift`).
+
+    Attributes
+    ----------
+    product_shift : int
+    auto : bool
+        Chosen from calibration data (False: given in the config).
+    peak : int or None
+        Largest true accumulator magnitude on the calibration data (integer, bias included;
+        None without data).
+    limit : int
+        Largest accumulator magnitude ``2**(acc_bits - 1) - 1``.
+    act_frac_lowered : int
+        Bits the calibrated activation fraction was lowered by so that the shift fits every
+        layer's weight fraction bits (0: unchanged).
+    """
+
+    product_shift: int
+    auto: bool
+    peak: int | None
+    limit: int
+    act_frac_lowered: int = 0
+
+    @property
+    def margin_bits(self) -> float | None:
+        """Headroom ``log2(limit / peak)`` in bits (None without data)."""
+        if self.peak is None:
+            return None
+        return math.log2(self.limit / max(self.peak, 1))
+
+    def to_dict(self) -> dict:
+        return {"product_shift": self.product_shift, "auto": self.auto, "peak": self.peak,
+                "limit": self.limit, "margin_bits": self.margin_bits,
+                "act_frac_lowered": self.act_frac_lowered}
+
+
+@dataclass
 class CompressionResult:
     model: CompressedModel
     layers: list
     float_model: FloatModel
     config: CompressConfig
+    shift: ShiftChoice | None = None
 
 
 def calibrate_act_frac(model: FloatModel, x: np.ndarray | None, width: int) -> int:
@@ -211,7 +266,6 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
                              f"layer of {model.name!r} (weight layers: {weight_layers})")
     codebooks, indices, masks = {}, {}, {}
     projections = {}                  # layer index -> (codebook, indices, masks)
-    stats = []
 
     def prune_and_share(matrix, density):
         plain = magnitude_mask(matrix, density)
@@ -251,9 +305,32 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
         shared = apply_shared_weights(model, codebooks, indices,
                                       {i: p[:2] for i, p in projections.items()})
         act_frac = calibrate_act_frac(shared, calib_x, config.act_width)
-    act = Format(config.act_width, act_frac)
 
-    layers = []
+    def build(frac, product_shift):
+        act = Format(config.act_width, frac)
+        layers, stats = _build_layers(model, codebooks, indices, masks, projections, act,
+                                      config, product_shift, step)
+        compressed = CompressedModel(model.name, model.input_shape, layers, config.n_pe, act,
+                                     config.acc_bits, config.table_spec,
+                                     info={"config": config.to_dict()},
+                                     product_shift=product_shift)
+        return compressed, stats
+
+    weight_fracs = [weight_format_for(book, config.weight_width).frac
+                    for book in list(codebooks.values())
+                    + [p[0] for p in projections.values()]]
+    step("product shift")
+    choice, (compressed, stats) = choose_product_shift(
+        build, act_frac, weight_fracs, config, calib_x,
+        lower_act=config.act_frac is None)
+    compressed.info["product_shift"] = choice.to_dict()
+    return CompressionResult(compressed, stats, model, config, choice)
+
+
+def _build_layers(model, codebooks, indices, masks, projections, act, config, product_shift,
+                  step):
+    """The quantized layers of ``model`` (ReLUs after Linear/Conv2d fused) and their stats."""
+    layers, stats = [], []
     position = 0
     while position < len(model.layers):
         layer = model.layers[position]
@@ -264,7 +341,7 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
             step(f"layer {position} ({layer.kind}): encode")
             sparse, layer_stats = _encode_layer(position, layer, codebooks[position],
                                                 indices[position], masks[position], act,
-                                                config)
+                                                config, product_shift=product_shift)
             stats.append(layer_stats)
             if isinstance(layer, Linear):
                 layers.append(QLinear(sparse, relu=fuse_relu))
@@ -276,7 +353,8 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
                 if position in projections:
                     book, idx, pmasks = projections[position]
                     proj, proj_stats = _encode_layer(position, layer, book, idx, pmasks, act,
-                                                     config, projection=True)
+                                                     config, projection=True,
+                                                     product_shift=product_shift)
                     stats.append(proj_stats)
                 layers.append(QLSTM(sparse, layer.input_size, layer.hidden,
                                     layer.return_sequences, proj))
@@ -289,14 +367,114 @@ def compress_model(model: FloatModel, config: CompressConfig, *, calib_x=None,
         else:
             raise ModelError(f"layer {position} ({type(layer).__name__}) cannot be compressed")
         position += 2 if fuse_relu else 1
-
-    compressed = CompressedModel(model.name, model.input_shape, layers, config.n_pe, act,
-                                 config.acc_bits, config.table_spec,
-                                 info={"config": config.to_dict()})
-    return CompressionResult(compressed, stats, model, config)
+    return layers, stats
 
 
-def _encode_layer(index, layer, codebook, idx, masks, act, config, projection=False):
+def _peak_accumulator(model: CompressedModel, calib_x) -> int:
+    """Largest true accumulator magnitude (bias included) of ``model`` on ``calib_x``, with
+    accumulators wide enough not to wrap (so one overflow does not garble the next layer)."""
+    from .golden import GoldenModel
+    golden = GoldenModel(replace(model, acc_bits=62))
+    golden.forward(calib_x)
+    return golden.diagnostics.peak_accumulator
+
+
+def choose_product_shift(build, act_frac: int, weight_fracs, config: CompressConfig,
+                         calib_x=None, *, lower_act: bool = False):
+    """The product shift of a compression run and the model built with it.
+
+    ``config.product_shift`` given: that one.  Otherwise the smallest p such that, on the
+    calibration inputs ``calib_x``, the largest true accumulator (bias included; golden model)
+    times :data:`OVERFLOW_MARGIN` fits the signed ``config.acc_bits``; without data the
+    smallest p whose accumulator format is valid (0 for 32-bit accumulators).  p never exceeds
+    a layer's weight fraction bits (the requantization shift ``weight.frac - p`` is a right
+    shift); when the accumulators would need more and the activation fraction bits were
+    calibrated (``lower_act``), they are lowered by the missing bits instead.
+
+    Parameters
+    ----------
+    build : callable
+        ``build(act_frac, p) -> (CompressedModel, stats)``.
+    act_frac : int
+        Activation fraction bits.
+    weight_fracs : list of int
+        Every matrix's weight fraction bits.
+
+    Returns
+    -------
+    (ShiftChoice, (CompressedModel, stats))
+
+    Raises
+    ------
+    FitError
+        When no product shift makes the accumulators hold the calibration data.
+    """
+    acc_bits = config.acc_bits
+    limit = (1 << (acc_bits - 1)) - 1
+    if config.product_shift is not None:
+        p = config.product_shift
+        bad = [f for f in weight_fracs if f < p]
+        if bad:
+            raise FitError(f"--product-shift {p} exceeds the {min(bad)} fraction bits of a "
+                           f"layer's weights: the requantization shift (weight fraction bits "
+                           f"- product shift) must not be negative; use at most {min(bad)}")
+        built = build(act_frac, p)
+        peak = _peak_accumulator(built[0], calib_x) if calib_x is not None \
+            and len(calib_x) else None
+        return ShiftChoice(p, False, peak, limit), built
+    lowered = 0
+    cache = {}
+
+    def fits(frac, p):
+        """(accumulators hold the data with the margin, peak, build(frac, p))."""
+        if (frac, p) not in cache:
+            built = build(frac, p)
+            peak = _peak_accumulator(built[0], calib_x)
+            cache[frac, p] = (peak * OVERFLOW_MARGIN <= limit, peak, built)
+        return cache[frac, p]
+
+    while True:
+        p_max = min(weight_fracs)
+        # Accumulator formats need fewer fraction bits than acc_bits.
+        p_min = max(0, max(act_frac + f - acc_bits + 1 for f in weight_fracs))
+        if p_min > p_max:
+            raise FitError(f"{acc_bits}-bit accumulators cannot hold the {act_frac} activation "
+                           f"fraction bits plus the layers' weight fraction bits even with a "
+                           f"product shift; lower --act-frac or widen --acc-bits")
+        if calib_x is None or not len(calib_x):
+            return ShiftChoice(p_min, True, None, limit, lowered), build(act_frac, p_min)
+        ok, peak, built = fits(act_frac, p_min)
+        if ok:
+            return ShiftChoice(p_min, True, peak, limit, lowered), built
+        lo, p = p_min, p_min
+        while not ok and p < p_max:
+            # Every bit of shift halves the accumulators: jump to the estimate, then bisect.
+            need = max(1, math.ceil(math.log2(peak * OVERFLOW_MARGIN / limit)))
+            lo, p = p, min(p + need, p_max)
+            ok, peak, built = fits(act_frac, p)
+        if ok:
+            hi = p
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if fits(act_frac, mid)[0]:
+                    hi = mid
+                else:
+                    lo = mid
+            ok, peak, built = fits(act_frac, hi)
+            return ShiftChoice(hi, True, peak, limit, lowered), built
+        missing = max(1, math.ceil(math.log2(peak * OVERFLOW_MARGIN / limit)))
+        if not lower_act or act_frac - missing < 0:
+            raise FitError(f"{acc_bits}-bit accumulators overflow on the calibration data "
+                           f"even with the largest product shift {p_max} (the smallest "
+                           f"weight fraction bits; peak accumulator {peak}, limit {limit} "
+                           f"with a {OVERFLOW_MARGIN:g}x margin): lower --act-frac by "
+                           f"{missing} or widen --acc-bits")
+        act_frac -= missing
+        lowered += missing
+
+
+def _encode_layer(index, layer, codebook, idx, masks, act, config, projection=False,
+                  product_shift=0):
     """Encode one matrix of layer ``index`` (``projection``: an LSTM's ``W_hr``, zero bias)."""
     mask, plain = masks
     wfmt = weight_format_for(codebook, config.weight_width)
@@ -309,12 +487,12 @@ def _encode_layer(index, layer, codebook, idx, masks, act, config, projection=Fa
         bias = layer.b_ih + layer.b_hh
     else:
         bias = layer.bias
-    acc_fmt = Format(config.acc_bits, act.frac + wfmt.frac) \
-        if act.frac + wfmt.frac < config.acc_bits else None
-    if acc_fmt is None:
+    frac = acc_frac(act, wfmt, product_shift)
+    if frac >= config.acc_bits:
         raise FitError(f"layer {index} ({kind}): accumulator of {config.acc_bits} bits "
-                       f"cannot hold {act.frac + wfmt.frac} fraction bits; raise --acc-bits "
-                       f"or lower --weight-width")
+                       f"cannot hold {frac} fraction bits; raise --acc-bits, "
+                       f"--product-shift or lower --weight-width")
+    acc_fmt = Format(config.acc_bits, frac)
     encoded = encode(idx, config.n_pe, index_bits=config.bits, run_bits=config.run_bits)
     per_pe = encoded.entries_per_pe()
     if per_pe.max() > MAX_POINTER:

@@ -90,6 +90,8 @@ def build_report(result: CompressionResult, eval_data=None) -> dict:
         "config": result.config.to_dict(),
         "act_format": model.act_format.to_dict(),
         "acc_bits": model.acc_bits,
+        "product_shift": model.product_shift,
+        "shift_choice": result.shift.to_dict() if result.shift is not None else None,
         "dense_bytes": totals["dense_bits"] / 8,
         "pruned_bytes": totals["pruned_bits"] / 8,
         "quantized_bytes": totals["quantized_bits"] / 8,
@@ -160,6 +162,18 @@ def format_report(report: dict) -> str:
         (f"           after Huffman         {_kb(report['huffman_bytes'])}   "
          f"{report['compression_ratio_huffman']:6.1f}x"),
     ]
+    choice = report.get("shift_choice")
+    if choice is not None:
+        how = "chosen from the calibration data" if choice["auto"] else "given"
+        if choice["peak"] is None:
+            margin = "no calibration data: overflow margin unknown"
+        else:
+            margin = (f"overflow margin {choice['margin_bits']:.2f} bits (peak accumulator "
+                      f"{choice['peak']} of {choice['limit']} on the calibration data)")
+        lines += ["", f"  product shift {choice['product_shift']} ({how}): {margin}"]
+        if choice["act_frac_lowered"]:
+            lines.append(f"  activation fraction bits lowered by {choice['act_frac_lowered']} "
+                         f"so that the accumulators hold the pre-activations")
     if "accuracy_float" in report:
         lines += [
             "",

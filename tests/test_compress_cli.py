@@ -86,3 +86,58 @@ def test_spn_given_as_model_is_refused(capsys, tmp_path):
     path.write_bytes(b"x")
     assert main([str(path)]) == 2
     assert "already a compressed spine package" in capsys.readouterr().err
+
+
+def test_acc_bits_16_chooses_the_smallest_product_shift(capsys, tmp_path):
+    """``--acc-bits 16``: the chosen p is the smallest whose accumulators (bias included) hold
+    the calibration data with the stated margin, the package stores it, p - 1 would not fit,
+    and the test set does not overflow either (digits-mlp)."""
+    from dataclasses import replace
+
+    from host.pipeline import OVERFLOW_MARGIN, CompressConfig, _peak_accumulator, compress_model
+    out = tmp_path / "mlp16.spn"
+    report = run_json(capsys, "digits-mlp", "--acc-bits", "16", "-o", str(out))
+    p = report["product_shift"]
+    choice = report["shift_choice"]
+    assert choice["auto"] and choice["product_shift"] == p > 0
+    assert choice["peak"] * OVERFLOW_MARGIN <= choice["limit"] == 2**15 - 1
+    assert report["accumulator_overflows"] == 0
+    assert report["accuracy_float"] - report["accuracy_compressed"] <= 0.015
+    model = load_package(out)
+    assert model.acc_bits == 16 and model.product_shift == p
+    source = resolve_model("digits-mlp")
+    smaller = compress_model(source.model, CompressConfig(
+        acc_bits=16, product_shift=p - 1, density=source.defaults["density"]),
+        calib_x=source.train[0])
+    assert smaller.shift.peak * OVERFLOW_MARGIN > 2**15 - 1
+    assert _peak_accumulator(replace(model), source.train[0]) == choice["peak"]
+    assert main(["digits-mlp", "--acc-bits", "16"]) == 0
+    assert f"product shift {p} (chosen from the calibration data): overflow margin" \
+        in capsys.readouterr().out
+
+
+def test_product_shift_override_and_errors(capsys):
+    report = run_json(capsys, "digits-mlp", "--acc-bits", "16", "--product-shift", "10")
+    assert report["product_shift"] == 10 and not report["shift_choice"]["auto"]
+    assert report["accumulator_overflows"] > 0          # too small a shift: overflows counted
+    assert run_json(capsys, "digits-mlp")["product_shift"] == 0
+    assert main(["digits-mlp", "--acc-bits", "16", "--product-shift", "15"]) == 2
+    assert "--product-shift 15 exceeds the 14 fraction bits" in capsys.readouterr().err
+
+
+def test_acc_bits_16_lowers_calibrated_act_frac_when_the_shift_cannot_reach():
+    """digits-cnn's pre-ReLU sums need more integer bits than its calibrated activations
+    have: with the largest shift (its weights' 14 fraction bits) they still overflow, so the
+    calibrated activation fraction is lowered; a given --act-frac is an error instead."""
+    from host.errors import FitError
+    from host.pipeline import CompressConfig, compress_model
+    source = resolve_model("digits-cnn")
+    wide = compress_model(source.model, CompressConfig(), calib_x=source.train[0])
+    narrow = compress_model(source.model, CompressConfig(acc_bits=16), calib_x=source.train[0])
+    lowered = narrow.shift.act_frac_lowered
+    assert lowered >= 1
+    assert narrow.model.act_format.frac == wide.model.act_format.frac - lowered
+    assert narrow.shift.peak * 1.25 <= 2**15 - 1
+    with pytest.raises(FitError, match="lower --act-frac by 1 or widen --acc-bits"):
+        compress_model(source.model, CompressConfig(
+            acc_bits=16, act_frac=wide.model.act_format.frac), calib_x=source.train[0])
