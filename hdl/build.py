@@ -56,6 +56,13 @@ class CapacityError(BuildError):
 # Engine sizing
 
 
+def product_shift_entry(model) -> dict:
+    """``{"product_shift": p}`` of a model with a product shift, ``{}`` without (engine
+    parameter dictionaries of p = 0 models stay as they were)."""
+    from host.memory_map import product_shift_entry as entry
+    return entry(model)
+
+
 def _mlp_layers(model):
     """The model's matrices as ``(QLinear, relu)`` layers of an MLP; ValueError otherwise."""
     from host.compressed import QLinear
@@ -111,6 +118,7 @@ def _lstm_engine_for_model(model, stack, cls):
         acc_bits=model.acc_bits, table_spec=model.table_spec.to_dict(),
         max_entries_per_pe=max(16, sum(int(e.entries_per_pe().max()) for e in encs)),
         ew_lanes=lstm_ew_lanes(model.n_pe), layers_max=len(stack), proj_max=proj,
+        **product_shift_entry(model),
         # the SpMV-style keys (messages, IDENTIFY): as LstmBackend reports them
         max_rows=GATES * hidden, max_cols=inputs + hidden, max_layers=sizes.max_layers,
         max_pointers=sizes.max_pointers, max_bias=sizes.max_bias,
@@ -189,7 +197,7 @@ def engine_for_model(model, *, max_layers=None):
         max_layers=max(max_layers or 1, len(encs)),
         max_pointers=max(2, sum(e.cols + 1 for e in encs)),
         max_bias=max(1, sum(e.rows for e in encs)), mlp=mlp,
-        uniform_fields=len(fields) == 1)
+        uniform_fields=len(fields) == 1, **product_shift_entry(model))
 
 
 def default_engine(board, n_pe=None):
@@ -226,7 +234,8 @@ def make_engine(params):
                           ew_lanes=params["ew_lanes"],
                           layers_max=params.get("layers_max", 1),
                           proj_max=params.get("proj_max", 0),
-                          fifo_depth=params.get("fifo_depth", 8))
+                          fifo_depth=params.get("fifo_depth", 8),
+                          product_shift=params.get("product_shift", 0))
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -237,7 +246,8 @@ def make_engine(params):
                       max_layers=params["max_layers"],
                       max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"),
                       fifo_depth=params.get("fifo_depth", 8),
-                      memory=params.get("memory", "bram"))
+                      memory=params.get("memory", "bram"),
+                      product_shift=params.get("product_shift", 0))
 
 
 def make_backend(params):

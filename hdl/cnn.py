@@ -192,7 +192,7 @@ class CnnEngine(wiring.Component):
                     act_width=c.act_format.width, weight_width=c.weight_width,
                     acc_bits=c.acc_bits, rows=self.rows_per_pe,
                     entries=c.max_entries_per_pe, pointers=c.max_pointers,
-                    codebooks=c.max_layers, memory=c.memory)
+                    codebooks=c.max_layers, memory=c.memory, product_shift=c.product_shift)
 
     def make_pe(self) -> wiring.Component:
         return ProcessingElement(**self.pe_params())

@@ -93,19 +93,22 @@ class LstmEngine(wiring.Component):
         ``input_max`` (layer ``l + 1``'s input is layer ``l``'s output).
     proj_max : int
         Largest projection size P (0: no projection hardware).
+    product_shift : int
+        As :class:`hdl.spmv.SpmvEngine` (the model's ``product_shift``).
     """
 
     def __init__(self, n_pe, *, hidden_max, input_max, steps_max, classes_max=16,
                  index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
-                 max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0):
+                 max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0, product_shift=0):
         params = LstmParams(
             n_pe=n_pe, hidden_max=hidden_max, input_max=input_max, steps_max=steps_max,
             classes_max=classes_max, index_bits=index_bits, run_bits=run_bits,
             act_format=act_format, weight_width=weight_width, acc_bits=acc_bits,
             table_spec=table_spec,
             max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
-            max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max)
+            max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max,
+            product_shift=product_shift)
         #: The parameters and derived widths (:class:`host.memory_map.LstmParams`).
         self.params = params
         for name in ("n_pe", "hidden_max", "input_max", "steps_max", "classes_max",
@@ -116,7 +119,7 @@ class LstmEngine(wiring.Component):
                      "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
                      "cb_bits", "bias_bits", "shift_bits", "xlist_bits", "lane_width",
                      "addr_width", "data_width", "layers_max", "proj_max", "state_max",
-                     "n_codebooks", "n_descriptors", "gsteps_max"):
+                     "n_codebooks", "n_descriptors", "gsteps_max", "product_shift"):
             setattr(self, name, getattr(params, name))
         self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
             max_rows=self.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
@@ -166,7 +169,8 @@ class LstmEngine(wiring.Component):
                                      act_width=aw, weight_width=self.weight_width,
                                      acc_bits=self.acc_bits, rows=self.rows_per_pe,
                                      entries=self.max_entries_per_pe,
-                                     pointers=self.max_pointers, codebooks=self.max_layers)
+                                     pointers=self.max_pointers, codebooks=self.max_layers,
+                                     product_shift=self.product_shift)
         pes, fifo = add_pe_array(m, n_pe, make_pe, k_bits=self.k_bits, act_width=aw,
                                  fifo_depth=self.fifo_depth)
 

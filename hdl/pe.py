@@ -7,7 +7,8 @@ Pipeline (one entry per cycle, padding included), cycle ``t`` = the entry's *iss
                  (start, end) from the even/odd pointer banks         (fetch_latency = 1)
     issue t      entry address = entry_base + ptr presented to the entry memory
     S2    t + 1  entry (weight index, zero run) -> local row; codebook read
-    S3    t + 2  weight -> product (registered, one SB_MAC16 on iCE40); accumulator read
+    S3    t + 2  weight -> product >> product_shift (registered, one SB_MAC16 on iCE40; the
+                 shift is wiring); accumulator read
     S4    t + 3  accumulator + product (wraps at acc_bits) written back; a one-deep
                  forwarding register covers the write of the previous entry to the same row
 
@@ -74,6 +75,9 @@ class ProcessingElement(wiring.Component):
         Codebook entry width (bits, signed).
     acc_bits : int
         Accumulator width (bits, wrapping).
+    product_shift : int
+        Bits every product is shifted right (arithmetic, floor) by before it is added
+        (elaboration-time constant; the model's ``product_shift``, :mod:`host.compressed`).
     rows : int
         Accumulators (local rows) of this PE: ``ceil(max_rows / n_pe)``.
     entries : int
@@ -116,7 +120,7 @@ class ProcessingElement(wiring.Component):
 
     def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,
                  acc_bits: int, rows: int, entries: int, pointers: int, codebooks: int,
-                 memory: str = "bram"):
+                 memory: str = "bram", product_shift: int = 0):
         if memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
         if memory == "spram" and entries > SPRAM_DEPTH:
@@ -128,6 +132,7 @@ class ProcessingElement(wiring.Component):
         self.act_width = act_width
         self.weight_width = weight_width
         self.acc_bits = acc_bits
+        self.product_shift = product_shift
         self.rows = rows
         self.entries = entries
         self.pointers = pointers
@@ -274,13 +279,19 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [s3_valid.eq(s2_valid), s3_tok.eq(s2_valid | (pend & ~have)),
                      s3_row.eq(row), s3_value.eq(s2_value)]
         product_shape = signed(self.weight_width + self.act_width)
+        product = cb_r.data * s3_value
+        if self.product_shift:
+            # Floor by product_shift bits (wiring), kept to acc_bits: the sum wraps there.
+            product_shape = signed(min(self.weight_width + self.act_width - self.product_shift,
+                                       self.acc_bits))
+            product = product >> self.product_shift
         s4_prod = Signal(product_shape)
         s4_valid = Signal()
         s4_tok = Signal()
         s4_row = Signal(self.row_bits)
         # The product register is zero when no entry is in S4, so that the drain's clear can
         # go through the adder (below).
-        m.d.sync += [s4_prod.eq(Mux(s3_valid, cb_r.data * s3_value, 0)),
+        m.d.sync += [s4_prod.eq(Mux(s3_valid, product, 0)),
                      s4_valid.eq(s3_valid), s4_tok.eq(s3_tok), s4_row.eq(s3_row)]
 
         acc_r = acc_mem.read_port()

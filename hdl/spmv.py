@@ -35,7 +35,7 @@ from amaranth.utils import bits_for
 
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_FIELDS, DESCRIPTOR_MEMBERS,
                              DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, OUTPUT_OVERHEAD,
-                             SETUP_CYCLES, Field, Region, SpmvParams)
+                             SETUP_CYCLES, Field, Region, SpmvParams, product_shift_entry)
 
 from .broadcast import BroadcastFifo
 from .ice40_spram import SPRAM_DEPTH
@@ -216,6 +216,9 @@ class SpmvEngine(wiring.Component):
         Pointer slots per PE (all layers' ``cols + 1``); default ``max_layers * (max_cols + 1)``.
     max_bias : int, optional
         Bias memory words; default ``max_layers * max_rows``.
+    product_shift : int
+        Bits every product is floored by before it is added (the model's ``product_shift``;
+        elaboration-time wiring in the PEs).
 
     Attributes
     ----------
@@ -245,13 +248,13 @@ class SpmvEngine(wiring.Component):
     def __init__(self, n_pe, *, index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT,
                  weight_width=16, acc_bits=32, max_rows, max_cols, max_entries_per_pe,
                  fifo_depth=8, max_layers=4, memory="bram", max_pointers=None,
-                 max_bias=None):
+                 max_bias=None, product_shift=0):
         params = SpmvParams(n_pe=n_pe, index_bits=index_bits, run_bits=run_bits,
                             act_format=act_format, weight_width=weight_width,
                             acc_bits=acc_bits, max_rows=max_rows, max_cols=max_cols,
                             max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
                             max_layers=max_layers, max_pointers=max_pointers,
-                            max_bias=max_bias)
+                            max_bias=max_bias, product_shift=product_shift)
         if memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
         if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
@@ -266,7 +269,7 @@ class SpmvEngine(wiring.Component):
                      "max_layers", "max_pointers", "max_bias", "rows_per_pe", "list_depth",
                      "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
                      "cb_bits", "bias_bits", "shift_bits", "lane_width", "addr_width",
-                     "data_width"):
+                     "data_width", "product_shift"):
             setattr(self, name, getattr(params, name))
         max_pointers, max_bias = params.max_pointers, params.max_bias
         self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
@@ -300,14 +303,15 @@ class SpmvEngine(wiring.Component):
     run_cycles = staticmethod(SpmvParams.run_cycles)
 
     def config(self) -> dict:
-        """Parameters (JSON-able), e.g. for cache keys and reports."""
+        """Parameters (JSON-able), e.g. for cache keys and reports (``product_shift`` only
+        when not 0)."""
         return {"n_pe": self.n_pe, "index_bits": self.index_bits, "run_bits": self.run_bits,
                 "act_format": self.act_format.to_dict(), "weight_width": self.weight_width,
                 "acc_bits": self.acc_bits, "max_rows": self.max_rows,
                 "max_cols": self.max_cols, "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_layers": self.max_layers,
                 "memory": self.memory, "max_pointers": self.max_pointers,
-                "max_bias": self.max_bias}
+                "max_bias": self.max_bias, **product_shift_entry(self)}
 
     # --- hardware ------------------------------------------------------------------------------
 
@@ -317,7 +321,8 @@ class SpmvEngine(wiring.Component):
                     act_width=self.act_format.width, weight_width=self.weight_width,
                     acc_bits=self.acc_bits, rows=self.rows_per_pe,
                     entries=self.max_entries_per_pe, pointers=self.max_pointers,
-                    codebooks=self.max_layers, memory=self.memory)
+                    codebooks=self.max_layers, memory=self.memory,
+                    product_shift=self.product_shift)
 
     def make_pe(self) -> wiring.Component:
         """One PE (a hook: simulation builds replace it by an instance of a separately

@@ -184,7 +184,8 @@ def model_for(config: CnnConfig, layers, input_shape, name="cnn") -> CompressedM
     """A :class:`CompressedModel` of ``layers`` with the engine's formats (for the golden
     model)."""
     return CompressedModel(name, tuple(input_shape), list(layers), config.n_pe,
-                           config.act_format, config.acc_bits)
+                           config.act_format, config.acc_bits,
+                           product_shift=config.product_shift)
 
 
 def layer_inputs(image: CnnImage, model: CompressedModel, xs) -> tuple[list, np.ndarray]:

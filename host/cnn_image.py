@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compressed import QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix
+from .compressed import (QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix,
+                         requant_shift)
 from .encoding import EncodedMatrix
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
-from .memory_map import Region as SpmvRegion
+from .memory_map import Region as SpmvRegion, check_product_shift
 from .params import check_int
 
 __all__ = ["Region", "Field", "FIELD_BITS", "CnnConfig", "HwLayer", "plan_layers",
@@ -129,6 +130,8 @@ class CnnConfig:
         Broadcast FIFO depth per PE.
     memory : str
         ``"bram"`` or ``"spram"`` (PE entry memories, as :class:`hdl.spmv.SpmvEngine`).
+    product_shift : int
+        Bits every product is floored by before it is added (the model's ``product_shift``).
     out_parallel : bool
         Output stage with one requantizer per PE (``n_pe`` channels per cycle, every PE's
         accumulator read at once, ``n_pe`` bias read ports) instead of one channel per cycle;
@@ -155,6 +158,7 @@ class CnnConfig:
     fifo_depth: int = 8
     memory: str = "bram"
     out_parallel: bool = False
+    product_shift: int = 0
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
@@ -168,6 +172,7 @@ class CnnConfig:
                              f"{self.act_format.width}")
         check_int("weight_width", self.weight_width, 2, MAX_WIDTH)
         check_int("acc_bits", self.acc_bits, self.act_format.width, MAX_ACC_WIDTH)
+        check_product_shift(self.product_shift, self.act_format, self.weight_width)
         for name in ("max_rows", "max_entries_per_pe", "max_bias", "max_layers", "fm_words",
                      "max_dim", "max_stride", "fifo_depth"):
             check_int(name, getattr(self, name), 1)
@@ -193,6 +198,8 @@ class CnnConfig:
     def to_dict(self) -> dict:
         d = {name: getattr(self, name) for name in self.__dataclass_fields__}
         d["act_format"] = self.act_format.to_dict()
+        if not self.product_shift:          # p = 0 configurations keep their keys
+            del d["product_shift"]
         return d
 
     @classmethod
@@ -211,6 +218,7 @@ class CnnConfig:
         probe = cls(n_pe=n_pe, max_rows=1 << 20, max_entries_per_pe=1 << 30,
                     max_pointers=1 << 30, max_bias=1 << 30, fm_words=1 << 30,
                     act_format=model.act_format, acc_bits=model.acc_bits,
+                    product_shift=model.product_shift,
                     fm_lanes=fm_lanes, fifo_depth=fifo_depth, max_dim=1 << 12, max_pad=15,
                     max_layers=1 << 10, **bits)
         layers = plan_layers(model.layers, model.input_shape, probe)
@@ -223,7 +231,7 @@ class CnnConfig:
             max_entries_per_pe=up(sizes["entries"]), max_pointers=up(sizes["pointers"]),
             max_bias=up(sizes["bias"]), fm_words=up(sizes["fm_words"]),
             act_format=model.act_format, acc_bits=model.acc_bits, fm_lanes=fm_lanes,
-            fifo_depth=fifo_depth, max_layers=len(layers),
+            product_shift=model.product_shift, fifo_depth=fifo_depth, max_layers=len(layers),
             max_dim=max(max(*ly.in_shape[1:], *ly.kernel) for ly in layers),
             max_pad=max(max(ly.pad for ly in layers), 1),
             max_stride=max(max(ly.stride for ly in layers), 1),
@@ -544,7 +552,7 @@ def _descriptor(config, ly: HwLayer, n, entry_base, ptr_base, bias_base) -> np.n
     d[Field.PTR_BASE] = ptr_base
     d[Field.BIAS_BASE] = bias_base
     d[Field.CODEBOOK] = n
-    d[Field.SHIFT] = ly.matrix.weight_format.frac
+    d[Field.SHIFT] = requant_shift(ly.matrix.weight_format, config.product_shift)
     d[Field.RELU] = int(ly.relu)
     d[Field.IN_H], d[Field.IN_W] = h, w
     d[Field.KH], d[Field.KW] = kh, kw

@@ -195,7 +195,8 @@ class EngineInfo(Identity):
              f"{'' if self.hash_ok else ' (does NOT match the fields below)'}"),
             (f"entries {self.index_bits}-bit index + {self.run_bits}-bit run, activations "
              f"{self.act_format}, weights {self.weight_width} bit, accumulators "
-             f"{self.acc_bits} bit"),
+             f"{self.acc_bits} bit"
+             + (f", product shift {self.product_shift}" if self.product_shift else "")),
             (f"up to {self.max_layers} layers of {self.max_rows} x {self.max_cols}, "
              f"{self.max_entries_per_pe} entries per PE, {self.max_pointers} pointers, "
              f"{self.max_bias} biases, payload {self.max_payload} bytes"),
@@ -361,6 +362,12 @@ def _header_mismatches(model: CompressedModel, info: EngineInfo, problems: list)
     _differ(problems, "PE count", model.n_pe, info.n_pe)
     _differ(problems, "activation format", str(model.act_format), str(info.act_format))
     _differ(problems, "accumulator bits", model.acc_bits, info.acc_bits)
+    if model.product_shift != info.product_shift:
+        problems.append(f"product shift: model {model.product_shift}, engine "
+                        f"{info.product_shift} — the engine floors every product by its "
+                        f"(built-in) shift: rebuild the bitstream for the model (`python -m "
+                        f"hdl.build --model PACKAGE`, or `python -m hdl.sim --model`), or "
+                        f"compress with --product-shift {info.product_shift}")
 
 
 def _encoding_mismatches(where: str, m, info: EngineInfo, problems: list) -> None:
@@ -518,7 +525,7 @@ def cnn_config(info: EngineInfo):
             fm_lanes=ext["fm_lanes"], max_dim=ext["max_dim"], max_pad=ext["max_pad"],
             max_stride=ext["max_stride"], max_pool=ext["max_pool"],
             fifo_depth=ext["fifo_depth"], memory="spram" if ext["memory"] else "bram",
-            out_parallel=bool(ext["out_parallel"]))
+            out_parallel=bool(ext["out_parallel"]), product_shift=info.product_shift)
     except (TypeError, ValueError) as error:
         raise ModelMismatchError(f"the bitstream's CNN parameters are invalid: {error}") \
             from None
@@ -593,7 +600,8 @@ def _spmv_params(info: EngineInfo) -> SpmvParams:
                       act_format=info.act_format, weight_width=info.weight_width,
                       acc_bits=info.acc_bits, max_rows=info.max_rows, max_cols=info.max_cols,
                       max_entries_per_pe=info.max_entries_per_pe, max_layers=info.max_layers,
-                      max_pointers=info.max_pointers, max_bias=info.max_bias)
+                      max_pointers=info.max_pointers, max_bias=info.max_bias,
+                      product_shift=info.product_shift)
 
 
 def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
@@ -606,7 +614,8 @@ def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
                       run_bits=info.run_bits, act_format=info.act_format,
                       weight_width=info.weight_width, acc_bits=info.acc_bits,
                       table_spec=model.table_spec, max_entries_per_pe=info.max_entries_per_pe,
-                      layers_max=limits["layers_max"], proj_max=limits["proj_max"])
+                      layers_max=limits["layers_max"], proj_max=limits["proj_max"],
+                      product_shift=info.product_shift)
 
 
 def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
@@ -860,7 +869,8 @@ class Accelerator:
                 + f"\nFix: compress the model for this engine (`python -m host.compress MODEL "
                   f"--pes {info.n_pe} --act-width {info.act_format.width} --act-frac "
                   f"{info.act_format.frac} --bits {info.index_bits} --run-bits {info.run_bits} "
-                  f"--acc-bits {info.acc_bits}`) or build a bitstream for the model")
+                  f"--acc-bits {info.acc_bits} --product-shift {info.product_shift}`) or build "
+                  f"a bitstream for the model")
 
     def _blocks(self, model) -> list[LoadBlock]:
         try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .compressed import CompressedModel, QLinear, QLSTM, SparseMatrix
+from .compressed import CompressedModel, QLinear, QLSTM, SparseMatrix, requant_shift
 from .encoding import encode
 from .fixedpoint import Format
 from .golden import GoldenModel, spmv
@@ -134,7 +134,8 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
         # ptr_base + u.
         fields = {Field.ROWS: enc.rows, Field.COLS: enc.cols, Field.ENTRY_BASE: entry_base,
                   Field.PTR_BASE: ptr_base - col_base, Field.BIAS_BASE: bias_base,
-                  Field.CODEBOOK: n, Field.SHIFT: matrix.weight_format.frac,
+                  Field.CODEBOOK: n,
+                  Field.SHIFT: requant_shift(matrix.weight_format, engine.product_shift),
                   Field.RELU: int(relu)}
         descs += [((k << 3) | int(f), int(fields[f])) for f in DESCRIPTOR_FIELDS]
     if memories.entry_base > engine.max_entries_per_pe:
@@ -158,7 +159,8 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
     model = CompressedModel("lstm", (1, layers[0].input_size),
                             layers + ([classifier] if classifier else []),
                             engine.n_pe, engine.act_format, engine.acc_bits,
-                            table_spec if table_spec is not None else engine.table_spec)
+                            table_spec if table_spec is not None else engine.table_spec,
+                            product_shift=engine.product_shift)
     if model.table_spec != engine.table_spec:
         raise ValueError(f"table spec {model.table_spec} differs from the engine's "
                          f"{engine.table_spec}")
@@ -239,7 +241,8 @@ def expected_run(engine: LstmParams, image: LstmImage, x_seq) -> ExpectedLstmRun
     cls_enc = None
     if image.classifier is not None:
         outputs = spmv(image.classifier.matrix, seq[-1][None], engine.act_format,
-                       engine.acc_bits, image.classifier.relu)[0]
+                       engine.acc_bits, image.classifier.relu,
+                       product_shift=engine.product_shift)[0]
         cls_enc = image.classifier.matrix.encoded
     report = stack_cycles(traces, engine.timing(), cls_enc, engine.ew_lanes)
     listed = sum(int(np.count_nonzero(tr.x_seq)) for tr in traces)

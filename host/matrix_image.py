@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compressed import SparseMatrix
+from .compressed import SparseMatrix, requant_shift
 from .encoding import EncodedMatrix
 from .fixedpoint import wrap
 
@@ -65,6 +65,10 @@ def check_weights(engine, matrix: SparseMatrix, where: str) -> None:
     if matrix.weight_format.frac >= engine.weight_width:
         raise ValueError(f"{where}: weight fraction bits {matrix.weight_format.frac} do not "
                          f"fit a {engine.weight_width}-bit weight")
+    try:
+        requant_shift(matrix.weight_format, getattr(engine, "product_shift", 0))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     book = np.asarray(matrix.codebook, dtype=np.int64)
     lo, hi = -(1 << (engine.weight_width - 1)), (1 << (engine.weight_width - 1)) - 1
     if book.min() < lo or book.max() > hi:

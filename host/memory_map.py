@@ -25,7 +25,8 @@ __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descri
            "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
            "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "POP_INTERVAL",
            "SETUP_CYCLES",
-           "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT"]
+           "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT", "check_product_shift",
+           "product_shift_entry"]
 
 #: Default activation format (Q5.10).
 DEFAULT_ACT_FORMAT = Format(16, 10)
@@ -67,7 +68,8 @@ class Field(enum.IntEnum):
     PTR_BASE = 3    #: first pointer slot of the layer (cols + 1 slots)
     BIAS_BASE = 4   #: address of the layer's row 0 bias
     CODEBOOK = 5    #: codebook slot
-    SHIFT = 6       #: requantization shift = the layer's weight fraction bits
+    SHIFT = 6       #: requantization shift: weight fraction bits - the engine's product shift
+    #:                 (:func:`host.compressed.requant_shift`)
     RELU = 7        #: 1: ReLU after requantization
 
 
@@ -133,6 +135,12 @@ def ceil_log2(value: int) -> int:
 def addr_bits(depth: int) -> int:
     """Address width (bits) of a memory of ``depth`` words (at least 1)."""
     return max(1, ceil_log2(depth))
+
+
+def check_product_shift(product_shift, act_format, weight_width: int) -> None:
+    """``product_shift`` (engine parameter) must be an integer from 0 to
+    ``act.width + weight_width - 1`` (a product's bits)."""
+    check_int("product_shift", product_shift, 0, act_format.width + weight_width - 1)
 
 
 def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
@@ -216,12 +224,14 @@ class SpmvParams(_Widths):
     max_layers: int = 4
     max_pointers: int | None = None
     max_bias: int | None = None
+    product_shift: int = 0
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
         check_int("index_bits", self.index_bits, 1, 8)
         check_int("run_bits", self.run_bits, 1, 8)
         _check_formats(self.act_format, self.weight_width, self.acc_bits)
+        check_product_shift(self.product_shift, self.act_format, self.weight_width)
         check_int("max_rows", self.max_rows, 1)
         check_int("max_cols", self.max_cols, 1)
         check_int("max_entries_per_pe", self.max_entries_per_pe, 1)
@@ -297,6 +307,7 @@ class LstmParams(_Widths):
     ew_lanes: int = 1
     layers_max: int = 1
     proj_max: int = 0
+    product_shift: int = 0
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
@@ -313,6 +324,7 @@ class LstmParams(_Widths):
             raise ValueError(f"`act_format` {act} cannot hold 1.0 (sigmoid/tanh outputs); "
                              f"give it at least one integer bit")
         _check_formats(act, self.weight_width, self.acc_bits)
+        check_product_shift(self.product_shift, act, self.weight_width)
         if not isinstance(self.table_spec, TableSpec):
             raise TypeError(f"`table_spec` must be a host.activations.TableSpec, not "
                             f"{self.table_spec!r}")
@@ -428,7 +440,8 @@ class LstmParams(_Widths):
                    bits_for(self.steps_max))
 
     def config(self) -> dict:
-        """The generator parameters as plain values (JSON-able)."""
+        """The generator parameters as plain values (JSON-able; ``product_shift`` only when
+        not 0, so that older configurations keep their keys)."""
         return {"n_pe": self.n_pe, "hidden_max": self.hidden_max,
                 "input_max": self.input_max, "steps_max": self.steps_max,
                 "classes_max": self.classes_max, "index_bits": self.index_bits,
@@ -438,7 +451,15 @@ class LstmParams(_Widths):
                 "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
                 "ew_lanes": self.ew_lanes, "layers_max": self.layers_max,
-                "proj_max": self.proj_max}
+                "proj_max": self.proj_max, **product_shift_entry(self)}
+
+
+def product_shift_entry(params) -> dict:
+    """``{"product_shift": p}`` of an engine's parameters, ``{}`` for p = 0: configuration
+    dictionaries (cache keys, the IDENTIFY configuration hash) of engines without a product
+    shift stay what they were before it existed."""
+    p = getattr(params, "product_shift", 0)
+    return {"product_shift": p} if p else {}
 
 
 def params_of(engine, kind):

@@ -33,7 +33,8 @@ __all__ = [
     "IDENTIFY_MAGIC", "EngineKind", "RegionDescription", "Identity", "pack_identity",
     "parse_identity", "DeviceStatus", "STATUS_LAYOUT", "STATUS_BYTES", "StatusFlag",
     "pack_status", "parse_status", "engine_config_digest", "CONFIG_DIGEST_BYTES",
-    "CNN_EXTENSION_KEYS", "EXTENSION_KEYS", "engine_extension",
+    "CNN_EXTENSION_KEYS", "EXTENSION_KEYS", "COMMON_EXTENSION_KEYS", "extension_keys",
+    "engine_extension",
 ]
 
 REQUEST_SYNC = 0xA5
@@ -233,12 +234,27 @@ CNN_EXTENSION_KEYS = ("fm_lanes", "fm_words", "max_dim", "max_pad", "max_stride"
                       "fifo_depth", "out_parallel", "memory")
 EXTENSION_KEYS = {int(EngineKind.CNN): CNN_EXTENSION_KEYS}
 """Extension parameter names by engine kind (:class:`EngineKind` value)."""
+#: Extension words of every engine, after the engine's own: ``product_shift`` (bits every
+#: product is floored by, the model's ``product_shift``).  Trailing zero words are not sent
+#: and a missing word means 0, so an engine without a product shift answers as before (and
+#: its configuration hash is unchanged).
+COMMON_EXTENSION_KEYS = ("product_shift",)
+
+
+def extension_keys(engine: int) -> tuple:
+    """Names of the extension words of an ``engine`` kind, in order."""
+    return EXTENSION_KEYS.get(int(engine), ()) + COMMON_EXTENSION_KEYS
 
 
 def engine_extension(params: dict) -> tuple:
-    """The IDENTIFY extension words of engine ``params`` (empty for engines without any)."""
-    keys = EXTENSION_KEYS.get(int(params.get("engine", 0)), ())
-    return tuple(int(params[k]) for k in keys)
+    """The IDENTIFY extension words of engine ``params`` (empty for engines without any):
+    the engine's own, then :data:`COMMON_EXTENSION_KEYS` up to the last non-zero one."""
+    engine = int(params.get("engine", 0))
+    words = [int(params[k]) for k in EXTENSION_KEYS.get(engine, ())]
+    common = [int(params.get(k, 0)) for k in COMMON_EXTENSION_KEYS]
+    while common and not common[-1]:
+        common.pop()
+    return tuple(words + common)
 
 
 def engine_config_digest(params: dict) -> bytes:
@@ -316,9 +332,14 @@ class Identity:
     def extension_params(self) -> dict:
         """The extension words by name (``{}`` for an engine without any; unnamed words are
         called ``ext0``, ``ext1`` ...)."""
-        keys = EXTENSION_KEYS.get(self.engine, ())
+        keys = extension_keys(self.engine)
         return {keys[n] if n < len(keys) else f"ext{n}": int(v)
                 for n, v in enumerate(self.extension)}
+
+    @property
+    def product_shift(self) -> int:
+        """The engine's product shift (extension word; 0 in an answer without it)."""
+        return self.extension_params().get("product_shift", 0)
 
     def region(self, region: int) -> RegionDescription:
         for r in self.regions:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compressed import QLinear, SparseMatrix
+from .compressed import QLinear, SparseMatrix, requant_shift
 from .cyclemodel import active_columns, spmv_cycles
 from .fixedpoint import Format
 from .golden import spmv
@@ -101,7 +101,7 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
         desc[Field.PTR_BASE] = ptr_base
         desc[Field.BIAS_BASE] = bias_base
         desc[Field.CODEBOOK] = n
-        desc[Field.SHIFT] = matrix.weight_format.frac
+        desc[Field.SHIFT] = requant_shift(matrix.weight_format, engine.product_shift)
         desc[Field.RELU] = int(relu)
         descs.append(desc)
     entry_base, ptr_base, bias_base = memories.entry_base, memories.ptr_base, memories.bias_base
@@ -173,7 +173,8 @@ def expected_run(engine: SpmvParams, image: EngineImage, activations) -> Expecte
         layer_cycles.append(report.cycles)
         ideal.append(report.ideal)
         rows.append(matrix.rows)
-        x = spmv(matrix, x, engine.act_format, engine.acc_bits, relu)
+        x = spmv(matrix, x, engine.act_format, engine.acc_bits, relu,
+                 product_shift=engine.product_shift)
     return ExpectedRun(x[0], np.array(layer_cycles), engine.run_cycles(layer_cycles, rows),
                        np.array(ideal), reports)
 

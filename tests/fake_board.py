@@ -34,6 +34,7 @@ from host.protocol import (
     Status,
     crc16,
     engine_config_digest,
+    engine_extension,
     pack_identity,
     pack_response,
     pack_status,
@@ -48,7 +49,8 @@ WORD_BYTES = {RegionId.ENTRY: 1, RegionId.POINTER: 2, RegionId.CODEBOOK: 2, Regi
 
 def make_identity(n_pe=2, *, index_bits=4, run_bits=4, act_width=16, act_frac=10,
                   weight_width=16, acc_bits=32, max_layers=4, max_rows=64, max_cols=64,
-                  max_entries_per_pe=1024, engine=EngineKind.SPMV) -> Identity:
+                  max_entries_per_pe=1024, engine=EngineKind.SPMV,
+                  product_shift=0) -> Identity:
     max_pointers = max_layers * (max_cols + 1)
     max_bias = max_layers * max_rows
     params = {"engine": int(engine), "n_pe": n_pe, "index_bits": index_bits,
@@ -57,6 +59,8 @@ def make_identity(n_pe=2, *, index_bits=4, run_bits=4, act_width=16, act_frac=10
               "max_rows": max_rows, "max_cols": max_cols,
               "max_entries_per_pe": max_entries_per_pe, "max_pointers": max_pointers,
               "max_bias": max_bias}
+    if product_shift:
+        params["product_shift"] = product_shift
     regions = (
         RegionDescription(RegionId.ENTRY, 1, n_pe, max_entries_per_pe),
         RegionDescription(RegionId.POINTER, 2, n_pe, max_pointers),
@@ -69,7 +73,8 @@ def make_identity(n_pe=2, *, index_bits=4, run_bits=4, act_width=16, act_frac=10
     )
     return Identity(PROTOCOL_VERSION, int(engine), 12_000_000, 115200,
                     engine_config_digest(params), max_payload=MAX_PAYLOAD, regions=regions,
-                    **{k: v for k, v in params.items() if k != "engine"})
+                    extension=engine_extension(params),
+                    **{k: v for k, v in params.items() if k not in ("engine", "product_shift")})
 
 
 def backend_info(backend):

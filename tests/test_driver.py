@@ -244,6 +244,44 @@ def test_mismatch_layer_kind(board):
         acc.check_model(model)
 
 
+def test_product_shift_in_identify_and_mismatch(model):
+    """The engine's product shift travels as an IDENTIFY extension word covered by the
+    configuration hash (an answer without it means 0); a model with another shift is refused
+    naming both values and the fixes; a matching one loads and runs bit-exactly."""
+    from dataclasses import replace
+
+    from host.driver import EngineInfo
+    from host.protocol import pack_identity
+    plain = make_identity(2)
+    assert plain.extension == () and plain.product_shift == 0
+    shifted = make_identity(2, product_shift=12)
+    assert shifted.extension == (12,) and shifted.product_shift == 12
+    info = EngineInfo.from_payload(pack_identity(shifted))
+    assert info.product_shift == 12 and info.hash_ok
+    assert info.config_hash != plain.config_hash
+    assert "product shift 12" in info.describe()
+    forged = EngineInfo.from_payload(pack_identity(replace(shifted, extension=())))
+    assert forged.product_shift == 0 and not forged.hash_ok
+    with connect(FakeBoard(shifted, model)) as acc, pytest.raises(ModelMismatchError) as error:
+        acc.check_model(model)
+    text = str(error.value)
+    assert "product shift: model 0, engine 12 — " in text
+    assert "rebuild the bitstream for the model" in text and "--product-shift 12" in text
+    shifted_model = replace(model, product_shift=5)
+    with connect(FakeBoard(make_identity(2), shifted_model)) as acc, \
+            pytest.raises(ModelMismatchError, match="product shift: model 5, engine 0"):
+        acc.check_model(shifted_model)
+    board = FakeBoard(make_identity(2, product_shift=5), shifted_model)
+    x = inputs(shifted_model, 6)
+    with connect(board) as acc:
+        acc.load(shifted_model, progress=False)
+        got = np.stack([acc.infer(v) for v in x])
+    assert np.array_equal(got, golden(shifted_model, x))
+    assert not np.array_equal(got, golden(model, x))
+    descriptors = board.memory[(RegionId.DESCRIPTOR, 0)]
+    assert descriptors[6] == 12 - 5          # Field.SHIFT = weight.frac - product shift
+
+
 def test_mismatch_bad_config_hash(model):
     from dataclasses import replace
     identity = replace(make_identity(2), config_hash=b"\0" * 8)
