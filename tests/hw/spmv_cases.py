@@ -83,14 +83,17 @@ def layer_cases(engine: SpmvEngine, seed: int, repeats: int = 2):
     # An all-zero matrix (no entries at all): bias only.
     layer = random_layer(rng, min(R, 9), min(C, 5), 0.0, n, **kw)
     add("zero matrix", [(layer, True)], [activations(rng, min(C, 5), 1.0, act)])
-    # Dense, extreme values: saturating outputs and wrapping accumulators.
+    # Dense, extreme values: saturating outputs and wrapping accumulators (saturation needs
+    # accumulators wider than the activations after the requantization shift).
     rows, cols = min(R, 2 * n + 1), C
+    shift = engine.weight_width - 2 - engine.product_shift
+    can_saturate = engine.acc_bits - shift > act.width
     for _ in range(50):     # until some accumulators wrap and some outputs saturate
         layer = extreme_layer(rng, rows, cols, n, engine)
         x = rng.choice([act.min_int, act.max_int], cols)
         diag = Diagnostics()
-        spmv(layer, x[None], act, engine.acc_bits, False, diag)
-        if diag.accumulator_overflows > 0 and diag.saturations > 0:
+        spmv(layer, x[None], act, engine.acc_bits, False, diag, engine.product_shift)
+        if diag.accumulator_overflows > 0 and (diag.saturations > 0 or not can_saturate):
             break
     else:
         raise AssertionError("no extreme case with wrapping and saturation found")

@@ -35,6 +35,11 @@ CONFIGS = {
     # N = 8, EIE FIFO depth; also the digits-mlp engine (same build).
     "n8": dict(n_pe=8, max_rows=128, max_cols=128, max_entries_per_pe=4096, fifo_depth=8,
                max_layers=3, act_format=Format(16, 9)),
+    # N = 4, 16-bit accumulators (one iCE40 block RAM per PE) with a product shift of 12: the
+    # PEs floor every 28-bit product by 12 bits; sums wrap at 16 bits in some cases, and
+    # 12-bit activations let the outputs saturate.
+    "n4_acc16": dict(n_pe=4, max_rows=40, max_cols=40, max_entries_per_pe=1024, fifo_depth=4,
+                     max_layers=3, act_format=Format(12, 8), acc_bits=16, product_shift=12),
 }
 
 SLOW_CONFIGS = {
