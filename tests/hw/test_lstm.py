@@ -40,6 +40,11 @@ CONFIGS = {
     # 2 PEs, FIFO depth 1, one element-wise lane (4H accumulator reads per step).
     "n2_l1": dict(n_pe=2, hidden_max=12, input_max=5, steps_max=32, classes_max=6,
                   max_entries_per_pe=512, fifo_depth=1, ew_lanes=1),
+    # 2 PEs, 16-bit accumulators with a product shift of 13 (gates, classifier): the PEs floor
+    # every product by 13 bits and the sums wrap at 16 bits where they overflow.
+    "n2_acc16": dict(n_pe=2, hidden_max=8, input_max=5, steps_max=32, classes_max=6,
+                     max_entries_per_pe=512, fifo_depth=2, ew_lanes=2, acc_bits=16,
+                     product_shift=13),
 }
 SLOW_CONFIGS = {
     # 8 PEs, 4 lanes, digits formats, 2 stacked layers with projection (slow: own build).
