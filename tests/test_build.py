@@ -333,3 +333,41 @@ def test_ice40_overrides_stop_read_first_emulation(tmp_path):
 
     assert flip_flops("") >= 32                               # write delayed + bypass register
     assert flip_flops(build.ICE40_NO_READ_FIRST + ";") == 0
+
+
+@pytest.mark.parametrize("name, engine", [("digits-mlp", "SPMV"), ("digits-lstm", "LSTM"),
+                                          ("digits-cnn", "CNN")])
+def test_acc16_model_builds_an_engine_with_its_product_shift(name, engine):
+    """A 16-bit-accumulator package (automatic product shift) sizes an engine with that shift:
+    the generated IDENTIFY answer carries it (hash included), the driver accepts the model on
+    it and refuses the 32-bit package (naming the product shift); the image's requantization
+    shifts are weight.frac - p."""
+    from hdl.top import SpineCore
+    from host.driver import EngineInfo, model_image, model_mismatches
+    from host.modelsource import resolve_model
+    from host.pipeline import CompressConfig, compress_model
+    from host.protocol import RegionId
+    source = resolve_model(name)
+    density = source.defaults.get("density", 0.25)
+    model = compress_model(source.model, CompressConfig(n_pe=8, density=density, acc_bits=16),
+                           calib_x=source.train[0]).model
+    p = model.product_shift
+    assert p == 14 and model.acc_bits == 16
+    params = build.engine_for_model(model)
+    assert params["product_shift"] == p
+    backend = build.make_backend(params)
+    info = EngineInfo.from_payload(SpineCore(backend, clock_hz=12_000_000,
+                                             baud=115200).identity_bytes)
+    assert info.kind == engine and info.hash_ok and info.product_shift == p
+    assert model_mismatches(model, info) == []
+    wide = compress_model(source.model, CompressConfig(n_pe=8, density=density),
+                          calib_x=source.train[0]).model
+    assert build.engine_for_model(wide).get("product_shift", 0) == 0
+    problems = "\n".join(model_mismatches(wide, info))
+    assert f"product shift: model 0, engine {p}" in problems
+    assert "accumulator bits: model 32, engine 16" in problems
+    from host.cnn_image import Field as CnnField
+    from host.memory_map import Field
+    field = CnnField.SHIFT if engine == "CNN" else Field.SHIFT
+    first = next(b.words for b in model_image(model, info) if b.region == RegionId.DESCRIPTOR)
+    assert int(first[field]) == model.matrices()[0][1].weight_format.frac - p
