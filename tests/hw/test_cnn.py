@@ -167,20 +167,20 @@ def test_cnn_random_layers_slow(name, tmp_path):
     run(engine, layer_cases(engine, seed=sum(map(ord, name))), tmp_path)
 
 
-def digits_cnn(n_pe=8):
+def digits_cnn(n_pe=8, acc_bits=32):
     from host.modelsource import resolve_model
     from host.pipeline import CompressConfig, compress_model
     source = resolve_model("digits-cnn")
     config = CompressConfig(n_pe=n_pe, density=source.defaults.get("density", 0.25),
-                            bits=source.defaults.get("bits", 4))
+                            bits=source.defaults.get("bits", 4), acc_bits=acc_bits)
     return source, compress_model(source.model, config, calib_x=source.train[0]).model
 
 
-def run_digits(tmp_path, samples=None):
+def run_digits(tmp_path, samples=None, acc_bits=32):
     from host.golden import GoldenModel
-    source, model = digits_cnn()
+    source, model = digits_cnn(acc_bits=acc_bits)
     engine = make_engine(CONFIGS["n8_g8"], act_format=model.act_format,
-                         acc_bits=model.acc_bits)
+                         acc_bits=model.acc_bits, product_shift=model.product_shift)
     golden = GoldenModel(model)
     x_test, y_test = source.test
     if samples is not None:
@@ -195,7 +195,8 @@ def run_digits(tmp_path, samples=None):
     accuracy = float(np.mean(hw == y_test))
     cycles = np.array([r.cycles for r in results])
     ideal = np.array([r.expected.ideal for r in results])
-    print(f"digits-cnn on the CNN engine: {len(q)} samples, accuracy {accuracy:.4f}, "
+    print(f"digits-cnn on the CNN engine ({model.acc_bits}-bit accumulators, product shift "
+          f"{model.product_shift}): {len(q)} samples, accuracy {accuracy:.4f}, "
           f"cycles per image mean {cycles.mean():.0f} (min {cycles.min()}, max "
           f"{cycles.max()}), ideal mean {ideal.mean():.0f}")
     return accuracy
@@ -212,6 +213,14 @@ def test_digits_cnn_whole_test_split(tmp_path):
     """The same over the whole test split (450 images): predictions == golden's on every
     sample; prints the accuracy."""
     accuracy = run_digits(tmp_path)
+    assert accuracy > 0.9
+
+
+@pytest.mark.slow
+def test_digits_cnn_acc16_whole_test_split(tmp_path):
+    """digits-cnn compressed for 16-bit accumulators (automatic product shift 14, activations
+    Q6.9) on the 8-PE CNN engine built with them: predictions == golden's on all 450 images."""
+    accuracy = run_digits(tmp_path, acc_bits=16)
     assert accuracy > 0.9
 
 

@@ -263,17 +263,18 @@ def test_saturating_cases_saturate():
     assert z_sat > 0 and c_sat > 0, (z_sat, c_sat)
 
 
-def _digits(n_samples):
+def _digits(n_samples, acc_bits=32):
     from host.golden import GoldenModel
     from host.pipeline import CompressConfig, compress_model
     from host.modelsource import resolve_model
     source = resolve_model("digits-lstm")
-    model = compress_model(source.model, CompressConfig(n_pe=8, density=0.25),
+    model = compress_model(source.model, CompressConfig(n_pe=8, density=0.25,
+                                                        acc_bits=acc_bits),
                            calib_x=source.train[0]).model
     lstm, cls = model.layers
     assert type(lstm).__name__ == "QLSTM" and type(cls).__name__ == "QLinear"
     params = dict(CONFIGS["n8"], act_format=model.act_format, acc_bits=model.acc_bits,
-                  table_spec=model.table_spec)
+                  table_spec=model.table_spec, product_shift=model.product_shift)
     engine = make_engine(params)
     golden = GoldenModel(model)
     x_test, y_test = source.test
@@ -282,8 +283,8 @@ def _digits(n_samples):
     return engine, golden, image, q, y_test[:n_samples]
 
 
-def _run_digits(n_samples, tmp_path):
-    engine, golden, image, q, y = _digits(n_samples)
+def _run_digits(n_samples, tmp_path, acc_bits=32):
+    engine, golden, image, q, y = _digits(n_samples, acc_bits)
     cases = [(f"sample {i}", image if i == 0 else None, q[i]) for i in range(len(q))]
     t0 = time.monotonic()
     results = run(engine, cases, tmp_path)
@@ -293,7 +294,8 @@ def _run_digits(n_samples, tmp_path):
     accuracy = float(np.mean(hw == y))
     steps = np.concatenate([r.mac for r in results])
     ew = results[0].ew[0]
-    print(f"digits-lstm on the engine: {len(q)} samples, accuracy {accuracy:.3f}, "
+    print(f"digits-lstm on the engine ({engine.acc_bits}-bit accumulators, product shift "
+          f"{engine.product_shift}): {len(q)} samples, accuracy {accuracy:.3f}, "
           f"{np.mean([r.cycles for r in results]):.0f} cycles per inference, "
           f"MAC {steps.mean():.1f} + element-wise {ew} cycles per step, "
           f"{time.monotonic() - t0:.1f} s")
@@ -304,6 +306,13 @@ def test_digits_lstm_on_engine(tmp_path):
     """Bundled digits-lstm (8 PEs, 4 element-wise lanes), the whole test split (450 samples,
     ~1 min): predictions == golden on every sample, h_T and scores bit-exact, cycles exact."""
     _run_digits(450, tmp_path)
+
+
+@pytest.mark.slow
+def test_digits_lstm_acc16_on_engine(tmp_path):
+    """digits-lstm compressed for 16-bit accumulators (product shift 14) on an 8-PE engine
+    built with them (its own build), the whole test split."""
+    assert _run_digits(450, tmp_path, acc_bits=16) > 0.9
 
 
 def test_constructor_validation():

@@ -84,20 +84,22 @@ def test_engine_random_layers_slow(name, tmp_path):
     run(engine, layer_cases(engine, seed=sum(map(ord, name)), repeats=4), tmp_path)
 
 
-def test_digits_mlp_on_engine(tmp_path):
-    """The compressed bundled digits-mlp, its QLinear layers back to back on one start:
-    hardware predictions == golden predictions on every test sample (and outputs bit-exact)."""
+def run_digits_mlp(tmp_path, acc_bits=32):
+    """The compressed bundled digits-mlp (``acc_bits`` accumulators, automatic product shift),
+    its QLinear layers back to back on one start per test sample, on an 8-PE engine built for
+    it: hardware predictions == golden predictions on every sample (outputs bit-exact)."""
     from host.golden import GoldenModel
     from host.pipeline import CompressConfig, compress_model
     from host.modelsource import resolve_model
     source = resolve_model("digits-mlp")
     config = CompressConfig(n_pe=8, density=source.defaults.get("density", 0.25),
-                            bits=source.defaults.get("bits", 4))
+                            bits=source.defaults.get("bits", 4), acc_bits=acc_bits)
     model = compress_model(source.model, config, calib_x=source.train[0]).model
     layers = list(model.layers)
     assert all(type(layer).__name__ == "QLinear" for layer in layers), layers
     params = dict(CONFIGS["n8"], act_format=model.act_format, acc_bits=model.acc_bits,
-                  index_bits=config.bits, run_bits=config.run_bits)
+                  index_bits=config.bits, run_bits=config.run_bits,
+                  product_shift=model.product_shift)
     engine = make_engine(params)
     golden = GoldenModel(model)
     x_test, y_test = source.test
@@ -109,8 +111,22 @@ def test_digits_mlp_on_engine(tmp_path):
     expected = np.argmax(golden.forward_int(q), axis=1)
     assert np.array_equal(hw, expected)
     accuracy = float(np.mean(hw == y_test))
-    print(f"digits-mlp on the engine: {len(q)} samples, accuracy {accuracy:.3f}, "
+    print(f"digits-mlp on the engine ({model.acc_bits}-bit accumulators, product shift "
+          f"{model.product_shift}): {len(q)} samples, accuracy {accuracy:.3f}, "
           f"mean {np.mean([r.cycles for r in results]):.0f} cycles per inference")
+    return accuracy
+
+
+def test_digits_mlp_on_engine(tmp_path):
+    """digits-mlp with 32-bit accumulators (see :func:`run_digits_mlp`)."""
+    run_digits_mlp(tmp_path)
+
+
+@pytest.mark.slow
+def test_digits_mlp_acc16_on_engine(tmp_path):
+    """digits-mlp compressed for 16-bit accumulators (product shift 14) on an engine built
+    with them (its own build)."""
+    assert run_digits_mlp(tmp_path, acc_bits=16) > 0.9
 
 
 @pytest.mark.parametrize("name", sorted(LINT_CONFIGS))
