@@ -27,7 +27,7 @@ from host.protocol import Command, pack_request
 N_INPUTS = 150
 
 
-def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs):
+def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs, acc_bits=32):
     """A bundled digits model compressed for 8 PEs and saved as .spn, with test inputs.
 
     Parameters
@@ -44,6 +44,8 @@ def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs):
         The temporary folder's name.
     n_inputs : int
         How many test inputs and labels to keep.
+    acc_bits : int
+        Accumulator bits (16: the compressor chooses a product shift).
 
     Returns
     -------
@@ -55,7 +57,8 @@ def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs):
     source = resolve_model(f"digits-{kind}")
     if density is None:
         density = source.defaults.get("density", 0.25)
-    result = compress_model(source.model, CompressConfig(n_pe=8, density=density),
+    result = compress_model(source.model, CompressConfig(n_pe=8, density=density,
+                                                         acc_bits=acc_bits),
                             calib_x=source.train[0])
     folder = tmp_path_factory.mktemp(folder)
     path = folder / f"{kind}.spn"
@@ -165,6 +168,27 @@ def test_stream_bit_exact(board, workload):
     assert accuracy > 0.8
     print(f"\n{len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
           f"accuracy {accuracy:.3f}, link {stats.as_dict()}")
+
+
+@pytest.mark.slow
+def test_acc16_board_stream_bit_exact(tmp_path_factory):
+    """digits-mlp compressed for 16-bit accumulators (product shift 14) on a simulated
+    icebreaker board built for it (its own harness build): IDENTIFY reports the shift, the
+    32-bit package is refused naming it, the 16-bit one streams bit-exactly."""
+    work = compressed_workload(tmp_path_factory, "mlp", 0.2, "e2e16", 60, acc_bits=16)
+    wide = compressed_workload(tmp_path_factory, "mlp", 0.2, "e2e32", 1)
+    model, x = work["model"], work["x"]
+    assert model.product_shift == 14
+    with SimBoard(icebreaker_harness(model)) as running, \
+            Accelerator(running.url, timeout=5.0) as acc:
+        info = acc.identify()
+        assert info.hash_ok and info.acc_bits == 16 and info.product_shift == 14
+        with pytest.raises(ModelMismatchError, match="product shift: model 0, engine 14"):
+            acc.load(wide["model"], progress=False)
+        acc.load(work["path"], progress=False)
+        out = np.stack(list(acc.stream(x)))
+    assert rows_differing(out, expected(model, x)) == 0
+    assert np.mean(out.argmax(axis=1) == work["y"]) > 0.8
 
 
 def test_pipelined_stream_is_exact(board, workload):
