@@ -5,9 +5,8 @@ by default (ESE); (2) weight sharing by k-means into ``2**bits`` codebook entrie
 0.0), optionally fine-tuned with PyTorch (trained quantization); (3) fixed-point formats;
 (4) EIE encoding per PE; (5) the product shift (:func:`choose_product_shift`: how far every
 product is floored so that narrow accumulators hold the calibration data).  ReLU layers after
-a Linear or Conv2d are fused into it.  An LSTM's
-projection ``W_hr`` (LSTMP) is a second matrix of its layer, compressed the same way (same
-density, its own codebook, a zero bias).
+a Linear or Conv2d are fused into it.  An LSTM's projection ``W_hr`` (LSTMP) is a second
+matrix of its layer, compressed the same way (same density, its own codebook, a zero bias).
 """
 
 from __future__ import annotations
@@ -434,9 +433,9 @@ def choose_product_shift(build, act_frac: int, weight_fracs, config: CompressCon
         return cache[frac, p]
 
     while True:
-        p_max = min(weight_fracs)
+        p_max = min(weight_fracs, default=0)
         # Accumulator formats need fewer fraction bits than acc_bits.
-        p_min = max(0, max(act_frac + f - acc_bits + 1 for f in weight_fracs))
+        p_min = max(0, max((act_frac + f - acc_bits + 1 for f in weight_fracs), default=0))
         if p_min > p_max:
             raise FitError(f"{acc_bits}-bit accumulators cannot hold the {act_frac} activation "
                            f"fraction bits plus the layers' weight fraction bits even with a "
