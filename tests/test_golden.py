@@ -394,3 +394,15 @@ def test_product_shift_validation_messages():
         requant_shift(Format(16, 13), 14)
     assert requant_shift(Format(16, 13), 13) == 0
     assert acc_frac(ACT, Format(16, 13), 5) == ACT.frac + 8
+
+
+def test_shifted_products_chunks_agree(monkeypatch):
+    """Batch chunks (a few entries' worth at a time) give the same sums as one chunk."""
+    import host.golden as golden
+    rng = np.random.default_rng(9)
+    matrix, idx = random_matrix(rng, 30, 50, 0.4, 4)
+    x = quantize(rng.uniform(-1, 1, (23, 50)), ACT)
+    whole = shifted_products_sum(matrix, x, 7)
+    monkeypatch.setattr(golden, "PRODUCT_CHUNK", matrix.nonzeros() * 3)   # 3 inputs a chunk
+    assert np.array_equal(shifted_products_sum(matrix, x, 7), whole)
+    assert np.array_equal(whole, dense_floor_reference(matrix, idx, x, 7) - matrix.bias)
