@@ -262,6 +262,14 @@ def test_product_shift_in_identify_and_mismatch(model):
     assert "product shift 12" in info.describe()
     forged = EngineInfo.from_payload(pack_identity(replace(shifted, extension=())))
     assert forged.product_shift == 0 and not forged.hash_ok
+    # A CNN engine's shift follows its 9 own words; an older 9-word answer means 0.
+    from host.protocol import CNN_EXTENSION_KEYS, EngineKind, engine_extension
+    cnn = {"engine": int(EngineKind.CNN), **{k: 1 for k in CNN_EXTENSION_KEYS}}
+    assert engine_extension(cnn) == (1,) * 9
+    assert engine_extension(dict(cnn, product_shift=3)) == (1,) * 9 + (3,)
+    old = replace(plain, engine=int(EngineKind.CNN), extension=(1,) * 9)
+    assert old.product_shift == 0 and "product_shift" not in old.engine_params()
+    assert replace(old, extension=(1,) * 9 + (3,)).product_shift == 3
     with connect(FakeBoard(shifted, model)) as acc, pytest.raises(ModelMismatchError) as error:
         acc.check_model(model)
     text = str(error.value)
