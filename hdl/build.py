@@ -412,6 +412,20 @@ def _cnn_inventory(params, *, rx_fifo_depth, identify_bytes):
     return [m for m in inventory if m.depth > 0]
 
 
+def _narrow_accumulator_hint(inventory) -> str:
+    """``"; 16-bit accumulators would save N blocks (...)"`` when the PEs' accumulators are
+    wider than 16 bits and narrower ones would take fewer blocks, else ``""``."""
+    saved = 0
+    for m in inventory:
+        if m.name.startswith("accumulators") and m.width > 16 and m.blocks:
+            narrow = MemoryUse(m.name, 16, m.depth, m.copies, m.shapes)
+            saved += m.blocks - narrow.blocks
+    if not saved:
+        return ""
+    return (f"; 16-bit accumulators would save {saved} blocks (compress with --acc-bits 16: "
+            f"the products are then floored by a product shift, docs/compression.md)")
+
+
 def check_capacity(board, params, *, model_name=None):
     """Raise :class:`CapacityError` if the engine ``params`` (+ shell) do not fit ``board``.
 
@@ -433,7 +447,7 @@ def check_capacity(board, params, *, model_name=None):
         problems.append(f"block RAM overflows: {used} blocks of {budget.bram_bits // 1024} kbit "
                         f"needed, the "
                         f"{board.device} has {budget.bram_blocks} ({used - budget.bram_blocks} "
-                        f"too many); largest: {detail}")
+                        f"too many); largest: {detail}" + _narrow_accumulator_hint(inventory))
     if params.get("memory", "bram") == "spram" and params["n_pe"] > budget.spram_blocks:
         problems.append(f"SPRAM overflows: entries in SPRAM need one SB_SPRAM256KA per PE, "
                         f"{params['n_pe']} PEs need {params['n_pe']}, the {board.device} has "

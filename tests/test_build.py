@@ -371,3 +371,25 @@ def test_acc16_model_builds_an_engine_with_its_product_shift(name, engine):
     field = CnnField.SHIFT if engine == "CNN" else Field.SHIFT
     first = next(b.words for b in model_image(model, info) if b.region == RegionId.DESCRIPTOR)
     assert int(first[field]) == model.matrices()[0][1].weight_format.frac - p
+
+
+def test_capacity_error_suggests_16_bit_accumulators():
+    """A block RAM overflow with 32-bit accumulators names what 16-bit ones would save; with
+    16-bit accumulators there is no such hint (digits-mlp at 8 PEs on the iCEBreaker)."""
+    from host.modelsource import resolve_model
+    from host.pipeline import CompressConfig, compress_model
+    source = resolve_model("digits-mlp")
+    board = get_board("icebreaker")
+    messages = {}
+    for acc in (32, 16):
+        model = compress_model(source.model, CompressConfig(n_pe=8, density=0.2, acc_bits=acc),
+                               calib_x=source.train[0]).model
+        with pytest.raises(build.CapacityError) as error:
+            build.check_capacity(board, build.engine_for_model(model), model_name=model.name)
+        messages[acc] = str(error.value)
+    assert re.search(r"16-bit accumulators would save 16 blocks \(compress with --acc-bits 16",
+                     messages[32])
+    assert "16-bit accumulators" not in messages[16]
+    used = [int(re.search(r"(\d+) blocks of 4 kbit needed", messages[a]).group(1))
+            for a in (32, 16)]
+    assert used[0] - used[1] >= 16
