@@ -93,13 +93,19 @@ def lstm_ew_lanes(n_pe: int) -> int:
     return max(lanes for lanes in (1, 2, 4) if lanes <= n_pe)
 
 
-def _lstm_engine_for_model(model, stack, cls):
+def _padded(encs, pe_group):
+    """The encodings as the image builders lay them out for ``pe_group`` (padded per group)."""
+    from host.encoding import pad_groups
+    return [pad_groups(e, pe_group) for e in encs] if pe_group > 1 else list(encs)
+
+
+def _lstm_engine_for_model(model, stack, cls, pe_group=1):
     from host.memory_map import LstmParams
 
     from .lstm import GATES
     matrices = [m for lstm in stack for m in (lstm.matrix, lstm.projection) if m is not None]
     matrices.append(cls.matrix)
-    encs = [m.encoded for m in matrices]
+    encs = _padded([m.encoded for m in matrices], pe_group)
     fields = {(e.index_bits, e.run_bits) for e in encs}
     steps = int(model.input_shape[0])
     hidden = max(lstm.hidden for lstm in stack)
@@ -122,7 +128,7 @@ def _lstm_engine_for_model(model, stack, cls):
         # the SpMV-style keys (messages, IDENTIFY): as LstmBackend reports them
         max_rows=GATES * hidden, max_cols=inputs + hidden, max_layers=sizes.max_layers,
         max_pointers=sizes.max_pointers, max_bias=sizes.max_bias,
-        mlp=False, uniform_fields=len(fields) == 1)
+        mlp=False, uniform_fields=len(fields) == 1, pe_group=pe_group)
 
 
 def is_cnn(model) -> bool:
@@ -157,8 +163,9 @@ def cnn_config(params):
     return CnnConfig(**fields)
 
 
-def engine_for_model(model, *, max_layers=None):
-    """Engine keyword arguments sized exactly for ``model``'s matrices.
+def engine_for_model(model, *, max_layers=None, pe_group=1):
+    """Engine keyword arguments sized exactly for ``model``'s matrices (with ``pe_group`` 2:
+    for the pair-padded encodings, :func:`host.encoding.pad_groups`).
 
     A package with a conv layer gets an :class:`hdl.cnn.CnnEngine` (``engine == "cnn"``,
     :meth:`host.cnn_image.CnnConfig.for_model`).  An LSTM package (one QLSTM on a ``(T, I)``
@@ -169,17 +176,19 @@ def engine_for_model(model, *, max_layers=None):
     the returned dict says whether it does.
     """
     if is_cnn(model):
+        if pe_group != 1:
+            raise BuildError("PE pairs (pe_group 2) are not supported by the CNN engine")
         return _cnn_engine_for_model(model)
     try:
         stack, cls = _lstm_layers(model)
     except ValueError:
         pass
     else:
-        return _lstm_engine_for_model(model, stack, cls)
+        return _lstm_engine_for_model(model, stack, cls, pe_group)
     matrices = [matrix for _, matrix in model.matrices()]
     if not matrices:
         raise ValueError(f"model {model.name!r} has no weight matrices")
-    encs = [m.encoded for m in matrices]
+    encs = _padded([m.encoded for m in matrices], pe_group)
     fields = {(e.index_bits, e.run_bits) for e in encs}
     index_bits = max(f[0] for f in fields)
     run_bits = max(f[1] for f in fields)
@@ -195,9 +204,9 @@ def engine_for_model(model, *, max_layers=None):
         max_rows=max(e.rows for e in encs), max_cols=max(e.cols for e in encs),
         max_entries_per_pe=max(16, sum(int(e.entries_per_pe().max()) for e in encs)),
         max_layers=max(max_layers or 1, len(encs)),
-        max_pointers=max(2, sum(e.cols + 1 for e in encs)),
+        max_pointers=max(2, sum(e.cols for e in encs)),
         max_bias=max(1, sum(e.rows for e in encs)), mlp=mlp,
-        uniform_fields=len(fields) == 1, **product_shift_entry(model))
+        uniform_fields=len(fields) == 1, **product_shift_entry(model), pe_group=pe_group)
 
 
 def default_engine(board, n_pe=None):
@@ -235,7 +244,8 @@ def make_engine(params):
                           layers_max=params.get("layers_max", 1),
                           proj_max=params.get("proj_max", 0),
                           fifo_depth=params.get("fifo_depth", 8),
-                          product_shift=params.get("product_shift", 0))
+                          product_shift=params.get("product_shift", 0),
+                          pe_group=params.get("pe_group", 1))
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -247,7 +257,8 @@ def make_engine(params):
                       max_pointers=params.get("max_pointers"), max_bias=params.get("max_bias"),
                       fifo_depth=params.get("fifo_depth", 8),
                       memory=params.get("memory", "bram"),
-                      product_shift=params.get("product_shift", 0))
+                      product_shift=params.get("product_shift", 0),
+                      pe_group=params.get("pe_group", 1))
 
 
 def make_backend(params):
@@ -268,8 +279,9 @@ def make_backend(params):
 #: iCE40 EBR shapes (depth, width) of a 4 kbit block.
 _EBR_SHAPES = ((256, 16), (512, 8), (1024, 4), (2048, 2))
 #: Memories smaller than this many bits are expected in logic (Yosys maps them to LUTs/FFs);
-#: measured on the iCE40 flow: 650-bit pointer memories go to EBR, so the limit is low.
-_LOGIC_MEMORY_BITS = 512
+#: measured on the iCE40 flow: 650-bit pointer memories and even 8 x 16-bit (128-bit)
+#: accumulator memories go to EBR (the 8-PE pair build), so the limit is low.
+_LOGIC_MEMORY_BITS = 128
 
 
 def ebr_blocks(width: int, depth: int, shapes=_EBR_SHAPES) -> int:
@@ -300,6 +312,7 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     """The memories of engine ``params`` + shell, as :class:`MemoryUse` (the same shapes
     ``hdl/spmv.py``, ``hdl/pe.py`` and ``hdl/command.py`` instantiate)."""
     from amaranth.utils import bits_for, ceil_log2
+    from host.encoding import pointer_fields
 
     from host.protocol import MAX_PAYLOAD
     if params.get("engine") == "lstm":
@@ -311,18 +324,20 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     n_pe = params["n_pe"]
     entries = params["max_entries_per_pe"]
     max_rows, max_cols, layers = params["max_rows"], params["max_cols"], params["max_layers"]
-    pointers = params.get("max_pointers") or layers * (max_cols + 1)
+    pointers = params.get("max_pointers") or layers * max_cols
     bias = params.get("max_bias") or layers * max_rows
     entry_bits = params["index_bits"] + params["run_bits"]
-    ptr_bits = ceil_log2(entries + 1)
     list_depth = max(max_rows, max_cols)
     col_bits = max(1, ceil_log2(list_depth))
     rows_per_pe = -(-max_rows // n_pe)
+    ptr_bits = sum(pointer_fields(entries, rows_per_pe))
     spram = params.get("memory", "bram") == "spram"     # entries in SB_SPRAM256KA, not EBR
+    group = params.get("pe_group", 1)   # lockstep groups: one entry word and pointer memory each
+    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
     inventory = [
-        MemoryUse("entry memory (per PE)", entry_bits, 0 if spram else entries, n_pe),
-        MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
-        MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse(f"entry memory {who}", group * entry_bits, 0 if spram else entries,
+                  n_pe // group),
+        MemoryUse(f"pointer memory {who}", ptr_bits, pointers, n_pe // group),
         MemoryUse("codebook (per PE)", params["weight_width"],
                   layers << params["index_bits"], n_pe),
         MemoryUse("accumulators (per PE)", params["acc_bits"], rows_per_pe, n_pe),
@@ -355,11 +370,12 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
     table = params.get("table_spec") or {}
     entries_tbl = 1 << int(table.get("index_bits", 9))
     per_lane = p.groups_max
+    group = params.get("pe_group", 1)   # lockstep groups: one entry word and pointer memory each
+    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
     inventory = [
-        MemoryUse("entry memory (per PE)", params["index_bits"] + params["run_bits"], entries,
-                  n_pe),
-        MemoryUse("pointer memory, even (per PE)", p.ptr_bits, (pointers + 1) // 2, n_pe),
-        MemoryUse("pointer memory, odd (per PE)", p.ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse(f"entry memory {who}", group * (params["index_bits"] + params["run_bits"]),
+                  entries, n_pe // group),
+        MemoryUse(f"pointer memory {who}", p.ptr_bits, pointers, n_pe // group),
         MemoryUse("codebook (per PE)", params["weight_width"],
                   p.n_codebooks << params["index_bits"], n_pe),
         MemoryUse("accumulators (per PE)", acc, p.rows_per_pe, n_pe),
@@ -388,16 +404,15 @@ def _cnn_inventory(params, *, rx_fifo_depth, identify_bytes):
     """The memories of an :class:`hdl.cnn.CnnEngine` (``params`` from :func:`engine_for_model`)
     + shell, as ``hdl/cnn.py`` and ``hdl/pe.py`` instantiate them (the broadcast FIFOs and
     descriptor registers are logic)."""
-    from amaranth.utils import ceil_log2
+    from host.encoding import pointer_fields
 
     from host.protocol import MAX_PAYLOAD
     c = cnn_config(params)
     n_pe, entries, pointers = c.n_pe, c.max_entries_per_pe, c.max_pointers
-    ptr_bits = ceil_log2(entries + 1)
+    ptr_bits = sum(pointer_fields(entries, -(-c.max_rows // n_pe)))
     inventory = [
         MemoryUse("entry memory (per PE)", c.index_bits + c.run_bits, entries, n_pe),
-        MemoryUse("pointer memory, even (per PE)", ptr_bits, (pointers + 1) // 2, n_pe),
-        MemoryUse("pointer memory, odd (per PE)", ptr_bits, max(1, pointers // 2), n_pe),
+        MemoryUse("pointer memory (per PE)", ptr_bits, pointers, n_pe),
         MemoryUse("codebook (per PE)", c.weight_width, c.max_layers << c.index_bits, n_pe),
         MemoryUse("accumulators (per PE)", c.acc_bits, -(-c.max_rows // n_pe), n_pe),
         MemoryUse("bias memory" + (" (per read port)" if c.out_parallel else ""), c.acc_bits,
@@ -448,11 +463,14 @@ def check_capacity(board, params, *, model_name=None):
                         f"needed, the "
                         f"{board.device} has {budget.bram_blocks} ({used - budget.bram_blocks} "
                         f"too many); largest: {detail}" + _narrow_accumulator_hint(inventory))
-    if params.get("memory", "bram") == "spram" and params["n_pe"] > budget.spram_blocks:
-        problems.append(f"SPRAM overflows: entries in SPRAM need one SB_SPRAM256KA per PE, "
-                        f"{params['n_pe']} PEs need {params['n_pe']}, the {board.device} has "
-                        f"{budget.spram_blocks} ({params['n_pe'] - budget.spram_blocks} too many;"
-                        f" use memory='bram' or fewer PEs)")
+    group = params.get("pe_group", 1)
+    spram_used = params["n_pe"] // group
+    if params.get("memory", "bram") == "spram" and spram_used > budget.spram_blocks:
+        per = "PE" if group == 1 else f"group of {group} PEs"
+        problems.append(f"SPRAM overflows: entries in SPRAM need one SB_SPRAM256KA per {per}, "
+                        f"{params['n_pe']} PEs need {spram_used}, the {board.device} has "
+                        f"{budget.spram_blocks} ({spram_used - budget.spram_blocks} too many;"
+                        f" use memory='bram', pe_group=2 or fewer PEs)")
     lanes = params.get("ew_lanes", 0) if params.get("engine") == "lstm" else 0
     dsp = params["n_pe"] + lanes
     if dsp > budget.dsp:
@@ -769,6 +787,11 @@ def make_parser():
                         "board's default engine)")
     parser.add_argument("--pes", type=_positive(int, "--pes"), help="processing elements "
                         "(must match the model's)")
+    parser.add_argument("--pe-group", type=int, choices=(1, 2), help="PEs per lockstep group "
+                        "(2: PE pairs share a pointer memory and an SPRAM word; default: the "
+                        "board's)")
+    parser.add_argument("--acc-bits", type=_positive(int, "--acc-bits"), help="accumulator "
+                        "width of a build without --model (default: the board's)")
     parser.add_argument("--freq", type=_positive(float, "--freq"), help="engine clock in MHz "
                         "(default: the board's)")
     parser.add_argument("--baud", type=_positive(int, "--baud"), help="UART baud rate "
@@ -801,13 +824,17 @@ def prepare(args):
             model = load_package(path)
         except Exception as error:  # the package reader's own message
             raise BuildError(f"--model {args.model}: {error}") from None
-        params = engine_for_model(model)
+        params = engine_for_model(model, pe_group=args.pe_group or 1)
         params["fifo_depth"] = board.fifo_depth
         if args.pes is not None and args.pes != model.n_pe:
             raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
                              f"{model.n_pe} PEs (recompress it with --pes {args.pes})")
     else:
         params = default_engine(board, args.pes)
+        if args.acc_bits is not None:
+            params["acc_bits"] = args.acc_bits
+    if args.pe_group is not None and not args.model:
+        params["pe_group"] = args.pe_group
     freq_hz = (args.freq or board.clock_hz / 1e6) * 1e6
     if board.family != "ice40" and abs(freq_hz - board.osc_hz) > 1:
         raise BuildError(f"the {board.name} runs at its {board.osc_hz / 1e6:g} MHz oscillator "

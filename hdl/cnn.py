@@ -35,6 +35,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from host.encoding import pointer_fields
 from host.cnn_cycles import CnnTiming
 from host.cnn_image import FIELD_BITS, CnnConfig, Field, Region
 from host.memory_map import DRAIN_LATENCY, FETCH_LATENCY
@@ -106,8 +107,9 @@ class CnnEngine(wiring.Component):
         #: Output channels per output-phase cycle (``n_pe`` with ``out_parallel``, else 1).
         self.out_rows = c.n_pe if c.out_parallel else 1
         self.entry_bits = c.index_bits + c.run_bits
-        self.ptr_bits = bits_for(c.max_entries_per_pe)
-        self.entry_addr_bits = addr_bits(c.max_entries_per_pe)
+        self.entry_addr_bits, ptr_len_bits = pointer_fields(c.max_entries_per_pe,
+                                                            self.rows_per_pe)
+        self.ptr_bits = self.entry_addr_bits + ptr_len_bits     # host.encoding.pointer_words
         self.k_bits = addr_bits(c.max_pointers)
         self.cb_bits = addr_bits(c.max_layers)
         self.bias_bits = addr_bits(c.max_bias)
@@ -194,8 +196,8 @@ class CnnEngine(wiring.Component):
                     entries=c.max_entries_per_pe, pointers=c.max_pointers,
                     codebooks=c.max_layers, memory=c.memory, product_shift=c.product_shift)
 
-    def make_pe(self) -> wiring.Component:
-        return ProcessingElement(**self.pe_params())
+    def make_pe(self, role: str = "solo") -> wiring.Component:
+        return ProcessingElement(**self.pe_params(), role=role)
 
     # --- hardware ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ appears on ``rdata`` the cycle after (``re``); ``rdata`` holds its value otherwi
 """
 
 
-from amaranth.hdl import ClockSignal, Instance, Module
+from amaranth.hdl import ClockSignal, Const, Instance, Module, Mux
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -28,6 +28,8 @@ class Ice40Spram(wiring.Component):
     behavioural : bool or None
         Force the model (True) or the primitive (False); None (default): the primitive when the
         platform is an iCE40 one (``platform.family`` "iCE40", any case), else the model.
+    masked : bool
+        Add the ``mask`` input (nibble write enables); default False (whole words).
 
     Attributes
     ----------
@@ -35,41 +37,48 @@ class Ice40Spram(wiring.Component):
         Word address.
     wdata : In(16)
     we : In(1)
-        Write ``wdata`` to ``addr`` this cycle (all four nibbles).
+        Write ``wdata`` to ``addr`` this cycle (the nibbles ``mask`` enables; all four
+        without ``masked``).
+    mask : In(4)
+        Only with ``masked=True``: nibble write enables (MASKWREN; bit ``i`` = bits
+        ``4i .. 4i + 3``), so one byte can be written keeping the other.
     re : In(1)
         Read ``addr`` this cycle; the word appears on ``rdata`` next cycle.
     rdata : Out(16)
     """
 
-    addr: In(14)
-    wdata: In(SPRAM_WIDTH)
-    we: In(1)
-    re: In(1)
-    rdata: Out(SPRAM_WIDTH)
-
-    def __init__(self, *, behavioural=None):
+    def __init__(self, *, behavioural=None, masked=False):
         if behavioural not in (None, True, False):
             raise TypeError(f"`behavioural` must be None, True or False, not {behavioural!r}")
+        if masked not in (True, False):
+            raise TypeError(f"`masked` must be True or False, not {masked!r}")
         self.behavioural = behavioural
-        super().__init__()
+        self.masked = masked
+        members = {"addr": In(14), "wdata": In(SPRAM_WIDTH), "we": In(1), "re": In(1),
+                   "rdata": Out(SPRAM_WIDTH)}
+        if masked:
+            members["mask"] = In(4)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
+        mask = self.mask if self.masked else Const(0b1111, 4)
         model = self.behavioural
         if model is None:
             # amaranth's SiliconBluePlatform says "iCE40"
             model = str(getattr(platform, "family", "")).lower() != "ice40"
         if model:
             m.submodules.mem = mem = Memory(shape=SPRAM_WIDTH, depth=SPRAM_DEPTH, init=[])
-            wp = mem.write_port()
+            wp = mem.write_port(granularity=4)
             rp = mem.read_port()
-            m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata), wp.en.eq(self.we),
+            m.d.comb += [wp.addr.eq(self.addr), wp.data.eq(self.wdata),
+                         wp.en.eq(Mux(self.we, mask, 0)),
                          rp.addr.eq(self.addr), rp.en.eq(self.re & ~self.we),
                          self.rdata.eq(rp.data)]
         else:
             m.submodules.spram = Instance(
                 "SB_SPRAM256KA",
-                i_ADDRESS=self.addr, i_DATAIN=self.wdata, i_MASKWREN=0b1111,
+                i_ADDRESS=self.addr, i_DATAIN=self.wdata, i_MASKWREN=mask,
                 i_WREN=self.we, i_CHIPSELECT=self.we | self.re, i_CLOCK=ClockSignal("sync"),
                 i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=self.rdata)
         return m

@@ -95,12 +95,16 @@ class LstmEngine(wiring.Component):
         Largest projection size P (0: no projection hardware).
     product_shift : int
         As :class:`hdl.spmv.SpmvEngine` (the model's ``product_shift``).
+    pe_group : int
+        PEs per lockstep group, 1 or 2 (as :class:`hdl.spmv.SpmvEngine`;
+        :func:`host.lstm_image.build_image` pads the matrices per pair).
     """
 
     def __init__(self, n_pe, *, hidden_max, input_max, steps_max, classes_max=16,
                  index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
-                 max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0, product_shift=0):
+                 max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0, product_shift=0,
+                 pe_group=1):
         params = LstmParams(
             n_pe=n_pe, hidden_max=hidden_max, input_max=input_max, steps_max=steps_max,
             classes_max=classes_max, index_bits=index_bits, run_bits=run_bits,
@@ -108,7 +112,7 @@ class LstmEngine(wiring.Component):
             table_spec=table_spec,
             max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
             max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max,
-            product_shift=product_shift)
+            product_shift=product_shift, pe_group=pe_group)
         #: The parameters and derived widths (:class:`host.memory_map.LstmParams`).
         self.params = params
         for name in ("n_pe", "hidden_max", "input_max", "steps_max", "classes_max",
@@ -119,7 +123,8 @@ class LstmEngine(wiring.Component):
                      "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
                      "cb_bits", "bias_bits", "shift_bits", "xlist_bits", "lane_width",
                      "addr_width", "data_width", "layers_max", "proj_max", "state_max",
-                     "n_codebooks", "n_descriptors", "gsteps_max", "product_shift"):
+                     "n_codebooks", "n_descriptors", "gsteps_max", "product_shift",
+                     "pe_group"):
             setattr(self, name, getattr(params, name))
         self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
             max_rows=self.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
@@ -164,15 +169,15 @@ class LstmEngine(wiring.Component):
         region = load.region
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
-        def make_pe():
+        def make_pe(role="solo"):
             return ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
                                      act_width=aw, weight_width=self.weight_width,
                                      acc_bits=self.acc_bits, rows=self.rows_per_pe,
                                      entries=self.max_entries_per_pe,
                                      pointers=self.max_pointers, codebooks=self.max_layers,
-                                     product_shift=self.product_shift)
+                                     product_shift=self.product_shift, role=role)
         pes, fifo = add_pe_array(m, n_pe, make_pe, k_bits=self.k_bits, act_width=aw,
-                                 fifo_depth=self.fifo_depth)
+                                 fifo_depth=self.fifo_depth, pe_group=self.pe_group)
 
         # --- descriptors ------------------------------------------------------------------------
         # descriptor k (load.addr = k << 3 | field): 4l = layer l's LSTM matrix, 1 = classifier,

@@ -4,7 +4,7 @@ accumulate.
 Pipeline (one entry per cycle, padding included), cycle ``t`` = the entry's *issue* cycle::
 
     pop   P      take (pointer index k, value) from the broadcast FIFO, read the column's
-                 (start, end) from the even/odd pointer banks         (fetch_latency = 1)
+                 pointer word (start, length) (host.encoding.pointer_words)  (fetch_latency = 1)
     issue t      entry address = entry_base + ptr presented to the entry memory
     S2    t + 1  entry (weight index, zero run) -> local row; codebook read
     S3    t + 2  weight -> product >> product_shift (registered, one SB_MAC16 on iCE40; the
@@ -14,27 +14,49 @@ Pipeline (one entry per cycle, padding included), cycle ``t`` = the entry's *iss
 
 The next column may be popped in the cycle that issues the current column's last entry, so a
 busy PE issues back to back (the cycle model's ``pop_p[c] >= E_p[c-1] - fetch_latency``), but
-not in the cycle its pointer pair arrives: the pop decision uses registered flags only (iCE40
+not in the cycle its pointer word arrives: the pop decision uses registered flags only (iCE40
 timing), so pops are at least two cycles apart (``pop_interval = 2``) and an empty column costs
 two cycles.  The last product is in its accumulator three cycles
 after the last issue (``drain_latency = 3``); :attr:`ProcessingElement.busy` follows the same
 chain (an empty column's pointer read counts as an issue slot) so the engine's done detection
 lands exactly on the model's cycle.
+
+**Lockstep pairs** (``role`` "leader" / "follower", an engine's ``pe_group=2``): the leader
+pops, reads the pointer word and issues as above, reading one entry word that holds its entry
+(low byte) and its follower's (high byte: one SB_SPRAM256KA feeds two PEs).  The follower has
+its own codebook, multiplier, accumulators and forwarding; its S2 takes the leader's S2
+registers (valid, first-entry flag, activation) and the high byte, so both PEs run the same
+cycles.  That needs equal column lengths within the pair: the host pads the shorter column
+with zero-weight entries (:func:`host.encoding.pad_groups`), and the cycle model runs on the
+padded encoding.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from host.encoding import entry_layout_fields
+from host.encoding import entry_layout_fields, pointer_fields
 
 from .ice40_spram import SPRAM_DEPTH, Ice40Spram
 
-__all__ = ["ProcessingElement", "WriteSignature", "column_layout", "addr_bits"]
+__all__ = ["ProcessingElement", "WriteSignature", "PairSignature", "column_layout", "addr_bits",
+           "PE_ROLES", "pe_roles"]
+
+#: A PE's part in a lockstep group: "solo" (on its own), "leader" (pops, pointers and the
+#: entry memory of a pair) or "follower" (its own codebook, multiplier and accumulators, driven
+#: by its leader).
+PE_ROLES = ("solo", "leader", "follower")
+
+
+def pe_roles(n_pe: int, pe_group: int) -> list[str]:
+    """Role of every PE: all "solo" for ``pe_group`` 1; for 2, PE ``2g`` leads PE ``2g + 1``."""
+    if pe_group == 1:
+        return ["solo"] * n_pe
+    return ["leader" if p % 2 == 0 else "follower" for p in range(n_pe)]
 
 
 def addr_bits(depth: int) -> int:
@@ -62,6 +84,34 @@ class WriteSignature(wiring.Signature):
         super().__init__({"addr": Out(addr_width), "data": Out(shape), "en": Out(1)})
 
 
+class PairSignature(wiring.Signature):
+    """A leader's link to its follower (the leader's side; the follower has it flipped).
+
+    Members
+    -------
+    valid, first : Out(1)
+        An entry is in S2 this cycle / it is its column's first (the leader's S2 registers).
+    value : Out(signed(act_width))
+        The column's activation, in S2.
+    entry : Out(entry_bits)
+        The follower's entry in S2 (the high byte of the leader's entry word); also the
+        read-back word one cycle after ``rb_en``.
+    ptr : Out(ptr_bits)
+        The leader's pointer read data (the follower's read-back; its words are the leader's).
+    busy : Out(1)
+        The leader's ``busy`` (the pair issues in lockstep).
+    w_addr, w_data, w_en : In
+        The follower's loader entry writes, into the leader's entry memory.
+    """
+
+    def __init__(self, act_width: int, entry_bits: int, ptr_bits: int, entry_addr_bits: int):
+        super().__init__({
+            "valid": Out(1), "first": Out(1), "value": Out(signed(act_width)),
+            "entry": Out(entry_bits), "ptr": Out(ptr_bits), "busy": Out(1),
+            "w_addr": In(entry_addr_bits), "w_data": In(entry_bits), "w_en": In(1),
+        })
+
+
 class ProcessingElement(wiring.Component):
     """A PE with its entry, pointer, codebook and accumulator memories.
 
@@ -83,13 +133,20 @@ class ProcessingElement(wiring.Component):
     entries : int
         Entry memory depth (entries, all layers).
     pointers : int
-        Pointer slots ``k`` (all layers); column ``j`` of a layer reads slots
-        ``ptr_base + j`` and ``ptr_base + j + 1``.
+        Pointer slots ``k`` (all layers); column ``j`` of a layer reads the pointer word
+        ``start | length << entry_addr_bits`` in slot ``ptr_base + j``
+        (:func:`host.encoding.pointer_words`; ``length <= rows``).
     codebooks : int
         Codebook slots (one per layer), ``2**index_bits`` weights each.
     memory : str
         ``"bram"``: inferred entry memory; ``"spram"``: the entry memory is one
         :class:`hdl.ice40_spram.Ice40Spram` (16384 x 16 bit, entries in the low bits).
+    role : str
+        One of :data:`PE_ROLES`.  A leader's entry memory holds its follower's entries too
+        (high byte of the SPRAM word, or bits ``entry_bits ..`` of a BRAM word; entries at most
+        8 bits); it has a ``pair`` port (:class:`PairSignature`) to its follower, which has
+        the flipped port and no ``col`` input, pointer memory or entry memory.  Both PEs'
+        pointer words must be equal (:func:`host.encoding.pad_groups`).
 
     Attributes
     ----------
@@ -120,13 +177,22 @@ class ProcessingElement(wiring.Component):
 
     def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,
                  acc_bits: int, rows: int, entries: int, pointers: int, codebooks: int,
-                 memory: str = "bram", product_shift: int = 0):
+                 memory: str = "bram", product_shift: int = 0,
+                 role: str = "solo"):
+        if role not in PE_ROLES:
+            raise ValueError(f"`role` must be one of {', '.join(map(repr, PE_ROLES))}, not "
+                             f"{role!r}")
+        if role != "solo" and index_bits + run_bits > 8:
+            raise ValueError(f"a PE pair needs entries of at most 8 bits (one byte of the "
+                             f"shared 16-bit word each), not {index_bits + run_bits} "
+                             f"(index_bits {index_bits} + run_bits {run_bits})")
         if memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
         if memory == "spram" and entries > SPRAM_DEPTH:
             raise ValueError(f"`entries` must be at most {SPRAM_DEPTH} with memory='spram', "
                              f"not {entries}")
         self.memory = memory
+        self.role = role
         self.index_bits = index_bits
         self.run_bits = run_bits
         self.act_width = act_width
@@ -140,12 +206,12 @@ class ProcessingElement(wiring.Component):
         self.entry_layout = data.StructLayout(
             {name: unsigned(bits) for name, bits in entry_layout_fields(index_bits,
                                                                         run_bits).items()})
-        self.ptr_bits = ceil_log2(entries + 1)          # values 0 ..= entries
         self.row_bits = addr_bits(rows)
-        self.entry_addr_bits = addr_bits(entries)
+        self.entry_addr_bits, self.len_bits = pointer_fields(entries, rows)
+        self.ptr_bits = self.entry_addr_bits + self.len_bits    # start | length << start bits
         self.k_bits = addr_bits(pointers)
         self.cb_bits = addr_bits(codebooks)
-        super().__init__({
+        members = {
             "col": In(stream.Signature(column_layout(self.k_bits, act_width))),
             "entry_base": In(self.entry_addr_bits),
             "cb_slot": In(self.cb_bits),
@@ -163,106 +229,146 @@ class ProcessingElement(wiring.Component):
             "rb_entry": Out(self.entry_layout.size),
             "rb_ptr": Out(self.ptr_bits),
             "rb_weight": Out(signed(weight_width)),
-        })
+        }
+        if role != "solo":
+            link = PairSignature(act_width, self.entry_layout.size, self.ptr_bits,
+                                 self.entry_addr_bits)
+            members["pair"] = Out(link) if role == "leader" else In(link)
+        if role == "follower":
+            del members["col"]
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        ptr_shape = unsigned(self.ptr_bits)
-
+        lead = self.role != "follower"            # solo or leader: pops, pointers, entries
+        pair = self.role == "leader"
+        E = self.entry_layout.size
         # --- memories -------------------------------------------------------------------------
-        m.submodules.ptr_even = ptr_even = Memory(shape=ptr_shape,
-                                                  depth=(self.pointers + 1) // 2, init=[])
-        m.submodules.ptr_odd = ptr_odd = Memory(shape=ptr_shape,
-                                                depth=max(1, self.pointers // 2), init=[])
-        if self.memory == "bram":
-            m.submodules.entry_mem = entry_mem = Memory(shape=self.entry_layout,
-                                                        depth=self.entries, init=[])
+        if lead:
+            m.submodules.ptr_mem = ptr_mem = Memory(shape=unsigned(self.ptr_bits),
+                                                    depth=self.pointers, init=[])
+        if lead and self.memory == "bram":
+            # A leader's word: its entry in the low E bits, its follower's in the high E bits.
+            m.submodules.entry_mem = entry_mem = Memory(
+                shape=unsigned(2 * E) if pair else self.entry_layout, depth=self.entries,
+                init=[])
         m.submodules.cb_mem = cb_mem = Memory(shape=signed(self.weight_width),
                                               depth=self.codebooks << self.index_bits, init=[])
         m.submodules.acc_mem = acc_mem = Memory(shape=signed(self.acc_bits),
                                                 depth=self.rows, init=[])
 
         # --- loader writes --------------------------------------------------------------------
-        even_w, odd_w = ptr_even.write_port(), ptr_odd.write_port()
-        k_w = self.ptr_w.addr
-        m.d.comb += [
-            even_w.addr.eq(k_w >> 1), even_w.data.eq(self.ptr_w.data),
-            even_w.en.eq(self.ptr_w.en & ~k_w[0]),
-            odd_w.addr.eq(k_w >> 1), odd_w.data.eq(self.ptr_w.data),
-            odd_w.en.eq(self.ptr_w.en & k_w[0]),
-        ]
-        if self.memory == "bram":
-            entry_wp = entry_mem.write_port()
-            m.d.comb += [entry_wp.addr.eq(self.entry_w.addr),
-                         entry_wp.data.eq(self.entry_w.data), entry_wp.en.eq(self.entry_w.en)]
+        if self.role == "follower":
+            # The follower's entries live in its leader's memory; its pointer words are the
+            # leader's (pad_groups makes them equal), so its pointer writes are dropped.
+            m.d.comb += [self.pair.w_addr.eq(self.entry_w.addr),
+                         self.pair.w_data.eq(self.entry_w.data.as_value()),
+                         self.pair.w_en.eq(self.entry_w.en)]
+        else:
+            ptr_wp = ptr_mem.write_port()
+            m.d.comb += [ptr_wp.addr.eq(self.ptr_w.addr), ptr_wp.data.eq(self.ptr_w.data),
+                         ptr_wp.en.eq(self.ptr_w.en)]
+        if lead and self.memory == "bram":
+            if pair:
+                entry_wp = entry_mem.write_port(granularity=E)
+                m.d.comb += [
+                    entry_wp.addr.eq(Mux(self.entry_w.en, self.entry_w.addr, self.pair.w_addr)),
+                    entry_wp.data.eq(Cat(self.entry_w.data.as_value(), self.pair.w_data)),
+                    entry_wp.en.eq(Cat(self.entry_w.en, self.pair.w_en))]
+            else:
+                entry_wp = entry_mem.write_port()
+                m.d.comb += [entry_wp.addr.eq(self.entry_w.addr),
+                             entry_wp.data.eq(self.entry_w.data),
+                             entry_wp.en.eq(self.entry_w.en)]
         cb_wp = cb_mem.write_port()
         m.d.comb += [cb_wp.addr.eq(self.cb_w.addr), cb_wp.data.eq(self.cb_w.data),
                      cb_wp.en.eq(self.cb_w.en)]
 
-        # --- pop: pointer read ----------------------------------------------------------------
-        even_r, odd_r = ptr_even.read_port(), ptr_odd.read_port()
-        pend = Signal()                    # pointer read in flight: range arrives this cycle
-        swap = Signal()                    # k was odd: start in the odd bank
-        col_value = Signal(signed(self.act_width))
-        ptr_reg = Signal(ptr_shape)
-        end_reg = Signal(ptr_shape)
-
-        start = Signal(ptr_shape)
-        end = Signal(ptr_shape)
-        with m.If(pend):
-            m.d.comb += [start.eq(Mux(swap, odd_r.data, even_r.data)),
-                         end.eq(Mux(swap, even_r.data, odd_r.data))]
-        with m.Else():
-            m.d.comb += [start.eq(ptr_reg), end.eq(end_reg)]
-        # left = (ptr_reg < end_reg), more = (ptr_reg + 1 < end_reg): registered, computed from
-        # this cycle's start and end (ptr_reg advances by `have`).  So the pop decision
-        # (col.ready) depends on registers only; in the cycle the pointer pair arrives (pend)
-        # the PE does not pop (the cycle model's pop_interval = 2).
-        left = Signal()
-        more = Signal()
-        m.d.sync += [left.eq(start + 1 < end), more.eq(start + 2 < end)]
-        have = Signal()                    # an entry issues this cycle
-        m.d.comb += have.eq(Mux(pend, start < end, left))
-        m.d.comb += self.col.ready.eq(~pend & ~more)
-        pop = self.col.valid & self.col.ready
-        k = self.col.payload.k
-        m.d.comb += [even_r.addr.eq((k + 1) >> 1), odd_r.addr.eq(k >> 1),
-                     even_r.en.eq(pop), odd_r.en.eq(pop)]
-        m.d.sync += pend.eq(pop)
-        with m.If(pop):
-            m.d.sync += [swap.eq(k[0]), col_value.eq(self.col.payload.value)]
-        m.d.sync += [ptr_reg.eq(Mux(have, start + 1, start)), end_reg.eq(end)]
-
-        # --- issue: entry read ----------------------------------------------------------------
-        issue_addr = self.entry_base + start
-        if self.memory == "bram":
-            entry_r = entry_mem.read_port()
-            m.d.comb += [entry_r.addr.eq(issue_addr), entry_r.en.eq(have)]
-            entry = entry_r.data
-            entry_port = entry_r
-        else:
-            # Single port: the loader writes only while the engine is idle.  Its writes are
-            # registered first (the SPRAMs sit at the die corners: the shell's write decision
-            # cannot also cross the chip in the same cycle).
-            m.submodules.entry_spram = spram = Ice40Spram()
-            w_en = Signal()
-            w_addr = Signal.like(self.entry_w.addr)
-            w_data = Signal(self.entry_layout.size)
-            m.d.sync += [w_en.eq(self.entry_w.en), w_addr.eq(self.entry_w.addr),
-                         w_data.eq(self.entry_w.data.as_value())]
-            m.d.comb += [spram.addr.eq(Mux(w_en, w_addr, issue_addr)), spram.wdata.eq(w_data),
-                         spram.we.eq(w_en), spram.re.eq(have)]
-            entry = data.View(self.entry_layout,
-                              spram.rdata[:self.entry_layout.size])
-            entry_port = None
-
-        # --- S2: row and codebook read --------------------------------------------------------
         s2_valid = Signal()
         s2_first = Signal()
         s2_value = Signal(signed(self.act_width))
-        m.d.sync += [s2_valid.eq(have), s2_first.eq(pend)]
-        with m.If(have):
-            m.d.sync += s2_value.eq(col_value)
+        if lead:
+            # --- pop: pointer read ------------------------------------------------------------
+            ptr_r = ptr_mem.read_port()
+            pend = Signal()                # pointer read in flight: the word arrives this cycle
+            col_value = Signal(signed(self.act_width))
+            ptr_reg = Signal(self.entry_addr_bits)   # next entry (relative to entry_base)
+            cnt_reg = Signal(self.len_bits)          # entries of the column left
+
+            start = Signal(self.entry_addr_bits)
+            cnt = Signal(self.len_bits)
+            with m.If(pend):
+                m.d.comb += [start.eq(ptr_r.data[:self.entry_addr_bits]),
+                             cnt.eq(ptr_r.data[self.entry_addr_bits:])]
+            with m.Else():
+                m.d.comb += [start.eq(ptr_reg), cnt.eq(cnt_reg)]
+            # left = (cnt >= 2), more = (cnt >= 3): registered, computed from this cycle's
+            # count (which drops by `have`).  So the pop decision (col.ready) depends on
+            # registers only; in the cycle the pointer word arrives (pend) the PE does not pop
+            # (the cycle model's pop_interval = 2).
+            left = Signal()
+            more = Signal()
+            m.d.sync += [left.eq(cnt > 1), more.eq(cnt > 2)]
+            have = Signal()                # an entry issues this cycle
+            m.d.comb += have.eq(Mux(pend, cnt != 0, left))
+            m.d.comb += self.col.ready.eq(~pend & ~more)
+            pop = self.col.valid & self.col.ready
+            m.d.comb += [ptr_r.addr.eq(self.col.payload.k), ptr_r.en.eq(pop)]
+            m.d.sync += pend.eq(pop)
+            with m.If(pop):
+                m.d.sync += col_value.eq(self.col.payload.value)
+            m.d.sync += [ptr_reg.eq(start + have), cnt_reg.eq(cnt - have)]
+
+            # --- issue: entry read ------------------------------------------------------------
+            issue_addr = self.entry_base + start
+            if self.memory == "bram":
+                entry_r = entry_mem.read_port()
+                m.d.comb += [entry_r.addr.eq(issue_addr), entry_r.en.eq(have)]
+                word = Value.cast(entry_r.data)
+                entry_port = entry_r
+            else:
+                # Single port: the loader writes only while the engine is idle.  Its writes
+                # are registered first (the SPRAMs sit at the die corners: the shell's write
+                # decision cannot also cross the chip in the same cycle).  A pair's entries
+                # are bytes 0 (leader) and 1 (follower), written through the nibble masks.
+                m.submodules.entry_spram = spram = Ice40Spram(masked=pair)
+                w_en = Signal()
+                w_addr = Signal.like(self.entry_w.addr)
+                w_data = Signal(16)
+                if pair:
+                    w_hi = Signal()
+                    m.d.sync += [
+                        w_en.eq(self.entry_w.en), w_hi.eq(self.pair.w_en),
+                        w_addr.eq(Mux(self.entry_w.en, self.entry_w.addr, self.pair.w_addr)),
+                        w_data.eq(Cat(self.entry_w.data.as_value(), Const(0, 8 - E),
+                                      self.pair.w_data))]
+                    m.d.comb += [spram.we.eq(w_en | w_hi),
+                                 spram.mask.eq(Cat(w_en, w_en, w_hi, w_hi))]
+                else:
+                    m.d.sync += [w_en.eq(self.entry_w.en), w_addr.eq(self.entry_w.addr),
+                                 w_data.eq(self.entry_w.data.as_value())]
+                    m.d.comb += spram.we.eq(w_en)
+                m.d.comb += [spram.addr.eq(Mux(spram.we, w_addr, issue_addr)),
+                             spram.wdata.eq(w_data), spram.re.eq(have)]
+                word = spram.rdata
+                entry_port = None
+            entry = data.View(self.entry_layout, word[:E])
+
+            m.d.sync += [s2_valid.eq(have), s2_first.eq(pend)]
+            with m.If(have):
+                m.d.sync += s2_value.eq(col_value)
+            if pair:
+                # Per-cycle control of the follower: its S2 is the leader's S2.
+                m.d.comb += [self.pair.valid.eq(s2_valid), self.pair.first.eq(s2_first),
+                             self.pair.value.eq(s2_value),
+                             self.pair.entry.eq(word[8 if self.memory == "spram" else E:][:E]),
+                             self.pair.ptr.eq(ptr_r.data), self.pair.busy.eq(self.busy)]
+        else:
+            m.d.comb += [s2_valid.eq(self.pair.valid), s2_first.eq(self.pair.first),
+                         s2_value.eq(self.pair.value)]
+            entry = data.View(self.entry_layout, self.pair.entry)
+
+        # --- S2: row and codebook read --------------------------------------------------------
         row_reg = Signal(self.row_bits)
         row = Signal(self.row_bits)
         m.d.comb += row.eq(Mux(s2_first, 0, row_reg + 1) + entry.zero_run)
@@ -276,7 +382,8 @@ class ProcessingElement(wiring.Component):
         s3_tok = Signal()
         s3_row = Signal(self.row_bits)
         s3_value = Signal(signed(self.act_width))
-        m.d.sync += [s3_valid.eq(s2_valid), s3_tok.eq(s2_valid | (pend & ~have)),
+        first_empty = (pend & ~have) if lead else 0      # an empty column's issue slot
+        m.d.sync += [s3_valid.eq(s2_valid), s3_tok.eq(s2_valid | first_empty),
                      s3_row.eq(row), s3_value.eq(s2_value)]
         product_shape = signed(self.weight_width + self.act_width)
         product = cb_r.data * s3_value
@@ -324,22 +431,24 @@ class ProcessingElement(wiring.Component):
         with m.Else():
             m.d.comb += [acc_w.addr.eq(s4_row), acc_w.en.eq(s4_valid)]
 
-        m.d.comb += self.busy.eq(self.col.valid | pend | left | s2_valid
-                                 | s3_tok | s4_tok)
+        if lead:
+            m.d.comb += self.busy.eq(self.col.valid | pend | left | s2_valid
+                                     | s3_tok | s4_tok)
+        else:
+            m.d.comb += self.busy.eq(self.pair.busy)
 
         # --- read-back (hdl.readback): the idle pipeline's read ports --------------------------
-        # These assignments come last so that they take precedence while rb_en is high.
-        rb_odd = Signal()
+        # These assignments come last so that they take precedence while rb_en is high.  A
+        # follower's entries and pointer words are its leader's reads (the same rb_addr).
         with m.If(self.rb_en):
-            m.d.sync += rb_odd.eq(self.rb_addr[0])
-            m.d.comb += [even_r.addr.eq(self.rb_addr >> 1), odd_r.addr.eq(self.rb_addr >> 1),
-                         even_r.en.eq(1), odd_r.en.eq(1),
-                         cb_r.addr.eq(self.rb_addr), cb_r.en.eq(1)]
-            if entry_port is not None:
-                m.d.comb += [entry_port.addr.eq(self.rb_addr), entry_port.en.eq(1)]
-            else:
-                m.d.comb += [spram.addr.eq(self.rb_addr), spram.re.eq(1)]
+            m.d.comb += [cb_r.addr.eq(self.rb_addr), cb_r.en.eq(1)]
+            if lead:
+                m.d.comb += [ptr_r.addr.eq(self.rb_addr), ptr_r.en.eq(1)]
+                if entry_port is not None:
+                    m.d.comb += [entry_port.addr.eq(self.rb_addr), entry_port.en.eq(1)]
+                else:
+                    m.d.comb += [spram.addr.eq(self.rb_addr), spram.re.eq(1)]
         m.d.comb += [self.rb_entry.eq(entry.as_value()),
-                     self.rb_ptr.eq(Mux(rb_odd, odd_r.data, even_r.data)),
+                     self.rb_ptr.eq(ptr_r.data if lead else self.pair.ptr),
                      self.rb_weight.eq(cb_r.data)]
         return m

@@ -283,9 +283,10 @@ class SimBoard:
 # The board's top level
 
 
-def board_top(board: str, model):
+def board_top(board: str, model, *, pe_group: int = 1):
     """The simulation configuration of ``board``'s top level with an engine built for
-    ``model`` (a :class:`CompressedModel` or ``.spn`` path).
+    ``model`` (a :class:`CompressedModel` or ``.spn`` path), its PEs in lockstep groups of
+    ``pe_group`` (SpMV and LSTM engines).
 
     The core is the one :mod:`hdl.build` puts in the bitstream (:class:`hdl.top.SpineCore`
     around :func:`hdl.build.make_backend`: :class:`hdl.top.EngineBackend` with an SpMV engine
@@ -313,7 +314,7 @@ def board_top(board: str, model):
 
     profile = get_board(board)
     model = _as_model(model)
-    params = engine_for_model(model)
+    params = engine_for_model(model, pe_group=pe_group)
     if params.get("engine") == "cnn":
         if not params.get("uniform_fields", True):
             raise ValueError(f"model {model.name!r} uses different entry widths in different "

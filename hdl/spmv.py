@@ -35,11 +35,12 @@ from amaranth.utils import bits_for
 
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_FIELDS, DESCRIPTOR_MEMBERS,
                              DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, OUTPUT_OVERHEAD,
-                             SETUP_CYCLES, Field, Region, SpmvParams, product_shift_entry)
+                             SETUP_CYCLES, Field, Region, SpmvParams, pe_group_entry,
+                             product_shift_entry)
 
 from .broadcast import BroadcastFifo
 from .ice40_spram import SPRAM_DEPTH
-from .pe import ProcessingElement, addr_bits, column_layout
+from .pe import ProcessingElement, addr_bits, column_layout, pe_roles
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
 
@@ -79,21 +80,25 @@ def matrix_descriptor_members(*, max_rows, entry_addr_bits, k_bits, bias_bits, c
     }
 
 
-def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth):
+def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth, pe_group=1):
     """Add the engines' PE array to ``m``: ``n_pe`` PEs (submodules ``pe0`` ...) fed by one
-    :class:`BroadcastFifo` (submodule ``fifo``), each PE's ``col`` on the FIFO's read port.
+    :class:`BroadcastFifo` (submodule ``fifo``) with one reader per PE group: each solo PE's
+    or leader's ``col`` on its read port, each follower's ``pair`` on its leader's
+    (:func:`hdl.pe.pe_roles`).
 
     Parameters
     ----------
     m : Module
     n_pe : int
     make_pe : callable
-        ``make_pe()`` returns one PE (a :class:`ProcessingElement` or a stand-in with its
-        signature).
+        ``make_pe(role)`` returns one PE of that role (a :class:`ProcessingElement` or a
+        stand-in with its signature).
     k_bits, act_width : int
         Widths of the broadcast column (:func:`hdl.pe.column_layout`).
     fifo_depth : int
         FIFO depth per PE.
+    pe_group : int
+        PEs per lockstep group (1 or 2).
 
     Returns
     -------
@@ -101,14 +106,20 @@ def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth):
     fifo : BroadcastFifo
         Its write port ``fifo.w`` is the caller's broadcaster.
     """
+    roles = pe_roles(n_pe, pe_group)
     pes = []
-    for p in range(n_pe):
-        pe = make_pe()
+    for p, role in enumerate(roles):
+        pe = make_pe(role)
         m.submodules[f"pe{p}"] = pe
         pes.append(pe)
-    m.submodules.fifo = fifo = BroadcastFifo(n_pe, column_layout(k_bits, act_width), fifo_depth)
-    for p, pe in enumerate(pes):
-        wiring.connect(m, fifo.r[p], pe.col)
+    readers = [pe for pe, role in zip(pes, roles) if role != "follower"]
+    m.submodules.fifo = fifo = BroadcastFifo(len(readers), column_layout(k_bits, act_width),
+                                             fifo_depth)
+    for r, pe in enumerate(readers):
+        wiring.connect(m, fifo.r[r], pe.col)
+    for p, role in enumerate(roles):
+        if role == "follower":
+            wiring.connect(m, pes[p - 1].pair, pes[p].pair)
     return pes, fifo
 
 
@@ -210,15 +221,20 @@ class SpmvEngine(wiring.Component):
     memory : str
         ``"bram"`` (inferred memories) or ``"spram"``: every PE's entry memory is one iCE40
         SB_SPRAM256KA (:class:`hdl.ice40_spram.Ice40Spram`; at most 16384 entries per PE, and
-        the UP5K has four, so ``n_pe <= 4`` on that FPGA; simulation uses the behavioural
-        model).
+        the UP5K has four, so ``n_pe <= 4`` on that FPGA, 8 with ``pe_group=2``; simulation
+        uses the behavioural model).
     max_pointers : int, optional
-        Pointer slots per PE (all layers' ``cols + 1``); default ``max_layers * (max_cols + 1)``.
+        Pointer slots per PE (all layers' ``cols``); default ``max_layers * max_cols``.
     max_bias : int, optional
         Bias memory words; default ``max_layers * max_rows``.
     product_shift : int
         Bits every product is floored by before it is added (the model's ``product_shift``;
         elaboration-time wiring in the PEs).
+    pe_group : int
+        1, or 2: PEs ``2g`` and ``2g + 1`` run in lockstep (:mod:`hdl.pe` roles leader and
+        follower): one FIFO reader, one pointer memory and one entry memory word (both PEs'
+        entries) per pair.  The image must be padded per pair
+        (:func:`host.encoding.pad_groups`; :func:`host.spmv_image.build_image` does it).
 
     Attributes
     ----------
@@ -248,13 +264,14 @@ class SpmvEngine(wiring.Component):
     def __init__(self, n_pe, *, index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT,
                  weight_width=16, acc_bits=32, max_rows, max_cols, max_entries_per_pe,
                  fifo_depth=8, max_layers=4, memory="bram", max_pointers=None,
-                 max_bias=None, product_shift=0):
+                 max_bias=None, product_shift=0, pe_group=1):
         params = SpmvParams(n_pe=n_pe, index_bits=index_bits, run_bits=run_bits,
                             act_format=act_format, weight_width=weight_width,
                             acc_bits=acc_bits, max_rows=max_rows, max_cols=max_cols,
                             max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
                             max_layers=max_layers, max_pointers=max_pointers,
-                            max_bias=max_bias, product_shift=product_shift)
+                            max_bias=max_bias, product_shift=product_shift,
+                            pe_group=pe_group)
         if memory not in ("bram", "spram"):
             raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
         if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
@@ -269,7 +286,7 @@ class SpmvEngine(wiring.Component):
                      "max_layers", "max_pointers", "max_bias", "rows_per_pe", "list_depth",
                      "col_bits", "entry_bits", "ptr_bits", "entry_addr_bits", "k_bits",
                      "cb_bits", "bias_bits", "shift_bits", "lane_width", "addr_width",
-                     "data_width", "product_shift"):
+                     "data_width", "product_shift", "pe_group"):
             setattr(self, name, getattr(params, name))
         max_pointers, max_bias = params.max_pointers, params.max_bias
         self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
@@ -311,7 +328,8 @@ class SpmvEngine(wiring.Component):
                 "max_cols": self.max_cols, "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_layers": self.max_layers,
                 "memory": self.memory, "max_pointers": self.max_pointers,
-                "max_bias": self.max_bias, **product_shift_entry(self)}
+                "max_bias": self.max_bias, **product_shift_entry(self),
+                **pe_group_entry(self)}
 
     # --- hardware ------------------------------------------------------------------------------
 
@@ -324,10 +342,10 @@ class SpmvEngine(wiring.Component):
                     codebooks=self.max_layers, memory=self.memory,
                     product_shift=self.product_shift)
 
-    def make_pe(self) -> wiring.Component:
-        """One PE (a hook: simulation builds replace it by an instance of a separately
-        generated PE module, see :func:`hdl.spmv_sim.engine_verilog`)."""
-        return ProcessingElement(**self.pe_params())
+    def make_pe(self, role: str = "solo") -> wiring.Component:
+        """One PE of ``role`` (a hook: simulation builds replace it by an instance of a
+        separately generated PE module, see :func:`hdl.spmv_sim.engine_verilog`)."""
+        return ProcessingElement(**self.pe_params(), role=role)
 
     def elaborate(self, platform):
         m = Module()
@@ -337,7 +355,8 @@ class SpmvEngine(wiring.Component):
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
         pes, fifo = add_pe_array(m, n_pe, self.make_pe, k_bits=self.k_bits,
-                                 act_width=act.width, fifo_depth=self.fifo_depth)
+                                 act_width=act.width, fifo_depth=self.fifo_depth,
+                                 pe_group=self.pe_group)
 
         # --- descriptors ------------------------------------------------------------------------
         descs = Array(Signal(self.descriptor_layout, name=f"desc{i}")

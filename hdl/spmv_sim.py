@@ -93,7 +93,8 @@ class _PeInstance(wiring.Component):
     """Stands in for a :class:`ProcessingElement`: same signature, elaborates to an instance of
     the separately generated module :data:`PE_MODULE`."""
 
-    def __init__(self, members: dict):
+    def __init__(self, members: dict, module: str = PE_MODULE):
+        self.module = module
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -103,31 +104,39 @@ class _PeInstance(wiring.Component):
             name = "__".join(str(part) for part in path)
             prefix = "i_" if member.flow == wiring.In else "o_"
             ports[prefix + name] = value
-        m.submodules.pe = Instance(PE_MODULE, **ports)
+        m.submodules.pe = Instance(self.module, **ports)
         return m
 
 
-class _SimulationEngine(SpmvEngine):
-    """The engine with its PEs as instances of one separately generated module."""
+def pe_module(role: str) -> str:
+    """Name of the separately generated PE module of ``role`` (:data:`PE_MODULE` for solo)."""
+    return PE_MODULE if role == "solo" else f"{PE_MODULE}_{role}"
 
-    def make_pe(self):
-        pe = ProcessingElement(**self.pe_params())     # only for its signature
+
+class _SimulationEngine(SpmvEngine):
+    """The engine with its PEs as instances of one separately generated module per role."""
+
+    def make_pe(self, role="solo"):
+        pe = ProcessingElement(**self.pe_params(), role=role)     # only for its signature
         pe._MustUse__silence = True
-        return _PeInstance(dict(pe.signature.members))
+        return _PeInstance(dict(pe.signature.members), pe_module(role))
 
 
 def split_engine_verilog(engine: SpmvEngine) -> str:
-    """Verilog of ``engine`` with ONE PE module (:data:`PE_MODULE`) instantiated ``n_pe``
-    times: Amaranth elaborates (and writes the memory initialisation of) a single PE instead of
-    ``n_pe`` copies, which is what makes a 64-PE engine with 32k entries per PE take minutes."""
+    """Verilog of ``engine`` with ONE PE module per role (:func:`pe_module`) instantiated
+    ``n_pe`` times in all: Amaranth elaborates (and writes the memory initialisation of) a
+    single PE of each role instead of ``n_pe`` copies, which is what makes a 64-PE engine with
+    32k entries per PE take minutes."""
+    from .pe import pe_roles
     from .simulate import generate_verilog
-    pe = ProcessingElement(**engine.pe_params())
-    pe_verilog = generate_verilog(pe, PE_MODULE)
+    pe_verilog = [generate_verilog(ProcessingElement(**engine.pe_params(), role=role),
+                                   pe_module(role))
+                  for role in sorted(set(pe_roles(engine.n_pe, engine.pe_group)))]
     engine._MustUse__silence = True      # described by its parameters, not elaborated itself
     params = engine.config()
     params["act_format"] = engine.act_format
     top = generate_verilog(_SimulationEngine(params.pop("n_pe"), **params), TOPLEVEL)
-    return top + "\n" + pe_verilog
+    return top + "\n" + "\n".join(pe_verilog)
 
 
 def cached_verilog(prefix: str, engine, sources, make) -> str:

@@ -49,7 +49,7 @@ class Region(enum.IntEnum):
     (:class:`host.memory_map.Region`, the loader is shared)."""
 
     ENTRY = SpmvRegion.ENTRY            #: addr = entry address; per-PE entry in ``lanes``
-    POINTER = SpmvRegion.POINTER        #: addr = pointer slot; per-PE column pointer in ``lanes``
+    POINTER = SpmvRegion.POINTER        #: addr = pointer slot; per-PE pointer word in ``lanes``
     CODEBOOK = SpmvRegion.CODEBOOK      #: addr = slot << index_bits | index; data = weight
     BIAS = SpmvRegion.BIAS              #: addr = bias address; data = bias (accumulator format)
     DESCRIPTOR = SpmvRegion.DESCRIPTOR  #: addr = layer << FIELD_BITS | field; data = value
@@ -62,7 +62,7 @@ class Field(enum.IntEnum):
 
     ROWS = 0            #: output channels C_out (matrix rows)
     ENTRY_BASE = 1      #: first entry address of the layer (every PE)
-    PTR_BASE = 2        #: first pointer slot (the layer uses hw columns + 1 slots)
+    PTR_BASE = 2        #: first pointer slot (the layer uses hw columns slots)
     BIAS_BASE = 3       #: bias address of row 0
     CODEBOOK = 4        #: codebook slot
     SHIFT = 5           #: requantization shift = weight fraction bits
@@ -112,7 +112,7 @@ class CnnConfig:
     max_entries_per_pe : int
         Entry memory depth per PE (all layers, padding entries included).
     max_pointers : int
-        Pointer slots per PE (all layers' hardware columns + 1).
+        Pointer slots per PE (all layers' hardware columns, one pointer word each).
     max_bias : int
         Bias memory words (all layers' C_out).
     max_layers : int
@@ -451,7 +451,7 @@ def _sizes(config: CnnConfig, layers) -> dict:
     for ly in layers:
         enc = hw_matrix(ly, config.fm_lanes)
         entries += int(enc.entries_per_pe().max())
-        pointers += enc.cols + 1
+        pointers += enc.cols
         bias += ly.rows
         words = max(words, fm_words(ly.in_shape, config.fm_lanes),
                     fm_words(ly.out_shape, config.fm_lanes))
@@ -510,7 +510,7 @@ def build_image(config: CnnConfig, model_or_layers, input_shape=None) -> CnnImag
         raise ValueError(f"the model has {len(layers)} conv/linear layers, the engine's "
                          f"descriptor table holds `max_layers` = {config.max_layers}")
     g = config.fm_lanes
-    memories = MatrixMemories(config.n_pe, config.acc_bits)
+    memories = MatrixMemories(config.n_pe, config.acc_bits, config.max_entries_per_pe)
     descs, mats = [], []
     for n, ly in enumerate(layers):
         for what, shape in (("input", ly.in_shape), ("output", ly.out_shape)):

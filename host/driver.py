@@ -482,7 +482,7 @@ def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
             problems.append(f"{where} size: model {enc.rows} x {enc.cols}, engine at most "
                             f"{info.max_rows} x {info.max_cols}")
         entries += int(enc.entries_per_pe().max()) if enc.n_pe == info.n_pe else 0
-        pointers += enc.cols + 1
+        pointers += enc.cols
         bias += enc.rows
     if entries > info.max_entries_per_pe:
         problems.append(f"entries per PE: model {entries}, engine {info.max_entries_per_pe}")
@@ -601,7 +601,7 @@ def _spmv_params(info: EngineInfo) -> SpmvParams:
                       acc_bits=info.acc_bits, max_rows=info.max_rows, max_cols=info.max_cols,
                       max_entries_per_pe=info.max_entries_per_pe, max_layers=info.max_layers,
                       max_pointers=info.max_pointers, max_bias=info.max_bias,
-                      product_shift=info.product_shift)
+                      product_shift=info.product_shift, pe_group=info.pe_group)
 
 
 def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
@@ -615,7 +615,7 @@ def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
                       weight_width=info.weight_width, acc_bits=info.acc_bits,
                       table_spec=model.table_spec, max_entries_per_pe=info.max_entries_per_pe,
                       layers_max=limits["layers_max"], proj_max=limits["proj_max"],
-                      product_shift=info.product_shift)
+                      product_shift=info.product_shift, pe_group=info.pe_group)
 
 
 def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:

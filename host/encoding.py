@@ -14,7 +14,15 @@ costs the PE one cycle like any other entry.  In Amaranth terms an entry is the
 ``data.StructLayout({"weight_index": index_bits, "zero_run": run_bits})`` (first field in the
 least significant bits), see :func:`entry_layout_fields`.
 
-Column ``j`` of PE ``p`` holds entries ``col_ptr[p][j] : col_ptr[p][j + 1]``.
+Column ``j`` of PE ``p`` holds entries ``col_ptr[p][j] : col_ptr[p][j + 1]``.  The engines'
+pointer memories hold one *pointer word* per column (:func:`pointer_words`)::
+
+    word = start | length << start_bits
+
+``start`` is the column's first entry (relative to the matrix's entry base, ``start_bits`` =
+the entry address width) and ``length`` its entry count, at most the PE's local rows (every
+entry of a column lands on a distinct local row), so ``length_bits = bits_for(rows per PE)``
+(:func:`pointer_fields`).
 """
 
 from __future__ import annotations
@@ -23,12 +31,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EncodedMatrix", "encode", "entry_layout_fields", "pe_rows"]
+__all__ = ["EncodedMatrix", "encode", "entry_layout_fields", "pe_rows", "pointer_fields",
+           "pointer_words",
+           "pad_groups"]
 
 
 def entry_layout_fields(index_bits: int, run_bits: int) -> dict[str, int]:
     """Field widths of one entry, LSB first: the shape of the HDL's ``StructLayout``."""
     return {"weight_index": index_bits, "zero_run": run_bits}
+
+
+def pointer_fields(entries: int, rows: int) -> tuple[int, int]:
+    """``(start_bits, length_bits)`` of a pointer word for an entry memory of ``entries`` words
+    and ``rows`` local rows per PE: the entry address width ``max(1, ceil(log2(entries)))`` and
+    ``max(1, bit_length(rows))``."""
+    return max(1, (int(entries) - 1).bit_length()), max(1, int(rows).bit_length())
+
+
+def pointer_words(col_ptr, start_bits: int) -> np.ndarray:
+    """One PE's pointer words ``start | length << start_bits`` (int64, one per column) from its
+    ``cols + 1`` column pointers; an empty column's ``start`` is 0 (it is never read)."""
+    ptr = np.asarray(col_ptr, dtype=np.int64)
+    length = np.diff(ptr)
+    start = np.where(length > 0, ptr[:-1], 0)
+    return start | (length << start_bits)
 
 
 def pe_rows(rows: int, n_pe: int, pe: int) -> int:
@@ -107,17 +133,31 @@ class EncodedMatrix:
         # Row position reached before each column's first entry, repeated over its entries.
         before = np.concatenate([[0], csum])[ptr[:-1]]
         local = csum - np.repeat(before, lengths) - 1
-        if len(local) and local.max() >= pe_rows(self.rows, self.n_pe, pe):
-            raise ValueError(f"PE {pe}: an entry's zero runs reach past the PE's "
-                             f"{pe_rows(self.rows, self.n_pe, pe)} rows")
-        return pe + self.n_pe * local, col, index
+        depth = self.local_depth
+        if len(local) and local.max() >= depth:
+            raise ValueError(f"PE {pe}: an entry's zero runs reach past the "
+                             f"{depth} local rows")
+        row = pe + self.n_pe * local
+        if np.any((row >= self.rows) & (index != 0)):
+            raise ValueError(f"PE {pe}: a non-zero entry lands past the matrix's "
+                             f"{self.rows} rows")
+        return row, col, index
+
+    @property
+    def local_depth(self) -> int:
+        """Local rows of the busiest PE, ``ceil(rows / n_pe)``: the accumulators every PE
+        has.  Padding entries of :func:`pad_groups` may land on a PE's local rows past the
+        matrix (global row ``>= rows``); real entries never do."""
+        return -(-self.rows // self.n_pe)
 
     def decode(self) -> np.ndarray:
-        """The dense weight-index matrix (uint16); inverse of :func:`encode`."""
+        """The dense weight-index matrix (uint16); inverse of :func:`encode` (padding
+        entries past the matrix's rows dropped)."""
         dense = np.zeros((self.rows, self.cols), dtype=np.uint16)
         for pe in range(self.n_pe):
             row, col, index = self.coordinates(pe)
-            dense[row, col] = index
+            inside = row < self.rows
+            dense[row[inside], col[inside]] = index[inside]
         return dense
 
 
@@ -166,3 +206,65 @@ def encode(indices: np.ndarray, n_pe: int, *, index_bits: int = 4, run_bits: int
         entries.append(packed.astype(np.uint16))
         pointers.append(ptr)
     return EncodedMatrix(rows, cols, n_pe, index_bits, run_bits, entries, pointers)
+
+
+def pad_groups(encoded: EncodedMatrix, group: int) -> EncodedMatrix:
+    """``encoded`` with padding entries added so that the PEs of every group ``g * group ..
+    g * group + group - 1`` have the same entry count in every column (lockstep PE groups:
+    one pointer word and one issue counter per group, :mod:`hdl.pe`).
+
+    A shorter column gets padding entries (weight index 0, which is always 0.0) on the
+    smallest local rows it does not use yet, so every entry of a column still sits on a
+    distinct local row below :attr:`EncodedMatrix.local_depth` (the PE's accumulators), the
+    zero runs only get shorter (never past ``2**run_bits - 1``) and :meth:`EncodedMatrix.decode`
+    is unchanged.  A padding entry may land on a local row past the PE's own rows (a row past
+    the matrix): it adds 0 to an accumulator no output reads.
+
+    Parameters
+    ----------
+    encoded : EncodedMatrix
+    group : int
+        PEs per group (1: ``encoded`` itself); must divide ``encoded.n_pe``.
+
+    Returns
+    -------
+    EncodedMatrix
+        The padded encoding (a new object; ``encoded`` when nothing needs padding).
+
+    Raises
+    ------
+    ValueError
+        If ``group`` is not a positive integer dividing ``n_pe``.
+    """
+    if not isinstance(group, int) or isinstance(group, bool) or group < 1:
+        raise ValueError(f"`group` must be a positive integer, not {group!r}")
+    n_pe, cols = encoded.n_pe, encoded.cols
+    if n_pe % group:
+        raise ValueError(f"`group` ({group}) must divide the PE count ({n_pe})")
+    lengths = encoded.column_lengths().reshape(n_pe // group, group, cols)
+    target = np.repeat(lengths.max(axis=1), group, axis=0)              # (n_pe, cols)
+    lengths = lengths.reshape(n_pe, cols)
+    if np.array_equal(lengths, target):
+        return encoded
+    depth = encoded.local_depth
+    shift = encoded.index_bits
+    entries, pointers = list(encoded.entries), list(encoded.col_ptr)
+    for pe in np.flatnonzero(np.any(lengths != target, axis=1)):
+        row, col, index = encoded.coordinates(int(pe))
+        local = (row - pe) // n_pe
+        ptr = encoded.col_ptr[pe]
+        packed = []
+        for j in range(cols):
+            rows_j, index_j = local[ptr[j]:ptr[j + 1]], index[ptr[j]:ptr[j + 1]]
+            need = int(target[pe, j] - len(rows_j))
+            if need:
+                free = np.setdiff1d(np.arange(depth), rows_j)[:need]
+                order = np.argsort(np.concatenate([rows_j, free]), kind="stable")
+                rows_j = np.concatenate([rows_j, free])[order]
+                index_j = np.concatenate([index_j, np.zeros(need, np.int64)])[order]
+            run = np.diff(np.concatenate([[-1], rows_j])) - 1
+            packed.append(index_j | (run << shift))
+        entries[pe] = (np.concatenate(packed) if packed else np.zeros(0)).astype(np.uint16)
+        pointers[pe] = np.concatenate([[0], np.cumsum(target[pe])]).astype(np.int64)
+    return EncodedMatrix(encoded.rows, cols, n_pe, encoded.index_bits, encoded.run_bits,
+                         entries, pointers)

@@ -12,7 +12,7 @@ writes; :func:`expected_run` computes the golden results
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,7 +21,8 @@ from .encoding import encode
 from .fixedpoint import Format
 from .golden import GoldenModel, spmv
 from .lstm_cycles import LayerTrace, LstmCycleReport, stack_cycles
-from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
+from .matrix_image import (LoaderWrites, MatrixMemories, check_encoding, check_weights,
+                           pad_matrix)
 from .memory_map import (DESCRIPTOR_FIELDS, GATES, Field, LstmField, LstmParams, LstmRegion,
                          params_of)
 
@@ -109,6 +110,16 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
     engine = params_of(engine, LstmParams)
     layers = list(lstm) if isinstance(lstm, (list, tuple)) else [lstm]
     _check_layers(engine, layers)
+    if engine.pe_group > 1:
+        # Lockstep PE groups: every matrix padded to equal column lengths per group (zero
+        # entries); the image keeps the padded layers, so expected_run's cycle model sees the
+        # encoding the hardware runs.
+        layers = [replace(ly, matrix=pad_matrix(ly.matrix, engine.pe_group),
+                          projection=None if ly.projection is None
+                          else pad_matrix(ly.projection, engine.pe_group)) for ly in layers]
+        if classifier is not None:
+            classifier = replace(classifier,
+                                 matrix=pad_matrix(classifier.matrix, engine.pe_group))
     last = layers[-1]
     matrices = []                                  # (matrix, relu, descriptor k, column base)
     for n, layer in enumerate(layers):
@@ -125,7 +136,7 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
                              f"{engine.classes_max}")
         _check_matrix(engine, cm, "classifier")
         matrices.append((cm, bool(classifier.relu), 1, last.input_size))
-    memories = MatrixMemories(engine.n_pe, engine.acc_bits)
+    memories = MatrixMemories(engine.n_pe, engine.acc_bits, engine.max_entries_per_pe)
     descs = []
     for n, (matrix, relu, k, col_base) in enumerate(matrices):
         enc = matrix.encoded

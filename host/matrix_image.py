@@ -11,13 +11,21 @@ an ``engine`` is any object with the engine's ``n_pe``, ``index_bits``, ``run_bi
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .compressed import SparseMatrix, requant_shift
-from .encoding import EncodedMatrix
+from .encoding import EncodedMatrix, pad_groups, pointer_fields, pointer_words
 from .fixedpoint import wrap
 
-__all__ = ["check_encoding", "check_weights", "MatrixMemories", "LoaderWrites"]
+__all__ = ["check_encoding", "check_weights", "MatrixMemories", "LoaderWrites", "pad_matrix"]
+
+
+def pad_matrix(matrix: SparseMatrix, group: int) -> SparseMatrix:
+    """``matrix`` with its encoding padded for lockstep PE groups of ``group``
+    (:func:`host.encoding.pad_groups`; the same weights, so the golden model is unchanged)."""
+    return replace(matrix, encoded=pad_groups(matrix.encoded, group))
 
 
 def check_encoding(engine, matrix: SparseMatrix, where: str) -> None:
@@ -79,8 +87,9 @@ class MatrixMemories:
     """Entry, pointer, codebook and bias memories, filled one matrix after another.
 
     Matrix ``n`` placed gets codebook slot ``n`` and the next entry addresses (as many per PE
-    as its longest PE has entries, shorter PEs padded with 0), ``cols + 1`` pointer slots
-    (relative to its entry base) and ``rows`` bias words.
+    as its longest PE has entries, shorter PEs padded with 0), ``cols`` pointer slots (one
+    pointer word per column, :func:`host.encoding.pointer_words`, relative to its entry base)
+    and ``rows`` bias words.
 
     Parameters
     ----------
@@ -88,6 +97,8 @@ class MatrixMemories:
         Processing elements (lanes of the entry and pointer memories).
     acc_bits : int
         Accumulator width the biases are wrapped to.
+    max_entries_per_pe : int
+        Entry memory depth: its address width is the pointer words' ``start_bits``.
 
     Attributes
     ----------
@@ -95,9 +106,10 @@ class MatrixMemories:
         Entries per PE, pointer slots and bias words used so far (the next matrix's bases).
     """
 
-    def __init__(self, n_pe: int, acc_bits: int):
+    def __init__(self, n_pe: int, acc_bits: int, max_entries_per_pe: int):
         self.n_pe = n_pe
         self.acc_bits = acc_bits
+        self.start_bits = pointer_fields(max_entries_per_pe, 1)[0]
         self.entry_base = self.ptr_base = self.bias_base = 0
         self._entries, self._pointers, self._codebooks, self._bias = [], [], [], []
 
@@ -123,13 +135,13 @@ class MatrixMemories:
         for p in range(self.n_pe):
             block[:len(enc.entries[p]), p] = enc.entries[p]
         self._entries.append(block)
-        self._pointers.append(np.stack([np.asarray(ptr, dtype=np.int64) for ptr in enc.col_ptr],
-                                       axis=1))
+        self._pointers.append(np.stack([pointer_words(ptr, self.start_bits)
+                                        for ptr in enc.col_ptr], axis=1))
         self._codebooks.append(np.asarray(codebook, dtype=np.int64))
         self._bias.append(wrap(np.asarray(bias, dtype=np.int64), self.acc_bits))
         bases = (self.entry_base, self.ptr_base, self.bias_base)
         self.entry_base += length
-        self.ptr_base += enc.cols + 1
+        self.ptr_base += enc.cols
         self.bias_base += enc.rows
         return bases
 

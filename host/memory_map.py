@@ -17,16 +17,18 @@ from dataclasses import dataclass
 
 from .activations import TableSpec
 from .cyclemodel import REQUANT_LATENCY, Timing
+from .encoding import pointer_fields
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .params import check_int
 
 __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
            "LstmRegion",
            "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
-           "bits_for", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY", "POP_INTERVAL",
+           "bits_for", "check_pe_group", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY",
+           "POP_INTERVAL",
            "SETUP_CYCLES",
            "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT", "check_product_shift",
-           "product_shift_entry"]
+           "product_shift_entry", "pe_group_entry"]
 
 #: Default activation format (Q5.10).
 DEFAULT_ACT_FORMAT = Format(16, 10)
@@ -51,7 +53,7 @@ class Region(enum.IntEnum):
     """``load.region`` values of :class:`hdl.spmv.SpmvEngine`."""
 
     ENTRY = 0       #: addr = entry address; per-PE data in ``lanes`` (PEs selected by ``mask``)
-    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
+    POINTER = 1     #: addr = pointer slot k; per-PE pointer word in ``lanes``
     CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight (all PEs)
     BIAS = 3        #: addr = bias address; data = bias (accumulator format)
     DESCRIPTOR = 4  #: addr = layer << 3 | field; data = field value (see :class:`Field`)
@@ -65,7 +67,7 @@ class Field(enum.IntEnum):
     ROWS = 0        #: output rows of the layer
     COLS = 1        #: input columns (informational: the engine does not need it, ignored)
     ENTRY_BASE = 2  #: first entry address of the layer in every PE's entry memory
-    PTR_BASE = 3    #: first pointer slot of the layer (cols + 1 slots)
+    PTR_BASE = 3    #: first pointer slot of the layer (cols slots)
     BIAS_BASE = 4   #: address of the layer's row 0 bias
     CODEBOOK = 5    #: codebook slot
     SHIFT = 6       #: requantization shift: weight fraction bits - the engine's product shift
@@ -99,7 +101,7 @@ class LstmRegion(enum.IntEnum):
     """``load.region`` values of :class:`hdl.lstm.LstmEngine` (0..4 as :class:`Region`)."""
 
     ENTRY = 0       #: addr = entry address; per-PE packed entries in ``lanes``
-    POINTER = 1     #: addr = pointer slot k; per-PE column pointer in ``lanes``
+    POINTER = 1     #: addr = pointer slot k; per-PE pointer word in ``lanes``
     CODEBOOK = 2    #: addr = slot << index_bits | weight index; data = weight
     BIAS = 3        #: addr = bias address; data = bias (accumulator format)
     DESCRIPTOR = 4  #: addr = k << 3 | field: k = 4l layer l's LSTM matrix, 1 the classifier
@@ -141,6 +143,16 @@ def check_product_shift(product_shift, act_format, weight_width: int) -> None:
     """``product_shift`` (engine parameter) must be an integer from 0 to
     ``act.width + weight_width - 1`` (a product's bits)."""
     check_int("product_shift", product_shift, 0, act_format.width + weight_width - 1)
+def check_pe_group(pe_group, n_pe: int, entry_bits: int) -> None:
+    """Check an engine's ``pe_group`` (PEs per lockstep group, :mod:`hdl.pe`): 1, or 2 with an
+    even ``n_pe`` and entries of at most 8 bits (two share one 16-bit entry word)."""
+    if pe_group not in (1, 2) or isinstance(pe_group, bool):
+        raise ValueError(f"`pe_group` must be 1 or 2, not {pe_group!r}")
+    if n_pe % pe_group:
+        raise ValueError(f"`pe_group` 2 needs an even `n_pe`, not {n_pe}")
+    if pe_group == 2 and entry_bits > 8:
+        raise ValueError(f"`pe_group` 2 needs entries of at most 8 bits (index_bits + "
+                         f"run_bits), not {entry_bits}")
 
 
 def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
@@ -168,9 +180,14 @@ class _Widths:
         return self.index_bits + self.run_bits
 
     @property
+    def ptr_len_bits(self) -> int:
+        """A pointer word's column length (0 .. rows_per_pe, host.encoding.pointer_fields)."""
+        return pointer_fields(self.max_entries_per_pe, self.rows_per_pe)[1]
+
+    @property
     def ptr_bits(self) -> int:
-        """Column pointer (0 .. max_entries_per_pe)."""
-        return ceil_log2(self.max_entries_per_pe + 1)
+        """Pointer word ``start | length << entry_addr_bits`` (host.encoding.pointer_words)."""
+        return self.entry_addr_bits + self.ptr_len_bits
 
     @property
     def entry_addr_bits(self) -> int:
@@ -207,7 +224,7 @@ class _Widths:
 class SpmvParams(_Widths):
     """Parameters of :class:`hdl.spmv.SpmvEngine` (see there) and the widths derived from them.
 
-    ``max_pointers`` and ``max_bias`` default to ``max_layers * (max_cols + 1)`` and
+    ``max_pointers`` and ``max_bias`` default to ``max_layers * max_cols`` and
     ``max_layers * max_rows``.  Raises ``ValueError``/``TypeError`` naming a bad parameter.
     """
 
@@ -225,9 +242,11 @@ class SpmvParams(_Widths):
     max_pointers: int | None = None
     max_bias: int | None = None
     product_shift: int = 0
+    pe_group: int = 1
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
+        check_pe_group(self.pe_group, self.n_pe, self.index_bits + self.run_bits)
         check_int("index_bits", self.index_bits, 1, 8)
         check_int("run_bits", self.run_bits, 1, 8)
         _check_formats(self.act_format, self.weight_width, self.acc_bits)
@@ -238,7 +257,7 @@ class SpmvParams(_Widths):
         check_int("fifo_depth", self.fifo_depth, 1)
         check_int("max_layers", self.max_layers, 1)
         if self.max_pointers is None:
-            object.__setattr__(self, "max_pointers", self.max_layers * (self.max_cols + 1))
+            object.__setattr__(self, "max_pointers", self.max_layers * self.max_cols)
         check_int("max_pointers", self.max_pointers, 2)
         if self.max_bias is None:
             object.__setattr__(self, "max_bias", self.max_layers * self.max_rows)
@@ -308,9 +327,11 @@ class LstmParams(_Widths):
     layers_max: int = 1
     proj_max: int = 0
     product_shift: int = 0
+    pe_group: int = 1
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
+        check_pe_group(self.pe_group, self.n_pe, self.index_bits + self.run_bits)
         check_int("hidden_max", self.hidden_max, 1)
         check_int("input_max", self.input_max, 1)
         check_int("steps_max", self.steps_max, 1)
@@ -384,11 +405,11 @@ class LstmParams(_Widths):
 
     @property
     def max_pointers(self) -> int:
-        """Pointer slots: per layer the LSTM matrix's ``I + S + 1`` (and the projection's
-        ``H + 1``), then the classifier's ``S + 1``."""
-        per_layer = (self.input_max + self.state_max + 1
-                     + ((self.hidden_max + 1) if self.proj_max else 0))
-        return self.layers_max * per_layer + self.state_max + 1
+        """Pointer slots (one pointer word per column): per layer the LSTM matrix's ``I + S``
+        (and the projection's ``H``), then the classifier's ``S``."""
+        per_layer = (self.input_max + self.state_max
+                     + (self.hidden_max if self.proj_max else 0))
+        return self.layers_max * per_layer + self.state_max
 
     @property
     def max_bias(self) -> int:
@@ -451,7 +472,8 @@ class LstmParams(_Widths):
                 "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
                 "ew_lanes": self.ew_lanes, "layers_max": self.layers_max,
-                "proj_max": self.proj_max, **product_shift_entry(self)}
+                "proj_max": self.proj_max, **product_shift_entry(self),
+                **pe_group_entry(self)}
 
 
 def product_shift_entry(params) -> dict:
@@ -460,6 +482,13 @@ def product_shift_entry(params) -> dict:
     shift stay what they were before it existed."""
     p = getattr(params, "product_shift", 0)
     return {"product_shift": p} if p else {}
+
+
+def pe_group_entry(params) -> dict:
+    """``{"pe_group": g}`` of an engine's parameters, ``{}`` for g = 1 (solo PEs): as
+    :func:`product_shift_entry`, configurations without PE pairs keep their dictionaries."""
+    g = getattr(params, "pe_group", 1)
+    return {"pe_group": g} if g != 1 else {}
 
 
 def params_of(engine, kind):

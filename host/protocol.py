@@ -33,7 +33,8 @@ __all__ = [
     "IDENTIFY_MAGIC", "EngineKind", "RegionDescription", "Identity", "pack_identity",
     "parse_identity", "DeviceStatus", "STATUS_LAYOUT", "STATUS_BYTES", "StatusFlag",
     "pack_status", "parse_status", "engine_config_digest", "CONFIG_DIGEST_BYTES",
-    "CNN_EXTENSION_KEYS", "EXTENSION_KEYS", "COMMON_EXTENSION_KEYS", "extension_keys",
+    "CNN_EXTENSION_KEYS", "EXTENSION_KEYS", "COMMON_EXTENSION_KEYS", "COMMON_EXTENSION_DEFAULTS",
+    "extension_keys",
     "engine_extension",
 ]
 
@@ -235,10 +236,15 @@ CNN_EXTENSION_KEYS = ("fm_lanes", "fm_words", "max_dim", "max_pad", "max_stride"
 EXTENSION_KEYS = {int(EngineKind.CNN): CNN_EXTENSION_KEYS}
 """Extension parameter names by engine kind (:class:`EngineKind` value)."""
 #: Extension words of every engine, after the engine's own: ``product_shift`` (bits every
-#: product is floored by, the model's ``product_shift``).  Trailing zero words are not sent
-#: and a missing word means 0, so an engine without a product shift answers as before (and
-#: its configuration hash is unchanged).
-COMMON_EXTENSION_KEYS = ("product_shift",)
+#: product is floored by, the model's ``product_shift``), then ``pe_group`` (PEs per lockstep
+#: group, 1 or 2: the host pads every group's columns to equal lengths,
+#: host.encoding.pad_groups).  Trailing words equal to their default
+#: (:data:`COMMON_EXTENSION_DEFAULTS`) are not sent and a missing word means its default, so
+#: an engine without a product shift and without PE pairs answers as before (and its
+#: configuration hash is unchanged).
+COMMON_EXTENSION_KEYS = ("product_shift", "pe_group")
+#: The value a missing common extension word stands for.
+COMMON_EXTENSION_DEFAULTS = {"product_shift": 0, "pe_group": 1}
 
 
 def extension_keys(engine: int) -> tuple:
@@ -248,11 +254,13 @@ def extension_keys(engine: int) -> tuple:
 
 def engine_extension(params: dict) -> tuple:
     """The IDENTIFY extension words of engine ``params`` (empty for engines without any):
-    the engine's own, then :data:`COMMON_EXTENSION_KEYS` up to the last non-zero one."""
+    the engine's own, then :data:`COMMON_EXTENSION_KEYS` up to the last one that differs from
+    its default."""
     engine = int(params.get("engine", 0))
     words = [int(params[k]) for k in EXTENSION_KEYS.get(engine, ())]
-    common = [int(params.get(k, 0)) for k in COMMON_EXTENSION_KEYS]
-    while common and not common[-1]:
+    common = [int(params.get(k, COMMON_EXTENSION_DEFAULTS[k])) for k in COMMON_EXTENSION_KEYS]
+    while common and common[-1] == COMMON_EXTENSION_DEFAULTS[COMMON_EXTENSION_KEYS[
+            len(common) - 1]]:
         common.pop()
     return tuple(words + common)
 
@@ -327,6 +335,11 @@ class Identity:
         """The parameter dictionary whose :func:`engine_config_digest` is ``config_hash``."""
         params = {k: getattr(self, k) for k in _ENGINE_PARAM_KEYS}
         params.update(self.extension_params())
+        # A common word sent only because a later one is not at its default (product_shift 0
+        # before pe_group 2) is not in the engine's dictionary (memory_map.*_entry).
+        for key, default in COMMON_EXTENSION_DEFAULTS.items():
+            if params.get(key) == default:
+                del params[key]
         return params
 
     def extension_params(self) -> dict:
@@ -340,6 +353,11 @@ class Identity:
     def product_shift(self) -> int:
         """The engine's product shift (extension word; 0 in an answer without it)."""
         return self.extension_params().get("product_shift", 0)
+
+    @property
+    def pe_group(self) -> int:
+        """PEs per lockstep group (extension word; 1 in an answer without it)."""
+        return int(self.extension_params().get("pe_group", 1))
 
     def region(self, region: int) -> RegionDescription:
         for r in self.regions:

@@ -18,7 +18,8 @@ from .compressed import QLinear, SparseMatrix, requant_shift
 from .cyclemodel import active_columns, spmv_cycles
 from .fixedpoint import Format
 from .golden import spmv
-from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
+from .matrix_image import (LoaderWrites, MatrixMemories, check_encoding, check_weights,
+                           pad_matrix)
 from .memory_map import DESCRIPTOR_FIELDS, Field, Region, SpmvParams, params_of
 
 __all__ = ["EngineImage", "build_image", "image_writes", "input_writes", "expected_run",
@@ -78,7 +79,7 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
     pairs = _as_pairs(layers)
     if not 1 <= len(pairs) <= engine.max_layers:
         raise ValueError(f"the engine runs 1 to {engine.max_layers} layers, not {len(pairs)}")
-    memories = MatrixMemories(engine.n_pe, engine.acc_bits)
+    memories = MatrixMemories(engine.n_pe, engine.acc_bits, engine.max_entries_per_pe)
     descs = []
     prev_rows = None
     for n, (matrix, relu) in enumerate(pairs):
@@ -93,6 +94,12 @@ def build_image(engine: SpmvParams, layers) -> EngineImage:
                              f"{prev_rows} outputs")
         check_weights(engine, matrix, where)
         prev_rows = enc.rows
+        if engine.pe_group > 1:
+            # Lockstep groups: equal column lengths (zero padding), and the cycle model of
+            # expected_run sees the padded encoding the hardware runs.
+            matrix = pad_matrix(matrix, engine.pe_group)
+            enc = matrix.encoded
+            pairs[n] = (matrix, relu)
         entry_base, ptr_base, bias_base = memories.place(enc, matrix.codebook, matrix.bias)
         desc = np.zeros(len(DESCRIPTOR_FIELDS), dtype=np.int64)
         desc[Field.ROWS] = enc.rows

@@ -99,7 +99,7 @@ def backend_info(backend):
                       engine_config_digest(p), p["n_pe"], p["index_bits"], p["run_bits"],
                       p["act_width"], p["act_frac"], p["weight_width"], p["acc_bits"],
                       p["max_layers"], p["max_rows"], p["max_cols"], p["max_entries_per_pe"],
-                      p["max_pointers"], p["max_bias"], 1024, regions)
+                      p["max_pointers"], p["max_bias"], 1024, regions, engine_extension(p))
 
 
 class FakeBoard:

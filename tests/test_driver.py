@@ -557,3 +557,27 @@ def test_run_cli_state_refused_on_spmv(monkeypatch, tmp_path, model, capsys):
                  "--state", str(tmp_path / "h.npy")]) == 2
     assert "no STATE region" in capsys.readouterr().err
     assert not (tmp_path / "h.npy").exists() and board.infers == 0
+
+
+def test_identify_pe_group_extension():
+    """`pe_group` is the common extension word after `product_shift`: an answer without it
+    (older bitstreams) means 1 and hashes the header only; with pe_group 2 and no product
+    shift the words are (0, 2) and the hash covers pe_group but not the default 0."""
+    from dataclasses import replace
+
+    from host.protocol import (engine_config_digest, engine_extension, pack_identity,
+                               parse_identity)
+    old = make_identity(4)
+    assert old.extension == () and old.pe_group == 1 and old.product_shift == 0
+    assert EngineInfo.from_payload(pack_identity(old)).hash_ok
+    params = {**old.engine_params(), "pe_group": 2}
+    assert engine_extension(params) == (0, 2)
+    assert engine_extension({**params, "product_shift": 5}) == (5, 2)
+    assert engine_extension({**params, "pe_group": 1}) == ()
+    new = replace(old, extension=(0, 2), config_hash=engine_config_digest(params))
+    info = EngineInfo.from_payload(pack_identity(new))
+    assert info.pe_group == 2 and info.product_shift == 0 and info.hash_ok
+    assert info.engine_params() == params
+    # The word is covered by the hash: the same answer claiming pe_group 1 does not match.
+    assert not EngineInfo.from_payload(pack_identity(replace(new, extension=(0, 1)))).hash_ok
+    assert parse_identity(pack_identity(new)).pe_group == 2

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from host.encoding import encode, entry_layout_fields, pe_rows
+from host.encoding import (encode, entry_layout_fields, pad_groups, pe_rows, pointer_fields,
+                           pointer_words)
 
 
 @st.composite
@@ -88,3 +89,62 @@ def test_rejects_bad_arguments():
 def test_column_lengths_count_entries(matrix):
     enc = encode(matrix, 2)
     assert enc.column_lengths().sum() == sum(len(e) for e in enc.entries)
+
+
+@settings(max_examples=150, deadline=None)
+@given(index_matrices(), st.sampled_from([2, 4, 6, 8]), st.integers(1, 5),
+       st.sampled_from([1, 2]))
+def test_pad_groups(case, n_pe, run_bits, group):
+    """Lockstep groups: equal lengths per group and column, the same decoded matrix, every
+    entry of a column on a distinct local row below ceil(rows / n_pe), runs in range, and
+    padding only where a group-mate is longer."""
+    matrix, bits = case
+    enc = encode(matrix, n_pe, index_bits=bits, run_bits=run_bits)
+    padded = pad_groups(enc, group)
+    assert np.array_equal(padded.decode(), matrix)
+    lengths = padded.column_lengths()
+    for g in range(0, n_pe, group):
+        assert (lengths[g:g + group] == lengths[g:g + group].max(axis=0)).all()
+        assert (lengths[g:g + group].max(axis=0)
+                == enc.column_lengths()[g:g + group].max(axis=0)).all()
+    depth = -(-matrix.shape[0] // n_pe)
+    max_run = (1 << run_bits) - 1
+    for pe in range(n_pe):
+        index, run = padded.fields(pe)
+        assert run.max(initial=0) <= max_run
+        row, col, _ = padded.coordinates(pe)
+        local = (row - pe) // n_pe
+        assert local.max(initial=0) < depth
+        assert len(set(zip(col.tolist(), local.tolist()))) == len(local), "distinct rows"
+        # Only index-0 entries were added.
+        assert np.count_nonzero(index) == np.count_nonzero(enc.fields(pe)[0])
+    if group == 1:
+        assert padded is enc
+
+
+def test_pad_groups_rejects_bad_groups():
+    enc = encode(np.eye(6, dtype=int), 3)
+    with pytest.raises(ValueError, match="`group` must be a positive integer, not 0"):
+        pad_groups(enc, 0)
+    with pytest.raises(ValueError, match=r"`group` \(2\) must divide the PE count \(3\)"):
+        pad_groups(enc, 2)
+
+
+def test_pad_groups_uses_rows_past_a_short_pe():
+    """5 rows on 4 PEs: PE 0 owns 2 local rows, PE 1 one; a column with both of PE 0's rows
+    set pads PE 1 onto its local row 1 (global row 5, past the matrix) and still decodes."""
+    m = np.zeros((5, 1), dtype=int)
+    m[0, 0] = m[4, 0] = 3
+    padded = pad_groups(encode(m, 4), 2)
+    assert list(padded.column_lengths()[:, 0]) == [2, 2, 0, 0]
+    row, _, index = padded.coordinates(1)
+    assert list(row) == [1, 5] and list(index) == [0, 0]
+    assert np.array_equal(padded.decode(), m)
+
+
+def test_pointer_words():
+    """start | length << start_bits per column; an empty column's start is 0."""
+    assert pointer_fields(1024, 32) == (10, 6)
+    assert pointer_fields(1, 1) == (1, 1)
+    words = pointer_words([0, 3, 3, 7], 10)
+    assert list(words) == [0 | 3 << 10, 0, 3 | 4 << 10]

@@ -97,20 +97,24 @@ def test_engines_expose_their_params():
     e = SpmvEngine(3, max_rows=20, max_cols=30, max_entries_per_pe=100, max_layers=2)
     assert e.params == SpmvParams(n_pe=3, max_rows=20, max_cols=30, max_entries_per_pe=100,
                                   max_layers=2)
-    assert (e.params.max_pointers, e.params.max_bias) == (62, 40)
-    assert (e.data_width, e.lane_width, e.addr_width) == (32, 8, 7)
+    # One pointer word per column: max_layers * max_cols slots of 7 (start) + 3 (length) bits.
+    assert (e.params.max_pointers, e.params.max_bias) == (60, 40)
+    assert (e.data_width, e.lane_width, e.addr_width) == (32, 10, 7)
     assert e.timing() == e.params.timing()
     lstm = LstmEngine(2, hidden_max=8, input_max=4, steps_max=3, max_entries_per_pe=50)
     assert lstm.params == LstmParams(n_pe=2, hidden_max=8, input_max=4, steps_max=3,
                                      max_entries_per_pe=50)
     assert lstm.config() == lstm.params.config()
-    assert (lstm.max_rows, lstm.max_pointers, lstm.max_bias, lstm.pe_bits) == (32, 22, 48, 1)
+    assert (lstm.max_rows, lstm.max_pointers, lstm.max_bias, lstm.pe_bits) == (32, 20, 48, 1)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"n_pe": 0}, "`n_pe` must be a positive integer, not 0"),
     ({"max_pointers": 1}, "`max_pointers` must be an integer >= 2, not 1"),
     ({"acc_bits": 8}, "`acc_bits` must be an integer from 16 to"),
+    ({"pe_group": 3}, "`pe_group` must be 1 or 2, not 3"),
+    ({"pe_group": 2, "n_pe": 3}, "`pe_group` 2 needs an even `n_pe`, not 3"),
+    ({"pe_group": 2, "run_bits": 5}, "`pe_group` 2 needs entries of at most 8 bits"),
 ])
 def test_spmv_params_validate(kwargs, message):
     from host.memory_map import SpmvParams

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs, acc_b
             "source": source, "folder": folder}
 
 
-def icebreaker_harness(model):
+def icebreaker_harness(model, pe_group=1):
     """The Verilator harness of the icebreaker board's top for ``model`` (cached in
     build/sim).
 
@@ -83,8 +84,9 @@ def icebreaker_harness(model):
     """
     # The icebreaker profile (clock, baud) as ``host.run --sim``'s default, so the CLI tests
     # share these Verilator builds; the simulated core does not depend on the FPGA.
-    component, rx, tx, cpb = board_top("icebreaker", model)
-    return build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx, name="icebreaker")
+    component, rx, tx, cpb = board_top("icebreaker", model, pe_group=pe_group)
+    return build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx,
+                         name="icebreaker" if pe_group == 1 else f"icebreaker_g{pe_group}")
 
 
 def timed_cycle_stream(acc, x):
@@ -322,6 +324,41 @@ def test_harness_echo_raw_bytes():
         assert got == b"hello"
         second.close()
     assert running.stats["framing_errors"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# PE pairs: the same digits-mlp on a board whose 8 PEs run in lockstep pairs (pe_group 2)
+
+N_PAIR_INPUTS = 24
+
+
+def test_pairs_stream_bit_exact(workload):
+    """pe_group 2: IDENTIFY reports it, the driver pads the model per pair, every loaded word
+    reads back (a follower's entries and pointer words come from its leader), every output is
+    bit-exact and every run's cycle count equals the cycle model on the padded encoding."""
+    from host.driver import _spmv_params
+    from host.spmv_image import build_image, expected_run
+
+    model, x = workload["model"], workload["x"][:N_PAIR_INPUTS]
+    with SimBoard(icebreaker_harness(workload["model"], pe_group=2)) as board, \
+            Accelerator(board.url, timeout=5.0) as acc:
+        info = acc.identify()
+        assert info.kind == "SPMV" and info.hash_ok and info.pe_group == 2
+        acc.load(workload["path"], progress=False)
+        report = acc.last_load["verify"]
+        assert report["skipped"] == [] and report["rewritten"] == []
+        assert report["verified"] == acc.last_load["blocks"] - 1
+        q, got, seconds, status, stats = timed_cycle_stream(acc, x)
+    out = np.stack([o for o, _ in got])
+    assert rows_differing(out, expected(model, x)) == 0
+    params = _spmv_params(info)
+    image = build_image(params, list(model.layers))
+    cycles = [c for _, c in got]
+    assert cycles == [expected_run(params, image, s).cycles for s in q]
+    solo = build_image(replace(params, pe_group=1), list(model.layers))
+    solo_cycles = [expected_run(replace(params, pe_group=1), solo, s).cycles for s in q]
+    print(f"\npairs: {len(x)} inferences, {np.mean(cycles):.1f} cycles each "
+          f"(solo PEs: {np.mean(solo_cycles):.1f})")
 
 
 # ------------------------------------------------------------------------------------------------

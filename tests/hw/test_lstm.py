@@ -45,6 +45,11 @@ CONFIGS = {
     "n2_acc16": dict(n_pe=2, hidden_max=8, input_max=5, steps_max=32, classes_max=6,
                      max_entries_per_pe=512, fifo_depth=2, ew_lanes=2, acc_bits=16,
                      product_shift=13),
+    # 4 PEs in lockstep pairs (pe_group 2): images padded per pair, cycles from the model on
+    # the padded encoding; 2 stacked layers with projections (the stacked cases).
+    "n4_pairs": dict(n_pe=4, pe_group=2, hidden_max=10, input_max=10, steps_max=32,
+                     classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2,
+                     layers_max=2, proj_max=5),
 }
 SLOW_CONFIGS = {
     # 8 PEs, 4 lanes, digits formats, 2 stacked layers with projection (slow: own build).

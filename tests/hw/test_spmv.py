@@ -40,6 +40,10 @@ CONFIGS = {
     # 12-bit activations let the outputs saturate.
     "n4_acc16": dict(n_pe=4, max_rows=40, max_cols=40, max_entries_per_pe=1024, fifo_depth=4,
                      max_layers=3, act_format=Format(12, 8), acc_bits=16, product_shift=12),
+    # N = 8 in lockstep pairs (the iCEBreaker layout): 4 FIFO readers, one SPRAM word holds
+    # a pair's two entries; the image is padded per pair (host.encoding.pad_groups).
+    "n8_pairs": dict(n_pe=8, pe_group=2, max_rows=70, max_cols=64, max_entries_per_pe=4096,
+                     fifo_depth=4, max_layers=3, memory="spram"),
 }
 
 SLOW_CONFIGS = {
@@ -49,10 +53,13 @@ SLOW_CONFIGS = {
                 max_layers=4),
     "n4_spram": dict(n_pe=4, max_rows=64, max_cols=64, max_entries_per_pe=4096, fifo_depth=8,
                      max_layers=3, memory="spram"),
+    # Pairs with BRAM entry memories (a 2 x entry_bits word), 2-bit runs, 6-bit entries.
+    "n6_pairs_bram": dict(n_pe=6, pe_group=2, run_bits=2, max_rows=50, max_cols=40,
+                          max_entries_per_pe=2048, fifo_depth=2, max_layers=2),
 }
 
 LINT_CONFIGS = {**CONFIGS, "n4_spram": SLOW_CONFIGS["n4_spram"],
-                "n3_f1": SLOW_CONFIGS["n3_f1"]}
+                "n3_f1": SLOW_CONFIGS["n3_f1"], "n6_pairs_bram": SLOW_CONFIGS["n6_pairs_bram"]}
 
 
 def make_engine(config) -> SpmvEngine:

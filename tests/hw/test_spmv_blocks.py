@@ -21,7 +21,7 @@ from hdl.requant import Requantizer
 from hdl.spmv import SpmvEngine
 from host.spmv_image import build_image, expected_run, image_writes, input_writes, \
     pack_lanes, random_layer
-from host.encoding import encode
+from host.encoding import encode, pointer_words
 from host.fixedpoint import Format, requantize, wrap
 
 # Constructors that raise leave Amaranth's "created but never used" warning behind.
@@ -228,9 +228,9 @@ def test_pe_accumulates_back_to_back_hits_with_forwarding():
             ctx.set(dut.entry_w.en, 1)
             await ctx.tick()
         ctx.set(dut.entry_w.en, 0)
-        for k, ptr in enumerate(enc.col_ptr[0]):
+        for k, word in enumerate(pointer_words(enc.col_ptr[0], dut.entry_addr_bits)):
             ctx.set(dut.ptr_w.addr, k)
-            ctx.set(dut.ptr_w.data, int(ptr))
+            ctx.set(dut.ptr_w.data, int(word))
             ctx.set(dut.ptr_w.en, 1)
             await ctx.tick()
         ctx.set(dut.ptr_w.en, 0)
