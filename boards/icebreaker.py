@@ -23,12 +23,14 @@ BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4
                                "ICESTORM_SPRAM": "spram", "ICESTORM_DSP": "dsp"})
 
 #: The engine of a build without ``--model`` (``hdl.spmv.SpmvEngine`` keyword arguments).
-#: Four PEs with their entries in the four SB_SPRAM256KA (one each); the rest of the engine is
-#: in EBR (29 of 30 with the shell).  Block RAM, not logic, limits the PE count: every PE needs
-#: 5 EBR (pointers 2, codebook 1, 32-bit accumulators 2); see docs/ice40-resources.md.
-DEFAULT_ENGINE = dict(n_pe=4, index_bits=4, run_bits=4, act_width=16, act_frac=10,
-                      weight_width=16, acc_bits=32, max_rows=64, max_cols=64,
-                      max_entries_per_pe=512, max_layers=2, memory="spram")
+#: Eight PEs in lockstep pairs (``pe_group=2``): each pair's entries share one SB_SPRAM256KA
+#: word (4 SPRAMs x 2 bytes = 8 entries per cycle) and one pointer memory; every PE has its
+#: codebook (1 EBR), 16-bit accumulators (1 EBR) and a DSP.  Block RAM is the limit: 28 of 30
+#: EBR with the shell, 8 of 8 DSPs, ~4700 LCs, 34.75 MHz (docs/ice40-resources.md).  The
+#: 16-bit accumulators wrap like any others (``host.golden`` defines them bit-exactly).
+DEFAULT_ENGINE = dict(n_pe=8, index_bits=4, run_bits=4, act_width=16, act_frac=10,
+                      weight_width=16, acc_bits=16, max_rows=64, max_cols=64,
+                      max_entries_per_pe=512, max_layers=2, memory="spram", pe_group=2)
 
 #: Broadcast FIFO depth per PE: 4 instead of EIE's 8 saves ~670 LCs at 8 PEs (one 8:1 -> 4:1
 #: read multiplexer of k + value bits per PE) for +0.3 % MAC cycles on digits-lstm

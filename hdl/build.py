@@ -488,7 +488,7 @@ def check_capacity(board, params, *, model_name=None):
                      f"{params['fm_lanes']} activations, {params['max_layers']} layers")
         raise CapacityError(f"{what} does not fit the {board.name} ({sizes}):\n  "
                             + "\n  ".join(problems))
-    spram_used = params["n_pe"] if params.get("memory", "bram") == "spram" else 0
+    spram_used = spram_used if params.get("memory", "bram") == "spram" else 0
     return {"bram_blocks": used, "dsp": dsp, "spram_blocks": spram_used,
             "inventory": [dict(name=m.name, width=m.width, depth=m.depth, copies=m.copies,
                                blocks=m.blocks) for m in inventory]}

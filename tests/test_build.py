@@ -117,26 +117,50 @@ def test_capacity_error_names_memory_and_overflow():
         build.check_capacity(board, params, model_name="big")
     text = str(info.value)
     assert "model 'big' does not fit the icebreaker" in text
-    assert "block RAM overflows" in text and "entry memory (per PE)" in text
+    assert "block RAM overflows" in text and "entry memory (per group of 2 PEs)" in text
     used = sum(m.blocks for m in build.memory_inventory(params))
     assert f"{used} blocks of 4 kbit needed, the iCE40UP5K has 30 ({used - 30} too many)" in text
 
 
 def test_spram_entries_are_not_block_ram():
-    """The iCEBreaker default keeps entries in SPRAM (one per PE, 4 at most); they are not
-    counted as block RAM, and a fifth PE is refused naming the SPRAM."""
+    """The iCEBreaker default keeps entries in SPRAM (one per PE pair, 4 at most); they are not
+    counted as block RAM, and a fifth SPRAM (10 PEs in pairs, or 5 solo PEs) is refused naming
+    the SPRAM."""
     board = get_board("icebreaker")
     params = build.default_engine(board)
-    assert params["memory"] == "spram" and params["n_pe"] == 4
+    assert params["memory"] == "spram" and params["n_pe"] == 8 and params["pe_group"] == 2
     names = {m.name for m in build.memory_inventory(params)}
-    assert "entry memory (per PE)" not in names
+    assert not any(name.startswith("entry memory") for name in names)
     used = build.check_capacity(board, params)
     assert used["spram_blocks"] == 4 and used["bram_blocks"] <= 30
     with pytest.raises(build.CapacityError, match=r"SPRAM overflows: entries in SPRAM need one "
+                                                  r"SB_SPRAM256KA per group of 2 PEs, 10 PEs "
+                                                  r"need 5, the iCE40UP5K has 4 \(1 too many"):
+        build.check_capacity(board, build.default_engine(board, n_pe=10))
+    solo = dict(build.default_engine(board, n_pe=5), pe_group=1)
+    with pytest.raises(build.CapacityError, match=r"SPRAM overflows: entries in SPRAM need one "
                                                   r"SB_SPRAM256KA per PE, 5 PEs need 5, the "
                                                   r"iCE40UP5K has 4 \(1 too many"):
-        build.check_capacity(board, build.default_engine(board, n_pe=5))
-    assert build.make_engine(params).memory == "spram"
+        build.check_capacity(board, solo)
+    engine = build.make_engine(params)
+    assert (engine.memory, engine.pe_group, engine.acc_bits) == ("spram", 2, 16)
+
+
+def test_pair_inventory_matches_the_build():
+    """The 8-PE pair default's memories as the FPGA build mapped them (28 EBR measured: 8
+    accumulators, 8 codebooks, 4 pointer memories, bias 1, lists 2, output 1, shell 4), and the
+    same engine with solo PEs: one pointer memory per PE."""
+    board = get_board("icebreaker")
+    params = build.default_engine(board)
+    inventory = {m.name: m for m in build.memory_inventory(params)}
+    pointers = inventory["pointer memory (per group of 2 PEs)"]
+    assert (pointers.copies, pointers.width, pointers.blocks) == (4, 9 + 4, 4)
+    assert inventory["accumulators (per PE)"].blocks == 8
+    assert inventory["codebook (per PE)"].blocks == 8
+    assert build.check_capacity(board, params)["bram_blocks"] == 28
+    solo = {m.name: m for m in build.memory_inventory(dict(params, pe_group=1, memory="bram"))}
+    assert solo["pointer memory (per PE)"].copies == 8
+    assert solo["entry memory (per PE)"].width == 8
 
 
 def test_dsp_overflow():
@@ -182,6 +206,26 @@ def test_model_pes_mismatch(big_model, capsys):
     code, text = _run(["--model", str(big_model), "--pes", "4", "--check-only"], capsys)
     assert code == 1
     assert "--pes 4 does not match the model, which is encoded for 8 PEs" in text
+
+
+def test_engine_for_model_sizes_pairs_for_the_padded_encoding(big_model, lstm_model):
+    """With pe_group 2 the engine holds the pair-padded encodings (longer than the solo ones),
+    and the image builders fit them exactly."""
+    from host.encoding import pad_groups
+    from host.package import load_package
+    from host.spmv_image import build_image
+    mlp = load_package(big_model)
+    solo, pairs = (build.engine_for_model(mlp, pe_group=g) for g in (1, 2))
+    padded = sum(int(pad_groups(m.encoded, 2).entries_per_pe().max())
+                 for _, m in mlp.matrices())
+    assert pairs["pe_group"] == 2 and pairs["max_entries_per_pe"] == padded
+    assert padded > solo["max_entries_per_pe"]
+    engine = build.make_engine(pairs)
+    engine._MustUse__silence = True
+    build_image(engine, list(mlp.layers))       # fits exactly
+    lstm = build.make_engine(build.engine_for_model(lstm_model, pe_group=2))
+    lstm._MustUse__silence = True
+    assert lstm.pe_group == 2
 
 
 def test_missing_model_file(capsys, tmp_path):
