@@ -137,7 +137,7 @@ def is_cnn(model) -> bool:
     return any(isinstance(layer, QConv2d) for layer in model.layers)
 
 
-def _cnn_engine_for_model(model):
+def _cnn_engine_for_model(model, pe_group=1):
     """:class:`hdl.cnn.CnnEngine` parameters for a conv package: ``engine == "cnn"``, the
     IDENTIFY parameters (:func:`hdl.top.cnn_params`) and ``cnn_config``, the
     :class:`host.cnn_image.CnnConfig` fields (:meth:`~host.cnn_image.CnnConfig.for_model`).
@@ -145,7 +145,7 @@ def _cnn_engine_for_model(model):
     from host.cnn_image import CnnConfig, build_image
 
     from .top import cnn_params
-    config = CnnConfig.for_model(model)
+    config = CnnConfig.for_model(model, pe_group=pe_group)
     build_image(config, model)          # refuses what the engine cannot run, naming the layer
     encs = [matrix.encoded for _, matrix in model.matrices()]
     fields = {(e.index_bits, e.run_bits) for e in encs}
@@ -176,9 +176,7 @@ def engine_for_model(model, *, max_layers=None, pe_group=1):
     the returned dict says whether it does.
     """
     if is_cnn(model):
-        if pe_group != 1:
-            raise BuildError("PE pairs (pe_group 2) are not supported by the CNN engine")
-        return _cnn_engine_for_model(model)
+        return _cnn_engine_for_model(model, pe_group)
     try:
         stack, cls = _lstm_layers(model)
     except ValueError:
@@ -410,9 +408,12 @@ def _cnn_inventory(params, *, rx_fifo_depth, identify_bytes):
     c = cnn_config(params)
     n_pe, entries, pointers = c.n_pe, c.max_entries_per_pe, c.max_pointers
     ptr_bits = sum(pointer_fields(entries, -(-c.max_rows // n_pe)))
+    group = c.pe_group      # lockstep groups: one entry word and pointer memory each
+    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
     inventory = [
-        MemoryUse("entry memory (per PE)", c.index_bits + c.run_bits, entries, n_pe),
-        MemoryUse("pointer memory (per PE)", ptr_bits, pointers, n_pe),
+        MemoryUse(f"entry memory {who}", group * (c.index_bits + c.run_bits), entries,
+                  n_pe // group),
+        MemoryUse(f"pointer memory {who}", ptr_bits, pointers, n_pe // group),
         MemoryUse("codebook (per PE)", c.weight_width, c.max_layers << c.index_bits, n_pe),
         MemoryUse("accumulators (per PE)", c.acc_bits, -(-c.max_rows // n_pe), n_pe),
         MemoryUse("bias memory" + (" (per read port)" if c.out_parallel else ""), c.acc_bits,

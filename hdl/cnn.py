@@ -209,7 +209,7 @@ class CnnEngine(wiring.Component):
         load = self.load
 
         # --- PEs, broadcast FIFO, descriptors, loader -------------------------------------------
-        pes, fifo = add_pe_array(m, n_pe, self.make_pe, k_bits=self.k_bits,
+        pes, fifo = add_pe_array(m, n_pe, self.make_pe, k_bits=self.k_bits, pe_group=c.pe_group,
                                  act_width=act.width, fifo_depth=c.fifo_depth)
 
         descs = Array(Signal(self.descriptor_layout, name=f"desc{i}")

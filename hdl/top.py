@@ -550,7 +550,7 @@ def cnn_params(config) -> dict:
         "max_dim": c.max_dim, "max_pad": c.max_pad, "max_stride": c.max_stride,
         "max_pool": c.max_pool, "fifo_depth": c.fifo_depth,
         "out_parallel": int(c.out_parallel), "memory": int(c.memory == "spram"),
-        **product_shift_entry(c),
+        **product_shift_entry(c), **pe_group_entry(c),
     }
 
 

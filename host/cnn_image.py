@@ -33,10 +33,10 @@ import numpy as np
 
 from .compressed import (QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix,
                          requant_shift)
-from .encoding import EncodedMatrix
+from .encoding import EncodedMatrix, pad_groups
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
-from .memory_map import Region as SpmvRegion, check_product_shift
+from .memory_map import Region as SpmvRegion, check_pe_group, check_product_shift
 from .params import check_int
 
 __all__ = ["Region", "Field", "FIELD_BITS", "CnnConfig", "HwLayer", "plan_layers",
@@ -159,9 +159,11 @@ class CnnConfig:
     memory: str = "bram"
     out_parallel: bool = False
     product_shift: int = 0
+    pe_group: int = 1
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
+        check_pe_group(self.pe_group, self.n_pe, self.index_bits + self.run_bits)
         check_int("index_bits", self.index_bits, 1, 8)
         check_int("run_bits", self.run_bits, 1, 8)
         if not isinstance(self.act_format, Format):
@@ -215,6 +217,8 @@ class CnnConfig:
         enc = matrices[0][1].encoded
         bits = {"index_bits": enc.index_bits, "run_bits": enc.run_bits}
         bits.update({k: v for k, v in overrides.items() if k in bits})
+        if "pe_group" in overrides:
+            bits["pe_group"] = overrides["pe_group"]      # the probe sizes padded matrices
         probe = cls(n_pe=n_pe, max_rows=1 << 20, max_entries_per_pe=1 << 30,
                     max_pointers=1 << 30, max_bias=1 << 30, fm_words=1 << 30,
                     act_format=model.act_format, acc_bits=model.acc_bits,
@@ -433,11 +437,13 @@ def permute_columns(enc: EncodedMatrix, new_col: np.ndarray, n_cols: int) -> Enc
                          pointers)
 
 
-def hw_matrix(ly: HwLayer, lanes: int) -> EncodedMatrix:
-    """The layer's encoded matrix in hardware column order (``kh * kw * ng * G`` columns)."""
+def hw_matrix(ly: HwLayer, lanes: int, pe_group: int = 1) -> EncodedMatrix:
+    """The layer's encoded matrix in hardware column order (``kh * kw * ng * G`` columns),
+    padded for lockstep PE groups of ``pe_group`` (:func:`host.encoding.pad_groups`)."""
     kh, kw = ly.kernel
     n_cols = kh * kw * groups(ly.in_shape[0], lanes) * lanes
-    return permute_columns(ly.matrix.encoded, hw_columns(ly, lanes), n_cols)
+    enc = permute_columns(ly.matrix.encoded, hw_columns(ly, lanes), n_cols)
+    return pad_groups(enc, pe_group)
 
 
 def fm_words(shape, lanes: int) -> int:
@@ -449,7 +455,7 @@ def fm_words(shape, lanes: int) -> int:
 def _sizes(config: CnnConfig, layers) -> dict:
     entries = pointers = bias = words = 0
     for ly in layers:
-        enc = hw_matrix(ly, config.fm_lanes)
+        enc = hw_matrix(ly, config.fm_lanes, config.pe_group)
         entries += int(enc.entries_per_pe().max())
         pointers += enc.cols
         bias += ly.rows
@@ -520,7 +526,7 @@ def build_image(config: CnnConfig, model_or_layers, input_shape=None) -> CnnImag
                 raise ValueError(f"{ly.name}: the {what} feature map {c}x{h}x{w} needs {need} "
                                  f"words of {g} activations, the feature-map buffer holds "
                                  f"`fm_words` = {config.fm_words}")
-        enc = hw_matrix(ly, g)
+        enc = hw_matrix(ly, g, config.pe_group)
         mats.append(enc)
         entry_base, ptr_base, bias_base = memories.place(enc, ly.matrix.codebook, ly.matrix.bias)
         if memories.entry_base > config.max_entries_per_pe:

@@ -525,7 +525,8 @@ def cnn_config(info: EngineInfo):
             fm_lanes=ext["fm_lanes"], max_dim=ext["max_dim"], max_pad=ext["max_pad"],
             max_stride=ext["max_stride"], max_pool=ext["max_pool"],
             fifo_depth=ext["fifo_depth"], memory="spram" if ext["memory"] else "bram",
-            out_parallel=bool(ext["out_parallel"]), product_shift=info.product_shift)
+            out_parallel=bool(ext["out_parallel"]), product_shift=info.product_shift,
+            pe_group=info.pe_group)
     except (TypeError, ValueError) as error:
         raise ModelMismatchError(f"the bitstream's CNN parameters are invalid: {error}") \
             from None

@@ -62,6 +62,14 @@ def test_identify_extension_round_trip():
     assert "fm_words" not in plain.engine_params()
     with pytest.raises(ProtocolError, match="for 1 regions and 9 extension words"):
         parse_identity(payload[:-4])
+    # The CNN engine's 9 words alone mean pe_group 1; the common words product_shift (0) and
+    # pe_group (2) after them give PE pairs.
+    from host.driver import cnn_config
+    assert ident.pe_group == 1
+    assert cnn_config(EngineInfo.from_payload(pack_identity(ident))).pe_group == 1
+    pairs = _identity(extension=(8, 64, 8, 1, 1, 2, 8, 0, 0, 0, 2))
+    config = cnn_config(EngineInfo.from_payload(pack_identity(pairs)))
+    assert (config.pe_group, config.product_shift) == (2, 0)
 
 
 def test_engine_selection_and_identify(cnn):

@@ -37,6 +37,11 @@ CONFIGS = {
     "n4_g8_par": dict(n_pe=4, fm_lanes=8, fifo_depth=4, max_rows=24, max_entries_per_pe=2048,
                       max_pointers=2048, max_bias=64, fm_words=512, max_layers=4, max_dim=12,
                       max_pad=2, max_stride=2, max_pool=2, out_parallel=True),
+    # 4 PEs in lockstep pairs (pe_group 2): images padded per pair, cycles from the model on
+    # the padded hardware-order matrices.
+    "n4_g4_pairs": dict(n_pe=4, pe_group=2, fm_lanes=4, fifo_depth=4, max_rows=24,
+                        max_entries_per_pe=2048, max_pointers=2048, max_bias=64, fm_words=512,
+                        max_layers=4, max_dim=12, max_pad=2, max_stride=2, max_pool=2),
 }
 
 SLOW_CONFIGS = {
