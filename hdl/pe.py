@@ -173,6 +173,9 @@ class ProcessingElement(wiring.Component):
         ``rb_addr`` and codebook word ``rb_addr`` through the pipeline's read ports.
     rb_entry, rb_ptr, rb_weight : Out
         Those words, one cycle after ``rb_en``.
+    pair : Out(PairSignature) (leader) / In(PairSignature) (follower)
+        The link of a PE pair; absent for a solo PE.  A follower has no ``col`` port, ignores
+        ``ptr_w`` and ``entry_base``, and forwards its ``entry_w`` writes to its leader.
     """
 
     def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,

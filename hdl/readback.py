@@ -6,8 +6,9 @@ the loader writes (regions ENTRY, POINTER, CODEBOOK, BIAS, DESCRIPTOR of
 address (selected by :attr:`ReadbackSignature.en` while not busy), no extra memory.  The
 host's READ and CHECKSUM commands then see the words actually stored (docs/protocol.md).
 
-* ENTRY, POINTER: every PE reads ``addr`` at once (entry memory; the pointer bank
-  ``addr & 1`` at ``addr >> 1``); the engine returns PE ``pe``'s word.
+* ENTRY, POINTER: every PE reads ``addr`` at once (entry memory; pointer word ``addr``);
+  the engine returns PE ``pe``'s word.  A follower of a PE pair (:mod:`hdl.pe`) returns its
+  byte of its leader's entry word and its leader's pointer word.
 * CODEBOOK: PE 0's copy (all PEs hold identical copies, always written together).
 * BIAS: the bias memory's read port of the output stage.
 * DESCRIPTOR: the descriptor registers (no memory); each field reads back the bits the engine
