@@ -2,11 +2,14 @@
 
 ::
 
-    python -m hdl.build --board icebreaker [--model FILE.spn] [--pes N] [--freq MHZ]
-                        [--baud B] [--name NAME] [--seed S] [--out DIR]
+    python -m hdl.build --board icebreaker [--model FILE.spn] [--pes N] [--pe-group G]
+                        [--acc-bits A] [--freq MHZ] [--baud B] [--name NAME] [--seed S]
+                        [--out DIR]
 
 1. The engine is sized: for ``--model``, exactly for that model's matrices (PEs, field widths,
-   formats, rows, columns, entries per PE, layers); without, the board's default engine.
+   formats, rows, columns, entries per PE, layers; with ``--pe-group 2`` for the pair-padded
+   encodings); without, the board's default engine (``--pes``, ``--pe-group`` and
+   ``--acc-bits`` override its PE count, PE grouping and accumulator width).
 2. Capacity check, before any synthesis: the engine's and the shell's memories are counted in
    block RAMs (each memory mapped to the best EBR shape) and multipliers in DSPs, against the
    board budget.  A model that does not fit is refused naming the memory and the overflow.
@@ -816,6 +819,9 @@ def prepare(args):
     from .uart import baud_divisor
     board = get_board(args.board)
     model = None
+    if args.model and args.acc_bits is not None:
+        raise BuildError(f"--acc-bits {args.acc_bits}: a build with --model takes the model's "
+                         f"accumulator width (compress the model for other accumulators)")
     if args.model:
         from host.package import load_package
         path = Path(args.model)

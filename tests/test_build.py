@@ -57,6 +57,8 @@ def _run(argv, capsys):
     (["--freq", "-3"], "--freq must be positive"),
     (["--baud", "0"], "--baud must be positive, not 0"),
     (["--name", "a b"], "--name must be an identifier"),
+    (["--pe-group", "3"], "argument --pe-group: invalid choice: 3 (choose from 1, 2)"),
+    (["--acc-bits", "0"], "--acc-bits must be positive, not 0"),
 ])
 def test_bad_arguments_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -226,6 +228,16 @@ def test_engine_for_model_sizes_pairs_for_the_padded_encoding(big_model, lstm_mo
     lstm = build.make_engine(build.engine_for_model(lstm_model, pe_group=2))
     lstm._MustUse__silence = True
     assert lstm.pe_group == 2
+
+
+def test_pair_and_accumulator_options(big_model, capsys):
+    """--acc-bits only applies without a model; --pes 4 --pe-group 1 --acc-bits 32 is the
+    previous 4-PE default (25 EBR with one pointer word per column, measured)."""
+    code, text = _run(["--model", str(big_model), "--acc-bits", "16", "--check-only"], capsys)
+    assert code == 1 and "--acc-bits 16: a build with --model takes the model's" in text
+    code, text = _run(["--pes", "4", "--pe-group", "1", "--acc-bits", "32", "--check-only"],
+                      capsys)
+    assert code == 0 and "capacity check: 25 of 30 block RAM blocks" in text
 
 
 def test_missing_model_file(capsys, tmp_path):
