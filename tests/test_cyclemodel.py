@@ -118,3 +118,25 @@ def test_pop_interval_costs_only_short_columns():
         two = spmv_cycles(enc, np.arange(4), Timing(pop_interval=2)).cycles
         assert (two > one) == slower, (work, one, two)
         assert simulate(work, Timing(pop_interval=2)) == two
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 4, 8]), st.integers(1, 4))
+def test_pair_padding_is_the_per_pair_maximum(seed, n_pe, run_bits):
+    """On the pair-padded encoding (host.encoding.pad_groups) every PE of a pair works the
+    longer of the two columns: the model's cycles equal a brute-force schedule whose per-PE
+    work is the per-pair maximum of the unpadded work, and are never fewer than without
+    pairs."""
+    from host.encoding import pad_groups
+    rng = np.random.default_rng(seed)
+    rows, cols = int(rng.integers(1, 40)), int(rng.integers(1, 20))
+    m = (rng.random((rows, cols)) < rng.choice([0.05, 0.3, 0.9])) * rng.integers(1, 16,
+                                                                                  (rows, cols))
+    enc = encode(m, n_pe, run_bits=run_bits)
+    timing = Timing(fifo_depth=int(rng.integers(1, 5)), pop_interval=2)
+    columns = active_columns(rng.random(cols) < 0.7)
+    work = enc.column_lengths()[:, columns]
+    paired = np.repeat(work.reshape(n_pe // 2, 2, -1).max(axis=1), 2, axis=0)
+    padded = spmv_cycles(pad_groups(enc, 2), columns, timing)
+    assert padded.cycles == simulate(paired, timing)
+    assert padded.cycles >= spmv_cycles(enc, columns, timing).cycles
