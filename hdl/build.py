@@ -41,7 +41,8 @@ from pathlib import Path
 __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "default_engine",
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
-           "memory_inventory", "check_capacity", "build_bitstream", "parse_nextpnr_report",
+           "memory_inventory", "check_capacity", "model_pe_group", "board_entry_memory",
+           "build_bitstream", "parse_nextpnr_report",
            "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,31 @@ def engine_for_model(model, *, max_layers=None, pe_group=1):
         max_pointers=max(2, sum(e.cols for e in encs)),
         max_bias=max(1, sum(e.rows for e in encs)), mlp=mlp,
         uniform_fields=len(fields) == 1, **product_shift_entry(model), pe_group=pe_group)
+
+
+def model_pe_group(board, model, requested=None):
+    """PEs per lockstep group of a build of ``model`` for ``board``: ``requested`` (the
+    ``--pe-group`` option) if given, else the board's default engine's group when it divides
+    the model's PE count, else 1."""
+    if requested is not None:
+        return requested
+    group = board.default_engine.get("pe_group", 1)
+    return group if model.n_pe % group == 0 else 1
+
+
+def board_entry_memory(board, params):
+    """``{"memory": "spram"}`` when a model-sized SpMV engine (``params`` from
+    :func:`engine_for_model`) can keep its entries where the board's default engine keeps them:
+    in the SB_SPRAM256KA blocks (one per lockstep group, at most
+    :data:`hdl.ice40_spram.SPRAM_DEPTH` entries per PE); ``{}`` otherwise (block RAM).  The
+    LSTM and CNN engines size their own memories."""
+    from .ice40_spram import SPRAM_DEPTH
+    if board.default_engine.get("memory") != "spram" or params.get("engine") in ("lstm", "cnn"):
+        return {}
+    groups = params["n_pe"] // params.get("pe_group", 1)
+    if groups > board.budget.spram_blocks or params["max_entries_per_pe"] > SPRAM_DEPTH:
+        return {}
+    return {"memory": "spram"}
 
 
 def default_engine(board, n_pe=None):
@@ -831,8 +857,9 @@ def prepare(args):
             model = load_package(path)
         except Exception as error:  # the package reader's own message
             raise BuildError(f"--model {args.model}: {error}") from None
-        params = engine_for_model(model, pe_group=args.pe_group or 1)
+        params = engine_for_model(model, pe_group=model_pe_group(board, model, args.pe_group))
         params["fifo_depth"] = board.fifo_depth
+        params.update(board_entry_memory(board, params))
         if args.pes is not None and args.pes != model.n_pe:
             raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
                              f"{model.n_pe} PEs (recompress it with --pes {args.pes})")

@@ -451,3 +451,49 @@ def test_capacity_error_suggests_16_bit_accumulators():
     used = [int(re.search(r"(\d+) blocks of 4 kbit needed", messages[a]).group(1))
             for a in (32, 16)]
     assert used[0] - used[1] >= 8
+
+
+@pytest.fixture(scope="module")
+def mlp16(tmp_path_factory):
+    """digits-mlp as ``python -m host.compress digits-mlp --pes 8 --acc-bits 16``."""
+    from host.modelsource import resolve_model
+    from host.package import save_package
+    from host.pipeline import CompressConfig, compress_model
+    source = resolve_model("digits-mlp")
+    result = compress_model(source.model, CompressConfig(n_pe=8, acc_bits=16),
+                            calib_x=source.train[0])
+    path = tmp_path_factory.mktemp("models") / "mlp16.spn"
+    save_package(result.model, path)
+    return path
+
+
+def test_model_build_takes_the_boards_pairs_and_spram(mlp16, capsys):
+    """A model build for the iCEBreaker lays the engine out like the board's default (PE
+    pairs, entries in SPRAM): the 16-bit digits-mlp fits at 8 PEs (28 EBR: 8 codebooks, 8
+    accumulators, 4 pointer memories, bias 1, lists 2, output 1, shell 4); --pe-group 1 puts
+    the entries back in block RAM, where it does not fit."""
+    from host.package import load_package
+    code, text = _run(["--model", str(mlp16), "--check-only"], capsys)
+    assert code == 0, text
+    assert "capacity check: 28 of 30 block RAM blocks, 8 of 8 DSPs" in text
+    board = get_board("icebreaker")
+    model = load_package(mlp16)
+    params = build.engine_for_model(model, pe_group=build.model_pe_group(board, model))
+    assert params["pe_group"] == 2
+    assert build.board_entry_memory(board, params) == {"memory": "spram"}
+    code, text = _run(["--model", str(mlp16), "--pe-group", "1", "--check-only"], capsys)
+    assert code == 1 and "block RAM overflows" in text
+    # Boards without SPRAM entries, and the LSTM/CNN engines, keep block RAM.
+    assert build.board_entry_memory(get_board("ulx3s"), params) == {}
+    assert build.board_entry_memory(board, dict(params, engine="lstm")) == {}
+
+
+def test_model_pe_group_follows_the_board_when_it_divides():
+    class Model:
+        n_pe = 8
+    board = get_board("icebreaker")
+    assert build.model_pe_group(board, Model) == 2
+    assert build.model_pe_group(board, Model, 1) == 1
+    Model.n_pe = 5
+    assert build.model_pe_group(board, Model) == 1
+    assert build.model_pe_group(get_board("ulx3s"), Model) == 1
