@@ -377,6 +377,9 @@ class CommandDecoder(wiring.Component):
             regions=tuple(r.describe() for r in self.table),
             extension=engine_extension(self.params))
         self.identity_bytes = pack_identity(self.identity)
+        #: Address of the STATUS answer in the info memory (after the IDENTIFY answer, a power
+        #: of two so that ``status_base | byte`` needs no adder).
+        self.status_base = 1 << ceil_log2(max(len(self.identity_bytes), 32))
         self.addr_width = _addr_width(regions)
         #: Address bits the bounds checks look at (CONTROL included).
         self.check_bits = _addr_width(self.table)
@@ -417,18 +420,22 @@ class CommandDecoder(wiring.Component):
         else:
             rx_valid, rx_byte, rx_ready = self.rx.valid, self.rx.payload, self.rx.ready
 
-        # --- payload buffer and IDENTIFY ROM ----------------------------------------------------
+        # --- payload buffer and info memory ---------------------------------------------------
         m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
-        # rom_style: one EBR on iCE40 instead of ~110 flip-flops and a 128:1 read multiplexer
-        # (Yosys maps ROMs this small to logic by default).
-        m.submodules.rom = rom = Memory(shape=8, depth=len(self.identity_bytes),
-                                        init=list(self.identity_bytes),
-                                        attrs={"rom_style": "block"})
-        rom_r = rom.read_port()
+        # The info memory (one EBR): the IDENTIFY answer at 0 (as a ROM) and the STATUS answer
+        # at `status_base`, kept there byte by byte (counters updated by a byte-serial pass
+        # before each answer, _status_pass below) instead of in flip-flops with a 28:1
+        # multiplexer.  ram_style: block RAM even though it is small.
+        ident = self.identity_bytes
+        status_base = self.status_base
+        m.submodules.info = info = Memory(shape=8, depth=status_base + 32,
+                                          init=list(ident), attrs={"ram_style": "block"})
+        info_w, info_r = info.write_port(), info.read_port()
         ptr_bits = bits_for(MAX_PAYLOAD)
         buf_raddr = Signal(ptr_bits)
-        m.d.comb += [buf_r.addr.eq(buf_raddr), rom_r.addr.eq(buf_raddr)]
+        info_raddr = Signal(len(info_r.addr))
+        m.d.comb += [buf_r.addr.eq(buf_raddr), info_r.addr.eq(info_raddr)]
 
         # --- CRC (one register: request check, CHECKSUM, response) -----------------------------
         crc = Signal(16, init=CRC16_INIT)
@@ -462,16 +469,27 @@ class CommandDecoder(wiring.Component):
         # --- response registers -----------------------------------------------------------------
         r_status = Signal(8)
         r_len = Signal(ptr_bits)
-        r_src = Signal(2)                # 0 buffer, 1 IDENTIFY ROM, 2 STATUS registers
+        r_src = Signal(2)                # 0 buffer, 1 IDENTIFY, 2 STATUS (info memory)
+        # The info memory follows the buffer's read address (IDENTIFY at 0, STATUS at
+        # status_base); T_STAT overrides it.
+        m.d.comb += info_raddr.eq(Mux(r_src[1], status_base, 0)
+                                  | buf_raddr[:exact_log2(status_base)])
 
-        # --- counters / control registers ---------------------------------------------------------
-        good = Signal(32)
-        bad_crc = Signal(32)
-        timeouts = Signal(32)
-        rejected = Signal(32)
-        infers = Signal(32)
-        last_cycles = Signal(32)
-        last_error = Signal(8)
+        # --- STATUS fields in the info memory, control registers ----------------------------
+        # STATUS_LAYOUT: flags (byte 0), last_error (byte 1), reserved, then u32 counters at
+        # 4-byte aligned offsets; field f = offset >> 2 of a counter is incremented by the pass.
+        offsets, at = {}, 0
+        for name, code in STATUS_LAYOUT:
+            offsets[name] = at
+            at += {"B": 1, "H": 2, "I": 4}[code]
+        assert at == STATUS_BYTES <= 32 and offsets["flags"] == 0 and offsets["last_error"] == 1
+        counter_names = ("good_frames", "bad_crc", "timeouts", "rejected", "infers")
+        assert all(offsets[n] % 4 == 0 for n in (*counter_names, "last_cycles"))
+        field = {name: offsets[name] >> 2 for name in (*counter_names, "last_cycles")}
+        n_fields = (STATUS_BYTES + 3) // 4
+        cnt_good = Signal()              # the frame being answered had a good CRC
+        cnt_infer = Signal()             # an INFER run completed (answered now)
+        err_seen = Signal()              # an error answer since RESET (LED)
         #: CONTROL register widths: N_LAYERS 8 bits, N_INPUTS / N_OUTPUTS 16 bits, USER 32 bits
         #: (writes keep the low bits, reads return them zero-extended).
         ctrl_widths = {Control.N_LAYERS: 8, Control.N_INPUTS: 16, Control.N_OUTPUTS: 16,
@@ -480,23 +498,6 @@ class CommandDecoder(wiring.Component):
         n_layers, n_inputs, n_outputs = (ctrl[Control.N_LAYERS], ctrl[Control.N_INPUTS],
                                          ctrl[Control.N_OUTPUTS])
         flags = Cat(n_layers != 0, eng.busy, eng.done)
-        status_values = {"flags": flags, "last_error": last_error, "reserved": Const(0, 16),
-                         "good_frames": good, "bad_crc": bad_crc, "timeouts": timeouts,
-                         "rejected": rejected, "infers": infers, "last_cycles": last_cycles}
-        sizes = {"B": 8, "H": 16, "I": 32}
-        fields = []
-        for name, code in STATUS_LAYOUT:
-            value = Value.cast(status_values[name])
-            width = sizes[code]
-            fields.append(value[:width] if len(value) >= width
-                          else Cat(value, Const(0, width - len(value))))
-        status_word = Cat(*fields)
-        assert len(status_word) == STATUS_BYTES * 8
-        # STATUS byte pidx, registered (the 32:1 byte multiplexer stays off the transmit / CRC
-        # path); T_PAY waits a cycle after each pidx change (st_wait).
-        status_q = Signal(8)
-        st_wait = Signal()
-        m.d.sync += status_q.eq(status_word.word_select(pidx[:ceil_log2(STATUS_BYTES)], 8))
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
         cur_region = Signal(REGION_BITS)
@@ -560,9 +561,11 @@ class CommandDecoder(wiring.Component):
         m.d.comb += eng.n_layers.eq(n_layers[:8])
         m.d.sync += [words_one.eq(words == 1), n_in_zero.eq(n_inputs == 0),
                      n_out_zero.eq(n_outputs == 0)]
-        m.d.comb += self.error.eq(last_error != 0)
+        m.d.comb += self.error.eq(err_seen)
 
-        do_clear = Signal()              # RESET: clear the counters in T_COUNT
+        # RESET (and the design's reset: BOOT): clear the STATUS fields in T_STAT
+        do_clear = Signal(init=1)
+        booting = Signal(init=1)         # the clearing pass after reset: no answer
 
         def respond(status, length=0, src=0):
             """Answer with ``status``; the counters are updated from the registered status in
@@ -575,6 +578,11 @@ class CommandDecoder(wiring.Component):
         receiving = Signal()
 
         with m.FSM(name="decoder") as fsm:
+            # The STATUS fields are in a memory, which the reset does not clear: a clearing
+            # pass (do_clear and booting are 1 after reset) without an answer.
+            with m.State("BOOT"):
+                m.next = "T_COUNT"
+
             # ---------------------------------------------------------------- receive
             with m.State("HUNT"):
                 m.d.comb += got.eq(rx_valid)
@@ -650,7 +658,7 @@ class CommandDecoder(wiring.Component):
             with m.State("CRC_CHECK"):
                 # the CRC decision a cycle after the byte (registered compare)
                 with m.If(crc_ok):
-                    m.d.sync += good.eq(good + 1)
+                    m.d.sync += cnt_good.eq(1)
                     m.next = "DECODE"
                 with m.Else():
                     respond(Status.BAD_CRC)
@@ -850,12 +858,15 @@ class CommandDecoder(wiring.Component):
                 m.next = "I_WAIT"
             with m.State("I_WAIT"):
                 with m.If(eng.done & ~eng.busy):
-                    m.d.sync += [last_cycles.eq(eng.cycles), infers.eq(infers + 1),
-                                 word.eq(eng.cycles), byte_j.eq(0), optr.eq(0)]
+                    m.d.sync += [cnt_infer.eq(1), word.eq(eng.cycles), byte_j.eq(0),
+                                 optr.eq(0)]
                     m.next = "I_CYCLES"
             with m.State("I_CYCLES"):
-                m.d.comb += [buf_w.addr.eq(optr), buf_w.data.eq(word.word_select(byte_j, 8)),
-                             buf_w.en.eq(1)]
+                cycles_byte = word.word_select(byte_j, 8)
+                m.d.comb += [buf_w.addr.eq(optr), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
+                             # STATUS last_cycles, in the info memory
+                             info_w.addr.eq(status_base | offsets["last_cycles"] | byte_j),
+                             info_w.data.eq(cycles_byte), info_w.en.eq(1)]
                 m.d.sync += [optr.eq(optr + 1), byte_j.eq(byte_j + 1)]
                 with m.If(byte_j == 3):
                     m.d.sync += byte_j.eq(0)
@@ -876,20 +887,53 @@ class CommandDecoder(wiring.Component):
                         m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
                     m.next = next_state
 
+            # T_COUNT / T_STAT: the STATUS fields in the info memory are brought up to date
+            # for this answer, one byte per cycle (read byte p, write byte p - 1 back): the
+            # flags, last_error, +1 on the counters of `inc` (8-bit add with a carry across a
+            # counter's bytes), or zeros after a RESET.  About 30 cycles per answer.
+            inc = Signal(n_fields)       # per 4-byte field: add 1
+            sp = Signal(5)               # byte read
+            wp = Signal(5)               # byte written (read the cycle before)
+            w_on = Signal()
+            carry = Signal()
+            is_error = Signal()
             with m.State("T_COUNT"):
-                m.d.sync += do_clear.eq(0)
+                bits = [Const(0, 1)] * n_fields
+                bits[field["good_frames"]] = cnt_good & ~do_clear
+                bits[field["infers"]] = cnt_infer
+                bits[field["rejected"]] = ((r_status == Status.BAD_LENGTH)
+                                           | (r_status == Status.UNKNOWN_COMMAND)
+                                           | (r_status == Status.BAD_ADDRESS)
+                                           | (r_status == Status.NOT_LOADED))
+                bits[field["bad_crc"]] = r_status == Status.BAD_CRC
+                bits[field["timeouts"]] = r_status == Status.TIMEOUT
+                m.d.sync += [inc.eq(Cat(*bits)), is_error.eq(r_status != Status.OK),
+                             cnt_good.eq(0), cnt_infer.eq(0), sp.eq(0), w_on.eq(0)]
+                m.next = "T_STAT"
+            with m.State("T_STAT"):
+                m.d.comb += info_raddr.eq(status_base | sp)
+                m.d.sync += [sp.eq(sp + 1), wp.eq(sp), w_on.eq(1)]
+                old_byte = info_r.data
+                cin = Mux(wp[:2] == 0, inc.bit_select(wp[2:], 1), carry)
+                new_byte = Signal(8)
                 with m.If(do_clear):
-                    m.d.sync += [good.eq(0), bad_crc.eq(0), timeouts.eq(0), rejected.eq(0),
-                                 infers.eq(0), last_cycles.eq(0), last_error.eq(0)]
-                with m.Switch(r_status):
-                    with m.Case(Status.BAD_LENGTH, Status.UNKNOWN_COMMAND, Status.BAD_ADDRESS,
-                                Status.NOT_LOADED):
-                        m.d.sync += [rejected.eq(rejected + 1), last_error.eq(r_status)]
-                    with m.Case(Status.BAD_CRC):
-                        m.d.sync += [bad_crc.eq(bad_crc + 1), last_error.eq(r_status)]
-                    with m.Case(Status.TIMEOUT):
-                        m.d.sync += [timeouts.eq(timeouts + 1), last_error.eq(r_status)]
-                m.next = "T_SYNC"
+                    m.d.comb += new_byte.eq(0)
+                with m.Elif(wp == offsets["flags"]):
+                    m.d.comb += new_byte.eq(flags)
+                with m.Elif((wp == offsets["last_error"]) & is_error):
+                    m.d.comb += new_byte.eq(r_status)
+                with m.Else():
+                    m.d.comb += new_byte.eq(old_byte + cin)
+                m.d.sync += carry.eq(cin & (old_byte == 0xFF))
+                m.d.comb += [info_w.addr.eq(status_base | wp), info_w.data.eq(new_byte),
+                             info_w.en.eq(w_on)]
+                with m.If(w_on & (wp == STATUS_BYTES - 1)):
+                    m.d.sync += [do_clear.eq(0), booting.eq(0),
+                                 err_seen.eq(~do_clear & (err_seen | is_error))]
+                    with m.If(booting):
+                        m.next = "HUNT"
+                    with m.Else():
+                        m.next = "T_SYNC"
             with m.State("T_SYNC"):
                 send(RESPONSE_SYNC, "T_STATUS", step_crc=False)
                 m.d.sync += crc.eq(CRC16_INIT)
@@ -901,19 +945,16 @@ class CommandDecoder(wiring.Component):
                 send(r_len[:8], "T_LEN1")
             with m.State("T_LEN1"):
                 m.d.comb += buf_raddr.eq(0)
-                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1), st_wait.eq(1)]
+                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1)]
                 with m.If(r_len == 0):
                     send(r_len[8:], "T_CRC0")
                 with m.Else():
                     send(r_len[8:], "T_PAY")
             with m.State("T_PAY"):
-                value = Mux(r_src == 0, buf_r.data, Mux(r_src == 1, rom_r.data, status_q))
-                # STATUS bytes: status_q follows pidx a cycle late, so wait one cycle after
-                # every pidx change (st_wait) before offering the byte.
-                offer = ~(st_wait & (r_src == 2))
+                value = Mux(r_src == 0, buf_r.data, info_r.data)
+                offer = 1
                 m.d.comb += [self.tx.valid.eq(offer), self.tx.payload.eq(value),
                              buf_raddr.eq(pidx + (self.tx.ready & offer))]
-                m.d.sync += st_wait.eq(self.tx.ready & offer)
                 with m.If(self.tx.ready & offer):
                     m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
                     m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]

@@ -40,9 +40,13 @@ from .uart import UART, baud_divisor, check_divisor
 __all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "LstmBackend", "LstmAdapter",
            "CnnBackend", "CnnAdapter",
            "SpineCore", "BoardTop",
-           "pll_config", "default_test_regions", "N_LEDS"]
+           "pll_config", "default_test_regions", "N_LEDS", "ADAPTER_READ_LATENCY"]
 
 N_LEDS = 4
+
+#: Region bus read latency of the engine adapters: the engine's read-back port (1 cycle, the
+#: memories) plus a register after the read word multiplexers.
+ADAPTER_READ_LATENCY = 2
 """``leds``: 0 heartbeat, 1 frame in progress, 2 last answer was an error, 3 engine busy."""
 
 
@@ -131,7 +135,9 @@ def _drive_readback(m, e, bus, *, state=False):
     """Bus reads of regions 0..4 (ENTRY .. DESCRIPTOR) go to engine ``e``'s read-back port,
     OUTPUT reads to its output buffer (``out_addr``), and with ``state`` STATE reads to the LSTM
     engine's final-output port (``h_addr`` / ``h_data``, same width as ``out_data``);
-    ``bus.rdata`` is the one read, latency 1.  The decoder reads only while the engine is idle
+    ``bus.rdata`` is the one read, registered: latency 2 (:data:`ADAPTER_READ_LATENCY`; the
+    read-back multiplexers of the engine and this OUTPUT / STATE multiplexer are a register
+    away from the decoder, for the clock).  The decoder reads only while the engine is idle
     (INFER waits for the run to end)."""
     rb = e.rb
     m.d.comb += [rb.en.eq(bus.re & (bus.region <= RegionId.DESCRIPTOR)),
@@ -149,8 +155,10 @@ def _drive_readback(m, e, bus, *, state=False):
     if state:
         m.d.comb += e.h_addr.eq(bus.addr)
         act = Mux(from_state, e.h_data.as_signed(), act)
-    m.d.comb += [bus.rdata.eq(rb.data),
-                 bus.rdata[:low].eq(Mux(from_output | from_state, act, rb.data[:low]))]
+    word = Signal(len(bus.rdata))
+    m.d.comb += [word.eq(rb.data),
+                 word[:low].eq(Mux(from_output | from_state, act, rb.data[:low]))]
+    m.d.sync += bus.rdata.eq(word)
 
 
 def _drive_control(m, e, ctl, *, max_layers):
@@ -200,7 +208,7 @@ def _check_loader_words(engine, acc_bits):
 
 class _EngineBusAdapter(wiring.Component):
     """What every engine adapter shares: the engine, its region table, the ``bus`` and ``ctl``
-    ports sized for that table, read latency 1.
+    ports sized for that table, read latency :data:`ADAPTER_READ_LATENCY` (2).
 
     A subclass defines ``check_engine(engine)`` (TypeError for the wrong engine class) and
     ``region_table(engine)`` as static methods, checks the engine's word sizes and then calls
@@ -212,7 +220,7 @@ class _EngineBusAdapter(wiring.Component):
         The engine (``engine.n_pe`` PEs, at most 256: the bus's ``index`` is 8 bits).
     """
 
-    read_latency = 1
+    read_latency = ADAPTER_READ_LATENCY
 
     def __init__(self, engine):
         if engine.n_pe > 256:
@@ -234,7 +242,7 @@ class _AdapterBackend:
         The engine ``adapter.check_engine`` accepts.
     """
 
-    read_latency = 1
+    read_latency = ADAPTER_READ_LATENCY
     adapter: type[_EngineBusAdapter]
 
     def __init__(self, engine):
@@ -251,7 +259,7 @@ class EngineAdapter(_EngineBusAdapter):
 
     Writes: region ENTRY/POINTER go to PE ``index`` only (``mask = 1 << index``, every lane
     carries ``wdata``); CODEBOOK, BIAS, DESCRIPTOR, INPUT go to the engine's loader with
-    ``addr``/``wdata``.  Reads (latency 1): ENTRY .. DESCRIPTOR through the engine's read-back
+    ``addr``/``wdata``.  Reads (latency 2): ENTRY .. DESCRIPTOR through the engine's read-back
     port (:func:`_drive_readback`), OUTPUT from ``out_addr``/``out_data`` (sign-extended).
     ``ctl.reset`` (the RESET command) is ignored: the engine keeps its layer descriptors in
     registers, which a reset would clear, and it is always idle when a request is executed
@@ -324,7 +332,7 @@ class LstmAdapter(_EngineBusAdapter):
     ``t`` the list length goes to XEND[t] one cycle later (the decoder leaves at least two idle
     bus cycles between writes).  STEPS is a descriptor field written when the model is loaded.
     ``ctl.start`` is delayed by one cycle (the last XEND write lands first) and ``ctl.done`` is
-    masked in that cycle.  Reads (latency 1): regions 0-4 through the engine's read-back port
+    masked in that cycle.  Reads (latency 2): regions 0-4 through the engine's read-back port
     (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended), STATE (read-only,
     ``state_max`` words: the last layer's final output h_T, r_T with a projection, of the last
     run, from the engine's ``h_addr`` / ``h_data`` port, sign-extended).
@@ -449,7 +457,7 @@ class CnnAdapter(_EngineBusAdapter):
     after the last channel of a pixel the next write starts the next word.  The walk needs
     C_in: the adapter keeps copies of layer 0's IN_GROUPS and LAST_MASK descriptor fields
     (written when the model is loaded).  The pad lanes of the last channel group are not
-    written (the engine masks them).  Reads (latency 1): regions 0-4 through the engine's
+    written (the engine masks them).  Reads (latency 2): regions 0-4 through the engine's
     read-back port (:func:`_drive_readback`), OUTPUT by activation address (``out_addr``,
     :func:`host.cnn_image.output_addresses`).  ``ctl.n_layers`` (CONTROL.N_LAYERS) is the
     number of hardware layers; ``ctl.reset`` is ignored.
