@@ -503,7 +503,7 @@ class CommandDecoder(wiring.Component):
         cur_region = Signal(REGION_BITS)
         cur_index = Signal(INDEX_BITS)
         cur_addr = Signal(self.check_bits + 1)   # in range once the checks passed
-        words = Signal(17)               # words left
+        words = Signal(16)               # words left (count u16, or fewer)
         wb_log2 = Signal(2)              # log2(word bytes) of cur_region
         byte_j = Signal(2)
         word = Signal(DATA_BITS)
@@ -519,7 +519,6 @@ class CommandDecoder(wiring.Component):
         words_one = Signal()
         # Likewise for the CONTROL registers (changed only by a WRITE, frames before use).
         n_in_zero, n_out_zero = Signal(), Signal()
-        ctrl_rdata = Signal(32)
 
         # Region attributes of the requested region (combinational lookup, then registered).
         l_ok, l_read, l_write = Signal(), Signal(), Signal()
@@ -546,13 +545,21 @@ class CommandDecoder(wiring.Component):
 
         # Registered check results (DECODE / PREP1-3 below).
         len_zero, len_le6, len_ne8 = Signal(), Signal(), Signal()
-        len_m6 = Signal(16)
-        addr_hi, count_zero = Signal(), Signal()
+        # The length is <= MAX_PAYLOAD once LEN_CHECK passed: payload sizes fit ptr_bits.
+        len_m6 = Signal(ptr_bits)
+        # Bounds arithmetic at the address width `aw` (check_bits): every depth is <= 2**aw,
+        # so an address with a bit at or above aw, or a count (word count) with a bit above
+        # aw, is out of range for every region (flagged by *_hi); the sums are aw + 2 bits.
+        addr_hi, count_zero, count_hi, words_hi = Signal(), Signal(), Signal(), Signal()
         not_loaded, infer_oob, infer_len_bad = Signal(), Signal(), Signal()
-        payload_words = Signal(16)
+        payload_words = Signal(ptr_bits)
         remainder_nz, read_too_long, index_bad = Signal(), Signal(), Signal()
-        end_write = Signal(max(self.check_bits, 16) + 1)
-        end_access = Signal(max(self.check_bits, 16) + 1)
+        end_write = Signal(self.check_bits + 2)
+        end_access = Signal(self.check_bits + 2)
+
+        def high(value, bits):
+            """``value`` has a bit at or above ``bits`` (a 1-bit expression)."""
+            return value[bits:].any() if len(value) > bits else Const(0, 1)
         write_oob, access_oob = Signal(), Signal()
 
         # Bus defaults.
@@ -678,7 +685,8 @@ class CommandDecoder(wiring.Component):
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
                              len_ne8.eq(length != ACCESS_HEADER_BYTES),
-                             addr_hi.eq(a_addr[aw:] != 0), count_zero.eq(a_count == 0)]
+                             addr_hi.eq(high(a_addr, aw)), count_zero.eq(a_count == 0),
+                             count_hi.eq(high(a_count, aw + 1))]
                 if infer_ok:
                     m.d.sync += [
                         not_loaded.eq(n_layers == 0),
@@ -694,12 +702,13 @@ class CommandDecoder(wiring.Component):
                              index_bad.eq(a_index >= k_count)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                m.d.sync += [end_write.eq(a_addr[:aw] + payload_words),
-                             end_access.eq(a_addr[:aw] + a_count)]
+                m.d.sync += [end_write.eq(a_addr[:aw] + payload_words[:aw + 1]),
+                             words_hi.eq(high(payload_words, aw + 1)),
+                             end_access.eq(a_addr[:aw] + a_count[:aw + 1])]
                 m.next = "PREP3"
             with m.State("PREP3"):
-                m.d.sync += [write_oob.eq(addr_hi | (end_write > k_depth)),
-                             access_oob.eq(addr_hi | (end_access > k_depth))]
+                m.d.sync += [write_oob.eq(addr_hi | words_hi | (end_write > k_depth)),
+                             access_oob.eq(addr_hi | count_hi | (end_access > k_depth))]
                 m.next = "PREP4"
             # PREP4 takes the answer decision (which error, or go on) on the registered checks;
             # DISPATCH acts on it, so the response registers' enable is one registered flag.
@@ -816,15 +825,16 @@ class CommandDecoder(wiring.Component):
             # READ / CHECKSUM (and INFER's output reads): a bus read, then its bytes.
             with m.State("R_ISSUE"):
                 m.d.comb += bus.re.eq(~is_control)
-                with m.Switch(cur_addr[:2]):
-                    for c in Control:
-                        with m.Case(int(c)):
-                            m.d.sync += ctrl_rdata.eq(ctrl[c])
                 m.d.sync += lat.eq(self.read_latency - 1)
                 m.next = "R_WAIT"
             with m.State("R_WAIT"):
                 with m.If(lat == 0):
-                    m.d.sync += [word.eq(Mux(is_control, ctrl_rdata, bus.rdata)), byte_j.eq(0)]
+                    ctrl_word = Signal(DATA_BITS)
+                    with m.Switch(cur_addr[:2]):
+                        for c in Control:
+                            with m.Case(int(c)):
+                                m.d.comb += ctrl_word.eq(ctrl[c])
+                    m.d.sync += [word.eq(Mux(is_control, ctrl_word, bus.rdata)), byte_j.eq(0)]
                     m.next = "R_BYTES"
                 with m.Else():
                     m.d.sync += lat.eq(lat - 1)
@@ -966,4 +976,7 @@ class CommandDecoder(wiring.Component):
                 send(crc[8:], "HUNT", step_crc=False)
 
             m.d.comb += self.frame_active.eq(~fsm.ongoing("HUNT"))
+        # One-hot state register (Yosys does not recode it by itself, it has an init value):
+        # each state test is one flip-flop instead of a 6-bit compare in every decision path.
+        fsm.state.attrs["fsm_encoding"] = "one-hot"
         return m
