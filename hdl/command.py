@@ -19,8 +19,9 @@ Region bus
 A small memory-mapped port (:class:`RegionBusSignature`), initiator = the decoder:
 
 ``region`` (4 bits, a :class:`host.protocol.RegionId`), ``index`` (8 bits: PE number of per-PE
-regions, else 0), ``addr`` (``addr_width`` bits, word address), ``wdata`` (32 bits, the word,
-low bits used), ``we`` (1: write ``wdata`` this cycle), ``re`` (1: read this cycle), ``rdata``
+regions, else 0), ``addr`` (``addr_width`` bits, word address), ``wdata`` (32 bits, the word:
+only its low ``8 * word_bytes`` bits are defined, targets use the region's ``width`` low bits),
+``we`` (1: write ``wdata`` this cycle), ``re`` (1: read this cycle), ``rdata``
 (32 bits, the word read, valid exactly ``read_latency`` cycles after ``re``; only its low
 ``8 * word_bytes`` bits are used, so targets need define no more; signed regions
 sign-extended to them).  The decoder only issues accesses that are inside the region table
@@ -449,7 +450,9 @@ class CommandDecoder(wiring.Component):
         seq = Signal(8)
         length = Signal(16)
         crc_lo = Signal(8)
-        pidx = Signal(ptr_bits)          # payload byte index (receive, transmit)
+        # Payload byte index: receive, WRITE / INFER input reads, answer writes (READ,
+        # CHECKSUM, INFER: from 0, after the request's bytes are used), transmit.
+        pidx = Signal(ptr_bits)
         args = Signal(ACCESS_HEADER_BYTES * 8)
         a_region, a_index = args[0:8], args[8:16]
         a_addr, a_count = args[16:48], args[48:64]
@@ -508,7 +511,6 @@ class CommandDecoder(wiring.Component):
         byte_j = Signal(2)
         word = Signal(DATA_BITS)
         lat = Signal(range(self.read_latency + 1))
-        optr = Signal(ptr_bits)          # response buffer write pointer
         is_control = Signal()
         is_infer = Signal()
         is_checksum = Signal()
@@ -681,7 +683,7 @@ class CommandDecoder(wiring.Component):
                              cur_addr.eq(a_addr), is_control.eq(a_region == RegionId.CONTROL),
                              is_infer.eq(0), is_checksum.eq(cmd == Command.CHECKSUM),
                              *(flag.eq(cmd == c) for c, flag in cmd_is.items()),
-                             byte_j.eq(0), optr.eq(0), crc.eq(CRC16_INIT), word.eq(0),
+                             byte_j.eq(0), pidx.eq(0), crc.eq(CRC16_INIT),
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
                              len_ne8.eq(length != ACCESS_HEADER_BYTES),
@@ -813,7 +815,7 @@ class CommandDecoder(wiring.Component):
                                 m.d.sync += ctrl[c].eq(word)
                 with m.Else():
                     m.d.comb += bus.we.eq(1)
-                m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1), word.eq(0)]
+                m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
                 with m.If(words_one):
                     with m.If(is_infer):
                         m.next = "I_START"
@@ -843,8 +845,8 @@ class CommandDecoder(wiring.Component):
                 with m.If(is_checksum):
                     m.d.comb += [crc_in.eq(byte), crc_step.eq(1)]
                 with m.Else():
-                    m.d.comb += [buf_w.addr.eq(optr), buf_w.data.eq(byte), buf_w.en.eq(1)]
-                    m.d.sync += optr.eq(optr + 1)
+                    m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(byte), buf_w.en.eq(1)]
+                    m.d.sync += pidx.eq(pidx + 1)
                 m.d.sync += byte_j.eq(byte_j + 1)
                 with m.If(byte_j == (1 << wb_log2) - 1):
                     m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
@@ -852,7 +854,7 @@ class CommandDecoder(wiring.Component):
                         with m.If(is_checksum):
                             m.next = "CK_STORE0"
                         with m.Else():
-                            respond(Status.OK, optr + 1)
+                            respond(Status.OK, pidx + 1)
                     with m.Else():
                         m.next = "R_ISSUE"
             with m.State("CK_STORE0"):
@@ -869,15 +871,15 @@ class CommandDecoder(wiring.Component):
             with m.State("I_WAIT"):
                 with m.If(eng.done & ~eng.busy):
                     m.d.sync += [cnt_infer.eq(1), word.eq(eng.cycles), byte_j.eq(0),
-                                 optr.eq(0)]
+                                 pidx.eq(0)]
                     m.next = "I_CYCLES"
             with m.State("I_CYCLES"):
                 cycles_byte = word.word_select(byte_j, 8)
-                m.d.comb += [buf_w.addr.eq(optr), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
+                m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
                              # STATUS last_cycles, in the info memory
                              info_w.addr.eq(status_base | offsets["last_cycles"] | byte_j),
                              info_w.data.eq(cycles_byte), info_w.en.eq(1)]
-                m.d.sync += [optr.eq(optr + 1), byte_j.eq(byte_j + 1)]
+                m.d.sync += [pidx.eq(pidx + 1), byte_j.eq(byte_j + 1)]
                 with m.If(byte_j == 3):
                     m.d.sync += byte_j.eq(0)
                     if infer_ok:
