@@ -58,6 +58,8 @@ WRITE_HEADER_BYTES = 6
 ACCESS_HEADER_BYTES = 8
 #: INFER answer: cycles u32 LE, then the output words.
 INFER_HEADER_BYTES = 4
+#: Offset of the CONTROL words from the STATUS answer in the decoder's info memory.
+CTRL_OFFSET = 32
 
 
 def crc16_next(crc, byte):
@@ -379,8 +381,9 @@ class CommandDecoder(wiring.Component):
             extension=engine_extension(self.params))
         self.identity_bytes = pack_identity(self.identity)
         #: Address of the STATUS answer in the info memory (after the IDENTIFY answer, a power
-        #: of two so that ``status_base | byte`` needs no adder).
-        self.status_base = 1 << ceil_log2(max(len(self.identity_bytes), 32))
+        #: of two so that ``status_base | byte`` needs no adder); the CONTROL words follow at
+        #: ``status_base + CTRL_OFFSET``.
+        self.status_base = 1 << ceil_log2(max(len(self.identity_bytes), 64))
         self.addr_width = _addr_width(regions)
         #: Address bits the bounds checks look at (CONTROL included).
         self.check_bits = _addr_width(self.table)
@@ -424,13 +427,15 @@ class CommandDecoder(wiring.Component):
         # --- payload buffer and info memory ---------------------------------------------------
         m.submodules.buf = buf = Memory(shape=8, depth=MAX_PAYLOAD, init=[])
         buf_w, buf_r = buf.write_port(), buf.read_port()
-        # The info memory (one EBR): the IDENTIFY answer at 0 (as a ROM) and the STATUS answer
+        # The info memory (one EBR): the IDENTIFY answer at 0 (as a ROM), the STATUS answer
         # at `status_base`, kept there byte by byte (counters updated by a byte-serial pass
-        # before each answer, _status_pass below) instead of in flip-flops with a 28:1
-        # multiplexer.  ram_style: block RAM even though it is small.
+        # before each answer, T_STAT below) instead of in flip-flops with a 28:1 multiplexer,
+        # and the four CONTROL words (u32 LE, 16 bytes) at status_base + 32, which READ sends
+        # from there (the decoder keeps N_LAYERS, N_INPUTS, N_OUTPUTS in registers too).
+        # ram_style: block RAM even though it is small.
         ident = self.identity_bytes
         status_base = self.status_base
-        m.submodules.info = info = Memory(shape=8, depth=status_base + 32,
+        m.submodules.info = info = Memory(shape=8, depth=status_base + CTRL_OFFSET + 16,
                                           init=list(ident), attrs={"ram_style": "block"})
         info_w, info_r = info.write_port(), info.read_port()
         ptr_bits = bits_for(MAX_PAYLOAD)
@@ -497,9 +502,14 @@ class CommandDecoder(wiring.Component):
         #: (writes keep the low bits, reads return them zero-extended).
         ctrl_widths = {Control.N_LAYERS: 8, Control.N_INPUTS: 16, Control.N_OUTPUTS: 16,
                        Control.USER: 32}
-        ctrl = [Signal(ctrl_widths[c], name=f"ctrl_{c.name.lower()}") for c in Control]
+        # Registers of the words the decoder uses (USER is only in the info memory).
+        ctrl = {c: Signal(ctrl_widths[c], name=f"ctrl_{c.name.lower()}") for c in Control
+                if c != Control.USER}
         n_layers, n_inputs, n_outputs = (ctrl[Control.N_LAYERS], ctrl[Control.N_INPUTS],
                                          ctrl[Control.N_OUTPUTS])
+        ctrl_base = status_base + CTRL_OFFSET
+        # byte j of CONTROL word a is kept (else written as 0): j < width / 8
+        ctrl_keep = Signal()
         flags = Cat(n_layers != 0, eng.busy, eng.done)
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
@@ -802,6 +812,15 @@ class CommandDecoder(wiring.Component):
                 m.next = "W_DATA"
             with m.State("W_DATA"):
                 m.d.sync += [word.word_select(byte_j, 8).eq(buf_r.data), byte_j.eq(byte_j + 1)]
+                # CONTROL: the byte (or 0 above the register's width) into the info memory
+                with m.Switch(Cat(byte_j, cur_addr[:2])):
+                    for c in Control:
+                        for j in range(4):
+                            with m.Case(int(c) << 2 | j):
+                                m.d.comb += ctrl_keep.eq(j < ctrl_widths[c] // 8)
+                m.d.comb += [info_w.addr.eq(ctrl_base | Cat(byte_j, cur_addr[:2])),
+                             info_w.data.eq(Mux(ctrl_keep, buf_r.data, 0)),
+                             info_w.en.eq(is_control)]
                 with m.If(byte_j == (1 << wb_log2) - 1):
                     m.d.sync += byte_j.eq(0)
                     m.next = "W_WRITE"
@@ -810,9 +829,9 @@ class CommandDecoder(wiring.Component):
             with m.State("W_WRITE"):
                 with m.If(is_control):
                     with m.Switch(cur_addr[:2]):
-                        for c in Control:
+                        for c, register in ctrl.items():
                             with m.Case(int(c)):
-                                m.d.sync += ctrl[c].eq(word)
+                                m.d.sync += register.eq(word)
                 with m.Else():
                     m.d.comb += bus.we.eq(1)
                 m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
@@ -830,18 +849,19 @@ class CommandDecoder(wiring.Component):
                 m.d.sync += lat.eq(self.read_latency - 1)
                 m.next = "R_WAIT"
             with m.State("R_WAIT"):
+                # CONTROL: byte 0 of the word from the info memory (R_BYTES sends it)
+                m.d.comb += info_raddr.eq(ctrl_base | Cat(Const(0, 2), cur_addr[:2]))
                 with m.If(lat == 0):
-                    ctrl_word = Signal(DATA_BITS)
-                    with m.Switch(cur_addr[:2]):
-                        for c in Control:
-                            with m.Case(int(c)):
-                                m.d.comb += ctrl_word.eq(ctrl[c])
-                    m.d.sync += [word.eq(Mux(is_control, ctrl_word, bus.rdata)), byte_j.eq(0)]
+                    m.d.sync += [word.eq(bus.rdata), byte_j.eq(0)]
                     m.next = "R_BYTES"
                 with m.Else():
                     m.d.sync += lat.eq(lat - 1)
             with m.State("R_BYTES"):
-                byte = word.word_select(byte_j, 8)
+                # The word shifts down a byte at a time (no byte multiplexer before the CRC);
+                # CONTROL bytes come from the info memory, the next one addressed now.
+                byte = Mux(is_control, info_r.data, word[:8])
+                m.d.sync += word.eq(word >> 8)
+                m.d.comb += info_raddr.eq(ctrl_base | Cat((byte_j + 1)[:2], cur_addr[:2]))
                 with m.If(is_checksum):
                     m.d.comb += [crc_in.eq(byte), crc_step.eq(1)]
                 with m.Else():
@@ -874,12 +894,12 @@ class CommandDecoder(wiring.Component):
                                  pidx.eq(0)]
                     m.next = "I_CYCLES"
             with m.State("I_CYCLES"):
-                cycles_byte = word.word_select(byte_j, 8)
+                cycles_byte = word[:8]
                 m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
                              # STATUS last_cycles, in the info memory
                              info_w.addr.eq(status_base | offsets["last_cycles"] | byte_j),
                              info_w.data.eq(cycles_byte), info_w.en.eq(1)]
-                m.d.sync += [pidx.eq(pidx + 1), byte_j.eq(byte_j + 1)]
+                m.d.sync += [pidx.eq(pidx + 1), byte_j.eq(byte_j + 1), word.eq(word >> 8)]
                 with m.If(byte_j == 3):
                     m.d.sync += byte_j.eq(0)
                     if infer_ok:
@@ -904,8 +924,8 @@ class CommandDecoder(wiring.Component):
             # flags, last_error, +1 on the counters of `inc` (8-bit add with a carry across a
             # counter's bytes), or zeros after a RESET.  About 30 cycles per answer.
             inc = Signal(n_fields)       # per 4-byte field: add 1
-            sp = Signal(5)               # byte read
-            wp = Signal(5)               # byte written (read the cycle before)
+            sp = Signal(6)               # byte read
+            wp = Signal(6)               # byte written (read the cycle before)
             w_on = Signal()
             carry = Signal()
             is_error = Signal()
@@ -926,7 +946,7 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += info_raddr.eq(status_base | sp)
                 m.d.sync += [sp.eq(sp + 1), wp.eq(sp), w_on.eq(1)]
                 old_byte = info_r.data
-                cin = Mux(wp[:2] == 0, inc.bit_select(wp[2:], 1), carry)
+                cin = Mux(wp[:2] == 0, inc.bit_select(wp[2:5], 1), carry)
                 new_byte = Signal(8)
                 with m.If(do_clear):
                     m.d.comb += new_byte.eq(0)
@@ -939,7 +959,9 @@ class CommandDecoder(wiring.Component):
                 m.d.sync += carry.eq(cin & (old_byte == 0xFF))
                 m.d.comb += [info_w.addr.eq(status_base | wp), info_w.data.eq(new_byte),
                              info_w.en.eq(w_on)]
-                with m.If(w_on & (wp == STATUS_BYTES - 1)):
+                # the design's reset also clears the CONTROL words (RESET keeps them)
+                last = Mux(booting, CTRL_OFFSET + 15, STATUS_BYTES - 1)
+                with m.If(w_on & (wp == last)):
                     m.d.sync += [do_clear.eq(0), booting.eq(0),
                                  err_seen.eq(~do_clear & (err_seen | is_error))]
                     with m.If(booting):

@@ -303,6 +303,16 @@ async def write_read_checksum(dut):
     # CONTROL registers read back.
     await dev.write(RegionId.CONTROL, 0, 0, [0, 5, 6, 0xDEADBEEF])
     assert await dev.read(RegionId.CONTROL, 0, 0, 4) == [0, 5, 6, 0xDEADBEEF]
+    # They keep 8 (N_LAYERS), 16 (N_INPUTS, N_OUTPUTS) and 32 (USER) bits, read back
+    # zero-extended (docs/protocol.md), by READ and by CHECKSUM, one word or all four.
+    await dev.write(RegionId.CONTROL, 0, 0, [0x12345678, 0x9ABCDEF0, 0xFFFFFFFF, 0x0BADF00D])
+    kept = [0x78, 0xDEF0, 0xFFFF, 0x0BADF00D]
+    assert await dev.read(RegionId.CONTROL, 0, 0, 4) == kept
+    assert await dev.read(RegionId.CONTROL, 0, 2, 1) == kept[2:3]
+    assert await dev.checksum(RegionId.CONTROL, 0, 0, 4) == crc16(
+        b"".join(v.to_bytes(4, "little") for v in kept))
+    await dev.write(RegionId.CONTROL, 0, 0, [0, 5, 6, 0xDEADBEEF])
+    assert await dev.read(RegionId.CONTROL, 0, 0, 4) == [0, 5, 6, 0xDEADBEEF]
     await dev.check_all_memories()
 
 
