@@ -458,9 +458,14 @@ class CommandDecoder(wiring.Component):
         # Payload byte index: receive, WRITE / INFER input reads, answer writes (READ,
         # CHECKSUM, INFER: from 0, after the request's bytes are used), transmit.
         pidx = Signal(ptr_bits)
-        args = Signal(ACCESS_HEADER_BYTES * 8)
-        a_region, a_index = args[0:8], args[8:16]
-        a_addr, a_count = args[16:48], args[48:64]
+        # The access header (payload bytes 0-7): region, index, address (its low
+        # check_bits bits, and a_addr_hi: a bit above them was set), count.  Every field a
+        # command uses has arrived once its length check passed; only a_addr_hi needs
+        # clearing for each frame.
+        aw = self.check_bits
+        a_region, a_index = Signal(8), Signal(8)
+        a_addr, a_addr_hi = Signal(aw), Signal()
+        a_count = Signal(16)
         idle = Signal(range(self.timeout_cycles + 1))
         # Registered decisions, computed a cycle ahead so that no counter compare feeds the FSM's
         # next-state logic directly (iCE40 timing): idle == timeout - 1, last payload byte,
@@ -562,7 +567,7 @@ class CommandDecoder(wiring.Component):
         # Bounds arithmetic at the address width `aw` (check_bits): every depth is <= 2**aw,
         # so an address with a bit at or above aw, or a count (word count) with a bit above
         # aw, is out of range for every region (flagged by *_hi); the sums are aw + 2 bits.
-        addr_hi, count_zero, count_hi, words_hi = Signal(), Signal(), Signal(), Signal()
+        count_zero, count_hi, words_hi = Signal(), Signal(), Signal()
         not_loaded, infer_oob, infer_len_bad = Signal(), Signal(), Signal()
         payload_words = Signal(ptr_bits)
         remainder_nz, read_too_long, index_bad = Signal(), Signal(), Signal()
@@ -606,7 +611,7 @@ class CommandDecoder(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += got.eq(rx_valid)
                 m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), idle_last.eq(0),
-                             pidx.eq(0), args.eq(0)]
+                             pidx.eq(0), a_addr_hi.eq(0)]
                 with m.If(rx_valid & (rx_byte == REQUEST_SYNC)):
                     m.next = "CMD"
 
@@ -661,9 +666,19 @@ class CommandDecoder(wiring.Component):
                     crc_byte()
                     m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(rx_byte), buf_w.en.eq(1)]
                     with m.Switch(pidx):
-                        for i in range(ACCESS_HEADER_BYTES):
+                        for i, target in enumerate((a_region, a_index, None, None, None, None,
+                                                    a_count[:8], a_count[8:])):
                             with m.Case(i):
-                                m.d.sync += args[8 * i:8 * i + 8].eq(rx_byte)
+                                if target is not None:
+                                    m.d.sync += target.eq(rx_byte)
+                                    continue
+                                lo = 8 * (i - 2)           # address bits lo .. lo + 7
+                                keep = max(0, min(8, aw - lo))
+                                if keep:
+                                    m.d.sync += a_addr[lo:lo + keep].eq(rx_byte[:keep])
+                                if keep < 8:
+                                    with m.If(rx_byte[keep:].any()):
+                                        m.d.sync += a_addr_hi.eq(1)
                     m.d.sync += [pidx.eq(pidx + 1), pay_last.eq(pidx + 2 == length)]
                     with m.If(pay_last):
                         m.next = "CRC0"
@@ -685,7 +700,6 @@ class CommandDecoder(wiring.Component):
             # ---------------------------------------------------------------- execute
             # Checks are computed over five registered stages (DECODE, PREP1-4) so that no
             # long carry chain sits in front of DISPATCH (iCE40 timing).
-            aw = self.check_bits
             with m.State("DECODE"):
                 m.d.sync += [k_ok.eq(l_ok), k_read.eq(l_read), k_write.eq(l_write),
                              k_wb_log2.eq(l_wb_log2), k_count.eq(l_count), k_depth.eq(l_depth),
@@ -697,7 +711,7 @@ class CommandDecoder(wiring.Component):
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
                              len_ne8.eq(length != ACCESS_HEADER_BYTES),
-                             addr_hi.eq(high(a_addr, aw)), count_zero.eq(a_count == 0),
+                             count_zero.eq(a_count == 0),
                              count_hi.eq(high(a_count, aw + 1))]
                 if infer_ok:
                     m.d.sync += [
@@ -714,13 +728,13 @@ class CommandDecoder(wiring.Component):
                              index_bad.eq(a_index >= k_count)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                m.d.sync += [end_write.eq(a_addr[:aw] + payload_words[:aw + 1]),
+                m.d.sync += [end_write.eq(a_addr + payload_words[:aw + 1]),
                              words_hi.eq(high(payload_words, aw + 1)),
-                             end_access.eq(a_addr[:aw] + a_count[:aw + 1])]
+                             end_access.eq(a_addr + a_count[:aw + 1])]
                 m.next = "PREP3"
             with m.State("PREP3"):
-                m.d.sync += [write_oob.eq(addr_hi | words_hi | (end_write > k_depth)),
-                             access_oob.eq(addr_hi | count_hi | (end_access > k_depth))]
+                m.d.sync += [write_oob.eq(a_addr_hi | words_hi | (end_write > k_depth)),
+                             access_oob.eq(a_addr_hi | count_hi | (end_access > k_depth))]
                 m.next = "PREP4"
             # PREP4 takes the answer decision (which error, or go on) on the registered checks;
             # DISPATCH acts on it, so the response registers' enable is one registered flag.
