@@ -478,6 +478,7 @@ class CommandDecoder(wiring.Component):
         d_status, d_len, d_src = Signal(8), Signal(bits_for(MAX_PAYLOAD)), Signal(2)
         pay_last = Signal()
         tx_last = Signal()
+        pay_wait = Signal()              # T_PAY: the next byte's memory read is under way
 
         # --- response registers -----------------------------------------------------------------
         r_status = Signal(8)
@@ -993,16 +994,20 @@ class CommandDecoder(wiring.Component):
                 send(r_len[:8], "T_LEN1")
             with m.State("T_LEN1"):
                 m.d.comb += buf_raddr.eq(0)
-                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1)]
+                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1), pay_wait.eq(0)]
                 with m.If(r_len == 0):
                     send(r_len[8:], "T_CRC0")
                 with m.Else():
                     send(r_len[8:], "T_PAY")
             with m.State("T_PAY"):
+                # The memories are read at pidx (a register): after each byte is taken, one
+                # cycle (pay_wait) for the next byte's read, so that the UART's `ready` does
+                # not reach a memory address (a byte takes 10 bit times anyway).
                 value = Mux(r_src == 0, buf_r.data, info_r.data)
-                offer = 1
+                offer = ~pay_wait
                 m.d.comb += [self.tx.valid.eq(offer), self.tx.payload.eq(value),
-                             buf_raddr.eq(pidx + (self.tx.ready & offer))]
+                             buf_raddr.eq(pidx)]
+                m.d.sync += pay_wait.eq(self.tx.ready & offer)
                 with m.If(self.tx.ready & offer):
                     m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
                     m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]

@@ -203,17 +203,18 @@ class UARTTx(wiring.Component):
         timer = Signal(range(div))
         shift = Signal(10, init=0x3FF)       # stop, data[7:0], start; bit 0 goes out first
         left = Signal(range(11))
-        m.d.comb += [self.tx.eq(shift[0]), self.busy.eq(left != 0),
-                     self.stream.ready.eq(left == 0)]
-        with m.If(left == 0):
+        # left == 0, as a register: `ready` comes straight from a flip-flop (for the clock).
+        idle = Signal(init=1)
+        m.d.comb += [self.tx.eq(shift[0]), self.busy.eq(~idle), self.stream.ready.eq(idle)]
+        with m.If(idle):
             with m.If(self.stream.valid):
                 m.d.sync += [shift.eq(Cat(Const(0, 1), self.stream.payload, Const(1, 1))),
-                             left.eq(10), timer.eq(div - 1)]
+                             left.eq(10), timer.eq(div - 1), idle.eq(0)]
         with m.Elif(timer != 0):
             m.d.sync += timer.eq(timer - 1)
         with m.Else():
             m.d.sync += [shift.eq(Cat(shift[1:], Const(1, 1))), left.eq(left - 1),
-                         timer.eq(div - 1)]
+                         timer.eq(div - 1), idle.eq(left == 1)]
         return m
 
 
