@@ -447,8 +447,15 @@ class CommandDecoder(wiring.Component):
         crc = Signal(16, init=CRC16_INIT)
         crc_in = Signal(8)
         crc_step = Signal()
-        with m.If(crc_step):
-            m.d.sync += crc.eq(crc16_next(crc, crc_in))
+        # The step is registered (byte and enable), so the CRC is updated a cycle after its
+        # byte: the byte multiplexers and the XOR network are in different cycles.  Every
+        # use of `crc` comes at least two cycles after the last step (a byte from the FIFO,
+        # the UART's busy time, CK_WAIT), and no step is pending where it is re-initialised.
+        crc_in_q = Signal(8)
+        crc_step_q = Signal()
+        m.d.sync += [crc_in_q.eq(crc_in), crc_step_q.eq(crc_step)]
+        with m.If(crc_step_q):
+            m.d.sync += crc.eq(crc16_next(crc, crc_in_q))
 
         # --- frame registers -------------------------------------------------------------------
         cmd = Signal(8)
@@ -887,11 +894,13 @@ class CommandDecoder(wiring.Component):
                     m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
                     with m.If(words_one):
                         with m.If(is_checksum):
-                            m.next = "CK_STORE0"
+                            m.next = "CK_WAIT"
                         with m.Else():
                             respond(Status.OK, pidx + 1)
                     with m.Else():
                         m.next = "R_ISSUE"
+            with m.State("CK_WAIT"):            # the last byte's CRC step
+                m.next = "CK_STORE0"
             with m.State("CK_STORE0"):
                 m.d.comb += [buf_w.addr.eq(0), buf_w.data.eq(crc[:8]), buf_w.en.eq(1)]
                 m.next = "CK_STORE1"
