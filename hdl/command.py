@@ -534,6 +534,11 @@ class CommandDecoder(wiring.Component):
         byte_j = Signal(2)
         word = Signal(DATA_BITS)
         lat = Signal(range(self.read_latency + 1))
+        # byte_j is the word's last byte: a 4-input function (one LUT), not a compare with
+        # (1 << wb_log2) - 1 computed by a subtractor.
+        last_byte = Signal()
+        m.d.comb += last_byte.eq(Cat(Const(1, 1), byte_j[0], byte_j.all(), byte_j.all())
+                                 .bit_select(wb_log2, 1))
         is_control = Signal()
         is_infer = Signal()
         is_checksum = Signal()
@@ -843,7 +848,7 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += [info_w.addr.eq(ctrl_base | Cat(byte_j, cur_addr[:2])),
                              info_w.data.eq(Mux(ctrl_keep, buf_r.data, 0)),
                              info_w.en.eq(is_control)]
-                with m.If(byte_j == (1 << wb_log2) - 1):
+                with m.If(last_byte):
                     m.d.sync += byte_j.eq(0)
                     m.next = "W_WRITE"
                 with m.Else():
@@ -890,7 +895,7 @@ class CommandDecoder(wiring.Component):
                     m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(byte), buf_w.en.eq(1)]
                     m.d.sync += pidx.eq(pidx + 1)
                 m.d.sync += byte_j.eq(byte_j + 1)
-                with m.If(byte_j == (1 << wb_log2) - 1):
+                with m.If(last_byte):
                     m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]
                     with m.If(words_one):
                         with m.If(is_checksum):
