@@ -604,10 +604,15 @@ class CommandDecoder(wiring.Component):
         do_clear = Signal(init=1)
         booting = Signal(init=1)         # the clearing pass after reset: no answer
 
-        def respond(status, length=0, src=0):
-            """Answer with ``status``; the counters are updated from the registered status in
-            T_COUNT (keeps the dispatch decision tree off the counters' enables)."""
+        def answer(status, length=0, src=0):
+            """The answer a state gives if it ends the request, loaded in every cycle of that
+            state: the response registers' enable is the state alone (the decision only picks
+            the next state, :func:`respond`).  The registers are used in the T_ states only."""
             m.d.sync += [r_status.eq(status), r_len.eq(length), r_src.eq(src)]
+
+        def respond():
+            """Answer with the state's :func:`answer`; the counters are updated from the
+            registered status in T_COUNT."""
             m.next = "T_COUNT"
 
         got = Signal()                   # a byte is taken from the RX FIFO this cycle
@@ -630,6 +635,7 @@ class CommandDecoder(wiring.Component):
 
             def receive(next_state, action):
                 """Common part of the header/payload/CRC states: take a byte or time out."""
+                answer(Status.TIMEOUT)
                 m.d.comb += [receiving.eq(1), got.eq(rx_valid)]
                 with m.If(rx_valid):
                     m.d.sync += [idle.eq(0), idle_last.eq(0)]
@@ -637,7 +643,7 @@ class CommandDecoder(wiring.Component):
                     if next_state is not None:
                         m.next = next_state
                 with m.Elif(idle_last):
-                    respond(Status.TIMEOUT)
+                    respond()
                 with m.Else():
                     m.d.sync += [idle.eq(idle + 1),
                                  idle_last.eq(idle == self.timeout_cycles - 2)]
@@ -667,9 +673,10 @@ class CommandDecoder(wiring.Component):
                                  len_none.eq(full == 0)]
                 receive("LEN_CHECK", len1)
             with m.State("LEN_CHECK"):
+                answer(Status.BAD_LENGTH)
                 # the length decision a cycle after the byte (registered compares)
                 with m.If(len_big):
-                    respond(Status.BAD_LENGTH)
+                    respond()
                 with m.Elif(len_none):
                     m.next = "CRC0"
                 with m.Else():
@@ -703,12 +710,13 @@ class CommandDecoder(wiring.Component):
                     m.d.sync += crc_ok.eq(Cat(crc_lo, rx_byte) == crc)
                 receive("CRC_CHECK", crc1)
             with m.State("CRC_CHECK"):
+                answer(Status.BAD_CRC)
                 # the CRC decision a cycle after the byte (registered compare)
                 with m.If(crc_ok):
                     m.d.sync += cnt_good.eq(1)
                     m.next = "DECODE"
                 with m.Else():
-                    respond(Status.BAD_CRC)
+                    respond()
 
             # ---------------------------------------------------------------- execute
             # Checks are computed over five registered stages (DECODE, PREP1-4) so that no
@@ -805,12 +813,12 @@ class CommandDecoder(wiring.Component):
                     decide(Status.UNKNOWN_COMMAND)
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
+                answer(d_status, d_len, d_src)
                 with m.If(d_resp):
                     with m.If(d_reset):
                         m.d.comb += eng.reset.eq(1)
                         m.d.sync += do_clear.eq(1)
-                    m.d.sync += [r_status.eq(d_status), r_len.eq(d_len), r_src.eq(d_src)]
-                    m.next = "T_COUNT"
+                    respond()
                 with m.Elif(cmd_is[Command.WRITE]):
                     m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
                                  pidx.eq(WRITE_HEADER_BYTES)]
@@ -854,6 +862,7 @@ class CommandDecoder(wiring.Component):
                 with m.Else():
                     m.next = "W_ADDR"
             with m.State("W_WRITE"):
+                answer(Status.OK)
                 with m.If(is_control):
                     with m.Switch(cur_addr[:2]):
                         for c, register in ctrl.items():
@@ -866,7 +875,7 @@ class CommandDecoder(wiring.Component):
                     with m.If(is_infer):
                         m.next = "I_START"
                     with m.Else():
-                        respond(Status.OK)
+                        respond()
                 with m.Else():
                     m.next = "W_ADDR"
 
@@ -884,6 +893,7 @@ class CommandDecoder(wiring.Component):
                 with m.Else():
                     m.d.sync += lat.eq(lat - 1)
             with m.State("R_BYTES"):
+                answer(Status.OK, pidx + 1)
                 # The word shifts down a byte at a time (no byte multiplexer before the CRC);
                 # CONTROL bytes come from the info memory, the next one addressed now.
                 byte = Mux(is_control, info_r.data, word[:8])
@@ -901,7 +911,7 @@ class CommandDecoder(wiring.Component):
                         with m.If(is_checksum):
                             m.next = "CK_WAIT"
                         with m.Else():
-                            respond(Status.OK, pidx + 1)
+                            respond()
                     with m.Else():
                         m.next = "R_ISSUE"
             with m.State("CK_WAIT"):            # the last byte's CRC step
@@ -910,8 +920,9 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += [buf_w.addr.eq(0), buf_w.data.eq(crc[:8]), buf_w.en.eq(1)]
                 m.next = "CK_STORE1"
             with m.State("CK_STORE1"):
+                answer(Status.OK, 2)
                 m.d.comb += [buf_w.addr.eq(1), buf_w.data.eq(crc[8:]), buf_w.en.eq(1)]
-                respond(Status.OK, 2)
+                respond()
 
             # INFER: start, wait, cycles, then read the outputs.
             with m.State("I_START"):
@@ -923,6 +934,7 @@ class CommandDecoder(wiring.Component):
                                  pidx.eq(0)]
                     m.next = "I_CYCLES"
             with m.State("I_CYCLES"):
+                answer(Status.OK, INFER_HEADER_BYTES)
                 cycles_byte = word[:8]
                 m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
                              # STATUS last_cycles, in the info memory
@@ -936,7 +948,7 @@ class CommandDecoder(wiring.Component):
                                      cur_addr.eq(0), words.eq(n_outputs),
                                      wb_log2.eq(exact_log2(out_spec.word_bytes))]
                     with m.If(n_out_zero):
-                        respond(Status.OK, INFER_HEADER_BYTES)
+                        respond()
                     with m.Else():
                         m.next = "R_ISSUE"
 
