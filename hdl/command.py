@@ -813,28 +813,35 @@ class CommandDecoder(wiring.Component):
                     decide(Status.UNKNOWN_COMMAND)
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
+                # The access registers are loaded whatever the decision (by the command flags,
+                # registered): their enable is the state alone, the decision picks the next
+                # state only.  An answered request does not use them.
                 answer(d_status, d_len, d_src)
+                infer = cmd_is[Command.INFER] if infer_ok else Const(0, 1)
+                m.d.sync += [
+                    words.eq(Mux(cmd_is[Command.WRITE], payload_words,
+                                 Mux(infer, n_inputs, a_count))),
+                    wb_log2.eq(Mux(infer, in_log2 if infer_ok else 0, k_wb_log2)),
+                    pidx.eq(Mux(cmd_is[Command.WRITE], WRITE_HEADER_BYTES, 0)),
+                    is_infer.eq(infer)]
+                if infer_ok:
+                    with m.If(infer):
+                        m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
+                                     cur_addr.eq(0), is_control.eq(0)]
                 with m.If(d_resp):
                     with m.If(d_reset):
                         m.d.comb += eng.reset.eq(1)
                         m.d.sync += do_clear.eq(1)
                     respond()
                 with m.Elif(cmd_is[Command.WRITE]):
-                    m.d.sync += [words.eq(payload_words), wb_log2.eq(k_wb_log2),
-                                 pidx.eq(WRITE_HEADER_BYTES)]
                     m.next = "W_ADDR"
                 with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
                     with m.If(count_zero):             # CHECKSUM of no words
                         m.next = "CK_STORE0"
                     with m.Else():
-                        m.d.sync += [words.eq(a_count), wb_log2.eq(k_wb_log2)]
                         m.next = "R_ISSUE"
                 if infer_ok:
                     with m.Else():                     # INFER (every other command answered)
-                        m.d.sync += [cur_region.eq(RegionId.INPUT), cur_index.eq(0),
-                                     cur_addr.eq(0), is_control.eq(0), is_infer.eq(1),
-                                     words.eq(n_inputs), wb_log2.eq(in_log2),
-                                     pidx.eq(0)]
                         with m.If(n_in_zero):
                             m.next = "I_START"
                         with m.Else():
