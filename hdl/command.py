@@ -894,11 +894,10 @@ class CommandDecoder(wiring.Component):
             with m.State("R_WAIT"):
                 # CONTROL: byte 0 of the word from the info memory (R_BYTES sends it)
                 m.d.comb += info_raddr.eq(ctrl_base | Cat(Const(0, 2), cur_addr[:2]))
+                # loaded in every cycle (the enable is the state): the last one, lat == 0, counts
+                m.d.sync += [word.eq(bus.rdata), byte_j.eq(0), lat.eq(lat - 1)]
                 with m.If(lat == 0):
-                    m.d.sync += [word.eq(bus.rdata), byte_j.eq(0)]
                     m.next = "R_BYTES"
-                with m.Else():
-                    m.d.sync += lat.eq(lat - 1)
             with m.State("R_BYTES"):
                 answer(Status.OK, pidx + 1)
                 # The word shifts down a byte at a time (no byte multiplexer before the CRC);
@@ -936,9 +935,9 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += eng.start.eq(1)
                 m.next = "I_WAIT"
             with m.State("I_WAIT"):
+                # loaded in every cycle (the enable is the state): the last one counts
+                m.d.sync += [cnt_infer.eq(1), word.eq(eng.cycles), byte_j.eq(0), pidx.eq(0)]
                 with m.If(eng.done & ~eng.busy):
-                    m.d.sync += [cnt_infer.eq(1), word.eq(eng.cycles), byte_j.eq(0),
-                                 pidx.eq(0)]
                     m.next = "I_CYCLES"
             with m.State("I_CYCLES"):
                 answer(Status.OK, INFER_HEADER_BYTES)
