@@ -438,6 +438,11 @@ class CommandDecoder(wiring.Component):
         m.submodules.info = info = Memory(shape=8, depth=status_base + CTRL_OFFSET + 16,
                                           init=list(ident), attrs={"ram_style": "block"})
         info_w, info_r = info.write_port(), info.read_port()
+        # Writes are registered (address, data, enable): the byte multiplexers of the STATUS
+        # pass and of the CONTROL / last_cycles writes are a cycle before the memory.  No byte
+        # is read back sooner than two cycles after its write.
+        iw_addr, iw_data, iw_en = Signal.like(info_w.addr), Signal(8), Signal()
+        m.d.sync += [info_w.addr.eq(iw_addr), info_w.data.eq(iw_data), info_w.en.eq(iw_en)]
         ptr_bits = bits_for(MAX_PAYLOAD)
         buf_raddr = Signal(ptr_bits)
         info_raddr = Signal(len(info_r.addr))
@@ -860,9 +865,9 @@ class CommandDecoder(wiring.Component):
                         for j in range(4):
                             with m.Case(int(c) << 2 | j):
                                 m.d.comb += ctrl_keep.eq(j < ctrl_widths[c] // 8)
-                m.d.comb += [info_w.addr.eq(ctrl_base | Cat(byte_j, cur_addr[:2])),
-                             info_w.data.eq(Mux(ctrl_keep, buf_r.data, 0)),
-                             info_w.en.eq(is_control)]
+                m.d.comb += [iw_addr.eq(ctrl_base | Cat(byte_j, cur_addr[:2])),
+                             iw_data.eq(Mux(ctrl_keep, buf_r.data, 0)),
+                             iw_en.eq(is_control)]
                 with m.If(last_byte):
                     m.d.sync += byte_j.eq(0)
                     m.next = "W_WRITE"
@@ -944,8 +949,8 @@ class CommandDecoder(wiring.Component):
                 cycles_byte = word[:8]
                 m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
                              # STATUS last_cycles, in the info memory
-                             info_w.addr.eq(status_base | offsets["last_cycles"] | byte_j),
-                             info_w.data.eq(cycles_byte), info_w.en.eq(1)]
+                             iw_addr.eq(status_base | offsets["last_cycles"] | byte_j),
+                             iw_data.eq(cycles_byte), iw_en.eq(1)]
                 m.d.sync += [pidx.eq(pidx + 1), byte_j.eq(byte_j + 1), word.eq(word >> 8)]
                 with m.If(byte_j == 3):
                     m.d.sync += byte_j.eq(0)
@@ -991,21 +996,26 @@ class CommandDecoder(wiring.Component):
                 m.next = "T_STAT"
             with m.State("T_STAT"):
                 m.d.comb += info_raddr.eq(status_base | sp)
-                m.d.sync += [sp.eq(sp + 1), wp.eq(sp), w_on.eq(1)]
+                # what to do with byte wp, decided from sp a cycle ahead
+                first_q, inc_q, flags_q, lerr_q = Signal(), Signal(), Signal(), Signal()
+                m.d.sync += [sp.eq(sp + 1), wp.eq(sp), w_on.eq(1),
+                             first_q.eq(sp[:2] == 0), inc_q.eq(inc.bit_select(sp[2:5], 1)),
+                             flags_q.eq(sp == offsets["flags"]),
+                             lerr_q.eq((sp == offsets["last_error"]) & is_error)]
                 old_byte = info_r.data
-                cin = Mux(wp[:2] == 0, inc.bit_select(wp[2:5], 1), carry)
+                cin = Mux(first_q, inc_q, carry)
                 new_byte = Signal(8)
                 with m.If(do_clear):
                     m.d.comb += new_byte.eq(0)
-                with m.Elif(wp == offsets["flags"]):
+                with m.Elif(flags_q):
                     m.d.comb += new_byte.eq(flags)
-                with m.Elif((wp == offsets["last_error"]) & is_error):
+                with m.Elif(lerr_q):
                     m.d.comb += new_byte.eq(r_status)
                 with m.Else():
                     m.d.comb += new_byte.eq(old_byte + cin)
                 m.d.sync += carry.eq(cin & (old_byte == 0xFF))
-                m.d.comb += [info_w.addr.eq(status_base | wp), info_w.data.eq(new_byte),
-                             info_w.en.eq(w_on)]
+                m.d.comb += [iw_addr.eq(status_base | wp), iw_data.eq(new_byte),
+                             iw_en.eq(w_on)]
                 # the design's reset also clears the CONTROL words (RESET keeps them)
                 last = Mux(booting, CTRL_OFFSET + 15, STATUS_BYTES - 1)
                 with m.If(w_on & (wp == last)):
