@@ -478,6 +478,8 @@ class CommandDecoder(wiring.Component):
         a_region, a_index = Signal(8), Signal(8)
         a_addr, a_addr_hi = Signal(aw), Signal()
         a_count = Signal(16)
+        # One-hot header byte index (pidx for pidx < 8): no 11-bit compare on the byte enables.
+        hdr = Signal(ACCESS_HEADER_BYTES, init=1)
         idle = Signal(range(self.timeout_cycles + 1))
         # Registered decisions, computed a cycle ahead so that no counter compare feeds the FSM's
         # next-state logic directly (iCE40 timing): idle == timeout - 1, last payload byte,
@@ -634,7 +636,7 @@ class CommandDecoder(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += got.eq(rx_valid)
                 m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), idle_last.eq(0),
-                             pidx.eq(0), a_addr_hi.eq(0)]
+                             pidx.eq(0), a_addr_hi.eq(0), hdr.eq(1)]
                 with m.If(rx_valid & (rx_byte == REQUEST_SYNC)):
                     m.next = "CMD"
 
@@ -690,20 +692,20 @@ class CommandDecoder(wiring.Component):
                 def payload():
                     crc_byte()
                     m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(rx_byte), buf_w.en.eq(1)]
-                    with m.Switch(pidx):
-                        for i, target in enumerate((a_region, a_index, None, None, None, None,
-                                                    a_count[:8], a_count[8:])):
-                            with m.Case(i):
-                                if target is not None:
-                                    m.d.sync += target.eq(rx_byte)
-                                    continue
-                                lo = 8 * (i - 2)           # address bits lo .. lo + 7
-                                keep = max(0, min(8, aw - lo))
-                                if keep:
-                                    m.d.sync += a_addr[lo:lo + keep].eq(rx_byte[:keep])
-                                if keep < 8:
-                                    with m.If(rx_byte[keep:].any()):
-                                        m.d.sync += a_addr_hi.eq(1)
+                    m.d.sync += hdr.eq(hdr << 1)
+                    for i, target in enumerate((a_region, a_index, None, None, None, None,
+                                                a_count[:8], a_count[8:])):
+                        with m.If(hdr[i]):
+                            if target is not None:
+                                m.d.sync += target.eq(rx_byte)
+                                continue
+                            lo = 8 * (i - 2)               # address bits lo .. lo + 7
+                            keep = max(0, min(8, aw - lo))
+                            if keep:
+                                m.d.sync += a_addr[lo:lo + keep].eq(rx_byte[:keep])
+                            if keep < 8:
+                                with m.If(rx_byte[keep:].any()):
+                                    m.d.sync += a_addr_hi.eq(1)
                     m.d.sync += [pidx.eq(pidx + 1), pay_last.eq(pidx + 2 == length)]
                     with m.If(pay_last):
                         m.next = "CRC0"
