@@ -2,10 +2,10 @@
 is the UART on FPGA pins 6 = RX, 9 = TX), two user LEDs (red 11, green 37).
 
 Budget: 5280 logic cells, 30 EBR blocks of 4 kbit, 4 SPRAM blocks of 256 kbit, 8 SB_MAC16 DSPs.
-Default clock: 30 MHz (12 MHz x 40 / 16) from the oscillator through the SB_PLL40_PAD
+Default clock: 36 MHz (12 MHz x 48 / 16) from the oscillator through the SB_PLL40_PAD
 (``--freq 16 .. 275`` picks another; ``--freq 12`` runs from the oscillator without the
-PLL).  The limits are the UART shell's decoder and the engine's sequencer decisions
-(docs/ice40-resources.md has the measured critical paths).  Default UART 1 Mbaud (the
+PLL).  The default build reaches ~37.5 MHz at seed 1; the limit is the PEs' pointer -> entry
+address path (docs/ice40-resources.md has the measured critical paths).  Default UART 1 Mbaud (the
 FT2232H does up to 12 Mbaud; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
 """
 
@@ -14,7 +14,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from . import Board, Budget
 
 OSC_HZ = 12_000_000
-CLOCK_HZ = 30_000_000
+CLOCK_HZ = 36_000_000
 BAUD = 1_000_000
 
 BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4,
@@ -42,5 +42,5 @@ BOARD = Board(
     platform_factory=ICEBreakerPlatform, osc_hz=OSC_HZ, clock_hz=CLOCK_HZ, baud=BAUD,
     budget=BUDGET, default_engine=DEFAULT_ENGINE, fifo_depth=FIFO_DEPTH,
     notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator, "
-          "PLL to 30 MHz by default (--freq 16-275 MHz); UART on the FT2232H channel B at "
+          "PLL to 36 MHz by default (--freq 16-275 MHz); UART on the FT2232H channel B at "
           "1 Mbaud.")

@@ -33,7 +33,7 @@ def test_board_registry():
 
 def test_icebreaker_profile_module_constants():
     from boards import icebreaker
-    assert icebreaker.CLOCK_HZ == 30_000_000 and icebreaker.BAUD == 1_000_000
+    assert icebreaker.CLOCK_HZ == 36_000_000 and icebreaker.BAUD == 1_000_000
 
 
 def test_pll_config():
