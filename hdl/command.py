@@ -8,7 +8,10 @@ Data path::
                                |   ^  \\--engine control (start, n_layers, busy, done, cycles)
                        payload buffer (MAX_PAYLOAD bytes, one BRAM block pair)
                                v
-    UART TX <------------ responder (header, payload from buffer/ROM/status, CRC)
+    UART TX <------------ responder (header, payload from buffer / info memory, CRC)
+
+The info memory (one block RAM) holds the IDENTIFY answer, the STATUS fields (updated by a
+byte-serial pass before every answer) and a copy of the CONTROL words (READ sends it).
 
 A request is received completely into the payload buffer while its CRC-16 is computed; only
 when the CRC matches is the command checked (length, region, bounds) and executed, so a
