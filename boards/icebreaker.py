@@ -4,8 +4,8 @@ is the UART on FPGA pins 6 = RX, 9 = TX), two user LEDs (red 11, green 37).
 Budget: 5280 logic cells, 30 EBR blocks of 4 kbit, 4 SPRAM blocks of 256 kbit, 8 SB_MAC16 DSPs.
 Default clock: 36 MHz (12 MHz x 48 / 16) from the oscillator through the SB_PLL40_PAD
 (``--freq 16 .. 275`` picks another; ``--freq 12`` runs from the oscillator without the
-PLL).  The default build reaches ~37.5 MHz at seed 1; the limit is the PEs' pointer -> entry
-address path (docs/ice40-resources.md has the measured critical paths).  Default UART 1 Mbaud (the
+PLL).  The default build reaches 38.7 MHz at seed 1; the limit is the engine's INPUT loader
+(docs/ice40-resources.md has the measured critical paths).  Default UART 1 Mbaud (the
 FT2232H does up to 12 Mbaud; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
 """
 
@@ -26,7 +26,7 @@ BUDGET = Budget(logic_cells=5280, bram_blocks=30, bram_bits=4096, spram_blocks=4
 #: Eight PEs in lockstep pairs (``pe_group=2``): each pair's entries share one SB_SPRAM256KA
 #: word (4 SPRAMs x 2 bytes = 8 entries per cycle) and one pointer memory; every PE has its
 #: codebook (1 EBR), 16-bit accumulators (1 EBR) and a DSP.  Block RAM is the limit: 28 of 30
-#: EBR with the shell, 8 of 8 DSPs, ~4700 LCs, 34.75 MHz (docs/ice40-resources.md).  The
+#: EBR with the shell, 8 of 8 DSPs, 4089 LCs, 38.71 MHz (docs/ice40-resources.md).  The
 #: 16-bit accumulators wrap like any others (``host.golden`` defines them bit-exactly).
 DEFAULT_ENGINE = dict(n_pe=8, index_bits=4, run_bits=4, act_width=16, act_frac=10,
                       weight_width=16, acc_bits=16, max_rows=64, max_cols=64,
