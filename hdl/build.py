@@ -335,6 +335,13 @@ class MemoryUse:
         return ebr_blocks(self.width, self.depth, self.shapes) * self.copies
 
 
+def _info_memory_bytes(identify_bytes):
+    """Bytes of the shell decoder's info memory (:mod:`hdl.command`): the IDENTIFY answer
+    (padded to a power of two), then the STATUS answer and the CONTROL words."""
+    from .command import CTRL_OFFSET
+    return (1 << max(6, (identify_bytes - 1).bit_length())) + CTRL_OFFSET + 16
+
+
 def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     """The memories of engine ``params`` + shell, as :class:`MemoryUse` (the same shapes
     ``hdl/spmv.py``, ``hdl/pe.py`` and ``hdl/command.py`` instantiate)."""
@@ -373,7 +380,7 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
                   2 << col_bits),
         MemoryUse("output buffer", params["act_width"], max_rows),
         MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
-        MemoryUse("IDENTIFY ROM", 8, identify_bytes),
+        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
         MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
     ]
     del bits_for
@@ -421,7 +428,7 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
         MemoryUse("cell ROM, tanh (per lane)", act, entries_tbl, lanes),
         MemoryUse("output buffer", act, max(1, p.classes_max)),
         MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
-        MemoryUse("IDENTIFY ROM", 8, identify_bytes),
+        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
         MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
     ]
     return [m for m in inventory if m.depth > 0]
@@ -449,7 +456,7 @@ def _cnn_inventory(params, *, rx_fifo_depth, identify_bytes):
                   c.max_bias, n_pe if c.out_parallel else 1),
         MemoryUse("feature-map buffers", c.fm_lanes * c.act_format.width, c.fm_words, 2),
         MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
-        MemoryUse("IDENTIFY ROM", 8, identify_bytes),
+        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
         MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
     ]
     if c.memory == "spram":
