@@ -115,6 +115,15 @@ def timed_cycle_stream(acc, x):
     return q, got, seconds, acc.status().infers - before, acc.link.stats
 
 
+def load_verified(acc, path):
+    """Load the package at ``path`` and check the driver's read-back report: every block but
+    the first CONTROL write (overwritten at the end) was compared, none skipped or rewritten."""
+    acc.load(path, progress=False)
+    report = acc.last_load["verify"]
+    assert report["skipped"] == [] and report["rewritten"] == []
+    assert report["verified"] == acc.last_load["blocks"] - 1
+
+
 def rows_differing(out, want):
     """How many rows of ``out`` differ from ``want`` in at least one element."""
     return int(np.count_nonzero((out != want).any(axis=1)))
@@ -344,13 +353,11 @@ def test_pairs_stream_bit_exact(workload):
             Accelerator(board.url, timeout=5.0) as acc:
         info = acc.identify()
         assert info.kind == "SPMV" and info.hash_ok and info.pe_group == 2
-        acc.load(workload["path"], progress=False)
-        report = acc.last_load["verify"]
-        assert report["skipped"] == [] and report["rewritten"] == []
-        assert report["verified"] == acc.last_load["blocks"] - 1
-        q, got, seconds, status, stats = timed_cycle_stream(acc, x)
+        load_verified(acc, workload["path"])
+        q, got, seconds, infers, stats = timed_cycle_stream(acc, x)
     out = np.stack([o for o, _ in got])
     assert rows_differing(out, expected(model, x)) == 0
+    assert infers == len(x)
     params = _spmv_params(info)
     image = build_image(params, list(model.layers))
     cycles = [c for _, c in got]
@@ -390,10 +397,7 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     with Accelerator(lstm_board.url, timeout=5.0) as acc:
         info = acc.identify()
         assert info.kind == "LSTM" and info.hash_ok and info.n_pe == 8
-        acc.load(lstm_workload["path"], progress=False)
-        report = acc.last_load["verify"]
-        assert report["skipped"] == [] and report["rewritten"] == []
-        assert report["verified"] == acc.last_load["blocks"] - 1
+        load_verified(acc, lstm_workload["path"])
         q, got, seconds, infers, stats = timed_cycle_stream(acc, x)
     assert len(got) == len(x) >= 100
     out = np.stack([o for o, _ in got])
@@ -528,10 +532,7 @@ def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
         assert info.kind == "CNN" and info.hash_ok and info.n_pe == 8
         config = cnn_config(info)
         assert config == build_config(params)
-        acc.load(cnn_workload["path"], progress=False)
-        report = acc.last_load["verify"]
-        assert report["skipped"] == [] and report["rewritten"] == []
-        assert report["verified"] == acc.last_load["blocks"] - 1
+        load_verified(acc, cnn_workload["path"])
         q, got, seconds, infers, stats = timed_cycle_stream(acc, x)
     assert len(got) == len(x) >= 100
     out = np.stack([o for o, _ in got])
