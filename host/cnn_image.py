@@ -34,9 +34,9 @@ import numpy as np
 from .compressed import (QConv2d, QFlatten, QLinear, QMaxPool2d, QReLU, SparseMatrix,
                          requant_shift)
 from .encoding import EncodedMatrix, pad_groups
-from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
+from .fixedpoint import Format
 from .matrix_image import LoaderWrites, MatrixMemories, check_encoding, check_weights
-from .memory_map import Region as SpmvRegion, check_pe_group, check_product_shift
+from .memory_map import Region as SpmvRegion, check_formats, check_pe_group
 from .params import check_int
 
 __all__ = ["Region", "Field", "FIELD_BITS", "CnnConfig", "HwLayer", "plan_layers",
@@ -166,15 +166,7 @@ class CnnConfig:
         check_pe_group(self.pe_group, self.n_pe, self.index_bits + self.run_bits)
         check_int("index_bits", self.index_bits, 1, 8)
         check_int("run_bits", self.run_bits, 1, 8)
-        if not isinstance(self.act_format, Format):
-            raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not "
-                            f"{self.act_format!r}")
-        if self.act_format.width > MAX_WIDTH:
-            raise ValueError(f"`act_format` width must be at most {MAX_WIDTH} bits, not "
-                             f"{self.act_format.width}")
-        check_int("weight_width", self.weight_width, 2, MAX_WIDTH)
-        check_int("acc_bits", self.acc_bits, self.act_format.width, MAX_ACC_WIDTH)
-        check_product_shift(self.product_shift, self.act_format, self.weight_width)
+        check_formats(self.act_format, self.weight_width, self.acc_bits, self.product_shift)
         for name in ("max_rows", "max_entries_per_pe", "max_bias", "max_layers", "fm_words",
                      "max_dim", "max_stride", "fifo_depth"):
             check_int(name, getattr(self, name), 1)

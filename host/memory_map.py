@@ -27,7 +27,7 @@ __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descri
            "bits_for", "check_pe_group", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY",
            "POP_INTERVAL",
            "SETUP_CYCLES",
-           "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT", "check_product_shift",
+           "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT", "check_product_shift", "check_formats",
            "product_shift_entry", "pe_group_entry"]
 
 #: Default activation format (Q5.10).
@@ -155,7 +155,11 @@ def check_pe_group(pe_group, n_pe: int, entry_bits: int) -> None:
                          f"run_bits), not {entry_bits}")
 
 
-def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
+def check_formats(act_format, weight_width: int, acc_bits: int, product_shift: int) -> None:
+    """Check an engine's number formats: ``act_format`` a :class:`host.fixedpoint.Format` of at
+    most ``MAX_WIDTH`` bits, ``weight_width`` 2 .. ``MAX_WIDTH`` bits, ``acc_bits`` from the
+    activation width to ``MAX_ACC_WIDTH``, and ``product_shift`` (:func:`check_product_shift`).
+    """
     if not isinstance(act_format, Format):
         raise TypeError(f"`act_format` must be a host.fixedpoint.Format, not {act_format!r}")
     if act_format.width > MAX_WIDTH:
@@ -163,6 +167,7 @@ def _check_formats(act_format, weight_width: int, acc_bits: int) -> None:
                          f"{act_format.width}")
     check_int("weight_width", weight_width, 2, MAX_WIDTH)
     check_int("acc_bits", acc_bits, act_format.width, MAX_ACC_WIDTH)
+    check_product_shift(product_shift, act_format, weight_width)
 
 
 def _timing(fifo_depth: int) -> Timing:
@@ -249,8 +254,7 @@ class SpmvParams(_Widths):
         check_pe_group(self.pe_group, self.n_pe, self.index_bits + self.run_bits)
         check_int("index_bits", self.index_bits, 1, 8)
         check_int("run_bits", self.run_bits, 1, 8)
-        _check_formats(self.act_format, self.weight_width, self.acc_bits)
-        check_product_shift(self.product_shift, self.act_format, self.weight_width)
+        check_formats(self.act_format, self.weight_width, self.acc_bits, self.product_shift)
         check_int("max_rows", self.max_rows, 1)
         check_int("max_cols", self.max_cols, 1)
         check_int("max_entries_per_pe", self.max_entries_per_pe, 1)
@@ -344,8 +348,7 @@ class LstmParams(_Widths):
         if act.width <= MAX_WIDTH and act.max_int < (1 << act.frac):
             raise ValueError(f"`act_format` {act} cannot hold 1.0 (sigmoid/tanh outputs); "
                              f"give it at least one integer bit")
-        _check_formats(act, self.weight_width, self.acc_bits)
-        check_product_shift(self.product_shift, act, self.weight_width)
+        check_formats(act, self.weight_width, self.acc_bits, self.product_shift)
         if not isinstance(self.table_spec, TableSpec):
             raise TypeError(f"`table_spec` must be a host.activations.TableSpec, not "
                             f"{self.table_spec!r}")
