@@ -18,7 +18,8 @@ import numpy as np
 from cocotb.triggers import FallingEdge
 
 from hdl.simulate import load_test_data
-from cocotb_engine_io import case_arrays, load_writes, run_to_done, start_and_reset, write
+from cocotb_engine_io import (case_arrays, load_writes, read_signed, run_to_done, start_and_reset,
+                              write)
 
 
 @cocotb.test()
@@ -45,12 +46,7 @@ async def cnn_cases(dut):
             await FallingEdge(dut.clk)
             layer_cycles.append(int(dut.stat_cycles.value))
             layer_mac.append(int(dut.stat_mac.value))
-        out = []
-        for addr in c["out_addr"]:
-            dut.out_addr.value = int(addr)
-            await FallingEdge(dut.clk)
-            out.append(dut.out_data.value.to_signed())
-        out = np.array(out, dtype=np.int64)
+        out = await read_signed(dut, dut.out_addr, dut.out_data, c["out_addr"])
         results[f"c{i}_out"] = out
         results[f"c{i}_cycles"] = np.int64(cycles)
         results[f"c{i}_layer_cycles"] = np.array(layer_cycles, dtype=np.int64)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
@@ -82,3 +83,15 @@ async def run_to_done(dut, expected_cycles: int) -> tuple[int, float]:
     await FallingEdge(dut.clk)
     t_run = time.perf_counter() - t0
     return int(dut.cycles.value), t_run
+
+
+async def read_signed(dut, addr, data, addresses) -> np.ndarray:
+    """Read a synchronous read port: for every address, set ``addr`` (a handle such as
+    ``dut.out_addr``), wait one falling edge and take ``data`` as a signed integer.  Returns
+    the words as int64."""
+    words = []
+    for a in addresses:
+        addr.value = int(a)
+        await FallingEdge(dut.clk)
+        words.append(data.value.to_signed())
+    return np.array(words, dtype=np.int64)

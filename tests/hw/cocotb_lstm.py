@@ -17,7 +17,7 @@ import numpy as np
 from cocotb.triggers import FallingEdge
 
 from hdl.simulate import load_test_data
-from cocotb_engine_io import case_arrays, load_writes, run_to_done, start_and_reset
+from cocotb_engine_io import case_arrays, load_writes, read_signed, run_to_done, start_and_reset
 
 
 @cocotb.test()
@@ -42,17 +42,8 @@ async def lstm_cases(dut):
             mac.append(int(dut.stat_mac.value))
             ew.append(int(dut.stat_ew.value))
             pmac.append(int(dut.stat_pmac.value))
-        h = []
-        for u in range(int(c["hidden"])):
-            dut.h_addr.value = u
-            await FallingEdge(dut.clk)
-            h.append(dut.h_data.value.to_signed())
-        out = []
-        for r in range(len(c["expected_out"])):
-            dut.out_addr.value = r
-            await FallingEdge(dut.clk)
-            out.append(dut.out_data.value.to_signed())
-        h, out = np.array(h, dtype=np.int64), np.array(out, dtype=np.int64)
+        h = await read_signed(dut, dut.h_addr, dut.h_data, range(int(c["hidden"])))
+        out = await read_signed(dut, dut.out_addr, dut.out_data, range(len(c["expected_out"])))
         p = f"c{i}_"
         results[p + "h"] = h
         results[p + "out"] = out
