@@ -148,11 +148,15 @@ class GoldenModel:
             x = self.layer_forward(layer, x)
         return x
 
+    def _spmv(self, matrix: SparseMatrix, x: np.ndarray, relu: bool = False) -> np.ndarray:
+        """:func:`spmv` with the model's activation format, accumulator width and product
+        shift, counting into :attr:`diagnostics`."""
+        return spmv(matrix, x, self.act, self.model.acc_bits, relu, self.diagnostics,
+                    self.model.product_shift)
+
     def layer_forward(self, layer, x: np.ndarray) -> np.ndarray:
-        act, acc_bits = self.act, self.model.acc_bits
         if isinstance(layer, QLinear):
-            return spmv(layer.matrix, x, act, acc_bits, layer.relu, self.diagnostics,
-                        self.model.product_shift)
+            return self._spmv(layer.matrix, x, layer.relu)
         if isinstance(layer, QLSTM):
             return self.lstm_forward(layer, x)
         if isinstance(layer, QConv2d):
@@ -177,8 +181,7 @@ class GoldenModel:
         """One time step: ``(state_t, c_t, h_t)`` where ``state_t`` is ``r_t`` with a
         projection and ``h_t`` without."""
         act, hsz, spec = self.act, layer.hidden, self.model.table_spec
-        z = spmv(layer.matrix, np.concatenate([x_t, h], axis=1), act, self.model.acc_bits,
-                 False, self.diagnostics, self.model.product_shift)
+        z = self._spmv(layer.matrix, np.concatenate([x_t, h], axis=1))
         gate_i = lookup("sigmoid", z[:, 0:hsz], act, spec, table=self._sigmoid)
         gate_f = lookup("sigmoid", z[:, hsz:2 * hsz], act, spec, table=self._sigmoid)
         gate_g = lookup("tanh", z[:, 2 * hsz:3 * hsz], act, spec, table=self._tanh)
@@ -188,8 +191,7 @@ class GoldenModel:
                      act)
         if layer.projection is None:
             return h, c, h
-        r = spmv(layer.projection, h, act, self.model.acc_bits, False, self.diagnostics,
-                 self.model.product_shift)
+        r = self._spmv(layer.projection, h)
         return r, c, h
 
     def lstm_forward(self, layer: QLSTM, x: np.ndarray) -> np.ndarray:
@@ -207,6 +209,5 @@ class GoldenModel:
         k, s, p = layer.kernel, layer.stride, layer.padding
         oh, ow = (height + 2 * p - k) // s + 1, (width + 2 * p - k) // s + 1
         patches = im2col(x, k, s, p).reshape(batch * oh * ow, -1)
-        out = spmv(layer.matrix, patches, self.act, self.model.acc_bits, layer.relu,
-                   self.diagnostics, self.model.product_shift)
+        out = self._spmv(layer.matrix, patches, layer.relu)
         return out.reshape(batch, oh * ow, -1).transpose(0, 2, 1).reshape(batch, -1, oh, ow)
