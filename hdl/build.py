@@ -342,13 +342,37 @@ def _info_memory_bytes(identify_bytes):
     return (1 << max(6, (identify_bytes - 1).bit_length())) + CTRL_OFFSET + 16
 
 
+def _pe_array_memories(*, n_pe, group, entry_bits, entries, ptr_bits, pointers, weight_width,
+                       codebook_words, acc_bits, rows_per_pe, spram=False):
+    """The PE array's memories (:mod:`hdl.pe`): per lockstep group of ``group`` PEs one entry
+    memory (``group`` entries of ``entry_bits`` per word; none in block RAM with ``spram``) and
+    one pointer memory; per PE a codebook and the accumulators."""
+    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
+    return [
+        MemoryUse(f"entry memory {who}", group * entry_bits, 0 if spram else entries,
+                  n_pe // group),
+        MemoryUse(f"pointer memory {who}", ptr_bits, pointers, n_pe // group),
+        MemoryUse("codebook (per PE)", weight_width, codebook_words, n_pe),
+        MemoryUse("accumulators (per PE)", acc_bits, rows_per_pe, n_pe),
+    ]
+
+
+def _shell_memories(rx_fifo_depth, identify_bytes):
+    """The UART shell's memories (:mod:`hdl.command`)."""
+    from host.protocol import MAX_PAYLOAD
+    return [
+        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
+        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
+        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
+    ]
+
+
 def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     """The memories of engine ``params`` + shell, as :class:`MemoryUse` (the same shapes
     ``hdl/spmv.py``, ``hdl/pe.py`` and ``hdl/command.py`` instantiate)."""
-    from amaranth.utils import bits_for, ceil_log2
+    from amaranth.utils import ceil_log2
     from host.encoding import pointer_fields
 
-    from host.protocol import MAX_PAYLOAD
     if params.get("engine") == "lstm":
         return _lstm_inventory(params, rx_fifo_depth=rx_fifo_depth,
                                identify_bytes=identify_bytes)
@@ -360,30 +384,22 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
     max_rows, max_cols, layers = params["max_rows"], params["max_cols"], params["max_layers"]
     pointers = params.get("max_pointers") or layers * max_cols
     bias = params.get("max_bias") or layers * max_rows
-    entry_bits = params["index_bits"] + params["run_bits"]
     list_depth = max(max_rows, max_cols)
     col_bits = max(1, ceil_log2(list_depth))
     rows_per_pe = -(-max_rows // n_pe)
-    ptr_bits = sum(pointer_fields(entries, rows_per_pe))
-    spram = params.get("memory", "bram") == "spram"     # entries in SB_SPRAM256KA, not EBR
-    group = params.get("pe_group", 1)   # lockstep groups: one entry word and pointer memory each
-    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
-    inventory = [
-        MemoryUse(f"entry memory {who}", group * entry_bits, 0 if spram else entries,
-                  n_pe // group),
-        MemoryUse(f"pointer memory {who}", ptr_bits, pointers, n_pe // group),
-        MemoryUse("codebook (per PE)", params["weight_width"],
-                  layers << params["index_bits"], n_pe),
-        MemoryUse("accumulators (per PE)", params["acc_bits"], rows_per_pe, n_pe),
+    inventory = _pe_array_memories(
+        n_pe=n_pe, group=params.get("pe_group", 1),
+        entry_bits=params["index_bits"] + params["run_bits"], entries=entries,
+        ptr_bits=sum(pointer_fields(entries, rows_per_pe)), pointers=pointers,
+        weight_width=params["weight_width"], codebook_words=layers << params["index_bits"],
+        acc_bits=params["acc_bits"], rows_per_pe=rows_per_pe,
+        spram=params.get("memory", "bram") == "spram")      # entries in SB_SPRAM256KA
+    inventory += [
         MemoryUse("bias memory", params["acc_bits"], bias),
         MemoryUse("non-zero activation lists (both banks)", col_bits + params["act_width"],
                   2 << col_bits),
         MemoryUse("output buffer", params["act_width"], max_rows),
-        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
-        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
-        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
-    ]
-    del bits_for
+    ] + _shell_memories(rx_fifo_depth, identify_bytes)
     return [m for m in inventory if m.depth > 0]
 
 
@@ -391,7 +407,6 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
     """The memories of an :class:`hdl.lstm.LstmEngine` (``params`` from
     :func:`engine_for_model`) + shell, as ``hdl/lstm.py`` and ``hdl/pe.py`` instantiate them."""
     from host.memory_map import LstmParams
-    from host.protocol import MAX_PAYLOAD
     n_pe, lanes = params["n_pe"], params["ew_lanes"]
     p = LstmParams(n_pe=n_pe, hidden_max=params["hidden_max"], input_max=params["input_max"],
                    steps_max=params["steps_max"], classes_max=params["classes_max"],
@@ -404,15 +419,13 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
     table = params.get("table_spec") or {}
     entries_tbl = 1 << int(table.get("index_bits", 9))
     per_lane = p.groups_max
-    group = params.get("pe_group", 1)   # lockstep groups: one entry word and pointer memory each
-    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
-    inventory = [
-        MemoryUse(f"entry memory {who}", group * (params["index_bits"] + params["run_bits"]),
-                  entries, n_pe // group),
-        MemoryUse(f"pointer memory {who}", p.ptr_bits, pointers, n_pe // group),
-        MemoryUse("codebook (per PE)", params["weight_width"],
-                  p.n_codebooks << params["index_bits"], n_pe),
-        MemoryUse("accumulators (per PE)", acc, p.rows_per_pe, n_pe),
+    inventory = _pe_array_memories(
+        n_pe=n_pe, group=params.get("pe_group", 1),
+        entry_bits=params["index_bits"] + params["run_bits"], entries=entries,
+        ptr_bits=p.ptr_bits, pointers=pointers, weight_width=params["weight_width"],
+        codebook_words=p.n_codebooks << params["index_bits"], acc_bits=acc,
+        rows_per_pe=p.rows_per_pe)
+    inventory += [
         # drained gate sums, plus the save area of the ceil(proj_max / N) rows a projection
         # uses (hdl/lstm.py)
         MemoryUse("gate buffers (per PE)", acc, p.rows_per_pe + -(-p.proj_max // n_pe), n_pe),
@@ -427,10 +440,7 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
         MemoryUse("gate ROM, sigmoid + tanh (per lane)", act, 2 * entries_tbl, lanes),
         MemoryUse("cell ROM, tanh (per lane)", act, entries_tbl, lanes),
         MemoryUse("output buffer", act, max(1, p.classes_max)),
-        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
-        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
-        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
-    ]
+    ] + _shell_memories(rx_fifo_depth, identify_bytes)
     return [m for m in inventory if m.depth > 0]
 
 
@@ -440,27 +450,19 @@ def _cnn_inventory(params, *, rx_fifo_depth, identify_bytes):
     descriptor registers are logic)."""
     from host.encoding import pointer_fields
 
-    from host.protocol import MAX_PAYLOAD
     c = cnn_config(params)
     n_pe, entries, pointers = c.n_pe, c.max_entries_per_pe, c.max_pointers
-    ptr_bits = sum(pointer_fields(entries, -(-c.max_rows // n_pe)))
-    group = c.pe_group      # lockstep groups: one entry word and pointer memory each
-    who = "(per PE)" if group == 1 else f"(per group of {group} PEs)"
-    inventory = [
-        MemoryUse(f"entry memory {who}", group * (c.index_bits + c.run_bits), entries,
-                  n_pe // group),
-        MemoryUse(f"pointer memory {who}", ptr_bits, pointers, n_pe // group),
-        MemoryUse("codebook (per PE)", c.weight_width, c.max_layers << c.index_bits, n_pe),
-        MemoryUse("accumulators (per PE)", c.acc_bits, -(-c.max_rows // n_pe), n_pe),
+    rows_per_pe = -(-c.max_rows // n_pe)
+    inventory = _pe_array_memories(
+        n_pe=n_pe, group=c.pe_group, entry_bits=c.index_bits + c.run_bits, entries=entries,
+        ptr_bits=sum(pointer_fields(entries, rows_per_pe)), pointers=pointers,
+        weight_width=c.weight_width, codebook_words=c.max_layers << c.index_bits,
+        acc_bits=c.acc_bits, rows_per_pe=rows_per_pe, spram=c.memory == "spram")
+    inventory += [
         MemoryUse("bias memory" + (" (per read port)" if c.out_parallel else ""), c.acc_bits,
                   c.max_bias, n_pe if c.out_parallel else 1),
         MemoryUse("feature-map buffers", c.fm_lanes * c.act_format.width, c.fm_words, 2),
-        MemoryUse("UART payload buffer", 8, MAX_PAYLOAD),
-        MemoryUse("IDENTIFY + STATUS memory", 8, _info_memory_bytes(identify_bytes)),
-        MemoryUse("UART RX FIFO", 8, max(0, rx_fifo_depth - 1)),
-    ]
-    if c.memory == "spram":
-        inventory[0] = MemoryUse("entry memory (per PE, SPRAM)", 0, 0, n_pe)
+    ] + _shell_memories(rx_fifo_depth, identify_bytes)
     return [m for m in inventory if m.depth > 0]
 
 
