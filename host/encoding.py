@@ -259,8 +259,9 @@ def pad_groups(encoded: EncodedMatrix, group: int) -> EncodedMatrix:
             need = int(target[pe, j] - len(rows_j))
             if need:
                 free = np.setdiff1d(np.arange(depth), rows_j)[:need]
-                order = np.argsort(np.concatenate([rows_j, free]), kind="stable")
-                rows_j = np.concatenate([rows_j, free])[order]
+                merged = np.concatenate([rows_j, free])
+                order = np.argsort(merged, kind="stable")
+                rows_j = merged[order]
                 index_j = np.concatenate([index_j, np.zeros(need, np.int64)])[order]
             run = np.diff(np.concatenate([[-1], rows_j])) - 1
             packed.append(index_j | (run << shift))
