@@ -60,13 +60,6 @@ class CapacityError(BuildError):
 # Engine sizing
 
 
-def product_shift_entry(model) -> dict:
-    """``{"product_shift": p}`` of a model with a product shift, ``{}`` without (engine
-    parameter dictionaries of p = 0 models stay as they were)."""
-    from host.memory_map import product_shift_entry as entry
-    return entry(model)
-
-
 def _mlp_layers(model):
     """The model's matrices as ``(QLinear, relu)`` layers of an MLP; ValueError otherwise."""
     from host.compressed import QLinear
@@ -104,7 +97,7 @@ def _padded(encs, pe_group):
 
 
 def _lstm_engine_for_model(model, stack, cls, pe_group=1):
-    from host.memory_map import LstmParams
+    from host.memory_map import LstmParams, common_entries
 
     from .lstm import GATES
     matrices = [m for lstm in stack for m in (lstm.matrix, lstm.projection) if m is not None]
@@ -128,7 +121,7 @@ def _lstm_engine_for_model(model, stack, cls, pe_group=1):
         acc_bits=model.acc_bits, table_spec=model.table_spec.to_dict(),
         max_entries_per_pe=max(16, sum(int(e.entries_per_pe().max()) for e in encs)),
         ew_lanes=lstm_ew_lanes(model.n_pe), layers_max=len(stack), proj_max=proj,
-        **product_shift_entry(model),
+        **common_entries(model),
         # the SpMV-style keys (messages, IDENTIFY): as LstmBackend reports them
         max_rows=GATES * hidden, max_cols=inputs + hidden, max_layers=sizes.max_layers,
         max_pointers=sizes.max_pointers, max_bias=sizes.max_bias,
@@ -179,6 +172,7 @@ def engine_for_model(model, *, max_layers=None, pe_group=1):
     with matrices (so the capacity check is meaningful), but only MLPs run on it: ``mlp`` in
     the returned dict says whether it does.
     """
+    from host.memory_map import common_entries
     if is_cnn(model):
         return _cnn_engine_for_model(model, pe_group)
     try:
@@ -208,7 +202,7 @@ def engine_for_model(model, *, max_layers=None, pe_group=1):
         max_layers=max(max_layers or 1, len(encs)),
         max_pointers=max(2, sum(e.cols for e in encs)),
         max_bias=max(1, sum(e.rows for e in encs)), mlp=mlp,
-        uniform_fields=len(fields) == 1, **product_shift_entry(model), pe_group=pe_group)
+        uniform_fields=len(fields) == 1, **common_entries(model), pe_group=pe_group)
 
 
 def model_pe_group(board, model, requested=None):

@@ -35,8 +35,7 @@ from amaranth.utils import bits_for
 
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_FIELDS, DESCRIPTOR_MEMBERS,
                              DRAIN_LATENCY, FETCH_LATENCY, FIRST_BROADCAST, OUTPUT_OVERHEAD,
-                             SETUP_CYCLES, Field, Region, SpmvParams, pe_group_entry,
-                             product_shift_entry)
+                             SETUP_CYCLES, Field, Region, SpmvParams, common_entries)
 
 from .broadcast import BroadcastFifo
 from .ice40_spram import SPRAM_DEPTH
@@ -328,8 +327,7 @@ class SpmvEngine(wiring.Component):
                 "max_cols": self.max_cols, "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_layers": self.max_layers,
                 "memory": self.memory, "max_pointers": self.max_pointers,
-                "max_bias": self.max_bias, **product_shift_entry(self),
-                **pe_group_entry(self)}
+                "max_bias": self.max_bias, **common_entries(self)}
 
     # --- hardware ------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module,
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from host.memory_map import pe_group_entry, product_shift_entry
+from host.memory_map import common_entries
 from host.protocol import EngineKind, RegionId
 
 from .command import (DATA_BITS, CommandDecoder, EngineControlSignature, RegionBusSignature,
@@ -194,7 +194,7 @@ def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
         "acc_bits": e.acc_bits, "max_layers": e.max_layers, "max_rows": max_rows,
         "max_cols": max_cols, "max_entries_per_pe": e.max_entries_per_pe,
         "max_pointers": e.max_pointers, "max_bias": e.max_bias,
-        **product_shift_entry(e), **pe_group_entry(e),
+        **common_entries(e),
     }
 
 
@@ -558,7 +558,7 @@ def cnn_params(config) -> dict:
         "max_dim": c.max_dim, "max_pad": c.max_pad, "max_stride": c.max_stride,
         "max_pool": c.max_pool, "fifo_depth": c.fifo_depth,
         "out_parallel": int(c.out_parallel), "memory": int(c.memory == "spram"),
-        **product_shift_entry(c), **pe_group_entry(c),
+        **common_entries(c),
     }
 
 

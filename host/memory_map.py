@@ -20,6 +20,7 @@ from .cyclemodel import REQUANT_LATENCY, Timing
 from .encoding import pointer_fields
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .params import check_int
+from .protocol import COMMON_EXTENSION_DEFAULTS
 
 __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
            "LstmRegion",
@@ -28,7 +29,7 @@ __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descri
            "POP_INTERVAL",
            "SETUP_CYCLES",
            "OUTPUT_OVERHEAD", "DEFAULT_ACT_FORMAT", "check_product_shift", "check_formats",
-           "product_shift_entry", "pe_group_entry"]
+           "common_entries"]
 
 #: Default activation format (Q5.10).
 DEFAULT_ACT_FORMAT = Format(16, 10)
@@ -475,23 +476,18 @@ class LstmParams(_Widths):
                 "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
                 "ew_lanes": self.ew_lanes, "layers_max": self.layers_max,
-                "proj_max": self.proj_max, **product_shift_entry(self),
-                **pe_group_entry(self)}
+                "proj_max": self.proj_max, **common_entries(self)}
 
 
-def product_shift_entry(params) -> dict:
-    """``{"product_shift": p}`` of an engine's parameters, ``{}`` for p = 0: configuration
-    dictionaries (cache keys, the IDENTIFY configuration hash) of engines without a product
-    shift stay what they were before it existed."""
-    p = getattr(params, "product_shift", 0)
-    return {"product_shift": p} if p else {}
-
-
-def pe_group_entry(params) -> dict:
-    """``{"pe_group": g}`` of an engine's parameters, ``{}`` for g = 1 (solo PEs): as
-    :func:`product_shift_entry`, configurations without PE pairs keep their dictionaries."""
-    g = getattr(params, "pe_group", 1)
-    return {"pe_group": g} if g != 1 else {}
+def common_entries(params) -> dict:
+    """The engine parameters every engine kind has (:data:`host.protocol.COMMON_EXTENSION_KEYS`:
+    ``product_shift``, ``pe_group``) that differ from their defaults, read as attributes of
+    ``params`` (an engine, a parameter class or a model; a missing attribute is its default).
+    Configuration dictionaries (cache keys, the IDENTIFY configuration hash) of engines
+    without a product shift and without PE pairs stay what they were before those existed."""
+    values = {key: getattr(params, key, default)
+              for key, default in COMMON_EXTENSION_DEFAULTS.items()}
+    return {key: v for key, v in values.items() if v != COMMON_EXTENSION_DEFAULTS[key]}
 
 
 def params_of(engine, kind):
