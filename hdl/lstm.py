@@ -42,6 +42,8 @@ See ``docs/lstm-engine.md``.
 from __future__ import annotations
 
 import numpy as np
+from types import SimpleNamespace
+
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
@@ -98,13 +100,21 @@ class LstmEngine(wiring.Component):
     pe_group : int
         PEs per lockstep group, 1 or 2 (as :class:`hdl.spmv.SpmvEngine`;
         :func:`host.lstm_image.build_image` pads the matrices per pair).
+    overlap : bool
+        True: ESE's overlap (the unit runs from gate buffers beside the next MAC).  False: the
+        serial schedule (``docs/lstm-engine.md``, "Serial schedule"): the unit reads the PE
+        accumulators directly after the MAC; no gate buffers, one list memory, the unit's
+        multipliers are the last ``ew_lanes`` PEs'; needs ``proj_max`` 0.
+    step_stats : bool
+        False: no per-step statistic memories; ``stat_mac``, ``stat_ew``, ``stat_pmac`` and
+        ``cls_cycles`` then read 0 (``config()`` says ``step_stats: False``).
     """
 
     def __init__(self, n_pe, *, hidden_max, input_max, steps_max, classes_max=16,
                  index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
                  max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0, product_shift=0,
-                 pe_group=1):
+                 pe_group=1, overlap=True, step_stats=True):
         params = LstmParams(
             n_pe=n_pe, hidden_max=hidden_max, input_max=input_max, steps_max=steps_max,
             classes_max=classes_max, index_bits=index_bits, run_bits=run_bits,
@@ -112,7 +122,8 @@ class LstmEngine(wiring.Component):
             table_spec=table_spec,
             max_entries_per_pe=max_entries_per_pe, fifo_depth=fifo_depth,
             max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max,
-            product_shift=product_shift, pe_group=pe_group)
+            product_shift=product_shift, pe_group=pe_group, overlap=overlap,
+            step_stats=step_stats)
         #: The parameters and derived widths (:class:`host.memory_map.LstmParams`).
         self.params = params
         for name in ("n_pe", "hidden_max", "input_max", "steps_max", "classes_max",
@@ -124,7 +135,7 @@ class LstmEngine(wiring.Component):
                      "cb_bits", "bias_bits", "shift_bits", "xlist_bits", "lane_width",
                      "addr_width", "data_width", "layers_max", "proj_max", "state_max",
                      "n_codebooks", "n_descriptors", "gsteps_max", "product_shift",
-                     "pe_group"):
+                     "pe_group", "overlap", "step_stats", "serial"):
             setattr(self, name, getattr(params, name))
         self.descriptor_layout = data.StructLayout(matrix_descriptor_members(
             max_rows=self.max_rows, entry_addr_bits=self.entry_addr_bits, k_bits=self.k_bits,
@@ -169,13 +180,19 @@ class LstmEngine(wiring.Component):
         region = load.region
 
         # --- PEs and broadcast FIFO --------------------------------------------------------------
+        serial = self.serial
+        pe_numbers = iter(range(n_pe))                 # add_pe_array makes PE 0, 1, ...
+
         def make_pe(role="solo"):
+            # serial: the element-wise lane ln multiplies on PE n_pe - 1 - ln
+            ext = dict(ext_mul=True) if serial and next(pe_numbers) >= n_pe - self.ew_lanes \
+                else {}
             return ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
                                      act_width=aw, weight_width=self.weight_width,
                                      acc_bits=self.acc_bits, rows=self.rows_per_pe,
                                      entries=self.max_entries_per_pe,
                                      pointers=self.max_pointers, codebooks=self.max_layers,
-                                     product_shift=self.product_shift, role=role)
+                                     product_shift=self.product_shift, role=role, **ext)
         pes, fifo = add_pe_array(m, n_pe, make_pe, k_bits=self.k_bits, act_width=aw,
                                  fifo_depth=self.fifo_depth, pe_group=self.pe_group)
 
@@ -237,9 +254,16 @@ class LstmEngine(wiring.Component):
                     m.d.comb += has_proj.eq(proj_descs[k].rows != 0)
 
         # --- x list (layer 0's inputs from the host, then every layer's outputs) -------------
-        m.submodules.xlist = xlist = Memory(shape=self.list_layout, depth=self.max_xlist,
-                                            init=[])
-        xlist_w, xlist_r = xlist.write_port(), xlist.read_port()
+        if serial:
+            # x list at 0 .., state-list bank b at list_bank_base(b): one read port (the
+            # broadcaster), one write port (loader, then the unit's writes, one per cycle)
+            m.submodules.lists = lists = Memory(shape=self.list_layout,
+                                                depth=self.params.list_depth, init=[])
+            xlist_w, xlist_r = lists.write_port(), lists.read_port()
+        else:
+            m.submodules.xlist = xlist = Memory(shape=self.list_layout, depth=self.max_xlist,
+                                                init=[])
+            xlist_w, xlist_r = xlist.write_port(), xlist.read_port()
         m.submodules.xend = xend = Memory(shape=unsigned(self.xlist_bits),
                                           depth=self.gsteps_max, init=[])
         xend_w, xend_r = xend.write_port(), xend.read_port()
@@ -261,8 +285,17 @@ class LstmEngine(wiring.Component):
                          xlist_w.data.col.eq(load.data[aw:aw + self.col_bits]),
                          xlist_w.en.eq(1)]
         with m.Else():
-            m.d.comb += [xlist_w.addr.eq(wp), xlist_w.data.value.eq(app_val),
-                         xlist_w.data.col.eq(app_col), xlist_w.en.eq(app_en)]
+            if serial:
+                # the unit's writes (state list or x-list append), driven below
+                lst_addr = Signal(addr_bits(self.params.list_depth))
+                lst_en = Signal()
+                lst_col = Signal(self.col_bits)
+                lst_val = Signal(signed(aw))
+                m.d.comb += [xlist_w.addr.eq(lst_addr), xlist_w.data.value.eq(lst_val),
+                             xlist_w.data.col.eq(lst_col), xlist_w.en.eq(lst_en)]
+            else:
+                m.d.comb += [xlist_w.addr.eq(wp), xlist_w.data.value.eq(app_val),
+                             xlist_w.data.col.eq(app_col), xlist_w.en.eq(app_en)]
         with m.If(app_en):
             m.d.sync += wp.eq(wp + 1)
         with m.If(load.valid & (region == LstmRegion.XEND)):
@@ -274,7 +307,7 @@ class LstmEngine(wiring.Component):
 
         # --- state lists (two banks), dense h / r buffers, c memory, output buffer -----------
         hl_r, hl_w = [], []
-        for b in range(2):
+        for b in range(0 if serial else 2):
             mem = Memory(shape=self.list_layout, depth=self.state_max, init=[])
             m.submodules[f"hlist{b}"] = mem
             hl_r.append(mem.read_port())
@@ -285,9 +318,21 @@ class LstmEngine(wiring.Component):
         lw_bank = Signal()
         lw_col = Signal(self.col_bits)
         lw_val = Signal(signed(aw))
+        if serial:
+            # the unit writes one entry per cycle: an x-list append or a state-list entry
+            bases = [self.params.list_bank_base(b) for b in range(2)]
+            with m.If(app_en):
+                m.d.comb += [lst_addr.eq(wp), lst_col.eq(app_col), lst_val.eq(app_val),
+                             lst_en.eq(1)]
+            with m.Elif(lw_en):
+                m.d.comb += [lst_addr.eq(Mux(lw_bank, bases[1] + hcount[1],
+                                             bases[0] + hcount[0])),
+                             lst_col.eq(lw_col), lst_val.eq(lw_val), lst_en.eq(1)]
         for b in range(2):
-            m.d.comb += [hl_w[b].addr.eq(hcount[b]), hl_w[b].data.col.eq(lw_col),
-                         hl_w[b].data.value.eq(lw_val), hl_w[b].en.eq(lw_en & (lw_bank == b))]
+            if not serial:
+                m.d.comb += [hl_w[b].addr.eq(hcount[b]), hl_w[b].data.col.eq(lw_col),
+                             hl_w[b].data.value.eq(lw_val),
+                             hl_w[b].en.eq(lw_en & (lw_bank == b))]
             with m.If(lw_en & (lw_bank == b)):
                 m.d.sync += hcount[b].eq(hcount[b] + 1)
         h_reads = []                                   # dense h banks (one per lane), below
@@ -333,11 +378,18 @@ class LstmEngine(wiring.Component):
         # running beside this MAC) is done: its part waits for it.
         m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready)
                              & ((idx < nx) | (ew_idle & ~pout)))
-        m.d.comb += [xlist_r.addr.eq(xstart + idx), xlist_r.en.eq(fetch)]
-        for b in range(2):
-            m.d.comb += [hl_r[b].addr.eq(idx - nx), hl_r[b].en.eq(fetch)]
-        hhead = Mux(rd, hl_r[1].data.as_value(), hl_r[0].data.as_value())
-        head = data.View(self.list_layout, Mux(head_h, hhead, xlist_r.data.as_value()))
+        if serial:
+            bases = [self.params.list_bank_base(b) for b in range(2)]
+            m.d.comb += [xlist_r.addr.eq(Mux(idx < nx, xstart + idx,
+                                             Mux(rd, bases[1], bases[0]) + (idx - nx))),
+                         xlist_r.en.eq(fetch)]
+            head = xlist_r.data
+        else:
+            m.d.comb += [xlist_r.addr.eq(xstart + idx), xlist_r.en.eq(fetch)]
+            for b in range(2):
+                m.d.comb += [hl_r[b].addr.eq(idx - nx), hl_r[b].en.eq(fetch)]
+            hhead = Mux(rd, hl_r[1].data.as_value(), hl_r[0].data.as_value())
+            head = data.View(self.list_layout, Mux(head_h, hhead, xlist_r.data.as_value()))
         m.d.comb += [fifo.w.valid.eq(head_valid),
                      fifo.w.payload.k.eq(desc.ptr_base + head.col),
                      fifo.w.payload.value.eq(head.value)]
@@ -347,7 +399,8 @@ class LstmEngine(wiring.Component):
             m.d.sync += head_valid.eq(0)
         pe_busy = Signal()
         m.d.comb += pe_busy.eq(Cat(*(pe.busy for pe in pes)).any())
-        mac_cnt = Signal(32)
+        # (without step statistics only mac_done's first-cycles condition reads it: 3 bits)
+        mac_cnt = Signal(32 if self.step_stats else 3)
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == total) & ~head_valid & ~pe_busy
                                 & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
@@ -401,13 +454,14 @@ class LstmEngine(wiring.Component):
         # rows 0 .. rows_per_pe-1: the drained gate pre-activations; then the save area of
         # the ceil(proj_max / N) local rows a projection uses (x part of the next step)
         save_rows = -(-self.proj_max // n_pe)
-        for p in range(n_pe):
+        for p in range(0 if serial else n_pe):
             buf = Memory(shape=signed(self.acc_bits), depth=self.rows_per_pe + save_rows,
                          init=[])
             m.submodules[f"gate_buf{p}"] = buf
             buf_ports.append((buf.write_port(), buf.read_port()))
-        buf_data = Array(buf_r.data for _, buf_r in buf_ports)
-        m.d.comb += [rq.acc.eq(Mux(o_proj, buf_data[o_pe], acc_data[o_pe])),
+        buf_data = Array(buf_r.data for _, buf_r in buf_ports) if buf_ports else None
+        m.d.comb += [rq.acc.eq(Mux(o_proj, buf_data[o_pe], acc_data[o_pe])
+                               if buf_data is not None else acc_data[o_pe]),
                      rq.bias.eq(obias_r.data),
                      rq.shift.eq(Mux(o_proj, p_shift, desc.shift)),
                      rq.relu.eq(Mux(o_proj, p_relu, desc.relu))]
@@ -466,14 +520,20 @@ class LstmEngine(wiring.Component):
         ew_issue = Signal()
         ju = Signal(bits_for(self.groups_max * L))
         m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (ju < ew_hidden))]
-        cur_pe = Array(g_pe)[g]
-        cur_local = Array(g_local)[g]
-        cur_row = Array(g_row)[g]
+        # gate issued in slot g: i, f, g, o; serial: f, i, g, o (the multiplier's registered
+        # product needs f*c two cycles before i*g, see the lane)
+        gate = g
+        if serial:
+            gate = Signal(2)
+            m.d.comb += gate.eq(Cat(g[0] ^ ~g[1], g[1]))
+        cur_pe = Array(g_pe)[gate]
+        cur_local = Array(g_local)[gate]
+        cur_row = Array(g_row)[gate]
 
         # pipeline registers shared by the lanes
         b_gate, c_gate = Signal(2), Signal(2)
         b_j, c_j, d_j, e_j, f_j = (Signal(group_bits, name=f"{s}_j") for s in "bcdef")
-        m.d.sync += [b_gate.eq(g), c_gate.eq(b_gate), b_j.eq(j), c_j.eq(b_j), d_j.eq(c_j),
+        m.d.sync += [b_gate.eq(gate), c_gate.eq(b_gate), b_j.eq(j), c_j.eq(b_j), d_j.eq(c_j),
                      e_j.eq(d_j), f_j.eq(e_j)]
         lane_issue, lane_pe, lane_local = [], [], []
         b_valid, b_pe, b_local = [], [], []
@@ -492,8 +552,15 @@ class LstmEngine(wiring.Component):
             lane_issue.append(valid)
             lane_pe.append(pe_l)
             lane_local.append(local_l)
-            bias_r = bias_mem.read_port()
-            m.d.comb += [bias_r.addr.eq(ew_bias_base + cur_row + ln), bias_r.en.eq(valid)]
+            if serial and ln == 0:
+                # the output stage's bias port (the unit and the classifier never overlap)
+                bias_r = obias_r
+                with m.If(ew):
+                    m.d.comb += [bias_r.addr.eq(ew_bias_base + cur_row), bias_r.en.eq(valid)]
+            else:
+                bias_r = bias_mem.read_port()
+                m.d.comb += [bias_r.addr.eq(ew_bias_base + cur_row + ln),
+                             bias_r.en.eq(valid)]
             bv = Signal(name=f"ln{ln}_b_valid")
             bp = Signal(self.pe_bits, name=f"ln{ln}_b_pe")
             bl = Signal(self.local_bits, name=f"ln{ln}_b_local")
@@ -502,10 +569,18 @@ class LstmEngine(wiring.Component):
             b_pe.append(bp)
             b_local.append(bl)
             # stage b: requantize -> z, table read
-            lrq = Requantizer(self.acc_bits, act, self.weight_width - 1)
-            m.submodules[f"ew_requant{ln}"] = lrq
-            m.d.comb += [lrq.acc.eq(buf_data[bp]), lrq.bias.eq(bias_r.data),
-                         lrq.shift.eq(ew_shift), lrq.relu.eq(0)]
+            if serial and ln == 0:
+                # lane 0 shares the output stage's requantizer (never at the same time)
+                lrq = rq
+                with m.If(ew):
+                    m.d.comb += [lrq.acc.eq(acc_data[bp]), lrq.shift.eq(ew_shift),
+                                 lrq.relu.eq(0)]
+            else:
+                lrq = Requantizer(self.acc_bits, act, self.weight_width - 1)
+                m.submodules[f"ew_requant{ln}"] = lrq
+                m.d.comb += [lrq.acc.eq(acc_data[bp] if serial else buf_data[bp]),
+                             lrq.bias.eq(bias_r.data), lrq.shift.eq(ew_shift),
+                             lrq.relu.eq(0)]
             z = lrq.out
             gate_r = gate_rom.read_port()
             m.d.comb += [gate_r.addr.eq(Cat(table_index(z), b_gate == 2)), gate_r.en.eq(1)]
@@ -549,15 +624,31 @@ class LstmEngine(wiring.Component):
                 m.d.comb += [mul_a.eq(y_i), mul_b.eq(y)]
             with m.Else():
                 m.d.comb += [mul_a.eq(y), mul_b.eq(c_old)]
-            prod = Signal(signed(2 * aw), name=f"ln{ln}_prod")
-            m.d.comb += prod.eq(mul_a * mul_b)
             fc = Signal(signed(2 * aw), name=f"ln{ln}_fc")
-            with m.If(cv & (c_gate == 1)):
-                m.d.sync += fc.eq(prod)
             sum_w = 2 * aw + 1
             dv = Signal(name=f"ln{ln}_d_valid")
             d_sum = Signal(signed(sum_w), name=f"ln{ln}_d_sum")
-            m.d.sync += [dv.eq(cv & (c_gate == 2)), d_sum.eq(fc + prod)]
+            if serial:
+                # The multiplier is PE n_pe-1-ln's (idle now), its product registered: f*c
+                # (gate f, slot 0) arrives a cycle later and is kept in fc, i*g (slot 2) a
+                # cycle later goes into d_sum, o*tanh(c) a cycle later is h's stage f.
+                # Multiplier inputs at cycles 2, 0, 3 modulo 4 of the group: no collision.
+                mpe = pes[n_pe - 1 - ln]
+                m.d.comb += [mpe.mul_sel.eq(ew), mpe.mul_a.eq(mul_a), mpe.mul_b.eq(mul_b)]
+                prod = mpe.mul_out
+                pf = Signal(name=f"ln{ln}_p_f")
+                pg = Signal(name=f"ln{ln}_p_g")
+                m.d.sync += [pf.eq(cv & (c_gate == 1)), pg.eq(cv & (c_gate == 2))]
+                with m.If(pf):
+                    m.d.sync += fc.eq(prod)
+                m.d.sync += [dv.eq(pg), d_sum.eq(fc + prod)]
+                busy_terms += [pf, pg]
+            else:
+                prod = Signal(signed(2 * aw), name=f"ln{ln}_prod")
+                m.d.comb += prod.eq(mul_a * mul_b)
+                with m.If(cv & (c_gate == 1)):
+                    m.d.sync += fc.eq(prod)
+                m.d.sync += [dv.eq(cv & (c_gate == 2)), d_sum.eq(fc + prod)]
             # stage d: c_new, c write, tanh(c) read
             c_new = sat_round(d_sum, sum_w, f"ln{ln}_c_new")
             m.d.comb += [c_w.addr.eq(d_j), c_w.data.eq(c_new), c_w.en.eq(dv),
@@ -565,8 +656,12 @@ class LstmEngine(wiring.Component):
             m.d.sync += [ev.eq(dv), e_neg.eq(c_new < 0)]
             # stage e: o * tanh(c) (the lane multiplier)
             fv = Signal(name=f"ln{ln}_f_valid")
-            f_prod = Signal(signed(2 * aw), name=f"ln{ln}_f_prod")
-            m.d.sync += [fv.eq(ev), f_prod.eq(prod)]
+            m.d.sync += fv.eq(ev)
+            if serial:
+                f_prod = prod                          # the PE's product register
+            else:
+                f_prod = Signal(signed(2 * aw), name=f"ln{ln}_f_prod")
+                m.d.sync += f_prod.eq(prod)
             # stage f: h -> dense h bank ln, list serializer
             h_new = sat_round(f_prod, 2 * aw, f"ln{ln}_h")
             h_bank = Memory(shape=signed(aw), depth=self.groups_max, init=[])
@@ -605,6 +700,19 @@ class LstmEngine(wiring.Component):
             for ln in range(L):
                 with m.If(lane_issue[ln] & (lane_pe[ln] == p)):
                     m.d.comb += ew_addr.eq(lane_local[ln])
+            if serial:
+                # the lanes read the accumulators (the PEs are idle) and clear each row the
+                # cycle after (stage b)
+                clr = Signal(name=f"pe{p}_ew_clear")
+                clr_addr = Signal(self.local_bits, name=f"pe{p}_ew_clear_addr")
+                for ln in range(L):
+                    with m.If(b_valid[ln] & (b_pe[ln] == p)):
+                        m.d.comb += [clr.eq(1), clr_addr.eq(b_local[ln])]
+                m.d.comb += [pe.drain.eq(ew | outp),
+                             pe.acc_raddr.eq(Mux(outp, r_local, ew_addr)),
+                             pe.acc_clear.eq(Mux(outp, o_valid & (o_pe == p), clr)),
+                             pe.acc_clear_addr.eq(Mux(outp, o_local, clr_addr))]
+                continue
             buf_w, buf_r = buf_ports[p]
             # DRAIN reads the save area (the unit is idle then: the MAC waited for it)
             if self.proj_max:
@@ -623,31 +731,51 @@ class LstmEngine(wiring.Component):
 
         # serializer: the group's non-zero h values enter the next step's list in unit order
         # (lane ln is written ln + 1 cycles after stage f; groups come every 4 cycles, L <= 4)
+        # Serial schedule with stacked layers: one list write port, so a lower layer's h goes
+        # out in two slots (state list, then x list): 2L slots per group (L <= 2).
+        dbl = serial and self.layers_max > 1
         pend_valid = Signal(L)
         pend_val = [Signal(signed(aw), name=f"pend{ln}") for ln in range(L)]
         pend_j = Signal(group_bits)
-        pend_k = Signal(range(L + 1), init=L)          # next lane to write (L: idle)
+        slots = 2 * L if dbl else L
+        pend_k = Signal(range(slots + 1), init=slots)  # next slot to write (>= n_slots: idle)
+        if dbl:
+            n_slots = Signal(range(slots + 1))
+            pend_lane = Signal(max(lb, 1))             # lane of slot pend_k
+            to_x = Signal()                            # slot pend_k is the x-list copy
+            m.d.comb += [n_slots.eq(Mux(ew_app, 2 * L, L)),
+                         pend_lane.eq(Mux(ew_app, pend_k >> 1, pend_k)),
+                         to_x.eq(ew_app & pend_k[0])]
+        else:
+            n_slots, pend_lane = L, pend_k[:max(lb, 1)]
         with m.If(f_valids[0]):
             m.d.sync += [pend_valid.eq(Cat(*(fv & (hv != 0)
                                              for fv, hv in zip(f_valids, h_vals)))),
                          pend_j.eq(f_j), pend_k.eq(0)]
             for ln in range(L):
                 m.d.sync += pend_val[ln].eq(h_vals[ln])
-        with m.Elif(pend_k < L):
+        with m.Elif(pend_k < n_slots):
             m.d.sync += pend_k.eq(pend_k + 1)
         wr_en = Signal()
         wr_val = Signal(signed(aw))
         wr_unit = Signal(self.col_bits)
-        m.d.comb += [wr_en.eq((pend_k < L)
-                              & Array(pend_valid[k] for k in range(L))[pend_k[:max(lb, 1)]]),
-                     wr_val.eq(Array(pend_val)[pend_k[:max(lb, 1)]]),
-                     wr_unit.eq((pend_j << lb) + pend_k)]
-        busy_terms.append(pend_k < L)
+        m.d.comb += [wr_en.eq((pend_k < n_slots)
+                              & Array(pend_valid[k] for k in range(L))[pend_lane]),
+                     wr_val.eq(Array(pend_val)[pend_lane]),
+                     wr_unit.eq((pend_j << lb) + (pend_lane if dbl else pend_k))]
+        busy_terms.append(pend_k < n_slots)
         # state-list and x-list writes: the serializer (EW) or the projection's output stage
         with m.If(wr_en):
-            m.d.comb += [lw_en.eq(1), lw_bank.eq(ew_bank), lw_col.eq(ew_in + wr_unit),
-                         lw_val.eq(wr_val), app_en.eq(ew_app),
-                         app_col.eq(wr_unit), app_val.eq(wr_val)]
+            if dbl:
+                with m.If(to_x):
+                    m.d.comb += [app_en.eq(1), app_col.eq(wr_unit), app_val.eq(wr_val)]
+                with m.Else():
+                    m.d.comb += [lw_en.eq(1), lw_bank.eq(ew_bank), lw_col.eq(ew_in + wr_unit),
+                                 lw_val.eq(wr_val)]
+            else:
+                m.d.comb += [lw_en.eq(1), lw_bank.eq(ew_bank), lw_col.eq(ew_in + wr_unit),
+                             lw_val.eq(wr_val), app_en.eq(ew_app),
+                             app_col.eq(wr_unit), app_val.eq(wr_val)]
         with m.Elif(pout_wr):
             m.d.comb += [lw_en.eq(1), lw_bank.eq(src),
                          lw_col.eq(Mux(o_proj, p_in, cur_in) + o_row),
@@ -664,7 +792,7 @@ class LstmEngine(wiring.Component):
             with m.If(g == 3):
                 m.d.sync += j.eq(j + 1)
             for k in range(GATES):
-                with m.If(g == k):
+                with m.If(gate == k):
                     s = g_pe[k] + L
                     m.d.sync += g_row[k].eq(g_row[k] + L)
                     with m.If(s >= n_pe):
@@ -682,16 +810,24 @@ class LstmEngine(wiring.Component):
                                    else h_dense)
 
         # --- statistics (per layer and step: index layer * T + t) ----------------------------
+        # (step_stats False: none; serial: no projection, stat_pmac reads 0.  A statistic not
+        # built gets a write port stand-in that drives nothing, and its port reads 0.)
         stat_w = {}
         for name, port in (("mac", self.stat_mac), ("ew", self.stat_ew),
                            ("pmac", self.stat_pmac)):
+            if not self.step_stats or (serial and name == "pmac"):
+                stat_w[name] = SimpleNamespace(addr=Signal(len(gstep), name=f"no_{name}_a"),
+                                               data=Signal(32, name=f"no_{name}_d"),
+                                               en=Signal(name=f"no_{name}_en"))
+                continue
             mem = Memory(shape=unsigned(32), depth=self.gsteps_max, init=[])
             m.submodules[f"stat_{name}_mem"] = mem
             w, r_port = mem.write_port(), mem.read_port()
             m.d.comb += [r_port.addr.eq(self.stat_step), port.eq(r_port.data)]
             stat_w[name] = w
-        ew_cnt = Signal(32)
-        xmac = Signal(32)                              # MAC cycles of the x-only phase
+        stat_bits = 32 if self.step_stats else 1       # counters only the statistics read
+        ew_cnt = Signal(stat_bits)
+        xmac = Signal(stat_bits)                       # MAC cycles of the x-only phase
         m.d.comb += [stat_w["mac"].addr.eq(gstep),
                      stat_w["mac"].data.eq(mac_cnt + Mux(sv, xmac, 0)),
                      stat_w["pmac"].addr.eq(gstep),
@@ -725,11 +861,14 @@ class LstmEngine(wiring.Component):
             with m.If(step + 1 == steps):
                 with m.If(~is_last):
                     m.d.sync += [layer.eq(layer + 1), step.eq(0), first.eq(1)]
-                    with m.If(steps == 1):
-                        # the next layer's x_0 is this step's output: still in the unit
-                        m.next = "LWAIT"
-                    with m.Else():
-                        m.next = "SETUP"
+                    if serial:
+                        m.next = "SETUP"               # the unit is done
+                    else:
+                        with m.If(steps == 1):
+                            # the next layer's x_0 is this step's output: still in the unit
+                            m.next = "LWAIT"
+                        with m.Else():
+                            m.next = "SETUP"
                 with m.Else():
                     last_next()
             with m.Else():
@@ -770,11 +909,17 @@ class LstmEngine(wiring.Component):
                 m.next = "MAC"
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
-                m.d.sync += [run_cnt.eq(run_cnt + 1), mac_cnt.eq(mac_cnt + 1)]
+                m.d.sync += run_cnt.eq(run_cnt + 1)
+                if self.step_stats:
+                    m.d.sync += mac_cnt.eq(mac_cnt + 1)
+                else:
+                    with m.If(~mac_cnt.all()):         # saturating (mac_done's >= 4)
+                        m.d.sync += mac_cnt.eq(mac_cnt + 1)
                 with m.If(mac_done):
                     with m.If(cls):
-                        m.d.sync += [self.cls_cycles.eq(mac_cnt), r.eq(0), r_pe.eq(0),
-                                     r_local.eq(0)]
+                        m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                        if self.step_stats:
+                            m.d.sync += self.cls_cycles.eq(mac_cnt)
                         m.next = "OUTPUT"
                     with m.Elif(pph):
                         # r_t goes to the src bank (the LSTM MAC has read r_(t-1) from it)
@@ -794,12 +939,42 @@ class LstmEngine(wiring.Component):
                                      xstart.eq(xstart + nx)]
                         m.next = "SAVE"
                     with m.Else():
-                        m.d.comb += stat_w["mac"].en.eq(1)
-                        m.d.sync += [dk.eq(0), dr.eq(0)]
-                        with m.If(ew_idle):
-                            m.next = "DRAIN"
-                        with m.Else():
-                            m.next = "HWAIT"
+                        if serial:
+                            # the gate pre-activations are in the accumulators: the unit
+                            # reads (and clears) them there while the sequencer waits
+                            m.d.comb += stat_w["mac"].en.eq(1)
+                            m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
+                                         ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
+                                         ew_app.eq(~is_last), ew_bank.eq(~src),
+                                         ew_first.eq(first), ew_gstep.eq(gstep),
+                                         ew_bias_base.eq(desc.bias_base),
+                                         ew_shift.eq(desc.shift), src.eq(~src)]
+                            for k in range(GATES):
+                                m.d.sync += [g_pe[k].eq(cur_gate[k][:self.pe_bits]),
+                                             g_local[k].eq(cur_gate[k][self.pe_bits:]),
+                                             g_row[k].eq(cur_hidden * k)]
+                            with m.If(src):            # h_t goes to the other bank
+                                m.d.sync += hcount[0].eq(0)
+                            with m.Else():
+                                m.d.sync += hcount[1].eq(0)
+                            if dbl:
+                                # idle for either slot count (the last layer's unit
+                                # stopped at L, below 2L)
+                                m.d.sync += pend_k.eq(slots)
+                            m.next = "EWAIT"
+                        else:
+                            m.d.comb += stat_w["mac"].en.eq(1)
+                            m.d.sync += [dk.eq(0), dr.eq(0)]
+                            with m.If(ew_idle):
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.next = "HWAIT"
+            if serial:
+                with m.State("EWAIT"):
+                    # serial schedule: the element-wise unit runs on the accumulators
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(ew_done):
+                        advance(to_classifier_or_finish)
             with m.State("HWAIT"):
                 # first step of a layer: the previous layer's last unit still runs
                 m.d.sync += run_cnt.eq(run_cnt + 1)

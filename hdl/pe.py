@@ -147,6 +147,8 @@ class ProcessingElement(wiring.Component):
         8 bits); it has a ``pair`` port (:class:`PairSignature`) to its follower, which has
         the flipped port and no ``col`` input, pointer memory or entry memory.  Both PEs'
         pointer words must be equal (:func:`host.encoding.pad_groups`).
+    ext_mul : bool
+        Give the multiplier an outside port (``mul_*``, below); default False (no change).
 
     Attributes
     ----------
@@ -173,6 +175,11 @@ class ProcessingElement(wiring.Component):
         ``rb_addr`` and codebook word ``rb_addr`` through the pipeline's read ports.
     rb_entry, rb_ptr, rb_weight : Out
         Those words, one cycle after ``rb_en``.
+    mul_sel, mul_a, mul_b : In(1), In(signed(act_width)) x 2 (``ext_mul`` only)
+        The multiplier for an outside user while the PE is idle: ``mul_sel`` selects
+        ``mul_a * mul_b`` (static through such a phase: no entry may be in S3).
+    mul_out : Out(signed(2 * act_width)) (``ext_mul`` only)
+        That product, registered (one cycle after ``mul_a``/``mul_b``).
     pair : Out(PairSignature) (leader) / In(PairSignature) (follower)
         The link of a PE pair; absent for a solo PE.  A follower has no ``col`` port, ignores
         ``ptr_w`` and ``entry_base``, and forwards its ``entry_w`` writes to its leader.
@@ -181,7 +188,7 @@ class ProcessingElement(wiring.Component):
     def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,
                  acc_bits: int, rows: int, entries: int, pointers: int, codebooks: int,
                  memory: str = "bram", product_shift: int = 0,
-                 role: str = "solo"):
+                 role: str = "solo", ext_mul: bool = False):
         if role not in PE_ROLES:
             raise ValueError(f"`role` must be one of {', '.join(map(repr, PE_ROLES))}, not "
                              f"{role!r}")
@@ -196,6 +203,7 @@ class ProcessingElement(wiring.Component):
                              f"not {entries}")
         self.memory = memory
         self.role = role
+        self.ext_mul = ext_mul
         self.index_bits = index_bits
         self.run_bits = run_bits
         self.act_width = act_width
@@ -239,6 +247,7 @@ class ProcessingElement(wiring.Component):
             members["pair"] = Out(link) if role == "leader" else In(link)
         if role == "follower":
             del members["col"]
+        members.update(self._ext_mul_members())
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -389,7 +398,7 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [s3_valid.eq(s2_valid), s3_tok.eq(s2_valid | first_empty),
                      s3_row.eq(row), s3_value.eq(s2_value)]
         product_shape = signed(self.weight_width + self.act_width)
-        product = cb_r.data * s3_value
+        product = self._multiply(m, cb_r.data, s3_value)
         if self.product_shift:
             # Floor by product_shift bits (wiring), kept to acc_bits: the sum wraps there.
             product_shape = signed(min(self.weight_width + self.act_width - self.product_shift,
@@ -455,3 +464,33 @@ class ProcessingElement(wiring.Component):
                      self.rb_ptr.eq(ptr_r.data if lead else self.pair.ptr),
                      self.rb_weight.eq(cb_r.data)]
         return m
+
+    # --- external multiplier use (ext_mul) -----------------------------------------------------
+    # With ``ext_mul`` the PE's multiplier (its SB_MAC16 on iCE40) also serves an outside user
+    # while the PE is idle (hdl.lstm's serial element-wise unit): ``mul_sel`` (static through
+    # that phase) selects ``mul_a`` x ``mul_b`` as the multiplier's inputs; ``mul_out`` is the
+    # product, registered (one cycle after the inputs).  Without ext_mul nothing changes.
+
+    def _ext_mul_members(self) -> dict:
+        if not self.ext_mul:
+            return {}
+        return {"mul_sel": In(1), "mul_a": In(signed(self.act_width)),
+                "mul_b": In(signed(self.act_width)),
+                "mul_out": Out(signed(2 * self.act_width))}
+
+    def _multiply(self, m, weight, value):
+        """The S3 product ``weight * value`` (comb); with ext_mul the multiplier's inputs are
+        ``mul_a``, ``mul_b`` while ``mul_sel`` and the product is also registered on
+        ``mul_out``.  (The accumulate path sees no entry while ``mul_sel``: the product
+        register S4 adds is zero then.)"""
+        if not self.ext_mul:
+            return weight * value
+        width = max(self.weight_width, self.act_width)
+        a = Signal(signed(width))
+        b = Signal(signed(self.act_width))
+        m.d.comb += [a.eq(Mux(self.mul_sel, self.mul_a, weight)),
+                     b.eq(Mux(self.mul_sel, self.mul_b, value))]
+        product = Signal(signed(width + self.act_width))
+        m.d.comb += product.eq(a * b)
+        m.d.sync += self.mul_out.eq(product)
+        return product

@@ -34,6 +34,13 @@ non-zero columns run beside the unit, the rest beside the output stage::
                  release=(len(rest), P + 1)): the output stage, P + OUTPUT_OVERHEAD cycles
                  from this SETUP, writes r_t's list);  DRAIN;  its mac = X + R
 
+**Serial schedule** (``overlap=False``, no projection): nothing overlaps; a step is::
+
+    SETUP 1;  MAC mac + 1 (mac = spmv_cycles(W, cols), nothing to wait for);
+    unit E = serial_ew_cycles(H, L, appends) (reads the accumulators directly, clears them)
+
+and the next step's (or layer's, or the classifier's) SETUP follows the unit's last cycle.
+
 After the last step: wait for the unit (FWAIT), then the classifier of ``R`` rows::
 
     cls = spmv_cycles(W_cls, nonzero(s_T)) + MAC_OVERHEAD + R + OUTPUT_OVERHEAD
@@ -53,7 +60,7 @@ from .cyclemodel import Timing, active_columns, spmv_cycles
 from .encoding import EncodedMatrix
 
 __all__ = ["LstmCycleReport", "LayerTrace", "lstm_cycles", "stack_cycles", "ew_cycles",
-           "drain_cycles", "save_cycles",
+           "serial_ew_cycles", "drain_cycles", "save_cycles",
            "MAC_OVERHEAD", "EW_LATENCY", "OUTPUT_OVERHEAD", "GATES"]
 
 GATES = 4
@@ -72,6 +79,15 @@ def ew_cycles(hidden: int, lanes: int = 1) -> int:
     PEs), gates i, f, g, o of a group of ``lanes`` units in 4 consecutive cycles, then the
     group's non-zero h values written to the next step's list one per cycle."""
     return GATES * -(-hidden // lanes) + EW_LATENCY + lanes
+
+
+def serial_ew_cycles(hidden: int, lanes: int = 1, appends: bool = False) -> int:
+    """Element-wise cycles of one step of the serial schedule (``overlap=False``): as
+    :func:`ew_cycles` + 1 (the multiplier is a PE's, with a registered product), and when the
+    layer's outputs are also appended to the x list (every layer but the last) each non-zero
+    ``h`` is written twice through the one list write port (``lanes`` more cycles at the
+    end)."""
+    return ew_cycles(hidden, lanes) + 1 + (lanes if appends else 0)
 
 
 @dataclass
@@ -159,8 +175,12 @@ def save_cycles(proj: int, n_pe: int) -> int:
 
 
 def stack_cycles(layers: list[LayerTrace], timing: Timing,
-                 classifier: EncodedMatrix | None = None, lanes: int = 1) -> LstmCycleReport:
-    """Cycles of a sequence through stacked layers (see the module docstring)."""
+                 classifier: EncodedMatrix | None = None, lanes: int = 1,
+                 overlap: bool = True) -> LstmCycleReport:
+    """Cycles of a sequence through stacked layers (see the module docstring); ``overlap``
+    False: the serial schedule (no projections)."""
+    if not overlap:
+        return _serial_cycles(layers, timing, classifier, lanes)
     mac, free, ideal, ew, pmac, starts, columns = [], [], [], [], [], [], []
     now = 1                     # cycle of the next SETUP (the start pulse is cycle 0)
     ew_idle_at = 0              # first cycle in which the element-wise unit is free
@@ -252,6 +272,42 @@ def stack_cycles(layers: list[LayerTrace], timing: Timing,
                            np.array(ew, dtype=np.int64), steps, cls_mac, cls, int(total),
                            columns, np.array(pmac, dtype=np.int64),
                            np.array(free, dtype=np.int64))
+
+
+def _serial_cycles(layers, timing, classifier, lanes) -> LstmCycleReport:
+    """:func:`stack_cycles` of the serial schedule: SETUP, MAC, unit, one after the other."""
+    mac, ideal, ew, starts, columns = [], [], [], [], []
+    now = 1                     # cycle of the next SETUP (the start pulse is cycle 0)
+    state = None
+    for n, layer in enumerate(layers):
+        if layer.projection is not None:
+            raise ValueError(f"LSTM layer {n} has a projection: the serial schedule "
+                             f"(overlap=False) has none (use overlap=True)")
+        x_seq, states = np.asarray(layer.x_seq), np.asarray(layer.states)
+        state = np.zeros(states.shape[1], dtype=np.int64)
+        e_cycles = serial_ew_cycles(layer.hidden, lanes, appends=n + 1 < len(layers))
+        for t in range(len(x_seq)):
+            starts.append(now)
+            cols = np.concatenate([active_columns(x_seq[t]),
+                                   layer.input_size + active_columns(state)])
+            rep = spmv_cycles(layer.matrix, cols, timing)
+            # SETUP at now, MAC now+1 .. now+1+mac (done cycle: the unit starts), unit
+            # now+2+mac .. now+1+mac+E (its last cycle: the sequencer moves on)
+            now += 2 + rep.cycles + e_cycles
+            mac.append(rep.cycles)
+            ideal.append(rep.ideal)
+            ew.append(e_cycles)
+            columns.append(cols)
+            state = states[t]
+    cls_mac = cls = 0
+    if classifier is not None:
+        cls_mac = spmv_cycles(classifier, active_columns(state), timing).cycles
+        cls = cls_mac + MAC_OVERHEAD + classifier.rows + OUTPUT_OVERHEAD
+    steps = np.diff(np.array(starts + [now], dtype=np.int64))
+    zeros = np.zeros(len(mac), dtype=np.int64)
+    return LstmCycleReport(np.array(mac, dtype=np.int64), np.array(ideal, dtype=np.int64),
+                           np.array(ew, dtype=np.int64), steps, cls_mac, cls,
+                           int(now - 1 + cls), columns, zeros, np.array(mac, dtype=np.int64))
 
 
 def lstm_cycles(matrix: EncodedMatrix, input_size: int, hidden: int, x_seq, h_seq,

@@ -255,7 +255,7 @@ def expected_run(engine: LstmParams, image: LstmImage, x_seq) -> ExpectedLstmRun
                        engine.acc_bits, image.classifier.relu,
                        product_shift=engine.product_shift)[0]
         cls_enc = image.classifier.matrix.encoded
-    report = stack_cycles(traces, engine.timing(), cls_enc, engine.ew_lanes)
+    report = stack_cycles(traces, engine.timing(), cls_enc, engine.ew_lanes, engine.overlap)
     listed = sum(int(np.count_nonzero(tr.x_seq)) for tr in traces)
     if listed > engine.max_xlist:
         raise ValueError(f"the sequence and the layer outputs have {listed} non-zero values, "

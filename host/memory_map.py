@@ -333,10 +333,15 @@ class LstmParams(_Widths):
     proj_max: int = 0
     product_shift: int = 0
     pe_group: int = 1
+    overlap: bool = True
+    step_stats: bool = True
 
     def __post_init__(self):
         check_int("n_pe", self.n_pe, 1)
         check_pe_group(self.pe_group, self.n_pe, self.index_bits + self.run_bits)
+        for name in ("overlap", "step_stats"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be True or False, not {getattr(self, name)!r}")
         check_int("hidden_max", self.hidden_max, 1)
         check_int("input_max", self.input_max, 1)
         check_int("steps_max", self.steps_max, 1)
@@ -364,6 +369,30 @@ class LstmParams(_Widths):
         if self.ew_lanes not in (1, 2, 4) or self.ew_lanes > self.n_pe:
             raise ValueError(f"`ew_lanes` must be 1, 2 or 4 and at most `n_pe` ({self.n_pe}), "
                              f"not {self.ew_lanes!r}")
+        if not self.overlap and self.proj_max:
+            raise ValueError(f"`overlap=False` (serial element-wise schedule) has no projection "
+                             f"hardware: `proj_max` must be 0, not {self.proj_max} (build a "
+                             f"projection model with overlap=True)")
+        if not self.overlap and self.layers_max > 1 and self.ew_lanes > 2:
+            raise ValueError(f"`overlap=False` with stacked layers (`layers_max` "
+                             f"{self.layers_max}) writes every layer output twice (state list "
+                             f"and x list, one list memory): `ew_lanes` must be 1 or 2, not "
+                             f"{self.ew_lanes}")
+
+    @property
+    def serial(self) -> bool:
+        """The serial element-wise schedule (``overlap=False``)."""
+        return not self.overlap
+
+    @property
+    def list_depth(self) -> int:
+        """Serial schedule: words of the one list memory (x list at 0, state-list bank ``b``
+        at :meth:`list_bank_base`)."""
+        return self.max_xlist + 2 * self.state_max
+
+    def list_bank_base(self, bank: int) -> int:
+        """Serial schedule: first word of state-list bank ``bank`` (0 or 1)."""
+        return self.max_xlist + bank * self.state_max
 
     @property
     def state_max(self) -> int:
@@ -465,8 +494,9 @@ class LstmParams(_Widths):
                    bits_for(self.steps_max))
 
     def config(self) -> dict:
-        """The generator parameters as plain values (JSON-able; ``product_shift`` only when
-        not 0, so that older configurations keep their keys)."""
+        """The generator parameters as plain values (JSON-able; ``product_shift``,
+        ``pe_group``, ``overlap`` and ``step_stats`` only when not their defaults, so that older
+        configurations keep their keys; ``step_stats: False`` says the stat ports read 0)."""
         return {"n_pe": self.n_pe, "hidden_max": self.hidden_max,
                 "input_max": self.input_max, "steps_max": self.steps_max,
                 "classes_max": self.classes_max, "index_bits": self.index_bits,
@@ -476,7 +506,9 @@ class LstmParams(_Widths):
                 "max_entries_per_pe": self.max_entries_per_pe,
                 "fifo_depth": self.fifo_depth, "max_xlist": self.max_xlist,
                 "ew_lanes": self.ew_lanes, "layers_max": self.layers_max,
-                "proj_max": self.proj_max, **common_entries(self)}
+                "proj_max": self.proj_max, **common_entries(self),
+                **({} if self.overlap else {"overlap": False}),
+                **({} if self.step_stats else {"step_stats": False})}
 
 
 def common_entries(params) -> dict:

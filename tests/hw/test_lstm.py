@@ -50,6 +50,16 @@ CONFIGS = {
     "n4_pairs": dict(n_pe=4, pe_group=2, hidden_max=10, input_max=10, steps_max=32,
                      classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2,
                      layers_max=2, proj_max=5),
+    # Serial schedule (overlap=False): 8 PEs in pairs, 2 lanes on PEs 7 and 6's multipliers,
+    # 16-bit accumulators with a product shift, 2 stacked layers (each lower-layer h written
+    # twice through the one list memory), classifier.
+    "n8_serial": dict(n_pe=8, pe_group=2, hidden_max=17, input_max=17, steps_max=32,
+                      classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2,
+                      acc_bits=16, product_shift=13, layers_max=2, overlap=False),
+    # Serial, one lane, no step statistics (stat ports read 0: outputs and totals compared).
+    "n2_serial_nostats": dict(n_pe=2, hidden_max=9, input_max=9, steps_max=32, classes_max=6,
+                              max_entries_per_pe=1024, fifo_depth=1, ew_lanes=1, layers_max=2,
+                              overlap=False, step_stats=False),
 }
 SLOW_CONFIGS = {
     # 8 PEs, 4 lanes, digits formats, 2 stacked layers with projection (slow: own build).
