@@ -278,7 +278,7 @@ def test_saturating_cases_saturate():
     assert z_sat > 0 and c_sat > 0, (z_sat, c_sat)
 
 
-def _digits(n_samples, acc_bits=32):
+def _digits(n_samples, acc_bits=32, pe_group=1, **engine_kw):
     from host.golden import GoldenModel
     from host.pipeline import CompressConfig, compress_model
     from host.modelsource import resolve_model
@@ -289,7 +289,8 @@ def _digits(n_samples, acc_bits=32):
     lstm, cls = model.layers
     assert type(lstm).__name__ == "QLSTM" and type(cls).__name__ == "QLinear"
     params = dict(CONFIGS["n8"], act_format=model.act_format, acc_bits=model.acc_bits,
-                  table_spec=model.table_spec, product_shift=model.product_shift)
+                  table_spec=model.table_spec, product_shift=model.product_shift,
+                  pe_group=pe_group, **engine_kw)
     engine = make_engine(params)
     golden = GoldenModel(model)
     x_test, y_test = source.test
@@ -298,8 +299,8 @@ def _digits(n_samples, acc_bits=32):
     return engine, golden, image, q, y_test[:n_samples]
 
 
-def _run_digits(n_samples, tmp_path, acc_bits=32):
-    engine, golden, image, q, y = _digits(n_samples, acc_bits)
+def _run_digits(n_samples, tmp_path, acc_bits=32, **engine_kw):
+    engine, golden, image, q, y = _digits(n_samples, acc_bits, **engine_kw)
     cases = [(f"sample {i}", image if i == 0 else None, q[i]) for i in range(len(q))]
     t0 = time.monotonic()
     results = run(engine, cases, tmp_path)
@@ -310,7 +311,8 @@ def _run_digits(n_samples, tmp_path, acc_bits=32):
     steps = np.concatenate([r.mac for r in results])
     ew = results[0].ew[0]
     print(f"digits-lstm on the engine ({engine.acc_bits}-bit accumulators, product shift "
-          f"{engine.product_shift}): {len(q)} samples, accuracy {accuracy:.3f}, "
+          f"{engine.product_shift}, {engine.config()}): {len(q)} samples, "
+          f"accuracy {accuracy:.3f}, "
           f"{np.mean([r.cycles for r in results]):.0f} cycles per inference, "
           f"MAC {steps.mean():.1f} + element-wise {ew} cycles per step, "
           f"{time.monotonic() - t0:.1f} s")
@@ -330,6 +332,16 @@ def test_digits_lstm_acc16_on_engine(tmp_path):
     assert _run_digits(450, tmp_path, acc_bits=16) > 0.9
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("overlap", [True, False])
+def test_digits_lstm_board_layout_on_engine(overlap, tmp_path):
+    """digits-lstm for 16-bit accumulators on the iCE40 board's engine layout (8 PEs in pairs,
+    one element-wise lane), with the overlap and with the serial schedule (overlap=False:
+    the board build's), the whole test split; prints the cycles per sequence."""
+    assert _run_digits(450, tmp_path, acc_bits=16, pe_group=2, ew_lanes=1,
+                       overlap=overlap) > 0.9
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError, match="`hidden_max` must be a positive integer, not 0"):
         LstmEngine(4, hidden_max=0, input_max=4, steps_max=4, max_entries_per_pe=64)
@@ -344,6 +356,70 @@ def test_constructor_validation():
     with pytest.raises(TypeError, match="table_spec"):
         LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
                    table_spec=9)
+
+
+def test_serial_mode_validation_and_config():
+    """overlap=False needs proj_max 0 (and at most 2 lanes with stacked layers); overlap and
+    step_stats appear in config() only when not their defaults (older hashes unchanged)."""
+    small = dict(hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64)
+    with pytest.raises(ValueError, match="`overlap=False` \\(serial element-wise schedule\\) "
+                                         "has no projection hardware: `proj_max` must be 0, "
+                                         "not 3 \\(build a projection model with "
+                                         "overlap=True\\)"):
+        LstmEngine(2, proj_max=3, overlap=False, **small)
+    with pytest.raises(ValueError, match="`ew_lanes` must be 1 or 2, not 4"):
+        LstmEngine(4, layers_max=2, ew_lanes=4, overlap=False, **small)
+    with pytest.raises(TypeError, match="`step_stats` must be True or False, not 0"):
+        LstmEngine(2, step_stats=0, **small)
+    plain = LstmEngine(2, **small).config()
+    assert "overlap" not in plain and "step_stats" not in plain
+    serial = LstmEngine(2, overlap=False, step_stats=False, **small).config()
+    assert serial == {**plain, "overlap": False, "step_stats": False}
+    LstmEngine(4, ew_lanes=4, overlap=False, **small)           # one layer: 4 lanes fit
+
+
+@pytest.mark.parametrize("pe_group", [1, 2])
+def test_serial_mode_uses_pe_multipliers(pe_group):
+    """The serial element-wise lanes multiply on the last PEs' multipliers: the engine has
+    n_pe full-width multipliers (n_pe + ew_lanes with the overlap), counted in the RTLIL
+    (constant multiplications of the unit's row counters are not multipliers)."""
+    import re
+
+    from amaranth.back import rtlil
+    for overlap, lanes in ((True, 2), (False, 2), (False, 1)):
+        engine = LstmEngine(4, hidden_max=5, input_max=3, steps_max=4, classes_max=2,
+                            max_entries_per_pe=64, ew_lanes=lanes, overlap=overlap,
+                            pe_group=pe_group)
+        text = rtlil.convert(engine, name="lstm_engine")
+        widths = re.findall(r"cell \$mul \S+\n(?:\s+parameter \\[AB]_SIGNED \d+\n)*"
+                            r"\s+parameter \\A_WIDTH (\d+)\n\s+parameter \\B_WIDTH (\d+)",
+                            text)
+        full = [w for w in widths if min(map(int, w)) >= engine.act_format.width]
+        assert len(full) == 4 + (lanes if overlap else 0), (overlap, lanes, widths)
+
+
+def test_serial_cycle_model():
+    """host.lstm_cycles: the serial unit's cycles (registered product: + 1; lower layers
+    write every h twice: + lanes) and the serial schedule's step = SETUP + MAC + done + unit
+    (the RTL tests compare every step and the totals)."""
+    from host.cyclemodel import Timing, spmv_cycles
+    from host.lstm_cycles import LayerTrace, ew_cycles, serial_ew_cycles, stack_cycles
+    assert serial_ew_cycles(13, 2) == ew_cycles(13, 2) + 1
+    assert serial_ew_cycles(13, 2, appends=True) == ew_cycles(13, 2) + 3
+    rng = np.random.default_rng(7)
+    lstm, _ = random_lstm(rng, 3, 5, 0.6, 2)
+    x = np.array([[1, 0, 2], [0, 0, 0]])
+    h = np.array([[0, 3, 0, 1, 0], [1, 1, 0, 0, 0]])
+    timing = Timing(fifo_depth=2)
+    rep = stack_cycles([LayerTrace(lstm.matrix.encoded, 3, 5, x, h)], timing, overlap=False)
+    mac = [spmv_cycles(lstm.matrix.encoded, [0, 2], timing).cycles,
+           spmv_cycles(lstm.matrix.encoded, [3 + 1, 3 + 3], timing).cycles]
+    assert list(rep.mac) == mac
+    assert rep.total == sum(2 + m + serial_ew_cycles(5) for m in mac)
+    proj, _ = random_lstm(rng, 3, 5, 0.6, 2, proj=2)
+    with pytest.raises(ValueError, match="LSTM layer 0 has a projection: the serial schedule"):
+        stack_cycles([LayerTrace(proj.matrix.encoded, 3, 2, x, h[:, :2],
+                                 proj.projection.encoded, h)], timing, overlap=False)
 
 
 def test_stacked_image_validation():
