@@ -432,6 +432,13 @@ class LstmEngine(wiring.Component):
         ew_gstep = Signal.like(gstep)
         ew_bias_base = Signal.like(desc.bias_base)
         ew_shift = Signal.like(desc.shift)
+        if serial:
+            # the sequencer waits for the unit: its values are the current ones (no latches;
+            # src has flipped when the unit starts: the bank it writes, the next step's
+            # state list, is the new src)
+            m.d.comb += [ew_hidden.eq(cur_hidden), ew_in.eq(cur_in), ew_app.eq(~is_last),
+                         ew_bank.eq(src), ew_first.eq(first), ew_gstep.eq(gstep),
+                         ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
         L = self.ew_lanes
         lb = self.lane_bits
         m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
@@ -840,6 +847,9 @@ class LstmEngine(wiring.Component):
             m.d.sync += ew_cnt.eq(ew_cnt + 1)
         with m.If(ew_done):
             m.d.sync += ew.eq(0)
+            if dbl:
+                # idle for either slot count until the next unit (ew_app follows the layer)
+                m.d.sync += pend_k.eq(slots)
             m.d.comb += stat_w["ew"].en.eq(1)
             with m.If(ew_app):
                 m.d.comb += [xend_en.eq(1), xend_addr.eq(ew_gstep + steps)]
@@ -944,11 +954,7 @@ class LstmEngine(wiring.Component):
                             # reads (and clears) them there while the sequencer waits
                             m.d.comb += stat_w["mac"].en.eq(1)
                             m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
-                                         ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
-                                         ew_app.eq(~is_last), ew_bank.eq(~src),
-                                         ew_first.eq(first), ew_gstep.eq(gstep),
-                                         ew_bias_base.eq(desc.bias_base),
-                                         ew_shift.eq(desc.shift), src.eq(~src)]
+                                         src.eq(~src)]
                             for k in range(GATES):
                                 m.d.sync += [g_pe[k].eq(cur_gate[k][:self.pe_bits]),
                                              g_local[k].eq(cur_gate[k][self.pe_bits:]),
@@ -957,10 +963,6 @@ class LstmEngine(wiring.Component):
                                 m.d.sync += hcount[0].eq(0)
                             with m.Else():
                                 m.d.sync += hcount[1].eq(0)
-                            if dbl:
-                                # idle for either slot count (the last layer's unit
-                                # stopped at L, below 2L)
-                                m.d.sync += pend_k.eq(slots)
                             m.next = "EWAIT"
                         else:
                             m.d.comb += stat_w["mac"].en.eq(1)
@@ -975,45 +977,47 @@ class LstmEngine(wiring.Component):
                     m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_done):
                         advance(to_classifier_or_finish)
-            with m.State("HWAIT"):
-                # first step of a layer: the previous layer's last unit still runs
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(ew_idle):
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.comb += drain.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(~d_issue):
-                    # gate pre-activations buffered, accumulators clear: start the unit
-                    m.d.comb += stat_w["pmac"].en.eq(~has_proj)
-                    m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
-                                 ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
-                                 ew_app.eq(~has_proj & ~is_last), ew_bank.eq(~src),
-                                 ew_first.eq(first), ew_gstep.eq(gstep),
-                                 ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
-                    for k in range(GATES):
-                        m.d.sync += [
-                            g_pe[k].eq(cur_gate[k][:self.pe_bits]),
-                            g_local[k].eq(cur_gate[k][self.pe_bits:]),
-                            g_row[k].eq(cur_hidden * k),
-                        ]
-                    with m.If(src):                    # h_t goes to the other bank
-                        m.d.sync += hcount[0].eq(0)
-                    with m.Else():
-                        m.d.sync += hcount[1].eq(0)
-                    m.d.sync += sv.eq(0)
-                    with m.If(has_proj):
-                        with m.If((step + 1 < steps) | (~is_last & (steps > 1))):
-                            # x_(t+1)'s part beside the unit (it does not need h_t); after
-                            # the last step, the next layer's x_0 (r_0 of this layer)
-                            m.d.sync += [xph.eq(1), xstart.eq(xend_r.data),
-                                         xnext.eq(step + 1 == steps)]
-                            m.next = "SETUP"
+            if not serial:                     # (unreachable in the serial schedule)
+                with m.State("HWAIT"):
+                    # first step of a layer: the previous layer's last unit still runs
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(ew_idle):
+                        m.next = "DRAIN"
+            if not serial:                     # (unreachable in the serial schedule)
+                with m.State("DRAIN"):
+                    m.d.comb += drain.eq(1)
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(~d_issue):
+                        # gate pre-activations buffered, accumulators clear: start the unit
+                        m.d.comb += stat_w["pmac"].en.eq(~has_proj)
+                        m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
+                                     ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
+                                     ew_app.eq(~has_proj & ~is_last), ew_bank.eq(~src),
+                                     ew_first.eq(first), ew_gstep.eq(gstep),
+                                     ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
+                        for k in range(GATES):
+                            m.d.sync += [
+                                g_pe[k].eq(cur_gate[k][:self.pe_bits]),
+                                g_local[k].eq(cur_gate[k][self.pe_bits:]),
+                                g_row[k].eq(cur_hidden * k),
+                            ]
+                        with m.If(src):                    # h_t goes to the other bank
+                            m.d.sync += hcount[0].eq(0)
                         with m.Else():
-                            m.next = "PWAIT"
-                    with m.Else():
-                        m.d.sync += src.eq(~src)
-                        advance(wait_for_unit)
+                            m.d.sync += hcount[1].eq(0)
+                        m.d.sync += sv.eq(0)
+                        with m.If(has_proj):
+                            with m.If((step + 1 < steps) | (~is_last & (steps > 1))):
+                                # x_(t+1)'s part beside the unit (it does not need h_t); after
+                                # the last step, the next layer's x_0 (r_0 of this layer)
+                                m.d.sync += [xph.eq(1), xstart.eq(xend_r.data),
+                                             xnext.eq(step + 1 == steps)]
+                                m.next = "SETUP"
+                            with m.Else():
+                                m.next = "PWAIT"
+                        with m.Else():
+                            m.d.sync += src.eq(~src)
+                            advance(wait_for_unit)
             with m.State("SAVE"):
                 # accumulator rows 0 .. P-1 (local rows < ceil(P/N)) hold x_(t+1)'s part:
                 # to the buffers' save area, cleared for the projection
