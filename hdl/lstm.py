@@ -30,6 +30,14 @@ After the last step, when ``CLASSIFY`` is set, the classifier ``Linear(S -> clas
 on the same PE array over the final state list (MAC phase + one output row per cycle, as
 :class:`hdl.spmv.SpmvEngine`); its outputs are read on ``out_addr`` / ``out_data``.
 
+``overlap=False`` (no projections) builds the serial schedule instead: SETUP, MAC, then the
+element-wise unit reads (and clears) the gate pre-activations straight from the PE
+accumulators while the sequencer waits (no DRAIN, no gate buffers); lane 0 shares the output
+stage's bias port and requantizer, the lanes multiply on the last PEs' multipliers
+(``ProcessingElement(ext_mul=True)``, registered product: gates read in the order f, i, g,
+o), the x list and both state-list banks are one memory.  ``step_stats=False`` builds no
+statistic memories.
+
 Arithmetic is bit-exact with :meth:`host.golden.GoldenModel.lstm_cell`; the tables are built by
 :func:`host.activations.make_table` and indexed as :func:`host.activations.table_index`.
 Every MAC phase takes exactly :func:`host.cyclemodel.spmv_cycles` cycles (same PE, FIFO and
