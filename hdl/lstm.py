@@ -454,7 +454,8 @@ class LstmEngine(wiring.Component):
         r_pe = Signal(self.pe_bits)
         r_local = Signal(self.local_bits)
         out_issue = Signal()
-        m.d.comb += out_issue.eq((outp & (r < desc.rows)) | (pout & (r < p_rows)))
+        m.d.comb += out_issue.eq((outp & (r < desc.rows)) if serial else
+                                 (outp & (r < desc.rows)) | (pout & (r < p_rows)))
         o_valid = Signal()
         o_pe = Signal(self.pe_bits)
         o_local = Signal(self.local_bits)
@@ -939,23 +940,24 @@ class LstmEngine(wiring.Component):
                         if self.step_stats:
                             m.d.sync += self.cls_cycles.eq(mac_cnt)
                         m.next = "OUTPUT"
-                    with m.Elif(pph):
-                        # r_t goes to the src bank (the LSTM MAC has read r_(t-1) from it)
-                        m.d.comb += stat_w["pmac"].en.eq(1)
-                        m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0), dk.eq(0), dr.eq(0)]
-                        with m.If(src):
-                            m.d.sync += hcount[1].eq(0)
-                        with m.Else():
-                            m.d.sync += hcount[0].eq(0)
-                        with m.If(sv):
-                            m.next = "PDRAIN"
-                        with m.Else():
-                            m.next = "OUTPUT"
-                    with m.Elif(xph):
-                        # step t+1's x part done: save the projection's rows
-                        m.d.sync += [xmac.eq(mac_cnt), dk.eq(0), dr.eq(0),
-                                     xstart.eq(xstart + nx)]
-                        m.next = "SAVE"
+                    if not serial:                 # (projection schedule only)
+                        with m.Elif(pph):
+                            # r_t goes to the src bank (the LSTM MAC has read r_(t-1) from it)
+                            m.d.comb += stat_w["pmac"].en.eq(1)
+                            m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0), dk.eq(0), dr.eq(0)]
+                            with m.If(src):
+                                m.d.sync += hcount[1].eq(0)
+                            with m.Else():
+                                m.d.sync += hcount[0].eq(0)
+                            with m.If(sv):
+                                m.next = "PDRAIN"
+                            with m.Else():
+                                m.next = "OUTPUT"
+                        with m.Elif(xph):
+                            # step t+1's x part done: save the projection's rows
+                            m.d.sync += [xmac.eq(mac_cnt), dk.eq(0), dr.eq(0),
+                                         xstart.eq(xstart + nx)]
+                            m.next = "SAVE"
                     with m.Else():
                         if serial:
                             # the gate pre-activations are in the accumulators: the unit
@@ -1026,44 +1028,45 @@ class LstmEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += src.eq(~src)
                             advance(wait_for_unit)
-            with m.State("SAVE"):
-                # accumulator rows 0 .. P-1 (local rows < ceil(P/N)) hold x_(t+1)'s part:
-                # to the buffers' save area, cleared for the projection
-                m.d.comb += save.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(~d_issue):
-                    m.d.sync += [xph.eq(0), xnext.eq(0), sv.eq(1), s_rows.eq(cur_proj)]
+            if not serial:                     # (unreachable in the serial schedule)
+                with m.State("SAVE"):
+                    # accumulator rows 0 .. P-1 (local rows < ceil(P/N)) hold x_(t+1)'s part:
+                    # to the buffers' save area, cleared for the projection
+                    m.d.comb += save.eq(1)
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(~d_issue):
+                        m.d.sync += [xph.eq(0), xnext.eq(0), sv.eq(1), s_rows.eq(cur_proj)]
+                        with m.If(ew_idle):
+                            m.d.sync += pph.eq(1)
+                            m.next = "SETUP"
+                        with m.Else():
+                            m.next = "PWAIT"
+                with m.State("PDRAIN"):
+                    # r_t's accumulator rows -> gate buffers (free: the unit is done); the output
+                    # stage requantizes them from there beside step t+1's remaining MAC
+                    m.d.comb += pdrain.eq(1)
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(~d_issue):
+                        m.d.sync += [pph.eq(0), pout.eq(1), p_rows.eq(desc.rows),
+                                     p_bias.eq(desc.bias_base), p_shift.eq(desc.shift),
+                                     p_relu.eq(desc.relu), p_gstep.eq(gstep), p_in.eq(cur_in),
+                                     p_app.eq(~is_last)]
+                        advance(to_classifier_or_finish, keep_xstart=True)
+                with m.State("PWAIT"):
+                    # the projection needs the whole h_t list
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_idle):
                         m.d.sync += pph.eq(1)
                         m.next = "SETUP"
-                    with m.Else():
-                        m.next = "PWAIT"
-            with m.State("PDRAIN"):
-                # r_t's accumulator rows -> gate buffers (free: the unit is done); the output
-                # stage requantizes them from there beside step t+1's remaining MAC
-                m.d.comb += pdrain.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(~d_issue):
-                    m.d.sync += [pph.eq(0), pout.eq(1), p_rows.eq(desc.rows),
-                                 p_bias.eq(desc.bias_base), p_shift.eq(desc.shift),
-                                 p_relu.eq(desc.relu), p_gstep.eq(gstep), p_in.eq(cur_in),
-                                 p_app.eq(~is_last)]
-                    advance(to_classifier_or_finish, keep_xstart=True)
-            with m.State("PWAIT"):
-                # the projection needs the whole h_t list
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(ew_idle):
-                    m.d.sync += pph.eq(1)
-                    m.next = "SETUP"
-            with m.State("LWAIT"):
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(ew_idle):
-                    m.next = "SETUP"
-            with m.State("FWAIT"):
-                # after the last step: h_T complete
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(ew_idle):
-                    to_classifier_or_finish()
+                with m.State("LWAIT"):
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(ew_idle):
+                        m.next = "SETUP"
+                with m.State("FWAIT"):
+                    # after the last step: h_T complete
+                    m.d.sync += run_cnt.eq(run_cnt + 1)
+                    with m.If(ew_idle):
+                        to_classifier_or_finish()
             with m.State("OUTPUT"):
                 m.d.comb += outp.eq(1)
                 m.d.sync += run_cnt.eq(run_cnt + 1)
