@@ -38,8 +38,10 @@ stage's bias port and requantizer, the lanes multiply on the last PEs' multiplie
 o), the x list and both state-list banks are one memory.  ``step_stats=False`` builds no
 statistic memories.
 
-Arithmetic is bit-exact with :meth:`host.golden.GoldenModel.lstm_cell`; the tables are built by
-:func:`host.activations.make_table` and indexed as :func:`host.activations.table_index`.
+Arithmetic is bit-exact with :meth:`host.golden.GoldenModel.lstm_cell`; the tables are RAM
+written by the host (region TABLE, :func:`host.memory_map.table_layout`; the contents are
+:func:`host.activations.make_table`'s, written by :mod:`host.lstm_image`) and indexed as
+:func:`host.activations.table_index`.
 Every MAC phase takes exactly :func:`host.cyclemodel.spmv_cycles` cycles (same PE, FIFO and
 broadcaster timing as the SpMV engine); the whole run follows
 :func:`host.lstm_cycles.stack_cycles`.
@@ -49,7 +51,6 @@ See ``docs/lstm-engine.md``.
 
 from __future__ import annotations
 
-import numpy as np
 from types import SimpleNamespace
 
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
@@ -58,13 +59,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
-from host.activations import TableSpec, make_table
+from host.activations import TableSpec
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATENCY,
-                             FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion)
+                             FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion,
+                             table_layout)
 
+from .ice40_spram import SPRAM_DEPTH
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
+from .spram_share import EW_BASE, SpramShare
 from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
                    matrix_descriptor_members, write_descriptor_field)
 
@@ -73,6 +77,53 @@ __all__ = ["LstmEngine", "LstmRegion", "LstmField", "Field", "GATES"]
 _DEFAULT_TABLES = TableSpec()
 
 # LstmRegion, LstmField, GATES and the derived widths are defined in host.memory_map.
+
+
+#: Element-wise data in the SPRAMs (``overlap=False``, ``memory="spram"``): SPRAM k's words
+#: from ``EW_BASE`` (hdl.spram_share): 0 the biases, 1 the gate table (sigmoid, tanh), 2 the
+#: cell state c at +0 and the classifier output buffer at +4096, 3 the cell table (tanh) at +0
+#: and the dense h at +4096.
+EW_HALF = 4096
+
+
+def _ew_spram_pes(params) -> list[int]:
+    """The PEs whose SPRAMs hold the element-wise data: the first four solo / leader PEs."""
+    return [k * params.pe_group for k in range(4)]
+
+
+def _check_ew_spram(params) -> None:
+    """ValueError unless ``params`` (overlap=False, memory="spram") fit the placement of the
+    element-wise data in the SPRAMs (see :data:`EW_HALF`)."""
+    problems = []
+    sprams = params.n_pe // params.pe_group
+    if sprams < 4:
+        problems.append(f"four SPRAMs (`n_pe` / `pe_group` >= 4), not {sprams}")
+    if params.ew_lanes != 1:
+        problems.append(f"`ew_lanes` 1, not {params.ew_lanes}")
+    if params.max_entries_per_pe > EW_BASE:
+        problems.append(f"`max_entries_per_pe` at most {EW_BASE} (the element-wise data use "
+                        f"the SPRAM words from {EW_BASE}), not {params.max_entries_per_pe}")
+    if params.acc_bits > 16:
+        problems.append(f"`acc_bits` at most 16 (a bias is one 16-bit SPRAM word), not "
+                        f"{params.acc_bits}")
+    if params.max_bias > EW_BASE:
+        problems.append(f"at most {EW_BASE} biases, not {params.max_bias}")
+    if max(params.groups_max, params.classes_max) > EW_HALF:
+        problems.append(f"`hidden_max` and `classes_max` at most {EW_HALF}")
+    if 2 * params.table_spec.entries > EW_BASE:
+        problems.append(f"tables of at most {EW_BASE // 2} entries")
+    if problems:
+        raise ValueError("overlap=False with memory='spram' keeps the element-wise data in "
+                         "the SPRAMs of the first four PE pairs (or solo PEs); that needs "
+                         + "; ".join(problems))
+
+
+def _port(addr_width, shape, name):
+    """Stand-in for a memory port (``addr``, ``data``, ``en``) whose memory is a SPRAM region
+    (connected in :meth:`LstmEngine._connect_ew_spram`)."""
+    return SimpleNamespace(addr=Signal(addr_width, name=f"{name}_addr"),
+                           data=Signal(shape, name=f"{name}_data"),
+                           en=Signal(name=f"{name}_en"))
 
 
 class LstmEngine(wiring.Component):
@@ -89,7 +140,9 @@ class LstmEngine(wiring.Component):
     index_bits, run_bits, act_format, weight_width, acc_bits, fifo_depth :
         As :class:`hdl.spmv.SpmvEngine`.
     table_spec : host.activations.TableSpec
-        Sigmoid / tanh tables (the model's ``table_spec``).
+        Shape of the sigmoid / tanh tables (the model's ``table_spec``): their sizes and the
+        index computation.  The contents are written by the host (region
+        :attr:`LstmRegion.TABLE`, layout :func:`host.memory_map.table_layout`).
     max_entries_per_pe : int
         Entry memory depth per PE (LSTM matrix + classifier, padding included).
     max_xlist : int, optional
@@ -108,6 +161,10 @@ class LstmEngine(wiring.Component):
     pe_group : int
         PEs per lockstep group, 1 or 2 (as :class:`hdl.spmv.SpmvEngine`;
         :func:`host.lstm_image.build_image` pads the matrices per pair).
+    memory : str
+        ``"bram"`` (default): inferred entry memories; ``"spram"``: the entries of every PE
+        pair (or solo PE) are in one iCE40 SB_SPRAM256KA (:class:`hdl.ice40_spram.Ice40Spram`,
+        ``max_entries_per_pe`` at most 16384), as :class:`hdl.spmv.SpmvEngine`.
     overlap : bool
         True: ESE's overlap (the unit runs from gate buffers beside the next MAC).  False: the
         serial schedule (``docs/lstm-engine.md``, "Serial schedule"): the unit reads the PE
@@ -122,7 +179,7 @@ class LstmEngine(wiring.Component):
                  index_bits=4, run_bits=4, act_format=DEFAULT_ACT_FORMAT, weight_width=16,
                  acc_bits=32, table_spec=_DEFAULT_TABLES, max_entries_per_pe, fifo_depth=8,
                  max_xlist=None, ew_lanes=1, layers_max=1, proj_max=0, product_shift=0,
-                 pe_group=1, overlap=True, step_stats=True):
+                 pe_group=1, overlap=True, step_stats=True, memory="bram"):
         params = LstmParams(
             n_pe=n_pe, hidden_max=hidden_max, input_max=input_max, steps_max=steps_max,
             classes_max=classes_max, index_bits=index_bits, run_bits=run_bits,
@@ -132,6 +189,18 @@ class LstmEngine(wiring.Component):
             max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max,
             product_shift=product_shift, pe_group=pe_group, overlap=overlap,
             step_stats=step_stats)
+        if memory not in ("bram", "spram"):
+            raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
+        if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
+            raise ValueError(f"`max_entries_per_pe` must be at most {SPRAM_DEPTH} with "
+                             f"memory='spram' (one SB_SPRAM256KA per PE pair or solo PE), "
+                             f"not {max_entries_per_pe}")
+        #: Where the entries are: "bram" or "spram".
+        self.memory = memory
+        #: The element-wise data are in the SPRAMs (``overlap=False`` with ``memory="spram"``).
+        self.ew_spram = params.serial and memory == "spram"
+        if self.ew_spram:
+            _check_ew_spram(params)
         #: The parameters and derived widths (:class:`host.memory_map.LstmParams`).
         self.params = params
         for name in ("n_pe", "hidden_max", "input_max", "steps_max", "classes_max",
@@ -166,6 +235,9 @@ class LstmEngine(wiring.Component):
             "stat_ew": Out(32),
             "stat_pmac": Out(32),
             "rb": In(ReadbackSignature(n_pe, self.addr_width)),
+            # element-wise data in the SPRAMs: sticky flag, two accesses to one SPRAM in a
+            # cycle (hdl.spram_share; read by the simulation, 0 by construction)
+            **({"spram_conflict": Out(1)} if self.ew_spram else {}),
         })
 
     # --- host-side facts ------------------------------------------------------------------------
@@ -175,9 +247,60 @@ class LstmEngine(wiring.Component):
         return self.params.timing()
 
     def config(self) -> dict:
-        return self.params.config()
+        """The parameters (JSON-able; ``memory`` only when not "bram", so that the keys of
+        BRAM engines stay as they were)."""
+        return {**self.params.config(), **({"memory": self.memory}
+                                           if self.memory != "bram" else {})}
 
     # --- hardware ------------------------------------------------------------------------------
+
+    def _connect_ew_spram(self, m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
+                          ld_data, *, ew, outp, obias_r, gate_r, cell_r, c_r, c_w, hw, hr,
+                          out_w, out_r, bv, dv, tab_rb):
+        """The element-wise data in SPRAMs 0 .. 3 (``sp``, :class:`hdl.spram_share.SpramShare`
+        of PEs ``aux_pes``): the stand-in ports become requests.  One lane, a unit group every
+        4 cycles (``T``: its first issue): bias reads at T .. T+3 (SPRAM 0), gate-table reads
+        at T+1 .. T+4 (SPRAM 1), c read at T and write at T+6 (SPRAM 2), cell-table read at
+        T+6 and h write at T+8 (SPRAM 3): never two accesses to one SPRAM in a cycle (the
+        ``spram_conflict`` check).  The classifier output stage (bias reads, output buffer
+        writes) runs alone; the loader writes (BIAS, TABLE, registered) and read-back
+        (BIAS, TABLE) only while idle, as do the host's reads of h and the outputs (the
+        default reads of SPRAMs 3 and 2)."""
+        rb = self.rb
+        aw = self.act_format.width
+        ib = self.table_spec.index_bits
+        rb_active = rb.en & ~self.busy
+        ent_load = ld_valid & (ld_region == LstmRegion.ENTRY)
+        bias_load = ld_valid & (ld_region == LstmRegion.BIAS)
+        tab_load = ld_valid & (ld_region == LstmRegion.TABLE)
+        cell_load = tab_load & ld_addr[ib + 1]
+        enable = ew | outp | ~self.busy
+        # the PEs' read-back would take the SPRAM (priority) while BIAS / TABLE are read
+        for p in aux_pes:
+            with m.If((rb.region == LstmRegion.BIAS) | (rb.region == LstmRegion.TABLE)):
+                m.d.comb += pes[p].rb_en.eq(0)
+        bias, gate, c_out, cell_h = sp
+        bias.read(obias_r.en & ~(rb_active & (rb.region != LstmRegion.BIAS)),
+                  EW_BASE + obias_r.addr)
+        bias.write(bias_load, EW_BASE + ld_addr[:self.bias_bits], ld_data)
+        m.d.comb += obias_r.data.eq(bias.rdata[:self.acc_bits])
+        gate.read(bv | tab_rb, EW_BASE + gate_r.addr)
+        gate.write(tab_load & ~ld_addr[ib + 1], EW_BASE + ld_addr[:ib + 1], ld_data)
+        m.d.comb += gate_r.data.eq(gate.rdata[:aw])
+        c_out.read(c_r.en, EW_BASE + c_r.addr)
+        c_out.write(c_w.en, EW_BASE + c_w.addr, c_w.data)
+        c_out.write(out_w.en, EW_BASE + EW_HALF + out_w.addr, out_w.data)
+        m.d.comb += [c_r.data.eq(c_out.rdata[:aw]), out_r.data.eq(c_out.rdata[:aw])]
+        cell_h.read(dv | tab_rb, EW_BASE + cell_r.addr)
+        cell_h.write(cell_load, EW_BASE + ld_addr[:ib], ld_data)
+        cell_h.write(hw.en, EW_BASE + EW_HALF + hw.addr, hw.data)
+        m.d.comb += [cell_r.data.eq(cell_h.rdata[:aw]), hr.data.eq(cell_h.rdata[:aw])]
+        defaults = [EW_BASE, EW_BASE, EW_BASE + EW_HALF + out_r.addr,
+                    EW_BASE + EW_HALF + hr.addr]
+        flags = [share.finish(enable, default, others=(ent_load, pes[p].rb_en))
+                 for share, default, p in zip(sp, defaults, aux_pes)]
+        m.d.comb += self.spram_conflict.eq(Cat(*flags).any())
+
 
     def elaborate(self, platform):
         m = Module()
@@ -191,16 +314,22 @@ class LstmEngine(wiring.Component):
         serial = self.serial
         pe_numbers = iter(range(n_pe))                 # add_pe_array makes PE 0, 1, ...
 
+        ew_spram = self.ew_spram
+        aux_pes = _ew_spram_pes(self.params) if ew_spram else []
+
         def make_pe(role="solo"):
             # serial: the element-wise lane ln multiplies on PE n_pe - 1 - ln
-            ext = dict(ext_mul=True) if serial and next(pe_numbers) >= n_pe - self.ew_lanes \
-                else {}
+            number = next(pe_numbers)
+            ext = dict(ext_mul=True) if serial and number >= n_pe - self.ew_lanes else {}
+            if number in aux_pes:
+                ext["aux"] = True                      # element-wise data in its SPRAM
             return ProcessingElement(index_bits=self.index_bits, run_bits=self.run_bits,
                                      act_width=aw, weight_width=self.weight_width,
                                      acc_bits=self.acc_bits, rows=self.rows_per_pe,
                                      entries=self.max_entries_per_pe,
                                      pointers=self.max_pointers, codebooks=self.max_layers,
-                                     product_shift=self.product_shift, role=role, **ext)
+                                     product_shift=self.product_shift, role=role,
+                                     memory=self.memory, **ext)
         pes, fifo = add_pe_array(m, n_pe, make_pe, k_bits=self.k_bits, act_width=aw,
                                  fifo_depth=self.fifo_depth, pe_group=self.pe_group)
 
@@ -222,7 +351,20 @@ class LstmEngine(wiring.Component):
 
         bias_mem = connect_matrix_loader(
             m, pes, load, desc, entry_bits=self.entry_bits, ptr_bits=self.ptr_bits,
-            weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias)
+            weight_width=self.weight_width, acc_bits=self.acc_bits, max_bias=self.max_bias,
+            bias_memory=not ew_spram)
+        if ew_spram:
+            # element-wise data in the SPRAMs (hdl.spram_share): every memory of the unit, the
+            # bias and the output buffer become request ports on SPRAM 0 .. 3; the loader's
+            # BIAS and TABLE writes are registered first (as the PEs' entry writes)
+            sp = [SpramShare(m, pes[p], f"spram{k}") for k, p in enumerate(aux_pes)]
+            ld = Signal(len(load.region) + len(load.addr) + 16)
+            ld_valid = Signal()
+            m.d.sync += [ld_valid.eq(load.valid), ld.eq(Cat(load.region, load.addr,
+                                                             load.data[:16]))]
+            ld_region = ld[:len(load.region)]
+            ld_addr = ld[len(load.region):len(load.region) + len(load.addr)]
+            ld_data = ld[len(load.region) + len(load.addr):]
 
         with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
             with m.Switch(load.addr[3:]):
@@ -346,9 +488,13 @@ class LstmEngine(wiring.Component):
         h_reads = []                                   # dense h banks (one per lane), below
         h_bank_sel = Signal(max(self.lane_bits, 1))
         m.d.sync += h_bank_sel.eq(self.h_addr)
-        m.submodules.out_mem = out_mem = Memory(shape=signed(aw),
-                                                depth=max(self.classes_max, 1), init=[])
-        out_w, out_r = out_mem.write_port(), out_mem.read_port()
+        if ew_spram:
+            out_w = _port(addr_bits(max(self.classes_max, 1)), signed(aw), "out_w")
+            out_r = _port(addr_bits(max(self.classes_max, 1)), signed(aw), "out_r")
+        else:
+            m.submodules.out_mem = out_mem = Memory(shape=signed(aw),
+                                                    depth=max(self.classes_max, 1), init=[])
+            out_w, out_r = out_mem.write_port(), out_mem.read_port()
         m.d.comb += [out_r.addr.eq(self.out_addr), self.out_data.eq(out_r.data)]
         if self.proj_max:
             m.submodules.r_mem = r_mem = Memory(shape=signed(aw), depth=self.proj_max, init=[])
@@ -462,7 +608,8 @@ class LstmEngine(wiring.Component):
         o_row = Signal.like(r)
         m.d.sync += [o_valid.eq(out_issue), o_pe.eq(r_pe), o_local.eq(r_local), o_row.eq(r),
                      o_proj.eq(pout)]
-        obias_r = bias_mem.read_port()
+        obias_r = (_port(self.bias_bits, signed(self.acc_bits), "obias_r") if ew_spram
+                   else bias_mem.read_port())
         m.d.comb += [obias_r.addr.eq(Mux(pout, p_bias, desc.bias_base) + r),
                      obias_r.en.eq(out_issue)]
         acc_data = Array(pe.acc_rdata for pe in pes)
@@ -495,14 +642,24 @@ class LstmEngine(wiring.Component):
                 m.d.sync += r_pe.eq(r_pe + 1)
 
         # --- element-wise unit: L lanes, lane ln does units u = j*L + ln --------------------------
+        # The tables: RAM written by the loader (region TABLE, host.memory_map.table_layout:
+        # words 0 .. 2E-1 the gate table, sigmoid then tanh; 2E .. 3E-1 the cell table, tanh).
         spec = self.table_spec
-        sig_t = make_table("sigmoid", act, spec)
-        tanh_t = make_table("tanh", act, spec)
-        m.submodules.gate_rom = gate_rom = Memory(
-            shape=signed(aw), depth=2 * spec.entries,
-            init=[int(v) for v in np.concatenate([sig_t, tanh_t])])
-        m.submodules.cell_rom = cell_rom = Memory(shape=signed(aw), depth=spec.entries,
-                                                  init=[int(v) for v in tanh_t])
+        cell_base = table_layout(spec)["cell"]         # 2E: one address bit
+        tab_cell_bit = cell_base.bit_length() - 1      # set: the cell table
+        if not ew_spram:
+            m.submodules.gate_tab = gate_tab = Memory(shape=signed(aw),
+                                                      depth=2 * spec.entries, init=[])
+            m.submodules.cell_tab = cell_tab = Memory(shape=signed(aw), depth=spec.entries,
+                                                      init=[])
+            tab_load = load.valid & (region == LstmRegion.TABLE)
+            gate_tw, cell_tw = gate_tab.write_port(), cell_tab.write_port()
+            m.d.comb += [gate_tw.addr.eq(load.addr), gate_tw.data.eq(load.data[:aw]),
+                         gate_tw.en.eq(tab_load & ~load.addr[tab_cell_bit]),
+                         cell_tw.addr.eq(load.addr), cell_tw.data.eq(load.data[:aw]),
+                         cell_tw.en.eq(tab_load & load.addr[tab_cell_bit])]
+        tab_rb = self.rb.en & ~self.busy & (self.rb.region == LstmRegion.TABLE)
+        tab_rb_ports = []                              # lane 0's table reads (read-back)
         one = 1 << act.frac
 
         def table_index(q):
@@ -598,7 +755,8 @@ class LstmEngine(wiring.Component):
                              lrq.bias.eq(bias_r.data), lrq.shift.eq(ew_shift),
                              lrq.relu.eq(0)]
             z = lrq.out
-            gate_r = gate_rom.read_port()
+            gate_r = (_port(spec.index_bits + 1, signed(aw), "gate_r") if ew_spram
+                      else gate_tab.read_port())
             m.d.comb += [gate_r.addr.eq(Cat(table_index(z), b_gate == 2)), gate_r.en.eq(1)]
             cv = Signal(name=f"ln{ln}_c_valid")
             c_neg = Signal(name=f"ln{ln}_c_neg")
@@ -622,14 +780,28 @@ class LstmEngine(wiring.Component):
                         m.d.sync += y_i.eq(y)
                     with m.Case(3):
                         m.d.sync += y_o.eq(y)
-            c_mem = Memory(shape=signed(aw), depth=self.groups_max, init=[])
-            m.submodules[f"c_mem{ln}"] = c_mem
-            c_w, c_r = c_mem.write_port(), c_mem.read_port()
+            if ew_spram:
+                c_w = _port(group_bits, signed(aw), "c_w")
+                c_r = _port(group_bits, signed(aw), "c_r")
+            else:
+                c_mem = Memory(shape=signed(aw), depth=self.groups_max, init=[])
+                m.submodules[f"c_mem{ln}"] = c_mem
+                c_w, c_r = c_mem.write_port(), c_mem.read_port()
             m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == 0))]
-            c_old = Mux(ew_first, 0, c_r.data)
+            c_data = c_r.data
+            if ew_spram:
+                # the SPRAM's read data change with the next read: keep c_(t-1) a cycle
+                c_hold = Signal(signed(aw), name="c_hold")
+                c_got = Signal()
+                m.d.sync += c_got.eq(c_r.en)
+                with m.If(c_got):
+                    m.d.sync += c_hold.eq(c_r.data)
+                c_data = c_hold
+            c_old = Mux(ew_first, 0, c_data)
             ev = Signal(name=f"ln{ln}_e_valid")
             e_neg = Signal(name=f"ln{ln}_e_neg")
-            cell_r = cell_rom.read_port()
+            cell_r = (_port(spec.index_bits, signed(aw), "cell_r") if ew_spram
+                      else cell_tab.read_port())
             tc = Signal(signed(aw), name=f"ln{ln}_tanh_c")
             m.d.comb += tc.eq(Mux(e_neg, -cell_r.data, cell_r.data))
             mul_a = Signal(signed(aw), name=f"ln{ln}_mul_a")
@@ -669,6 +841,11 @@ class LstmEngine(wiring.Component):
             c_new = sat_round(d_sum, sum_w, f"ln{ln}_c_new")
             m.d.comb += [c_w.addr.eq(d_j), c_w.data.eq(c_new), c_w.en.eq(dv),
                          cell_r.addr.eq(table_index(c_new)), cell_r.en.eq(1)]
+            if ln == 0:
+                # read-back of the tables (idle): lane 0's read ports
+                with m.If(tab_rb):
+                    m.d.comb += [gate_r.addr.eq(self.rb.addr), cell_r.addr.eq(self.rb.addr)]
+                tab_rb_ports = [gate_r, cell_r]
             m.d.sync += [ev.eq(dv), e_neg.eq(c_new < 0)]
             # stage e: o * tanh(c) (the lane multiplier)
             fv = Signal(name=f"ln{ln}_f_valid")
@@ -680,9 +857,13 @@ class LstmEngine(wiring.Component):
                 m.d.sync += f_prod.eq(prod)
             # stage f: h -> dense h bank ln, list serializer
             h_new = sat_round(f_prod, 2 * aw, f"ln{ln}_h")
-            h_bank = Memory(shape=signed(aw), depth=self.groups_max, init=[])
-            m.submodules[f"h_mem{ln}"] = h_bank
-            hw, hr = h_bank.write_port(), h_bank.read_port()
+            if ew_spram:
+                hw = _port(group_bits, signed(aw), "h_w")
+                hr = _port(group_bits, signed(aw), "h_r")
+            else:
+                h_bank = Memory(shape=signed(aw), depth=self.groups_max, init=[])
+                m.submodules[f"h_mem{ln}"] = h_bank
+                hw, hr = h_bank.write_port(), h_bank.read_port()
             m.d.comb += [hw.addr.eq(f_j), hw.data.eq(h_new), hw.en.eq(fv),
                          hr.addr.eq(self.h_addr >> lb)]
             h_reads.append(hr.data)
@@ -1092,4 +1273,18 @@ class LstmEngine(wiring.Component):
             words.update({((4 * k + 2) << 3) | int(field): value
                           for field, value in seq.items()})
         connect_readback(m, self.rb, self.busy, pes, obias_r, words)
+        if ew_spram:
+            self._connect_ew_spram(m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
+                                   ld_data, ew=ew, outp=outp, obias_r=obias_r, gate_r=gate_r,
+                                   cell_r=cell_r, c_r=c_r, c_w=c_w, hw=hw, hr=hr, out_w=out_w,
+                                   out_r=out_r, bv=b_valid[0], dv=dv, tab_rb=tab_rb)
+        # TABLE: lane 0's table read ports (the words are act_format, sign-extended)
+        tab_sel = Signal()
+        tab_cell = Signal()
+        with m.If(self.rb.en & ~self.busy):
+            m.d.sync += [tab_sel.eq(self.rb.region == LstmRegion.TABLE),
+                         tab_cell.eq(self.rb.addr[tab_cell_bit])]
+        gate_rd, cell_rd = tab_rb_ports
+        with m.If(tab_sel):
+            m.d.comb += self.rb.data.eq(Mux(tab_cell, cell_rd.data, gate_rd.data))
         return m

@@ -22,7 +22,8 @@ __all__ = ["engine_verilog", "build_engine", "run_lstm_cases", "LstmCaseResult",
 COCOTB_MODULE = Path(__file__).resolve().parents[1] / "tests" / "hw" / "cocotb_lstm.py"
 TOPLEVEL = "lstm_engine"
 
-_SOURCES = ("lstm.py", "spmv.py", "pe.py", "broadcast.py", "requant.py", "lstm_sim.py")
+_SOURCES = ("lstm.py", "spmv.py", "pe.py", "broadcast.py", "requant.py", "lstm_sim.py",
+            "ice40_spram.py", "readback.py", "spram_share.py")
 
 
 def engine_verilog(engine: LstmEngine) -> str:
@@ -34,12 +35,12 @@ def engine_verilog(engine: LstmEngine) -> str:
     here = Path(__file__).resolve().parent
     sources = [here / name for name in _SOURCES] + [inspect.getfile(activations),
                                                     inspect.getfile(memory_map)]
-    # Only the accumulators (must start at zero) and the table ROMs keep their initial
-    # contents; every other memory is written before it is read.
+    # Only the accumulators (must start at zero) keep their initial contents; every other
+    # memory (the activation tables too: region TABLE) is written before it is read.
     return cached_verilog(
         "lstm", engine, sources,
         lambda: dedupe_modules(strip_memory_init(generate_verilog(engine, TOPLEVEL),
-                                                 keep=("acc_mem", "gate_rom", "cell_rom"))))
+                                                 keep=("acc_mem",))))
 
 
 def build_engine(engine: LstmEngine) -> tuple[Path, float, float]:
@@ -85,6 +86,8 @@ def run_lstm_cases(engine: LstmEngine, build: Path, cases, *, test_dir=None,
     from .spmv_sim import simulate_cases
     cases = list(cases)
     data, runs = case_data(engine, cases)
+    # element-wise data in the SPRAMs: the test also checks the engine's spram_conflict flag
+    data["spram_check"] = np.int64(bool(getattr(engine, "ew_spram", False)))
     # without step statistics the stat ports (and cls_cycles) read 0: the driver compares the
     # outputs and the total cycles only
     data["step_stats"] = np.int64(engine.params.step_stats)

@@ -147,6 +147,17 @@ class ProcessingElement(wiring.Component):
         8 bits); it has a ``pair`` port (:class:`PairSignature`) to its follower, which has
         the flipped port and no ``col`` input, pointer memory or entry memory.  Both PEs'
         pointer words must be equal (:func:`host.encoding.pad_groups`).
+    aux : bool
+        Only for a solo or leader PE with ``memory="spram"`` (default False: no port, the
+        netlist is unchanged): an idle-time port on the PE's SPRAM for the engine's own data
+        (:class:`hdl.lstm.LstmEngine` keeps its element-wise data there while the PEs are
+        idle).  While ``aux_en`` (static through a phase; the PE must be idle: it overrides
+        the entry address) the SPRAM belongs to the port in every cycle without a loader
+        write or read-back (those take precedence; both happen only while the engine is
+        idle): it writes ``aux_wdata`` (16 bit, the whole word) to ``aux_addr`` (14 bit, a
+        word address) when ``aux_we``, else reads ``aux_addr``; the word read is on
+        ``aux_rdata`` the next cycle (the SPRAM's registered read data, 1-cycle latency like
+        a Memory read port; held while not reading).
     ext_mul : bool
         Give the multiplier an outside port (``mul_*``, below); default False (no change).
 
@@ -188,7 +199,7 @@ class ProcessingElement(wiring.Component):
     def __init__(self, *, index_bits: int, run_bits: int, act_width: int, weight_width: int,
                  acc_bits: int, rows: int, entries: int, pointers: int, codebooks: int,
                  memory: str = "bram", product_shift: int = 0,
-                 role: str = "solo", ext_mul: bool = False):
+                 role: str = "solo", ext_mul: bool = False, aux: bool = False):
         if role not in PE_ROLES:
             raise ValueError(f"`role` must be one of {', '.join(map(repr, PE_ROLES))}, not "
                              f"{role!r}")
@@ -201,8 +212,14 @@ class ProcessingElement(wiring.Component):
         if memory == "spram" and entries > SPRAM_DEPTH:
             raise ValueError(f"`entries` must be at most {SPRAM_DEPTH} with memory='spram', "
                              f"not {entries}")
+        if not isinstance(aux, bool):
+            raise TypeError(f"`aux` must be True or False, not {aux!r}")
+        if aux and (memory != "spram" or role == "follower"):
+            raise ValueError(f"`aux=True` needs the SPRAM of a solo or leader PE "
+                             f"(memory='spram'), not memory={memory!r}, role={role!r}")
         self.memory = memory
         self.role = role
+        self.aux = aux
         self.ext_mul = ext_mul
         self.index_bits = index_bits
         self.run_bits = run_bits
@@ -247,6 +264,9 @@ class ProcessingElement(wiring.Component):
             members["pair"] = Out(link) if role == "leader" else In(link)
         if role == "follower":
             del members["col"]
+        if aux:
+            members.update({"aux_en": In(1), "aux_addr": In(14), "aux_we": In(1),
+                            "aux_wdata": In(16), "aux_rdata": Out(16)})
         members.update(self._ext_mul_members())
         super().__init__(members)
 
@@ -354,14 +374,25 @@ class ProcessingElement(wiring.Component):
                         w_addr.eq(Mux(self.entry_w.en, self.entry_w.addr, self.pair.w_addr)),
                         w_data.eq(Cat(self.entry_w.data.as_value(), Const(0, 8 - E),
                                       self.pair.w_data))]
-                    m.d.comb += [spram.we.eq(w_en | w_hi),
-                                 spram.mask.eq(Cat(w_en, w_en, w_hi, w_hi))]
+                    lo, hi = w_en, w_hi
+                    if self.aux:                   # an aux write: the whole word
+                        aux_wr = self.aux_en & self.aux_we & ~(w_en | w_hi)
+                        lo, hi = w_en | aux_wr, w_hi | aux_wr
+                    m.d.comb += [spram.we.eq(lo | hi), spram.mask.eq(Cat(lo, lo, hi, hi))]
+                    loader_we = w_en | w_hi
                 else:
                     m.d.sync += [w_en.eq(self.entry_w.en), w_addr.eq(self.entry_w.addr),
                                  w_data.eq(self.entry_w.data.as_value())]
-                    m.d.comb += spram.we.eq(w_en)
-                m.d.comb += [spram.addr.eq(Mux(spram.we, w_addr, issue_addr)),
-                             spram.wdata.eq(w_data), spram.re.eq(have)]
+                    m.d.comb += spram.we.eq(w_en | self.aux_en & self.aux_we if self.aux
+                                            else w_en)
+                    loader_we = w_en
+                if self.aux:
+                    alt_addr, alt_sel = _aux_port(self, m, spram, w_addr, w_data, have,
+                                                  loader_we)
+                    m.d.comb += spram.addr.eq(Mux(alt_sel, alt_addr, issue_addr))
+                else:
+                    m.d.comb += [spram.addr.eq(Mux(spram.we, w_addr, issue_addr)),
+                                 spram.wdata.eq(w_data), spram.re.eq(have)]
                 word = spram.rdata
                 entry_port = None
             entry = data.View(self.entry_layout, word[:E])
@@ -458,7 +489,7 @@ class ProcessingElement(wiring.Component):
                 m.d.comb += [ptr_r.addr.eq(self.rb_addr), ptr_r.en.eq(1)]
                 if entry_port is not None:
                     m.d.comb += [entry_port.addr.eq(self.rb_addr), entry_port.en.eq(1)]
-                else:
+                elif not self.aux:      # with aux: in the one address multiplexer (_aux_port)
                     m.d.comb += [spram.addr.eq(self.rb_addr), spram.re.eq(1)]
         m.d.comb += [self.rb_entry.eq(entry.as_value()),
                      self.rb_ptr.eq(ptr_r.data if lead else self.pair.ptr),
@@ -494,3 +525,32 @@ class ProcessingElement(wiring.Component):
         m.d.comb += product.eq(a * b)
         m.d.sync += self.mul_out.eq(product)
         return product
+
+
+# --- aux port (ProcessingElement(aux=True) only) ----------------------------------------------
+
+def _aux_port(pe, m, spram, w_addr, w_data, have, loader_we):
+    """Drive ``spram``'s data and read enable for a PE with the idle-time port and return
+    ``(alt_addr, alt_sel)``: the address that replaces the issue address, and when.
+
+    Priority: read-back (``rb_en``), then a loader write (``loader_we``, registered), then the
+    aux port (``aux_en``), so the engine may keep ``aux_en`` on while idle (the host's reads of
+    the engine's own data) and still load entries and read them back.  These alternatives are
+    selected by signals that are registered or static through a phase and merged before the
+    last multiplexer, so the issue address still passes one 2:1 multiplexer level to the
+    SPRAM (the near-critical pointer -> entry address -> SPRAM path), as without the port.
+    ``spram.we`` (with the aux write) is set by the caller.
+    """
+    alt_addr = Signal(14)
+    with m.If(pe.rb_en):
+        m.d.comb += alt_addr.eq(pe.rb_addr)
+    with m.Elif(loader_we):
+        m.d.comb += alt_addr.eq(w_addr)
+    with m.Else():
+        m.d.comb += alt_addr.eq(pe.aux_addr)
+    alt_sel = Signal()
+    m.d.comb += [alt_sel.eq(loader_we | pe.rb_en | pe.aux_en),
+                 spram.wdata.eq(Mux(loader_we, w_data, pe.aux_wdata)),
+                 spram.re.eq(Mux(pe.aux_en, ~pe.aux_we, have) | pe.rb_en),
+                 pe.aux_rdata.eq(spram.rdata)]
+    return alt_addr, alt_sel

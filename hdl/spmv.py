@@ -123,13 +123,14 @@ def add_pe_array(m, n_pe, make_pe, *, k_bits, act_width, fifo_depth, pe_group=1)
 
 
 def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_width, acc_bits,
-                          max_bias):
+                          max_bias, bias_memory=True):
     """Loader writes shared by the engines (regions 0..3 of :class:`Region`).
 
     ENTRY and POINTER words go from the per-PE ``load.lanes`` into the PEs that ``load.mask``
     selects, CODEBOOK words into every PE, BIAS words into a new bias memory (``acc_bits`` wide,
     ``max_bias`` deep); every PE reads its entry base and codebook slot from ``desc``.
-    Returns the bias memory (the caller adds its read ports).
+    Returns the bias memory (the caller adds its read ports); with ``bias_memory=False``
+    none (None: the caller keeps the biases elsewhere and takes the BIAS writes itself).
     """
     region = load.region
     for p, pe in enumerate(pes):
@@ -143,6 +144,8 @@ def connect_matrix_loader(m, pes, load, desc, *, entry_bits, ptr_bits, weight_wi
             pe.cb_w.en.eq(load.valid & (region == Region.CODEBOOK)),
             pe.entry_base.eq(desc.entry_base), pe.cb_slot.eq(desc.cb_slot),
         ]
+    if not bias_memory:
+        return None
     m.submodules.bias_mem = bias_mem = Memory(shape=signed(acc_bits), depth=max_bias, init=[])
     bias_w = bias_mem.write_port()
     m.d.comb += [bias_w.addr.eq(load.addr), bias_w.data.eq(load.data[:acc_bits]),

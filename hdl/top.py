@@ -335,7 +335,9 @@ class LstmAdapter(_EngineBusAdapter):
     masked in that cycle.  Reads (latency 2): regions 0-4 through the engine's read-back port
     (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended), STATE (read-only,
     ``state_max`` words: the last layer's final output h_T, r_T with a projection, of the last
-    run, from the engine's ``h_addr`` / ``h_data`` port, sign-extended).
+    run, from the engine's ``h_addr`` / ``h_data`` port, sign-extended).  TABLE (the activation
+    tables, :func:`host.memory_map.table_layout`) is the engine's region TABLE, written and
+    read back (sign-extended) as regions 0-4.
     ``ctl.reset`` and ``ctl.n_layers`` are ignored.
     """
 
@@ -365,6 +367,7 @@ class LstmAdapter(_EngineBusAdapter):
             RegionSpec(RegionId.OUTPUT, act.width, max(1, e.classes_max), writable=False,
                        signed=True),
             RegionSpec(RegionId.STATE, act.width, e.state_max, writable=False, signed=True),
+            RegionSpec(RegionId.TABLE, act.width, e.params.table_words, signed=True),
         ]
 
     def elaborate(self, platform):
@@ -417,7 +420,12 @@ class LstmAdapter(_EngineBusAdapter):
             m.d.comb += [load.region.eq(LstmRegion.XEND), load.addr.eq(end_step),
                          load.data.eq(end_value), load.valid.eq(1)]
 
+        # TABLE (the activation tables): engine region TABLE, written and read back
+        with m.If(bus.we & (bus.region == RegionId.TABLE)):
+            m.d.comb += [load.region.eq(LstmRegion.TABLE), load.valid.eq(1)]
         _drive_readback(m, e, bus, state=True)
+        with m.If(bus.region == RegionId.TABLE):
+            m.d.comb += [e.rb.en.eq(bus.re), e.rb.region.eq(LstmRegion.TABLE)]
         m.d.sync += start_d.eq(ctl.start)
         m.d.comb += [e.start.eq(start_d), ctl.busy.eq(e.busy | start_d),
                      ctl.done.eq(e.done & ~start_d), ctl.cycles.eq(e.cycles)]

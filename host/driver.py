@@ -34,7 +34,8 @@ from .driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyErr
 from .errors import SpineError
 from .fixedpoint import Format
 from .lstm_image import build_image as build_lstm_image
-from .memory_map import Field, LstmField, LstmParams, SpmvParams, descriptor_readback
+from .memory_map import (Field, LstmField, LstmParams, SpmvParams, descriptor_readback,
+                         table_layout)
 from .protocol import (
     FRAME_TIMEOUT_BYTES,
     MAX_PAYLOAD,
@@ -432,7 +433,29 @@ def _lstm_mismatches(model: CompressedModel, info: EngineInfo, problems: list) -
         entries += int(enc.entries_per_pe().max()) if enc.n_pe == info.n_pe else 0
     if entries > info.max_entries_per_pe:
         problems.append(f"entries per PE: model {entries}, engine {info.max_entries_per_pe}")
+    table = _lstm_table_problem(model, info)
+    if table:
+        problems.append(table)
     return problems
+
+
+def _lstm_table_problem(model: CompressedModel, info: EngineInfo) -> str | None:
+    """Why ``info``'s LSTM engine cannot take ``model``'s activation tables (region TABLE,
+    :func:`host.memory_map.table_layout`), or None."""
+    words = table_layout(model.table_spec)["words"]
+    try:
+        depth = info.region(RegionId.TABLE).depth
+    except KeyError:
+        return ("activation tables: the bitstream has no TABLE region (it was built when the "
+                "LSTM engine's sigmoid / tanh tables were fixed at build time); rebuild the "
+                "bitstream with this version (`python -m hdl.build ... --model MODEL`), whose "
+                "tables are loaded with the model")
+    if depth != words:
+        return (f"activation tables: model {words} words (table_spec index_bits "
+                f"{model.table_spec.index_bits}: 3 tables of {model.table_spec.entries}), "
+                f"engine's TABLE region {depth}; build the bitstream for the model's "
+                f"table_spec")
+    return None
 
 
 def model_mismatches(model: CompressedModel, info: EngineInfo) -> list[str]:
@@ -654,9 +677,9 @@ def _lstm_descriptor_readback(words) -> np.ndarray:
 
 
 def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
-    """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4; the descriptor
-    block holds every layer's matrix, projection and LstmField descriptors, the classifier's,
-    and STEPS = T)."""
+    """:func:`model_image` of an LSTM package on an LSTM engine (regions 0-4 and the
+    activation tables, region TABLE; the descriptor block holds every layer's matrix,
+    projection and LstmField descriptors, the classifier's, and STEPS = T)."""
     stack, cls = _lstm_layers(model)
     params = _lstm_params(info, model)
     image = build_lstm_image(params, stack, cls)
@@ -667,6 +690,11 @@ def _lstm_model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBloc
     for addr, value in image.descriptors:
         desc[addr] = value
     desc[(2 << 3) | LstmField.STEPS] = steps
+    table = _lstm_table_problem(model, info)
+    if table:
+        raise ValueError(table)
+    blocks.append(LoadBlock("activation tables (sigmoid, tanh; cell tanh)", RegionId.TABLE, 0,
+                            0, image.tables, wb(RegionId.TABLE)))
     blocks.append(LoadBlock("descriptors (LSTM layers, classifier, sequence)",
                             RegionId.DESCRIPTOR, 0, 0, desc, wb(RegionId.DESCRIPTOR),
                             expected=_lstm_descriptor_readback(desc)))

@@ -7,7 +7,8 @@ projections, and an optional classifier :class:`host.compressed.QLinear` on the 
 in the engine's memories; :func:`image_writes` and :func:`sequence_writes` give the loader
 writes; :func:`expected_run` computes the golden results
 (:meth:`host.golden.GoldenModel.lstm_cell`) and the cycle model
-(:func:`host.lstm_cycles.stack_cycles`).
+(:func:`host.lstm_cycles.stack_cycles`).  The activation tables (region TABLE) are written
+by the host too: :func:`table_words`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .activations import TableSpec, make_table
 from .compressed import CompressedModel, QLinear, QLSTM, SparseMatrix, requant_shift
 from .encoding import encode
 from .fixedpoint import Format
@@ -24,10 +26,10 @@ from .lstm_cycles import LayerTrace, LstmCycleReport, stack_cycles
 from .matrix_image import (LoaderWrites, MatrixMemories, check_encoding, check_weights,
                            pad_matrix)
 from .memory_map import (DESCRIPTOR_FIELDS, GATES, Field, LstmField, LstmParams, LstmRegion,
-                         params_of)
+                         params_of, table_layout)
 
 __all__ = ["LstmImage", "build_image", "image_writes", "sequence_writes", "expected_run",
-           "ExpectedLstmRun", "random_lstm", "case_data"]
+           "ExpectedLstmRun", "random_lstm", "case_data", "table_words"]
 
 _WEIGHT_FORMAT = Format(16, 14)
 
@@ -44,6 +46,7 @@ class LstmImage:
     layers: list                 # QLSTM per layer
     classifier: QLinear | None
     golden: GoldenModel
+    tables: np.ndarray           # TABLE region words (:func:`table_words`)
 
     @property
     def lstm(self) -> QLSTM:
@@ -54,6 +57,16 @@ class LstmImage:
     def output_size(self) -> int:
         """Size of the last layer's output (``h_addr`` words): P with a projection, else H."""
         return self.layers[-1].output_size
+
+
+def table_words(act: Format, spec: TableSpec) -> np.ndarray:
+    """The TABLE region of the LSTM engine (:func:`host.memory_map.table_layout`): the gate
+    table (sigmoid then tanh), then the cell table (tanh), ``3 * spec.entries`` words in
+    ``act`` (int64), all from :func:`host.activations.make_table`."""
+    sigmoid, tanh = make_table("sigmoid", act, spec), make_table("tanh", act, spec)
+    words = np.concatenate([sigmoid, tanh, tanh]).astype(np.int64)
+    assert len(words) == table_layout(spec)["words"]
+    return words
 
 
 def _check_matrix(engine, matrix: SparseMatrix, where: str):
@@ -175,7 +188,8 @@ def build_image(engine: LstmParams, lstm, classifier: QLinear | None = None,
     if model.table_spec != engine.table_spec:
         raise ValueError(f"table spec {model.table_spec} differs from the engine's "
                          f"{engine.table_spec}")
-    return LstmImage(*memories.arrays(), descs, layers, classifier, GoldenModel(model))
+    return LstmImage(*memories.arrays(), descs, layers, classifier, GoldenModel(model),
+                     table_words(engine.act_format, model.table_spec))
 
 
 def _finish(engine, writes: LoaderWrites) -> dict:
@@ -191,6 +205,8 @@ def image_writes(engine: LstmParams, image: LstmImage) -> dict:
     writes.add_matrix_memories(LstmRegion, image, engine.index_bits)
     addr, value = zip(*image.descriptors)
     writes.add(LstmRegion.DESCRIPTOR, addr, data=value)
+    writes.add(LstmRegion.TABLE, np.arange(len(image.tables)),
+               data=image.tables & ((1 << engine.act_format.width) - 1))
     return _finish(engine, writes)
 
 

@@ -23,7 +23,7 @@ from .params import check_int
 from .protocol import COMMON_EXTENSION_DEFAULTS
 
 __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
-           "LstmRegion",
+           "LstmRegion", "table_layout",
            "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
            "bits_for", "check_pe_group", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY",
            "POP_INTERVAL",
@@ -113,6 +113,8 @@ class LstmRegion(enum.IntEnum):
     #:                 every layer's outputs but the last's after them)
     XEND = 6        #: addr = step t; data = x-list index one past x_t's last non-zero
     #:                 (the engine writes entries l*T + t for layers l >= 1)
+    TABLE = 7       #: addr = table word (:func:`table_layout`): the activation tables in
+    #:                 ``act_format`` (written by the host from ``make_table``, readable)
 
 
 class LstmField(enum.IntEnum):
@@ -123,6 +125,18 @@ class LstmField(enum.IntEnum):
     STEPS = 2       #: time steps T (1 .. steps_max); layer 0's descriptor only
     CLASSIFY = 3    #: 1: run the classifier after the last step; layer 0's descriptor only
     GATE0 = 4       #: gate g's first row g*H as ``local << pe_bits | pe`` (fields 4..7)
+
+
+def table_layout(spec) -> dict:
+    """Word addresses of the LSTM engine's TABLE region (:attr:`LstmRegion.TABLE`) for a
+    :class:`host.activations.TableSpec` with ``E = spec.entries`` (a power of two) entries per
+    table: ``{"sigmoid": 0, "tanh": E, "cell": 2 * E, "words": 3 * E}``.  Words ``0 .. 2E-1``
+    are the gate table (sigmoid then tanh, read by the gate stage: address
+    ``(gate == g) << index_bits | table_index(z)``), words ``2E .. 3E-1`` the cell table
+    (tanh again, read by the cell stage for tanh(c)): two memories, two copies of tanh.
+    Bit ``index_bits + 1`` of an address selects the cell table."""
+    e = spec.entries
+    return {"sigmoid": 0, "tanh": e, "cell": 2 * e, "words": 3 * e}
 
 
 def bits_for(value: int) -> int:
@@ -395,6 +409,11 @@ class LstmParams(_Widths):
         return self.max_xlist + bank * self.state_max
 
     @property
+    def table_words(self) -> int:
+        """Words of the TABLE region (:func:`table_layout`): ``3 * table_spec.entries``."""
+        return table_layout(self.table_spec)["words"]
+
+    @property
     def state_max(self) -> int:
         """Recurrent state / layer output size S: max(H, P)."""
         return max(self.hidden_max, self.proj_max)
@@ -484,7 +503,8 @@ class LstmParams(_Widths):
     def addr_width(self) -> int:
         return max(self.entry_addr_bits, self.k_bits, self.cb_bits + self.index_bits,
                    self.bias_bits, 3 + addr_bits(self.n_descriptors),
-                   addr_bits(self.max_xlist), addr_bits(self.gsteps_max))
+                   addr_bits(self.max_xlist), addr_bits(self.gsteps_max),
+                   addr_bits(self.table_words))
 
     @property
     def data_width(self) -> int:

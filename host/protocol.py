@@ -197,6 +197,11 @@ class RegionId(enum.IntEnum):
     CONTROL = 7     #: shell registers, see :class:`Control`
     STATE = 8       #: LSTM engine only (read-only): the last LSTM layer's final output of the
     #:                 last run, h_T (r_T with a projection), act words at addresses 0 .. S-1
+    TABLE = 9       #: LSTM engine only (read/write): the activation tables, act words: the
+    #:                 gate table (sigmoid at 0 .. E-1, tanh at E .. 2E-1) then the cell table
+    #:                 (tanh at 2E .. 3E-1), E = 2**table_spec.index_bits
+    #:                 (:func:`host.memory_map.table_layout`); written by the host when it
+    #:                 loads a model (:func:`host.lstm_image.table_words`)
 
 
 class Control(enum.IntEnum):

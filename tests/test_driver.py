@@ -17,7 +17,8 @@ from fake_board import FakeBoard, make_identity
 from host.spmv_image import random_layer
 from host.activations import TableSpec
 from host.compressed import CompressedModel, QLinear, QReLU
-from host.driver import Accelerator, EngineInfo, model_image, pack_words, unpack_words
+from host.driver import (Accelerator, EngineInfo, model_image, model_mismatches, pack_words,
+                         unpack_words)
 from host.driver_errors import DeviceError, LinkError, ModelMismatchError, VerifyError
 from host.errors import SpineError
 from host.fixedpoint import Format
@@ -581,3 +582,61 @@ def test_identify_pe_group_extension():
     # The word is covered by the hash: the same answer claiming pe_group 1 does not match.
     assert not EngineInfo.from_payload(pack_identity(replace(new, extension=(0, 1)))).hash_ok
     assert parse_identity(pack_identity(new)).pe_group == 2
+
+
+# --- the LSTM engine's activation tables (region TABLE) -----------------------------------------
+# The positive path (tables loaded, read back, a corrupted word found by verify) runs on the real
+# RTL: tests/hw/test_end_to_end.py (test_verify_finds_a_corrupted_table_word), test_shell.py.
+
+
+def _lstm_board_info():
+    from dataclasses import replace
+
+    from fake_board import backend_info
+
+    from hdl.build import engine_for_model, make_backend
+    from host.lstm_image import random_lstm
+    from host.protocol import RegionDescription
+
+    lstm, cls = random_lstm(np.random.default_rng(4), 4, 6, 0.5, 2, classes=3)
+    model = CompressedModel("tiny-lstm", (5, 4), [lstm, cls], 2, ACT, 32, TableSpec())
+    info = backend_info(make_backend(engine_for_model(model)))
+    # the shell's CONTROL region (the backend lists only the engine's)
+    info = replace(info, regions=info.regions + (RegionDescription(RegionId.CONTROL, 4, 1, 4),))
+    old = replace(info, regions=tuple(r for r in info.regions if r.region != RegionId.TABLE))
+    return model, info, old
+
+
+def test_lstm_image_loads_the_tables():
+    """The LSTM image writes the TABLE region: sigmoid, tanh, tanh (cell table) of the model's
+    table_spec, as host.activations.make_table (the golden model's tables)."""
+    from host.memory_map import table_layout
+
+    model, info, _ = _lstm_board_info()
+    assert model_mismatches(model, info) == []
+    table = info.region(RegionId.TABLE)
+    layout = table_layout(model.table_spec)
+    assert (table.depth, table.word_bytes, table.readable, table.writable) == (
+        layout["words"], 2, True, True)
+    blocks = [b for b in model_image(model, info) if b.region == RegionId.TABLE]
+    assert len(blocks) == 1 and blocks[0].check and blocks[0].address == 0
+    words, golden_model = blocks[0].words, GoldenModel(model)
+    e = model.table_spec.entries
+    assert np.array_equal(words[:e], golden_model._sigmoid)
+    assert np.array_equal(words[layout["tanh"]:layout["tanh"] + e], golden_model._tanh)
+    assert np.array_equal(words[layout["cell"]:], golden_model._tanh)
+
+
+def test_lstm_board_without_table_region_says_rebuild():
+    """A bitstream built before the tables were loadable has no TABLE region: the model check
+    and the image say so and how to fix it (rebuild); a table of another size is refused."""
+    model, info, old = _lstm_board_info()
+    problems = model_mismatches(model, old)
+    assert len(problems) == 1 and "no TABLE region" in problems[0]
+    assert "rebuild the bitstream" in problems[0]
+    with pytest.raises(ValueError, match="no TABLE region .*rebuild the bitstream"):
+        model_image(model, old)
+    bigger = CompressedModel(model.name, model.input_shape, model.layers, model.n_pe, ACT, 32,
+                             TableSpec(index_bits=10))
+    assert any("activation tables: model 3072 words (table_spec index_bits 10" in p
+               and "TABLE region 1536" in p for p in model_mismatches(bigger, info))

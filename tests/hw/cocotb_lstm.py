@@ -76,6 +76,10 @@ async def lstm_cases(dut):
                             f"ew {ew} pmac {pmac} cls_mac {cls_mac}")
         if cycles != int(c["cycles"]):
             problems.append(f"run cycles rtl {cycles} model {int(c['cycles'])}")
+        if "spram_check" in data and int(data["spram_check"]) \
+                and int(dut.spram_conflict.value):
+            # element-wise data in the SPRAMs: two accesses to one SPRAM in a cycle (sticky)
+            problems.append("SPRAM conflict (two accesses to one SPRAM in a cycle)")
         if problems:
             failures.append(f"{name}: " + "; ".join(problems))
         dut._log.info("%s: %d steps, %d cycles, run %.3f s%s", name, int(c["steps"]), cycles,

@@ -559,7 +559,8 @@ async def engine_load_readback_infer(dut):
             loaded.append((region, index, address, values,
                            [int(v) for v in readback[offset:end]]))
     kinds = {region for region, *_ in loaded}
-    assert kinds == {0, 1, 2, 3, 4, int(RegionId.CONTROL)}, kinds
+    tables = {int(RegionId.TABLE)} if RegionId.TABLE in table else set()   # LSTM engine
+    assert kinds == {0, 1, 2, 3, 4, int(RegionId.CONTROL)} | tables, kinds
 
     def wire(values, wb):
         return [int(v) & ((1 << 8 * wb) - 1) for v in values]
@@ -578,7 +579,7 @@ async def engine_load_readback_infer(dut):
 
     # A corrupted word of every region kind is seen; restoring it restores the CRC.
     for rid in (RegionId.ENTRY, RegionId.POINTER, RegionId.CODEBOOK, RegionId.BIAS,
-                RegionId.DESCRIPTOR):
+                RegionId.DESCRIPTOR, *tables):
         region, index, address, values, expect = next(b for b in loaded if b[0] == rid)
         wb = table[region].word_bytes
         k = len(values) // 2

@@ -486,6 +486,44 @@ def test_verify_finds_a_word_overwritten_after_the_load(kind, request):
         assert acc.verify(model)["verified"] == len(blocks) - 1
 
 
+def test_verify_finds_a_corrupted_table_word(lstm_board, lstm_workload):
+    """On the real RTL: the activation tables (region TABLE, loaded from the model's
+    table_spec) are verified like every other region: a tanh word of the cell table changed
+    after the load is found by verify() with its address, a wrong table changes the
+    results, and loading again repairs both."""
+    from host.driver import model_image, pack_words
+    from host.driver_errors import VerifyError
+    from host.memory_map import table_layout
+    from host.protocol import RegionId
+
+    model = lstm_workload["model"]
+    x = lstm_workload["x"][:8]
+    golden = GoldenModel(model)
+    with Accelerator(lstm_board.url, timeout=5.0) as acc:
+        acc.load(model, progress=False)
+        blocks = model_image(model, acc.identify())
+        tables = next(b for b in blocks if b.region == RegionId.TABLE)
+        assert tables.address == 0 and len(tables.words) == table_layout(
+            model.table_spec)["words"]
+        k = table_layout(model.table_spec)["cell"] + 3           # tanh in the cell table
+        wrong, wb = int(tables.words[k]) ^ 0x40, tables.word_bytes
+        acc.write(RegionId.TABLE, 0, k, pack_words([wrong], wb))
+        with pytest.raises(VerifyError, match=r"activation tables .*\(region TABLE\).*"
+                                              rf"word {k} reads back 0x{wrong:0{2 * wb}X}") \
+                as error:
+            acc.verify(model)
+        assert (error.value.region, error.value.address) == (RegionId.TABLE, k)
+        # the hardware reads the loaded table: all-zero tanh -> h = 0 -> outputs = bias only
+        cell = table_layout(model.table_spec)["cell"]
+        step = min(128, model.table_spec.entries)
+        for start in range(0, model.table_spec.entries, step):
+            acc.write(RegionId.TABLE, 0, cell + start, pack_words(np.zeros(step, np.int64), wb))
+        assert not np.array_equal(acc.infer(x), golden.forward_int(golden.quantize_input(x)))
+        acc.load(model, progress=False)
+        assert acc.verify(model)["verified"] == len(blocks) - 1
+        assert np.array_equal(acc.infer(x), golden.forward_int(golden.quantize_input(x)))
+
+
 def test_mlp_and_lstm_boards_refuse_each_others_models(board, lstm_board, workload,
                                                        lstm_workload):
     with Accelerator(lstm_board.url, timeout=5.0) as acc, \

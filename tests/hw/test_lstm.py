@@ -50,12 +50,28 @@ CONFIGS = {
     "n4_pairs": dict(n_pe=4, pe_group=2, hidden_max=10, input_max=10, steps_max=32,
                      classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2,
                      layers_max=2, proj_max=5),
+    # 4 PEs in pairs with the entries in SPRAMs (memory "spram": one Ice40Spram model per
+    # pair), 2 stacked layers with projections.
+    "n4_pairs_spram": dict(n_pe=4, pe_group=2, hidden_max=10, input_max=10, steps_max=32,
+                           classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2,
+                           layers_max=2, proj_max=5, memory="spram"),
+    # 3 solo PEs with SPRAM entries (one Ice40Spram each), one lane.
+    "n3_spram": dict(n_pe=3, hidden_max=9, input_max=6, steps_max=32, classes_max=6,
+                     max_entries_per_pe=512, fifo_depth=2, ew_lanes=1, memory="spram"),
     # Serial schedule (overlap=False): 8 PEs in pairs, 2 lanes on PEs 7 and 6's multipliers,
     # 16-bit accumulators with a product shift, 2 stacked layers (each lower-layer h written
     # twice through the one list memory), classifier.
     "n8_serial": dict(n_pe=8, pe_group=2, hidden_max=17, input_max=17, steps_max=32,
                       classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=2,
                       acc_bits=16, product_shift=13, layers_max=2, overlap=False),
+    # Serial with the element-wise data in the SPRAMs (memory "spram": bias, tables, c, h and
+    # the output buffer in the four pairs' SPRAMs through the PEs' aux ports; the test also
+    # checks that no SPRAM sees two accesses in a cycle), 16-bit accumulators, classifier,
+    # 2 stacked layers.
+    "n8_serial_spram": dict(n_pe=8, pe_group=2, hidden_max=17, input_max=17, steps_max=32,
+                            classes_max=6, max_entries_per_pe=1024, fifo_depth=2, ew_lanes=1,
+                            acc_bits=16, product_shift=13, layers_max=2, overlap=False,
+                            memory="spram"),
     # Serial, one lane, no step statistics (stat ports read 0: outputs and totals compared).
     "n2_serial_nostats": dict(n_pe=2, hidden_max=9, input_max=9, steps_max=32, classes_max=6,
                               max_entries_per_pe=1024, fifo_depth=1, ew_lanes=1, layers_max=2,
@@ -356,6 +372,30 @@ def test_constructor_validation():
     with pytest.raises(TypeError, match="table_spec"):
         LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
                    table_spec=9)
+    with pytest.raises(ValueError, match="`memory` must be 'bram' or 'spram', not 'dram'"):
+        LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64,
+                   memory="dram")
+    with pytest.raises(ValueError, match="`max_entries_per_pe` must be at most 16384 with "
+                                         "memory='spram'"):
+        LstmEngine(2, hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=20000,
+                   memory="spram")
+    serial = dict(hidden_max=4, input_max=4, steps_max=4, overlap=False, memory="spram",
+                  acc_bits=16, product_shift=13)
+    with pytest.raises(ValueError, match="keeps the element-wise data in the SPRAMs of the "
+                                         "first four PE pairs .*that needs four SPRAMs "
+                                         "\\(`n_pe` / `pe_group` >= 4\\), not 2"):
+        LstmEngine(4, pe_group=2, max_entries_per_pe=64, **serial)
+    with pytest.raises(ValueError, match="`ew_lanes` 1, not 2; `max_entries_per_pe` at most "
+                                         "8192 .*not 9000"):
+        LstmEngine(8, pe_group=2, max_entries_per_pe=9000, ew_lanes=2, **serial)
+    with pytest.raises(ValueError, match="`acc_bits` at most 16 \\(a bias is one 16-bit "
+                                         "SPRAM word\\), not 32"):
+        LstmEngine(8, pe_group=2, max_entries_per_pe=64, **{**serial, "acc_bits": 32,
+                                                            "product_shift": 0})
+    LstmEngine(4, max_entries_per_pe=64, **serial)            # 4 solo PEs: 4 SPRAMs
+    kw = dict(hidden_max=4, input_max=4, steps_max=4, max_entries_per_pe=64)
+    assert "memory" not in LstmEngine(2, **kw).config()
+    assert LstmEngine(2, **kw, memory="spram").config()["memory"] == "spram"
 
 
 def test_serial_mode_validation_and_config():

@@ -125,7 +125,16 @@ def _engine_case(seed=7):
     return core, data
 
 
-def _lstm_case(seed=8):
+def _lstm_spram_case():
+    """The LSTM engine as the iCE40 board builds it: serial element-wise schedule with the
+    element-wise data (biases, tables, c, h, outputs) in the pairs' SPRAMs, 16-bit
+    accumulators: every block read back through the SPRAM ports, INFER bit- and
+    cycle-exact."""
+    return _lstm_case(seed=9, n_pe=8, pe_group=2, overlap=False, memory="spram", acc_bits=16,
+                      product_shift=13, ew_lanes=1)
+
+
+def _lstm_case(seed=8, n_pe=2, **engine_kw):
     import numpy as np
 
     from hdl.lstm import LstmEngine
@@ -135,12 +144,13 @@ def _lstm_case(seed=8):
     from host.lstm_image import build_image, expected_run, random_lstm
 
     rng = np.random.default_rng(seed)
-    n_pe, act, steps, inputs, hidden, classes = 2, Format(16, 11), 3, 4, 6, 3
+    act, steps, inputs, hidden, classes = Format(16, 11), 3, 4, 6, 3
     engine = LstmEngine(n_pe, hidden_max=8, input_max=inputs, steps_max=steps,
-                        classes_max=4, act_format=act, max_entries_per_pe=64)
+                        classes_max=4, act_format=act, max_entries_per_pe=64, **engine_kw)
     lstm, cls = random_lstm(rng, inputs, hidden, 0.4, n_pe, classes=classes)
-    model = CompressedModel("shell-lstm", (steps, inputs), [lstm, cls], n_pe, act, 32,
-                            engine.table_spec)
+    model = CompressedModel("shell-lstm", (steps, inputs), [lstm, cls], n_pe, act,
+                            engine.acc_bits, engine.table_spec,
+                            product_shift=engine.product_shift)
     image = build_image(engine, lstm, cls)
     core = SpineCore(LstmBackend(engine), clock_hz=cocotb_shell.CLOCK_HZ,
                      baud=cocotb_shell.BAUD, divisor=cocotb_shell.DIVISOR)
@@ -158,8 +168,9 @@ def _lstm_case(seed=8):
 
 
 @pytest.mark.parametrize(("case", "top", "seed"), [(_engine_case, ENGINE_TOP, 4),
-                                                   (_lstm_case, LSTM_TOP, 5)],
-                         ids=["spmv", "lstm"])
+                                                   (_lstm_case, LSTM_TOP, 5),
+                                                   (_lstm_spram_case, LSTM_TOP + "_spram", 6)],
+                         ids=["spmv", "lstm", "lstm_spram"])
 def test_shell_with_engine(tmp_path, case, top, seed):
     """Load through WRITE frames, read every word back (READ and CHECKSUM of every block, a
     corrupted word of each region found), INFER bit-exact with the golden and cycle models."""

@@ -261,6 +261,133 @@ def test_pe_accumulates_back_to_back_hits_with_forwarding():
     simulate(dut, bench)
 
 
+@pytest.mark.parametrize("role", ["solo", "leader"])
+def test_pe_aux_port_reads_and_writes_the_idle_spram(role):
+    """PE(aux=True, memory="spram"): with aux_en the port writes whole words and reads with a
+    one-cycle latency (read data held while writing), anywhere in the SPRAM; the entries
+    written by the loader below stay as they were (read-back after the aux phase)."""
+    rng = np.random.default_rng(9)
+    dut = ProcessingElement(index_bits=4, run_bits=4, act_width=16, weight_width=16,
+                            acc_bits=32, rows=4, entries=256, pointers=8, codebooks=1,
+                            memory="spram", role=role, aux=True)
+    entries = rng.integers(0, 256, 40)
+    words = {int(a): int(v) for a, v in zip(rng.choice(np.arange(8192, 16384), 60,
+                                                       replace=False),
+                                            rng.integers(0, 1 << 16, 60))}
+
+    async def bench(ctx):
+        for e, entry in enumerate(entries):
+            ctx.set(dut.entry_w.addr, e)
+            ctx.set(dut.entry_w.data.as_value(), int(entry))
+            ctx.set(dut.entry_w.en, 1)
+            await ctx.tick()
+        ctx.set(dut.entry_w.en, 0)
+        await ctx.tick()                      # the registered loader write lands
+        ctx.set(dut.aux_en, 1)
+        ctx.set(dut.aux_we, 1)
+        for a, v in words.items():
+            ctx.set(dut.aux_addr, a)
+            ctx.set(dut.aux_wdata, v)
+            await ctx.tick()
+        ctx.set(dut.aux_we, 0)
+        last = None
+        for a in rng.permutation(list(words)):
+            ctx.set(dut.aux_addr, int(a))
+            await ctx.tick()
+            assert ctx.get(dut.aux_rdata) == words[int(a)]
+            last = words[int(a)]
+        ctx.set(dut.aux_we, 1)                 # a write: the read data are held
+        ctx.set(dut.aux_addr, 100)
+        ctx.set(dut.aux_wdata, 0x1234)
+        await ctx.tick()
+        assert ctx.get(dut.aux_rdata) == last
+        ctx.set(dut.aux_we, 0)
+        await ctx.tick()
+        assert ctx.get(dut.aux_rdata) == 0x1234
+        ctx.set(dut.aux_en, 0)
+        ctx.set(dut.rb_en, 1)
+        for e, entry in enumerate(entries):
+            ctx.set(dut.rb_addr, e)
+            await ctx.tick()
+            assert ctx.get(dut.rb_entry) == entry, e
+    simulate(dut, bench)
+
+
+def test_pe_aux_port_validation():
+    kw = dict(index_bits=4, run_bits=4, act_width=16, weight_width=16, acc_bits=32, rows=4,
+              entries=256, pointers=8, codebooks=1)
+    assert "aux_en" not in ProcessingElement(**kw, memory="spram").signature.members
+    with pytest.raises(ValueError, match="`aux=True` needs the SPRAM of a solo or leader PE "
+                                         "\\(memory='spram'\\), not memory='bram'"):
+        ProcessingElement(**kw, aux=True)
+    with pytest.raises(ValueError, match="role='follower'"):
+        ProcessingElement(**kw, memory="spram", role="follower", aux=True)
+    with pytest.raises(TypeError, match="`aux` must be True or False, not 1"):
+        ProcessingElement(**kw, memory="spram", aux=1)
+
+
+def test_spram_share_merges_requests_and_flags_conflicts():
+    """hdl.spram_share: requests reach the PE's SPRAM (write, then read one cycle later), the
+    default address is read without a request, and two requests in one cycle (or a request
+    while the port is off) set the sticky conflict flag."""
+    from amaranth.hdl import Module, Signal
+    from hdl.spram_share import SpramShare
+
+    m = Module()
+    m.submodules.pe = pe = ProcessingElement(
+        index_bits=4, run_bits=4, act_width=16, weight_width=16, acc_bits=32, rows=4,
+        entries=256, pointers=8, codebooks=1, memory="spram", aux=True)
+    rd, wr, en = Signal(), Signal(), Signal(init=1)
+    addr, data, default = Signal(14), Signal(16), Signal(14)
+    share = SpramShare(m, pe, "t")
+    share.read(rd, addr)
+    share.write(wr, addr, data)
+    conflict = share.finish(en, default)
+
+    async def bench(ctx):
+        for a, v in ((9000, 0x1111), (9001, 0x2222)):
+            ctx.set(addr, a)
+            ctx.set(data, v)
+            ctx.set(wr, 1)
+            await ctx.tick()
+        ctx.set(wr, 0)
+        ctx.set(rd, 1)
+        ctx.set(addr, 9000)
+        await ctx.tick()
+        assert ctx.get(share.rdata) == 0x1111
+        ctx.set(rd, 0)
+        ctx.set(default, 9001)
+        await ctx.tick()
+        assert ctx.get(share.rdata) == 0x2222 and not ctx.get(conflict)
+        ctx.set(en, 0)                        # a request while the port is off
+        ctx.set(rd, 1)
+        await ctx.tick()
+        assert ctx.get(conflict)
+    simulate(m, bench)
+
+    m = Module()
+    m.submodules.pe = pe = ProcessingElement(
+        index_bits=4, run_bits=4, act_width=16, weight_width=16, acc_bits=32, rows=4,
+        entries=256, pointers=8, codebooks=1, memory="spram", aux=True)
+    a, b = Signal(), Signal()
+    share = SpramShare(m, pe, "t")
+    share.read(a, 8192)
+    share.write(b, 8193, 5)
+    conflict = share.finish(1, 0)
+
+    async def both(ctx):
+        ctx.set(a, 1)
+        await ctx.tick()
+        assert not ctx.get(conflict)
+        ctx.set(b, 1)                         # two requests in one cycle
+        await ctx.tick()
+        ctx.set(a, 0)
+        ctx.set(b, 0)
+        await ctx.tick()
+        assert ctx.get(conflict)              # sticky
+    simulate(m, both)
+
+
 # --- whole engine (small, in amaranth.sim) ----------------------------------------------------
 
 

@@ -1,0 +1,82 @@
+"""Several users of one PE's SPRAM through its idle-time port (:class:`hdl.pe.ProcessingElement`
+with ``aux=True``), with a check that they never collide.
+
+The LSTM engine keeps its element-wise data in the PE pairs' SPRAMs (``memory="spram"``,
+``overlap=False``; docs/lstm-engine.md).  Each SPRAM is single-ported: per cycle one read or
+one write.  :class:`SpramShare` merges the *requests* of its users (the element-wise unit's
+reads and writes, the classifier output stage's, the loader's) into the PE's ``aux_*`` port;
+the schedule is built so that no two requests come in the same cycle, and :meth:`finish` adds
+a sticky ``conflict`` flag that the simulation reads to prove it (two requests in one cycle, a
+request while the port is not enabled, or a request in the same cycle as a loader entry write
+or a read-back of the PE).  Without a request the port reads a default address (the host's
+read of the engine's own data while idle: read data one cycle later).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Signal
+
+__all__ = ["SpramShare", "EW_BASE"]
+
+#: First SPRAM word of the element-wise data (the entries stay below: at most 8192 per PE).
+EW_BASE = 8192
+
+
+class SpramShare:
+    """The users of PE ``pe``'s SPRAM (``pe.aux_*``), collected before :meth:`finish`.
+
+    Parameters
+    ----------
+    m : Module
+        The engine's module.
+    pe : ProcessingElement
+        A solo or leader PE built with ``aux=True``.
+    name : str
+        For signal names.
+    """
+
+    def __init__(self, m, pe, name: str):
+        self.m = m
+        self.pe = pe
+        self.name = name
+        self._requests = []
+        #: The word read (16 bit), one cycle after a read request (or the default read).
+        self.rdata = pe.aux_rdata
+
+    def read(self, en, addr) -> None:
+        """Read word ``addr`` (14 bit) when ``en``; the word is on :attr:`rdata` next cycle."""
+        self._requests.append((en, addr, 0, 0))
+
+    def write(self, en, addr, data) -> None:
+        """Write ``data`` (16 bit) to word ``addr`` when ``en``."""
+        self._requests.append((en, addr, 1, data))
+
+    def finish(self, enable, default_addr, others=()) -> Signal:
+        """Drive the port: ``aux_en = enable`` (static through a phase; the PE idle), the first
+        request that is on, else a read of ``default_addr``.  ``others``: signals that use the
+        SPRAM outside this port in a cycle (a loader entry write, a read-back), counted by
+        the check.  Returns the sticky conflict flag (1 from the first cycle with two
+        accesses, or a request while ``enable`` is off, until reset)."""
+        m, pe = self.m, self.pe
+        on = Signal(name=f"{self.name}_enable")
+        m.d.comb += on.eq(enable)
+        enable = on
+        addr = Signal(14, name=f"{self.name}_addr")
+        we = Signal(name=f"{self.name}_we")
+        wdata = Signal(16, name=f"{self.name}_wdata")
+        m.d.comb += addr.eq(default_addr)
+        for en, a, w, d in reversed(self._requests):       # the first request wins
+            with m.If(en):
+                m.d.comb += [addr.eq(a), we.eq(w), wdata.eq(d)]
+        m.d.comb += [pe.aux_en.eq(enable), pe.aux_addr.eq(addr), pe.aux_we.eq(we),
+                     pe.aux_wdata.eq(wdata)]
+        # the check (simulation reads it; unused on the board, where it is optimised away)
+        conflict = Signal(name=f"{self.name}_conflict")
+        ons = [en for en, *_ in self._requests] + list(others)
+        count = Signal(range(len(ons) + 1), name=f"{self.name}_accesses")
+        m.d.comb += count.eq(sum(Cat(on).as_unsigned() for on in ons))
+        requests = Cat(*(en for en, *_ in self._requests)).any()
+        with m.If((count > 1) | (requests & ~enable)):
+            m.d.sync += conflict.eq(1)
+        return conflict
+
