@@ -84,6 +84,10 @@ class Board:
         model; EIE uses 8).  Each slot costs a ``k + value`` wide register per FIFO and widens
         every PE's read multiplexer, so small FPGAs use fewer (the cycle model follows:
         ``engine.timing().fifo_depth``).
+    lstm_layout : dict
+        :class:`hdl.lstm.LstmEngine` keyword arguments that every LSTM model build for the
+        board adds (:func:`hdl.build.board_lstm_layout`; empty: the engine's defaults).  The
+        iCEBreaker's runs the element-wise unit serially out of the SPRAMs.
     """
 
     name: str
@@ -98,6 +102,7 @@ class Board:
     default_engine: dict
     notes: str = ""
     fifo_depth: int = 8
+    lstm_layout: dict = field(default_factory=dict)
 
     def platform(self):
         return self.platform_factory()

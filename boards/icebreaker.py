@@ -37,10 +37,19 @@ DEFAULT_ENGINE = dict(n_pe=8, index_bits=4, run_bits=4, act_width=16, act_frac=1
 #: (docs/ice40-resources.md, plan item 4).
 FIFO_DEPTH = 4
 
+#: How an LSTM model build lays out the LSTM engine (``hdl.lstm.LstmEngine`` keyword arguments,
+#: docs/lstm-engine.md "iCE40 layout").  The ESE overlap (the element-wise unit beside the next
+#: step's MAC) needs per-PE gate buffers and a ninth multiplier; here the unit runs after each
+#: MAC phase instead, reads the accumulators directly, multiplies on a PE's DSP and keeps its
+#: bias, tables, c and h in the pairs' SPRAMs (idle while the PEs are), so that block RAM holds
+#: only the PE side, the lists and the shell.  Per-step cycle statistics (a test aid) are off.
+LSTM_LAYOUT = dict(overlap=False, step_stats=False, memory="spram", ew_lanes=1)
+
 BOARD = Board(
     name="icebreaker", family="ice40", device="iCE40UP5K", package="SG48",
     platform_factory=ICEBreakerPlatform, osc_hz=OSC_HZ, clock_hz=CLOCK_HZ, baud=BAUD,
     budget=BUDGET, default_engine=DEFAULT_ENGINE, fifo_depth=FIFO_DEPTH,
+    lstm_layout=LSTM_LAYOUT,
     notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator, "
           "PLL to 36 MHz by default (--freq 16-275 MHz); UART on the FT2232H channel B at "
           "1 Mbaud.")

@@ -42,6 +42,7 @@ __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "defa
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "model_pe_group", "board_entry_memory",
+           "board_lstm_layout",
            "build_bitstream", "parse_nextpnr_report",
            "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
@@ -230,6 +231,25 @@ def board_entry_memory(board, params):
     return {"memory": "spram"}
 
 
+def board_lstm_layout(board, params):
+    """The board's LSTM layout (``board.lstm_layout``: for the iCEBreaker the serial
+    element-wise unit with its data in the SPRAMs, docs/lstm-engine.md) for an LSTM engine
+    ``params`` (from :func:`engine_for_model`) when the engine can take it: no projection (the
+    serial unit has none), one SB_SPRAM256KA per lockstep group within the board's, and at most
+    :data:`hdl.ice40_spram.SPRAM_DATA_BASE` entries per PE below the unit's data; ``{}``
+    otherwise (the engine's defaults; the capacity check then says what does not fit)."""
+    from .ice40_spram import SPRAM_DATA_BASE
+    layout = dict(board.lstm_layout)
+    if not layout or params.get("engine") != "lstm" or params.get("proj_max", 0):
+        return {}
+    if layout.get("memory") == "spram":
+        groups = params["n_pe"] // params.get("pe_group", 1)
+        if (groups > board.budget.spram_blocks
+                or params["max_entries_per_pe"] > SPRAM_DATA_BASE):
+            layout.pop("memory")
+    return layout
+
+
 def default_engine(board, n_pe=None):
     """The engine parameters of a build for ``board`` without a model (``n_pe`` PEs if
     given)."""
@@ -240,6 +260,10 @@ def default_engine(board, n_pe=None):
     params.setdefault("mlp", True)
     params.setdefault("uniform_fields", True)
     return params
+
+
+#: LstmEngine keyword arguments a board's ``lstm_layout`` may set (:func:`board_lstm_layout`).
+_LSTM_LAYOUT_KEYS = ("overlap", "step_stats", "memory")
 
 
 def make_engine(params):
@@ -266,7 +290,8 @@ def make_engine(params):
                           proj_max=params.get("proj_max", 0),
                           fifo_depth=params.get("fifo_depth", 8),
                           product_shift=params.get("product_shift", 0),
-                          pe_group=params.get("pe_group", 1))
+                          pe_group=params.get("pe_group", 1),
+                          **{key: params[key] for key in _LSTM_LAYOUT_KEYS if key in params})
     from .spmv import SpmvEngine
     return SpmvEngine(params["n_pe"], index_bits=params["index_bits"],
                       run_bits=params["run_bits"],
@@ -399,7 +424,8 @@ def memory_inventory(params, *, rx_fifo_depth=256, identify_bytes=128):
 
 def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
     """The memories of an :class:`hdl.lstm.LstmEngine` (``params`` from
-    :func:`engine_for_model`) + shell, as ``hdl/lstm.py`` and ``hdl/pe.py`` instantiate them."""
+    :func:`engine_for_model`, with :func:`board_lstm_layout`'s keys) + shell, as
+    ``hdl/lstm.py`` and ``hdl/pe.py`` instantiate them."""
     from host.memory_map import LstmParams
     n_pe, lanes = params["n_pe"], params["ew_lanes"]
     p = LstmParams(n_pe=n_pe, hidden_max=params["hidden_max"], input_max=params["input_max"],
@@ -413,27 +439,47 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
     table = params.get("table_spec") or {}
     entries_tbl = 1 << int(table.get("index_bits", 9))
     per_lane = p.groups_max
+    overlap = params.get("overlap", True)
+    spram = params.get("memory", "bram") == "spram"
+    # the element-wise unit's data (bias, tables, c, h, output buffer) live in the pairs'
+    # SPRAMs in the serial layout (overlap=False, memory="spram"): no block RAM
+    ew_in_spram = spram and not overlap
     inventory = _pe_array_memories(
         n_pe=n_pe, group=params.get("pe_group", 1),
         entry_bits=params["index_bits"] + params["run_bits"], entries=entries,
         ptr_bits=p.ptr_bits, pointers=pointers, weight_width=params["weight_width"],
         codebook_words=p.n_codebooks << params["index_bits"], acc_bits=acc,
-        rows_per_pe=p.rows_per_pe)
+        rows_per_pe=p.rows_per_pe, spram=spram)
+    if overlap:
+        inventory += [
+            # drained gate sums, plus the save area of the ceil(proj_max / N) rows a
+            # projection uses (hdl/lstm.py)
+            MemoryUse("gate buffers (per PE)", acc, p.rows_per_pe + -(-p.proj_max // n_pe),
+                      n_pe),
+            MemoryUse("bias memory (per lane + output stage)", acc, params["max_bias"],
+                      lanes + 1),
+            MemoryUse("x list", p.col_bits + act, p.max_xlist),
+            MemoryUse("state lists", p.col_bits + act, p.state_max, 2),
+        ]
+    else:
+        # serial element-wise unit: one bias port; the x list and both state-list banks
+        # in one memory
+        inventory += [
+            MemoryUse("bias memory", acc, 0 if ew_in_spram else params["max_bias"]),
+            MemoryUse("x list + state lists", p.col_bits + act, p.max_xlist + 2 * p.state_max),
+        ]
+    ew_depth = 0 if ew_in_spram else 1
     inventory += [
-        # drained gate sums, plus the save area of the ceil(proj_max / N) rows a projection
-        # uses (hdl/lstm.py)
-        MemoryUse("gate buffers (per PE)", acc, p.rows_per_pe + -(-p.proj_max // n_pe), n_pe),
-        MemoryUse("bias memory (per lane + output stage)", acc, params["max_bias"], lanes + 1),
-        MemoryUse("x list", p.col_bits + act, p.max_xlist),
         MemoryUse("x step ends", p.xlist_bits, p.gsteps_max),
-        MemoryUse("state lists", p.col_bits + act, p.state_max, 2),
-        MemoryUse("dense h (per lane)", act, per_lane, lanes),
-        MemoryUse("c memory (per lane)", act, per_lane, lanes),
+        MemoryUse("dense h (per lane)", act, per_lane * ew_depth, lanes),
+        MemoryUse("c memory (per lane)", act, per_lane * ew_depth, lanes),
         MemoryUse("dense r (projection)", act, p.proj_max),
-        MemoryUse("step statistics", 32, p.gsteps_max, 3),
-        MemoryUse("gate ROM, sigmoid + tanh (per lane)", act, 2 * entries_tbl, lanes),
-        MemoryUse("cell ROM, tanh (per lane)", act, entries_tbl, lanes),
-        MemoryUse("output buffer", act, max(1, p.classes_max)),
+        MemoryUse("step statistics", 32, p.gsteps_max if params.get("step_stats", True) else 0,
+                  3),
+        MemoryUse("gate table, sigmoid + tanh (per lane)", act, 2 * entries_tbl * ew_depth,
+                  lanes),
+        MemoryUse("cell table, tanh (per lane)", act, entries_tbl * ew_depth, lanes),
+        MemoryUse("output buffer", act, max(1, p.classes_max) * ew_depth),
     ] + _shell_memories(rx_fifo_depth, identify_bytes)
     return [m for m in inventory if m.depth > 0]
 
@@ -504,7 +550,10 @@ def check_capacity(board, params, *, model_name=None):
                         f"{params['n_pe']} PEs need {spram_used}, the {board.device} has "
                         f"{budget.spram_blocks} ({spram_used - budget.spram_blocks} too many;"
                         f" use memory='bram', pe_group=2 or fewer PEs)")
-    lanes = params.get("ew_lanes", 0) if params.get("engine") == "lstm" else 0
+    # the overlapped LSTM engine's element-wise lanes have their own multipliers; the serial
+    # one (overlap=False) multiplies on a PE's DSP
+    lanes = (params.get("ew_lanes", 0)
+             if params.get("engine") == "lstm" and params.get("overlap", True) else 0)
     dsp = params["n_pe"] + lanes
     if dsp > budget.dsp:
         who = (f"{params['n_pe']} PEs + {lanes} element-wise lanes" if lanes
@@ -863,6 +912,7 @@ def prepare(args):
         params = engine_for_model(model, pe_group=model_pe_group(board, model, args.pe_group))
         params["fifo_depth"] = board.fifo_depth
         params.update(board_entry_memory(board, params))
+        params.update(board_lstm_layout(board, params))
         if args.pes is not None and args.pes != model.n_pe:
             raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
                              f"{model.n_pe} PEs (recompress it with --pes {args.pes})")

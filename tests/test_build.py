@@ -316,7 +316,7 @@ def test_lstm_capacity_counts_lanes(lstm_model):
                                                   r"lanes need 12 multipliers"):
         build.check_capacity(get_board("icebreaker"), params, model_name=lstm_model.name)
     names = {m.name for m in build.memory_inventory(params)}
-    assert {"x list", "gate ROM, sigmoid + tanh (per lane)", "entry memory (per PE)"} <= names
+    assert {"x list", "gate table, sigmoid + tanh (per lane)", "entry memory (per PE)"} <= names
 
 
 def _engine_memories(fragment, path=""):
@@ -497,3 +497,56 @@ def test_model_pe_group_follows_the_board_when_it_divides():
     Model.n_pe = 5
     assert build.model_pe_group(board, Model) == 1
     assert build.model_pe_group(get_board("ulx3s"), Model) == 1
+
+
+@pytest.fixture(scope="module")
+def lstm16(tmp_path_factory):
+    """digits-lstm as ``python -m host.compress digits-lstm --pes 8 --acc-bits 16``."""
+    from host.modelsource import resolve_model
+    from host.package import save_package
+    from host.pipeline import CompressConfig, compress_model
+    source = resolve_model("digits-lstm")
+    result = compress_model(source.model, CompressConfig(n_pe=8, acc_bits=16),
+                            calib_x=source.train[0])
+    path = tmp_path_factory.mktemp("models") / "lstm16.spn"
+    save_package(result.model, path)
+    return path
+
+
+def test_lstm_model_build_takes_the_boards_serial_layout(lstm16, capsys):
+    """An LSTM model build for the iCEBreaker takes the board's LSTM layout (serial
+    element-wise unit, its data in the SPRAMs, no step statistics, one lane on a PE's DSP):
+    the 16-bit digits-lstm then needs 26 of 30 EBR (8 codebooks, 8 accumulators, 4 pointer
+    memories, the lists 2, shell 4) and 8 DSPs; with the overlapped engine it needs 57 and 9."""
+    from host.package import load_package
+    code, text = _run(["--model", str(lstm16), "--check-only"], capsys)
+    assert code == 0, text
+    assert "capacity check: 26 of 30 block RAM blocks, 8 of 8 DSPs" in text
+    board = get_board("icebreaker")
+    model = load_package(lstm16)
+    params = build.engine_for_model(model, pe_group=build.model_pe_group(board, model))
+    layout = build.board_lstm_layout(board, params)
+    assert layout == {"overlap": False, "step_stats": False, "memory": "spram", "ew_lanes": 1}
+    names = {m.name for m in build.memory_inventory(dict(params, **layout))}
+    assert not any(n.startswith(("gate buffers", "step statistics", "gate table", "bias"))
+                   for n in names)
+    overlapped = dict(params, ew_lanes=1, memory="spram")
+    with pytest.raises(build.CapacityError, match=r"57 blocks of 4 kbit needed.*\n.*8 PEs \+ 1 "
+                                                  r"element-wise lanes need 9 multipliers"):
+        build.check_capacity(board, overlapped, model_name=model.name)
+
+
+def test_lstm_layout_only_where_the_engine_can_take_it(lstm16):
+    """No layout for boards without one, for a projection (the serial unit has none), and no
+    SPRAM data when the entries reach the unit's data or the groups outnumber the SPRAMs."""
+    from host.package import load_package
+
+    from hdl.ice40_spram import SPRAM_DATA_BASE
+    board = get_board("icebreaker")
+    params = build.engine_for_model(load_package(lstm16), pe_group=2)
+    assert build.board_lstm_layout(get_board("ulx3s"), params) == {}
+    assert build.board_lstm_layout(board, dict(params, proj_max=4)) == {}
+    assert build.board_lstm_layout(board, dict(params, engine="spmv")) == {}
+    big = build.board_lstm_layout(board, dict(params, max_entries_per_pe=SPRAM_DATA_BASE + 1))
+    solo = build.board_lstm_layout(board, dict(params, pe_group=1))
+    assert "memory" not in big and "memory" not in solo and big["overlap"] is False
