@@ -27,6 +27,7 @@ stderr); 2 bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -865,8 +866,10 @@ def make_parser():
         epilog="Outputs bitstreams/<board>/<name>.bin, .json and .txt.  See docs/boards.md.")
     parser.add_argument("--board", default="icebreaker", help="board profile (default "
                         "icebreaker)")
-    parser.add_argument("--model", help=".spn package the engine is sized for (default: the "
-                        "board's default engine)")
+    parser.add_argument("--model", help=".spn package the engine is sized for, or a bundled "
+                        "example (digits-lstm, digits-mlp, digits-cnn: compressed for the board "
+                        "first, the .spn written beside the bitstream); default: the board's "
+                        "default engine")
     parser.add_argument("--pes", type=_positive(int, "--pes"), help="processing elements "
                         "(must match the model's)")
     parser.add_argument("--pe-group", type=int, choices=(1, 2), help="PEs per lockstep group "
@@ -897,14 +900,20 @@ def prepare(args):
     from .uart import baud_divisor
     board = get_board(args.board)
     model = None
-    if args.model and args.acc_bits is not None:
+    if args.model and not _is_bundled(args.model) and args.acc_bits is not None:
         raise BuildError(f"--acc-bits {args.acc_bits}: a build with --model takes the model's "
                          f"accumulator width (compress the model for other accumulators)")
     if args.model:
         from host.package import load_package
         path = Path(args.model)
-        if not path.is_file():
-            raise BuildError(f"--model {args.model}: no such file")
+        if _is_bundled(args.model):
+            path = compress_bundled(board, args.model, n_pe=args.pes, acc_bits=args.acc_bits,
+                                    out_dir=args.out, name=args.name)
+            args.model = str(path)
+        elif not path.is_file():
+            from host.examples import example_names
+            raise BuildError(f"--model {args.model}: no such file (and not a bundled example: "
+                             f"{', '.join(example_names())})")
         try:
             model = load_package(path)
         except Exception as error:  # the package reader's own message
@@ -938,6 +947,34 @@ def prepare(args):
             print(f"warning: model {model.name!r} is not an MLP; the engine is sized for its "
                   f"matrices but cannot run it", file=sys.stderr)
     return board, params, model, estimate
+
+
+def _is_bundled(name) -> bool:
+    """``name`` is a bundled example (``host.examples``) and no file of that name exists."""
+    from host.examples import example_names
+    return name in example_names() and not Path(name).exists()
+
+
+def compress_bundled(board, example, *, n_pe=None, acc_bits=None, out_dir=None, name=None):
+    """Compress the bundled ``example`` for ``board`` (``python -m host.compress EXAMPLE --pes
+    N --acc-bits A -o OUT/NAME.spn``, N and A from the board's default engine unless given) and
+    return the package's path: the bitstream built for it and the model the driver loads onto
+    it come from the same file, beside the bitstream.  The compression report goes to stderr."""
+    from host.compress import main as compress_main
+    out_dir = Path(out_dir) if out_dir else _REPO_ROOT / "bitstreams" / board.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name or 'spine'}.spn"
+    n_pe = n_pe or board.default_engine["n_pe"]
+    acc_bits = acc_bits or board.default_engine.get("acc_bits", 32)
+    print(f"compressing the bundled {example} for the {board.name}: {n_pe} PEs, "
+          f"{acc_bits}-bit accumulators -> {path}", file=sys.stderr)
+    argv = [example, "--pes", str(n_pe), "--acc-bits", str(acc_bits), "-o", str(path)]
+    with contextlib.redirect_stdout(sys.stderr):
+        code = compress_main(argv)
+    if code != 0:
+        raise BuildError(f"--model {example}: compressing the bundled example failed "
+                         f"(python -m host.compress {' '.join(argv)})")
+    return path
 
 
 def main(argv=None) -> int:

@@ -279,6 +279,24 @@ def test_full_icebreaker_build(tmp_path):
     assert code == 0
 
 
+@pytest.mark.slow
+def test_full_icebreaker_lstm_build(tmp_path):
+    """Synthesis + place and route of the bundled default model, digits-lstm, on the
+    iCEBreaker (compressed for it: 8 PEs in pairs, 16-bit accumulators; the board's serial LSTM
+    layout): fits with room to spare (block RAM under 90 %) and meets timing."""
+    code = build.main(["--board", "icebreaker", "--model", "digits-lstm", "--name", "ci_lstm",
+                       "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "ci_lstm.json").read_text())
+    assert (tmp_path / "ci_lstm.spn").is_file()
+    assert report["engine"]["engine"] == "lstm" and report["engine"]["overlap"] is False
+    for key, use in report["utilisation"].items():
+        assert use["used"] <= use["available"], (key, use)
+    bram = report["utilisation"]["bram"]
+    assert bram["used"] <= 0.9 * bram["available"], bram
+    assert report["timing_met"], (report["fmax_mhz"], report["target_mhz"])
+    assert code == 0
+
+
 @pytest.fixture(scope="module")
 def lstm_model():
     """digits-lstm compressed for 8 PEs (as ``python -m host.compress digits-lstm --pes 8``)."""
@@ -550,3 +568,20 @@ def test_lstm_layout_only_where_the_engine_can_take_it(lstm16):
     big = build.board_lstm_layout(board, dict(params, max_entries_per_pe=SPRAM_DATA_BASE + 1))
     solo = build.board_lstm_layout(board, dict(params, pe_group=1))
     assert "memory" not in big and "memory" not in solo and big["overlap"] is False
+
+
+def test_bundled_model_is_compressed_for_the_board(tmp_path, capsys):
+    """``--model digits-lstm`` compresses the bundled example with the board's PEs and
+    accumulators, writes the package beside the bitstream's place, and sizes the build for it;
+    an unknown name says what it accepts."""
+    from host.package import load_package
+    code, text = _run(["--model", "digits-lstm", "--check-only", "--out", str(tmp_path),
+                       "--name", "lstm"], capsys)
+    assert code == 0, text
+    assert "compressing the bundled digits-lstm for the icebreaker: 8 PEs, 16-bit" in text
+    assert "capacity check: 26 of 30 block RAM blocks" in text
+    model = load_package(tmp_path / "lstm.spn")
+    assert (model.n_pe, model.acc_bits) == (8, 16) and model.product_shift > 0
+    code, text = _run(["--model", "digits-lsmt", "--check-only"], capsys)
+    assert code == 1
+    assert "--model digits-lsmt: no such file (and not a bundled example: digits-cnn" in text
