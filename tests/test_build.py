@@ -585,3 +585,27 @@ def test_bundled_model_is_compressed_for_the_board(tmp_path, capsys):
     code, text = _run(["--model", "digits-lsmt", "--check-only"], capsys)
     assert code == 1
     assert "--model digits-lsmt: no such file (and not a bundled example: digits-cnn" in text
+
+
+def test_lstm_board_layout_inventory_matches_the_memories_built(lstm16):
+    """Every block-RAM-sized memory the iCEBreaker's LSTM engine instantiates is in the capacity
+    check's inventory with its width, depth and copies, and nothing else is (the SPRAMs'
+    behavioural models aside)."""
+    from collections import Counter
+
+    from amaranth.hdl import Fragment
+    from host.package import load_package
+
+    from hdl.ice40_spram import SPRAM_DEPTH
+    board = get_board("icebreaker")
+    params = build.engine_for_model(load_package(lstm16), pe_group=2)
+    params.update(build.board_lstm_layout(board, params), fifo_depth=board.fifo_depth)
+    engine = build.make_engine(params)
+    built = Counter((w, d) for _, w, d in _engine_memories(Fragment.get(engine, None))
+                    if d != SPRAM_DEPTH and w * d > build._LOGIC_MEMORY_BITS)
+    shell = {m.name for m in build._shell_memories(256, 128)}
+    listed = Counter()
+    for m in build.memory_inventory(params):
+        if m.name not in shell and m.width * m.depth > build._LOGIC_MEMORY_BITS:
+            listed[(m.width, m.depth)] += m.copies
+    assert built == listed
