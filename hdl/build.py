@@ -581,6 +581,37 @@ def check_capacity(board, params, *, model_name=None):
 # Reports
 
 
+_NEXTPNR_UTILISATION = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+
+
+def _placement_overflow(log_path: Path, board) -> str | None:
+    """The message for a design that nextpnr could not place because it needs more cells of a
+    kind than the device has (its log's "Device utilisation" table), else None.  The capacity
+    check counts memories and multipliers before synthesis; logic cells are only known after
+    it, so this is where a design too large in logic is refused."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    names = {"logic_cells": "logic cells", "bram": "block RAMs", "spram": "SPRAMs",
+             "dsp": "DSPs"}
+    over, fine = [], []
+    for cell, used, available in _NEXTPNR_UTILISATION.findall(text):
+        key = board.budget.nextpnr_cells.get(cell)
+        if key is None:
+            continue
+        used, available = int(used), int(available)
+        what = f"{names[key]} {used} of {available} ({100 * used // available} %)"
+        (over if used > available else fine).append(what)
+    if not over:
+        return None
+    return (f"the design does not fit the {board.device}: {', '.join(over)} after synthesis "
+            f"({', '.join(fine)}); the capacity check counts memories and multipliers only, "
+            f"logic is known once Yosys has run.  Try fewer PEs (recompress with --pes), a "
+            f"smaller model, or a larger board (--board ulx3s); docs/ice40-resources.md has "
+            f"the measured logic per block.")
+
+
 def parse_nextpnr_report(report: dict, budget) -> dict:
     """Utilisation and Fmax from nextpnr's ``--report`` JSON.
 
@@ -796,6 +827,9 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
                 prog.begin(stage)
     prog.stop()
     if proc.returncode != 0:
+        overflow = _placement_overflow(build_dir / f"{name}.tim", board)
+        if overflow:
+            raise BuildError(overflow)
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise BuildError(f"the FPGA tools failed (exit {proc.returncode}); log {log_path}:\n"
                          f"{tail}")
