@@ -236,17 +236,21 @@ def board_lstm_layout(board, params):
     """The board's LSTM layout (``board.lstm_layout``: for the iCEBreaker the serial
     element-wise unit with its data in the SPRAMs, docs/lstm-engine.md) for an LSTM engine
     ``params`` (from :func:`engine_for_model`) when the engine can take it: no projection (the
-    serial unit has none), one SB_SPRAM256KA per lockstep group within the board's, and at most
-    :data:`hdl.ice40_spram.SPRAM_DATA_BASE` entries per PE below the unit's data; ``{}``
-    otherwise (the engine's defaults; the capacity check then says what does not fit)."""
-    from .ice40_spram import SPRAM_DATA_BASE
+    serial unit has none); the element-wise data in the SPRAMs only when the board has one per
+    lockstep group and the engine accepts the placement (four groups, 16-bit accumulators, at
+    most :data:`hdl.spram_share.EW_BASE` entries per PE below the data, ...: the engine's own
+    check); ``{}`` otherwise (the engine's defaults; the capacity check then says what does
+    not fit)."""
     layout = dict(board.lstm_layout)
     if not layout or params.get("engine") != "lstm" or params.get("proj_max", 0):
         return {}
     if layout.get("memory") == "spram":
         groups = params["n_pe"] // params.get("pe_group", 1)
-        if (groups > board.budget.spram_blocks
-                or params["max_entries_per_pe"] > SPRAM_DATA_BASE):
+        try:
+            if groups > board.budget.spram_blocks:
+                raise ValueError(f"{groups} SPRAMs needed")
+            make_engine(dict(params, **layout))
+        except ValueError:
             layout.pop("memory")
     return layout
 

@@ -12,16 +12,12 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Ice40Spram", "SPRAM_DEPTH", "SPRAM_WIDTH", "SPRAM_DATA_BASE"]
+__all__ = ["Ice40Spram", "SPRAM_DEPTH", "SPRAM_WIDTH"]
 
 SPRAM_DEPTH = 16384
 """Words of one SB_SPRAM256KA."""
 SPRAM_WIDTH = 16
 """Bits per word."""
-SPRAM_DATA_BASE = 8192
-"""First word of the serial LSTM element-wise unit's data in a pair's SPRAM (bias, tables, c,
-h, output buffer; ``hdl/lstm.py`` with ``overlap=False, memory="spram"``): the entries live
-below it, so such an engine holds at most this many entries per PE."""
 
 
 class Ice40Spram(wiring.Component):

@@ -560,18 +560,22 @@ def test_lstm_model_build_takes_the_boards_serial_layout(lstm16, capsys):
 
 def test_lstm_layout_only_where_the_engine_can_take_it(lstm16):
     """No layout for boards without one, for a projection (the serial unit has none), and no
-    SPRAM data when the entries reach the unit's data or the groups outnumber the SPRAMs."""
+    SPRAM data when the entries reach the unit's data, the groups outnumber the SPRAMs (or are
+    fewer than the four the placement uses), or the accumulators are wider than a word."""
     from host.package import load_package
 
-    from hdl.ice40_spram import SPRAM_DATA_BASE
+    from hdl.spram_share import EW_BASE
     board = get_board("icebreaker")
     params = build.engine_for_model(load_package(lstm16), pe_group=2)
     assert build.board_lstm_layout(get_board("ulx3s"), params) == {}
     assert build.board_lstm_layout(board, dict(params, proj_max=4)) == {}
     assert build.board_lstm_layout(board, dict(params, engine="spmv")) == {}
-    big = build.board_lstm_layout(board, dict(params, max_entries_per_pe=SPRAM_DATA_BASE + 1))
+    big = build.board_lstm_layout(board, dict(params, max_entries_per_pe=EW_BASE + 1))
     solo = build.board_lstm_layout(board, dict(params, pe_group=1))
-    assert "memory" not in big and "memory" not in solo and big["overlap"] is False
+    four = build.board_lstm_layout(board, dict(params, n_pe=4))
+    wide = build.board_lstm_layout(board, dict(params, acc_bits=32))
+    assert all("memory" not in layout for layout in (big, solo, four, wide))
+    assert big["overlap"] is False
 
 
 def test_bundled_model_is_compressed_for_the_board(tmp_path, capsys):
