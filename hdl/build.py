@@ -249,7 +249,8 @@ def board_lstm_layout(board, params):
         try:
             if groups > board.budget.spram_blocks:
                 raise ValueError(f"{groups} SPRAMs needed")
-            make_engine(dict(params, **layout))
+            probe = make_engine(dict(params, **layout))   # the engine's own limits
+            probe._MustUse__silence = True                 # built only to be checked
         except ValueError:
             layout.pop("memory")
     return layout
