@@ -12,12 +12,24 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Ice40Spram", "SPRAM_DEPTH", "SPRAM_WIDTH"]
+__all__ = ["Ice40Spram", "SPRAM_DEPTH", "SPRAM_WIDTH", "check_entry_memory"]
 
 SPRAM_DEPTH = 16384
 """Words of one SB_SPRAM256KA."""
 SPRAM_WIDTH = 16
 """Bits per word."""
+
+
+def check_entry_memory(memory, max_entries_per_pe, holder):
+    """ValueError unless ``memory`` is ``"bram"`` or ``"spram"`` and, for ``"spram"``, the
+    ``max_entries_per_pe`` entries fit one SB_SPRAM256KA (``holder``: what one SPRAM serves, for
+    the message, e.g. "PE" or "PE pair or solo PE")."""
+    if memory not in ("bram", "spram"):
+        raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
+    if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
+        raise ValueError(f"`max_entries_per_pe` must be at most {SPRAM_DEPTH} with "
+                         f"memory='spram' (one SB_SPRAM256KA per {holder}), not "
+                         f"{max_entries_per_pe}")
 
 
 class Ice40Spram(wiring.Component):

@@ -64,7 +64,7 @@ from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATEN
                              FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion,
                              table_layout)
 
-from .ice40_spram import SPRAM_DEPTH
+from .ice40_spram import check_entry_memory
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
@@ -189,12 +189,7 @@ class LstmEngine(wiring.Component):
             max_xlist=max_xlist, ew_lanes=ew_lanes, layers_max=layers_max, proj_max=proj_max,
             product_shift=product_shift, pe_group=pe_group, overlap=overlap,
             step_stats=step_stats)
-        if memory not in ("bram", "spram"):
-            raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
-        if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
-            raise ValueError(f"`max_entries_per_pe` must be at most {SPRAM_DEPTH} with "
-                             f"memory='spram' (one SB_SPRAM256KA per PE pair or solo PE), "
-                             f"not {max_entries_per_pe}")
+        check_entry_memory(memory, max_entries_per_pe, "PE pair or solo PE")
         #: Where the entries are: "bram" or "spram".
         self.memory = memory
         #: The element-wise data are in the SPRAMs (``overlap=False`` with ``memory="spram"``).

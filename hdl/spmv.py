@@ -38,7 +38,7 @@ from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_FIELDS, DESCRIPTOR_M
                              SETUP_CYCLES, Field, Region, SpmvParams, common_entries)
 
 from .broadcast import BroadcastFifo
-from .ice40_spram import SPRAM_DEPTH
+from .ice40_spram import check_entry_memory
 from .pe import ProcessingElement, addr_bits, column_layout, pe_roles
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer
@@ -274,12 +274,7 @@ class SpmvEngine(wiring.Component):
                             max_layers=max_layers, max_pointers=max_pointers,
                             max_bias=max_bias, product_shift=product_shift,
                             pe_group=pe_group)
-        if memory not in ("bram", "spram"):
-            raise ValueError(f"`memory` must be 'bram' or 'spram', not {memory!r}")
-        if memory == "spram" and max_entries_per_pe > SPRAM_DEPTH:
-            raise ValueError(f"`max_entries_per_pe` must be at most {SPRAM_DEPTH} with "
-                             f"memory='spram' (one SB_SPRAM256KA per PE), not "
-                             f"{max_entries_per_pe}")
+        check_entry_memory(memory, max_entries_per_pe, "PE")
         #: The parameters and derived widths (:class:`host.memory_map.SpmvParams`).
         self.params = params
         self.memory = memory
