@@ -475,18 +475,23 @@ def test_capacity_error_suggests_16_bit_accumulators():
     assert used[0] - used[1] >= 8
 
 
-@pytest.fixture(scope="module")
-def mlp16(tmp_path_factory):
-    """digits-mlp as ``python -m host.compress digits-mlp --pes 8 --acc-bits 16``."""
+def _acc16_package(tmp_path_factory, example, stem):
+    """``python -m host.compress EXAMPLE --pes 8 --acc-bits 16 -o STEM.spn``; its path."""
     from host.modelsource import resolve_model
     from host.package import save_package
     from host.pipeline import CompressConfig, compress_model
-    source = resolve_model("digits-mlp")
+    source = resolve_model(example)
     result = compress_model(source.model, CompressConfig(n_pe=8, acc_bits=16),
                             calib_x=source.train[0])
-    path = tmp_path_factory.mktemp("models") / "mlp16.spn"
+    path = tmp_path_factory.mktemp("models") / f"{stem}.spn"
     save_package(result.model, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def mlp16(tmp_path_factory):
+    """digits-mlp as ``python -m host.compress digits-mlp --pes 8 --acc-bits 16``."""
+    return _acc16_package(tmp_path_factory, "digits-mlp", "mlp16")
 
 
 def test_model_build_takes_the_boards_pairs_and_spram(mlp16, capsys):
@@ -524,15 +529,7 @@ def test_model_pe_group_follows_the_board_when_it_divides():
 @pytest.fixture(scope="module")
 def lstm16(tmp_path_factory):
     """digits-lstm as ``python -m host.compress digits-lstm --pes 8 --acc-bits 16``."""
-    from host.modelsource import resolve_model
-    from host.package import save_package
-    from host.pipeline import CompressConfig, compress_model
-    source = resolve_model("digits-lstm")
-    result = compress_model(source.model, CompressConfig(n_pe=8, acc_bits=16),
-                            calib_x=source.train[0])
-    path = tmp_path_factory.mktemp("models") / "lstm16.spn"
-    save_package(result.model, path)
-    return path
+    return _acc16_package(tmp_path_factory, "digits-lstm", "lstm16")
 
 
 def test_lstm_model_build_takes_the_boards_serial_layout(lstm16, capsys):
