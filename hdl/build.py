@@ -246,14 +246,20 @@ def board_lstm_layout(board, params):
         return {}
     if layout.get("memory") == "spram":
         groups = params["n_pe"] // params.get("pe_group", 1)
-        try:
-            if groups > board.budget.spram_blocks:
-                raise ValueError(f"{groups} SPRAMs needed")
-            probe = make_engine(dict(params, **layout))   # the engine's own limits
-            probe._MustUse__silence = True                 # built only to be checked
-        except ValueError:
+        if groups > board.budget.spram_blocks or not _engine_accepts(dict(params, **layout)):
             layout.pop("memory")
     return layout
+
+
+def _engine_accepts(params) -> bool:
+    """Whether the engine of ``params`` can be built (its own checks raise ValueError); the
+    engine is built only to be checked, never elaborated."""
+    try:
+        engine = make_engine(params)
+    except ValueError:
+        return False
+    engine._MustUse__silence = True
+    return True
 
 
 def default_engine(board, n_pe=None):
