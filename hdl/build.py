@@ -43,7 +43,7 @@ __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "defa
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "model_pe_group", "board_entry_memory",
-           "board_lstm_layout",
+           "board_lstm_layout", "board_model_engine",
            "build_bitstream", "parse_nextpnr_report",
            "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
@@ -249,6 +249,22 @@ def board_lstm_layout(board, params):
         if groups > board.budget.spram_blocks or not _engine_accepts(dict(params, **layout)):
             layout.pop("memory")
     return layout
+
+
+def board_model_engine(board, model, pe_group=None):
+    """The engine parameters of ``board``'s build for ``model``: sized by
+    :func:`engine_for_model`, its PEs in :func:`model_pe_group` lockstep groups (``pe_group``
+    overrides the board's), the board's broadcast FIFO depth, entry memory
+    (:func:`board_entry_memory`) and LSTM layout (:func:`board_lstm_layout`).
+
+    ``python -m hdl.build --model`` and the simulated board (:func:`hdl.sim.board_top`) both
+    take their engine from here, so the simulated board runs the engine of the bitstream:
+    same outputs, same cycle counts, same configuration hash."""
+    params = engine_for_model(model, pe_group=model_pe_group(board, model, pe_group))
+    params["fifo_depth"] = board.fifo_depth
+    params.update(board_entry_memory(board, params))
+    params.update(board_lstm_layout(board, params))
+    return params
 
 
 def _engine_accepts(params) -> bool:
@@ -963,10 +979,7 @@ def prepare(args):
             model = load_package(path)
         except Exception as error:  # the package reader's own message
             raise BuildError(f"--model {args.model}: {error}") from None
-        params = engine_for_model(model, pe_group=model_pe_group(board, model, args.pe_group))
-        params["fifo_depth"] = board.fifo_depth
-        params.update(board_entry_memory(board, params))
-        params.update(board_lstm_layout(board, params))
+        params = board_model_engine(board, model, args.pe_group)
         if args.pes is not None and args.pes != model.n_pe:
             raise BuildError(f"--pes {args.pes} does not match the model, which is encoded for "
                              f"{model.n_pe} PEs (recompress it with --pes {args.pes})")

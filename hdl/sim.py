@@ -283,16 +283,17 @@ class SimBoard:
 # The board's top level
 
 
-def board_top(board: str, model, *, pe_group: int = 1):
-    """The simulation configuration of ``board``'s top level with an engine built for
-    ``model`` (a :class:`CompressedModel` or ``.spn`` path), its PEs in lockstep groups of
-    ``pe_group`` (SpMV and LSTM engines).
+def board_top(board: str, model, *, pe_group: int | None = None):
+    """The simulation configuration of ``board``'s top level with the engine
+    ``python -m hdl.build --board BOARD --model`` builds for ``model`` (a
+    :class:`CompressedModel` or ``.spn`` path; :func:`hdl.build.board_model_engine`: the
+    board's PE groups, FIFO depth, entry memory and LSTM layout), its PEs in lockstep groups
+    of ``pe_group`` if given (else the board's).
 
     The core is the one :mod:`hdl.build` puts in the bitstream (:class:`hdl.top.SpineCore`
     around :func:`hdl.build.make_backend`: :class:`hdl.top.EngineBackend` with an SpMV engine
     for an MLP, :class:`hdl.top.LstmBackend` with an LSTM engine for an LSTM package,
-    :class:`hdl.top.CnnBackend` with a CNN engine for a package with conv layers, sized by
-    :func:`hdl.build.engine_for_model`),
+    :class:`hdl.top.CnnBackend` with a CNN engine for a package with conv layers),
     without the PLL/reset wrapper, its UART at :data:`SIM_CLOCKS_PER_BIT` clocks per bit;
     IDENTIFY reports the board profile's clock and baud rate.
 
@@ -309,12 +310,12 @@ def board_top(board: str, model, *, pe_group: int = 1):
     from boards import get_board
     from host.driver import _as_model
 
-    from .build import engine_for_model, make_backend
+    from .build import board_model_engine, make_backend
     from .top import SpineCore
 
     profile = get_board(board)
     model = _as_model(model)
-    params = engine_for_model(model, pe_group=pe_group)
+    params = board_model_engine(profile, model, pe_group)
     if params.get("engine") == "cnn":
         if not params.get("uniform_fields", True):
             raise ValueError(f"model {model.name!r} uses different entry widths in different "

@@ -614,3 +614,37 @@ def test_lstm_board_layout_inventory_matches_the_memories_built(lstm16):
         if m.name not in shell and m.width * m.depth > build._LOGIC_MEMORY_BITS:
             listed[(m.width, m.depth)] += m.copies
     assert built == listed
+
+
+def test_simulated_board_runs_the_bitstreams_engine(lstm16, tmp_path):
+    """``hdl.sim.board_top`` (``host.run --sim``) builds the engine ``hdl.build --model`` puts in
+    the bitstream: the same configuration (hence the same IDENTIFY hash and cycle counts) for
+    the 16-bit digits-lstm (the board's serial SPRAM layout) and for a 16-bit MLP (PE pairs,
+    SPRAM entries, the board's FIFO depth)."""
+    from hdl.sim import board_top
+    from host.package import load_package
+    from host.pipeline import CompressConfig, compress_model
+    from host.modelsource import resolve_model
+    from host.package import save_package
+
+    source = resolve_model("digits-mlp")
+    mlp = compress_model(source.model, CompressConfig(n_pe=8, density=0.1, acc_bits=16),
+                         calib_x=source.train[0][:64]).model
+    save_package(mlp, tmp_path / "mlp.spn")
+    board = get_board("icebreaker")
+    for path in (lstm16, tmp_path / "mlp.spn"):
+        args = build.make_parser().parse_args(["--model", str(path)])
+        _, params, model, _ = build.prepare(args)
+        core, *_ = board_top("icebreaker", path)
+        engine = core.backend.engine
+        engine._MustUse__silence = True
+        built = build.make_engine(params)
+        built._MustUse__silence = True
+        assert engine.config() == built.config()
+        assert engine.timing() == built.timing()
+    assert (engine.memory, engine.pe_group, engine.timing().fifo_depth) == (
+        "spram", 2, board.fifo_depth)
+    lstm = board_top("icebreaker", lstm16)[0].backend.engine
+    lstm._MustUse__silence = True
+    assert (lstm.overlap, lstm.step_stats, lstm.memory, lstm.ew_lanes) == (False, False,
+                                                                            "spram", 1)

@@ -69,7 +69,7 @@ def compressed_workload(tmp_path_factory, kind, density, folder, n_inputs, acc_b
             "source": source, "folder": folder}
 
 
-def icebreaker_harness(model, pe_group=1):
+def icebreaker_harness(model, pe_group=None):
     """The Verilator harness of the icebreaker board's top for ``model`` (cached in
     build/sim).
 
@@ -86,7 +86,7 @@ def icebreaker_harness(model, pe_group=1):
     # share these Verilator builds; the simulated core does not depend on the FPGA.
     component, rx, tx, cpb = board_top("icebreaker", model, pe_group=pe_group)
     return build_harness(component, clocks_per_bit=cpb, rx=rx, tx=tx,
-                         name="icebreaker" if pe_group == 1 else f"icebreaker_g{pe_group}")
+                         name="icebreaker" if pe_group is None else f"icebreaker_g{pe_group}")
 
 
 def timed_cycle_stream(acc, x):
@@ -336,20 +336,22 @@ def test_harness_echo_raw_bytes():
 
 
 # ------------------------------------------------------------------------------------------------
-# PE pairs: the same digits-mlp on a board whose 8 PEs run in lockstep pairs (pe_group 2)
+# PE pairs: digits-mlp on the iCEBreaker's engine, whose 8 PEs run in lockstep pairs (pe_group 2)
 
 N_PAIR_INPUTS = 24
 
 
 def test_pairs_stream_bit_exact(workload):
-    """pe_group 2: IDENTIFY reports it, the driver pads the model per pair, every loaded word
-    reads back (a follower's entries and pointer words come from its leader), every output is
-    bit-exact and every run's cycle count equals the cycle model on the padded encoding."""
+    """The board's pe_group 2: IDENTIFY reports it, the driver pads the model per pair, every
+    loaded word reads back (a follower's entries and pointer words come from its leader), every
+    output is bit-exact and every run's cycle count equals the cycle model on the padded
+    encoding with the board's broadcast FIFO depth."""
+    from boards import get_board
     from host.driver import _spmv_params
     from host.spmv_image import build_image, expected_run
 
     model, x = workload["model"], workload["x"][:N_PAIR_INPUTS]
-    with SimBoard(icebreaker_harness(workload["model"], pe_group=2)) as board, \
+    with SimBoard(icebreaker_harness(workload["model"])) as board, \
             Accelerator(board.url, timeout=5.0) as acc:
         info = acc.identify()
         assert info.kind == "SPMV" and info.hash_ok and info.pe_group == 2
@@ -358,7 +360,8 @@ def test_pairs_stream_bit_exact(workload):
     out = np.stack([o for o, _ in got])
     assert rows_differing(out, expected(model, x)) == 0
     assert infers == len(x)
-    params = _spmv_params(info)
+    # IDENTIFY does not report the SpMV engine's FIFO depth; the board profile sets it.
+    params = replace(_spmv_params(info), fifo_depth=get_board("icebreaker").fifo_depth)
     image = build_image(params, list(model.layers))
     cycles = [c for _, c in got]
     assert cycles == [expected_run(params, image, s).cycles for s in q]
@@ -390,7 +393,8 @@ def lstm_board(lstm_workload):
 def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     """Every class score bit-exact with the golden model, every run's cycle count equal to the
     LSTM cycle model (host.lstm_cycles via host.lstm_image.expected_run)."""
-    from hdl.build import engine_for_model, make_engine
+    from boards import get_board
+    from hdl.build import board_model_engine, make_engine
     from host.lstm_image import build_image, expected_run
 
     model, x, y = lstm_workload["model"], lstm_workload["x"], lstm_workload["y"]
@@ -406,7 +410,7 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     assert mismatches == 0, f"{mismatches} of {len(x)} outputs differ from the golden model"
     assert infers == len(x)
     assert stats.bad_crc == 0
-    engine = make_engine(engine_for_model(model))
+    engine = make_engine(board_model_engine(get_board("icebreaker"), model))
     engine._MustUse__silence = True
     image = build_image(engine, model.layers[0], model.layers[1])
     cycles = [c for _, c in got]
@@ -557,14 +561,15 @@ def test_cnn_stream_bit_exact(cnn_board, cnn_workload):
     """IDENTIFY says CNN and the driver rebuilds the engine's CnnConfig from it; the load is
     verified block by block; every output is bit-exact with the golden model and every run's
     cycle count equals the CNN cycle model (host.cnn_cycles with the engine's timing)."""
+    from boards import get_board
+    from hdl.build import board_model_engine, make_engine
     from hdl.build import cnn_config as build_config
-    from hdl.build import engine_for_model, make_engine
     from host.cnn_cycles import expected_runs
     from host.cnn_image import build_image
     from host.driver import cnn_config
 
     model, x, y = cnn_workload["model"], cnn_workload["x"], cnn_workload["y"]
-    params = engine_for_model(model)
+    params = board_model_engine(get_board("icebreaker"), model)
     with Accelerator(cnn_board.url, timeout=5.0) as acc:
         info = acc.identify()
         assert info.kind == "CNN" and info.hash_ok and info.n_pe == 8
