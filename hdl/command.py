@@ -468,19 +468,24 @@ class CommandDecoder(wiring.Component):
         # --- frame registers -------------------------------------------------------------------
         cmd = Signal(8)
         seq = Signal(8)
-        length = Signal(16)
+        # The length's low bits: a frame with len > MAX_PAYLOAD is answered in LEN_CHECK.
+        length = Signal(bits_for(MAX_PAYLOAD))
         crc_lo = Signal(8)
         # Payload byte index: receive, WRITE / INFER input reads, answer writes (READ,
         # CHECKSUM, INFER: from 0, after the request's bytes are used), transmit.
         pidx = Signal(ptr_bits)
-        # The access header (payload bytes 0-7): region, index, address (its low
-        # check_bits bits, and a_addr_hi: a bit above them was set), count.  Every field a
-        # command uses has arrived once its length check passed; only a_addr_hi needs
-        # clearing for each frame.
+        # The access header (payload bytes 0-7) goes straight into the access registers
+        # cur_region, cur_index, cur_addr (below: the low check_bits bits of the address) and
+        # a_count; a_addr_hi: a bit of the region above its 4 bits, or of the address above
+        # check_bits, was set (BAD_ADDRESS either way: no region has such a number or depth).
+        # Every field a command uses has arrived once its length check passed; a_addr_hi and
+        # cur_addr need clearing for each frame.
         aw = self.check_bits
-        a_region, a_index = Signal(8), Signal(8)
-        a_addr, a_addr_hi = Signal(aw), Signal()
+        a_addr_hi = Signal()
         a_count = Signal(16)
+        cur_region = Signal(REGION_BITS)
+        cur_index = Signal(INDEX_BITS)
+        cur_addr = Signal(self.check_bits + 1)   # in range once the checks passed
         # One-hot header byte index (pidx for pidx < 8): no 11-bit compare on the byte enables.
         hdr = Signal(ACCESS_HEADER_BYTES, init=1)
         idle = Signal(range(self.timeout_cycles + 1))
@@ -489,16 +494,18 @@ class CommandDecoder(wiring.Component):
         # last response payload byte.
         idle_last = Signal()
         len_big, len_none, crc_ok = Signal(), Signal(), Signal()
-        # The answer decided in PREP4: answer now (d_resp) with d_status / d_len / d_src, and
-        # RESET's side effects (d_reset).
+        # The answer decided in PREP4: answer now (d_resp) with d_status / d_src (the length
+        # follows from the source: IDENTIFY, STATUS, or empty), and RESET's side effects
+        # (d_reset).  Status codes fit 3 bits (sent zero-extended).
+        status_bits = bits_for(max(Status))
         d_resp, d_reset = Signal(), Signal()
-        d_status, d_len, d_src = Signal(8), Signal(bits_for(MAX_PAYLOAD)), Signal(2)
+        d_status, d_src = Signal(status_bits), Signal(2)
         pay_last = Signal()
         tx_last = Signal()
         pay_wait = Signal()              # T_PAY: the next byte's memory read is under way
 
         # --- response registers -----------------------------------------------------------------
-        r_status = Signal(8)
+        r_status = Signal(status_bits)
         r_len = Signal(ptr_bits)
         r_src = Signal(2)                # 0 buffer, 1 IDENTIFY, 2 STATUS (info memory)
         # The info memory follows the buffer's read address (IDENTIFY at 0, STATUS at
@@ -525,20 +532,24 @@ class CommandDecoder(wiring.Component):
         #: (writes keep the low bits, reads return them zero-extended).
         ctrl_widths = {Control.N_LAYERS: 8, Control.N_INPUTS: 16, Control.N_OUTPUTS: 16,
                        Control.USER: 32}
-        # Registers of the words the decoder uses (USER is only in the info memory).
-        ctrl = {c: Signal(ctrl_widths[c], name=f"ctrl_{c.name.lower()}") for c in Control
-                if c != Control.USER}
-        n_layers, n_inputs, n_outputs = (ctrl[Control.N_LAYERS], ctrl[Control.N_INPUTS],
-                                         ctrl[Control.N_OUTPUTS])
+        # Registers of the words the decoder uses (USER is only in the info memory; READ sends
+        # all of them from there).  N_INPUTS and N_OUTPUTS are kept only as far as INFER needs
+        # them: the bits of the INPUT / OUTPUT depth, and a flag (*_over) computed when they
+        # are written, the INFER bounds check (the value exceeds the depth, or the answer
+        # would be longer than MAX_PAYLOAD); INFER uses the value only when the flag is clear.
+        in_spec = next((r for r in self.regions if r.region == RegionId.INPUT), None)
+        out_spec = next((r for r in self.regions if r.region == RegionId.OUTPUT), None)
+        infer_ok = in_spec is not None and out_spec is not None
+        n_layers = Signal(ctrl_widths[Control.N_LAYERS], name="ctrl_n_layers")
+        n_inputs = Signal(bits_for(in_spec.depth) if infer_ok else 1, name="ctrl_n_inputs")
+        n_outputs = Signal(bits_for(out_spec.depth) if infer_ok else 1, name="ctrl_n_outputs")
+        n_in_over, n_out_over = Signal(), Signal()
         ctrl_base = status_base + CTRL_OFFSET
         # byte j of CONTROL word a is kept (else written as 0): j < width / 8
         ctrl_keep = Signal()
         flags = Cat(n_layers != 0, eng.busy, eng.done)
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
-        cur_region = Signal(REGION_BITS)
-        cur_index = Signal(INDEX_BITS)
-        cur_addr = Signal(self.check_bits + 1)   # in range once the checks passed
         words = Signal(16)               # words left (count u16, or fewer)
         wb_log2 = Signal(2)              # log2(word bytes) of cur_region
         byte_j = Signal(2)
@@ -563,22 +574,18 @@ class CommandDecoder(wiring.Component):
         # Region attributes of the requested region (combinational lookup, then registered).
         l_ok, l_read, l_write = Signal(), Signal(), Signal()
         l_wb_log2 = Signal(2)
-        l_count = Signal(INDEX_BITS + 1)
+        l_index_bad = Signal()           # index >= count (a compare with a constant)
         l_depth = Signal(self.check_bits + 1)
-        with m.Switch(a_region):
+        with m.Switch(cur_region):
             for spec in self.table:
                 with m.Case(int(spec.region)):
                     m.d.comb += [l_ok.eq(1), l_read.eq(spec.readable), l_write.eq(spec.writable),
                                  l_wb_log2.eq(exact_log2(spec.word_bytes)),
-                                 l_count.eq(spec.count), l_depth.eq(spec.depth)]
+                                 l_index_bad.eq(cur_index >= spec.count), l_depth.eq(spec.depth)]
         k_ok, k_read, k_write = Signal(), Signal(), Signal()
         k_wb_log2 = Signal(2)
-        k_count = Signal(INDEX_BITS + 1)
         k_depth = Signal(self.check_bits + 1)
 
-        in_spec = next((r for r in self.regions if r.region == RegionId.INPUT), None)
-        out_spec = next((r for r in self.regions if r.region == RegionId.OUTPUT), None)
-        infer_ok = in_spec is not None and out_spec is not None
         if infer_ok:
             in_log2 = exact_log2(in_spec.word_bytes)
             out_log2 = exact_log2(out_spec.word_bytes)
@@ -590,17 +597,18 @@ class CommandDecoder(wiring.Component):
         # Bounds arithmetic at the address width `aw` (check_bits): every depth is <= 2**aw,
         # so an address with a bit at or above aw, or a count (word count) with a bit above
         # aw, is out of range for every region (flagged by *_hi); the sums are aw + 2 bits.
-        count_zero, count_hi, words_hi = Signal(), Signal(), Signal()
+        count_zero, count_hi = Signal(), Signal()
         not_loaded, infer_oob, infer_len_bad = Signal(), Signal(), Signal()
         payload_words = Signal(ptr_bits)
         remainder_nz, read_too_long, index_bad = Signal(), Signal(), Signal()
-        end_write = Signal(self.check_bits + 2)
-        end_access = Signal(self.check_bits + 2)
+        # WRITE: address + payload words; READ / CHECKSUM: address + count (one adder).
+        n_hi = Signal()
+        end = Signal(self.check_bits + 2)
 
         def high(value, bits):
             """``value`` has a bit at or above ``bits`` (a 1-bit expression)."""
             return value[bits:].any() if len(value) > bits else Const(0, 1)
-        write_oob, access_oob = Signal(), Signal()
+        oob = Signal()
 
         # Bus defaults.
         m.d.comb += [bus.region.eq(cur_region), bus.index.eq(cur_index),
@@ -639,7 +647,7 @@ class CommandDecoder(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += got.eq(rx_valid)
                 m.d.sync += [seq.eq(0), crc.eq(CRC16_INIT), idle.eq(0), idle_last.eq(0),
-                             pidx.eq(0), a_addr_hi.eq(0), hdr.eq(1)]
+                             pidx.eq(0), a_addr_hi.eq(0), cur_addr.eq(0), hdr.eq(1)]
                 with m.If(rx_valid & (rx_byte == REQUEST_SYNC)):
                     m.next = "CMD"
 
@@ -677,7 +685,7 @@ class CommandDecoder(wiring.Component):
             with m.State("LEN1"):
                 def len1():
                     crc_byte()
-                    m.d.sync += length[8:].eq(rx_byte)
+                    m.d.sync += length[8:].eq(rx_byte)          # the low bits kept
                     full = Cat(length[:8], rx_byte)
                     m.d.sync += [pay_last.eq(full == 1), len_big.eq(full > MAX_PAYLOAD),
                                  len_none.eq(full == 0)]
@@ -696,16 +704,21 @@ class CommandDecoder(wiring.Component):
                     crc_byte()
                     m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(rx_byte), buf_w.en.eq(1)]
                     m.d.sync += hdr.eq(hdr << 1)
-                    for i, target in enumerate((a_region, a_index, None, None, None, None,
+                    for i, target in enumerate((cur_region, cur_index, None, None, None, None,
                                                 a_count[:8], a_count[8:])):
                         with m.If(hdr[i]):
+                            if target is cur_region:
+                                m.d.sync += target.eq(rx_byte[:REGION_BITS])
+                                with m.If(rx_byte[REGION_BITS:].any()):
+                                    m.d.sync += a_addr_hi.eq(1)
+                                continue
                             if target is not None:
                                 m.d.sync += target.eq(rx_byte)
                                 continue
                             lo = 8 * (i - 2)               # address bits lo .. lo + 7
                             keep = max(0, min(8, aw - lo))
                             if keep:
-                                m.d.sync += a_addr[lo:lo + keep].eq(rx_byte[:keep])
+                                m.d.sync += cur_addr[lo:lo + keep].eq(rx_byte[:keep])
                             if keep < 8:
                                 with m.If(rx_byte[keep:].any()):
                                     m.d.sync += a_addr_hi.eq(1)
@@ -733,9 +746,8 @@ class CommandDecoder(wiring.Component):
             # long carry chain sits in front of DISPATCH (iCE40 timing).
             with m.State("DECODE"):
                 m.d.sync += [k_ok.eq(l_ok), k_read.eq(l_read), k_write.eq(l_write),
-                             k_wb_log2.eq(l_wb_log2), k_count.eq(l_count), k_depth.eq(l_depth),
-                             cur_region.eq(a_region), cur_index.eq(a_index),
-                             cur_addr.eq(a_addr), is_control.eq(a_region == RegionId.CONTROL),
+                             k_wb_log2.eq(l_wb_log2), index_bad.eq(l_index_bad),
+                             k_depth.eq(l_depth), is_control.eq(cur_region == RegionId.CONTROL),
                              is_infer.eq(0), is_checksum.eq(cmd == Command.CHECKSUM),
                              *(flag.eq(cmd == c) for c, flag in cmd_is.items()),
                              byte_j.eq(0), pidx.eq(0), crc.eq(CRC16_INIT),
@@ -747,46 +759,42 @@ class CommandDecoder(wiring.Component):
                 if infer_ok:
                     m.d.sync += [
                         not_loaded.eq(n_layers == 0),
-                        infer_oob.eq((n_inputs > in_spec.depth) | (n_outputs > out_spec.depth)
-                                     | ((n_outputs << out_log2) + INFER_HEADER_BYTES
-                                        > MAX_PAYLOAD)),
+                        infer_oob.eq(n_in_over | n_out_over),
                         infer_len_bad.eq(length != (n_inputs << in_log2))]
                 m.next = "PREP1"
             with m.State("PREP1"):
                 m.d.sync += [payload_words.eq(len_m6 >> k_wb_log2),
                              remainder_nz.eq((len_m6 & ((1 << k_wb_log2) - 1)) != 0),
-                             read_too_long.eq((a_count << k_wb_log2) > MAX_PAYLOAD),
-                             index_bad.eq(a_index >= k_count)]
+                             read_too_long.eq((a_count << k_wb_log2) > MAX_PAYLOAD)]
                 m.next = "PREP2"
             with m.State("PREP2"):
-                m.d.sync += [end_write.eq(a_addr + payload_words[:aw + 1]),
-                             words_hi.eq(high(payload_words, aw + 1)),
-                             end_access.eq(a_addr + a_count[:aw + 1])]
+                is_write = cmd_is[Command.WRITE]
+                m.d.sync += [end.eq(cur_addr[:aw] + Mux(is_write, payload_words[:aw + 1],
+                                                        a_count[:aw + 1])),
+                             n_hi.eq(Mux(is_write, high(payload_words, aw + 1), count_hi))]
                 m.next = "PREP3"
             with m.State("PREP3"):
-                m.d.sync += [write_oob.eq(a_addr_hi | words_hi | (end_write > k_depth)),
-                             access_oob.eq(a_addr_hi | count_hi | (end_access > k_depth))]
+                m.d.sync += oob.eq(a_addr_hi | n_hi | (end > k_depth))
                 m.next = "PREP4"
             # PREP4 takes the answer decision (which error, or go on) on the registered checks;
             # DISPATCH acts on it, so the response registers' enable is one registered flag.
             with m.State("PREP4"):
-                def decide(status=None, length=0, src=0):
+                def decide(status=None, src=0):
                     if status is None:                 # no answer yet: DISPATCH goes on
                         m.d.sync += d_resp.eq(0)
                     else:
-                        m.d.sync += [d_resp.eq(1), d_status.eq(status), d_len.eq(length),
-                                     d_src.eq(src)]
+                        m.d.sync += [d_resp.eq(1), d_status.eq(status), d_src.eq(src)]
                 m.d.sync += d_reset.eq(0)
                 with m.If(cmd_is[Command.IDENTIFY]):
                     with m.If(~len_zero):
                         decide(Status.BAD_LENGTH)
                     with m.Else():
-                        decide(Status.OK, len(self.identity_bytes), 1)
+                        decide(Status.OK, 1)
                 with m.Elif(cmd_is[Command.STATUS]):
                     with m.If(~len_zero):
                         decide(Status.BAD_LENGTH)
                     with m.Else():
-                        decide(Status.OK, STATUS_BYTES, 2)
+                        decide(Status.OK, 2)
                 with m.Elif(cmd_is[Command.RESET]):
                     with m.If(~len_zero):
                         decide(Status.BAD_LENGTH)
@@ -796,14 +804,14 @@ class CommandDecoder(wiring.Component):
                 with m.Elif(cmd_is[Command.WRITE]):
                     with m.If(len_le6 | remainder_nz):
                         decide(Status.BAD_LENGTH)
-                    with m.Elif(~k_ok | ~k_write | index_bad | write_oob):
+                    with m.Elif(~k_ok | ~k_write | index_bad | oob):
                         decide(Status.BAD_ADDRESS)
                     with m.Else():
                         decide()
                 with m.Elif(cmd_is[Command.READ] | cmd_is[Command.CHECKSUM]):
                     with m.If(len_ne8 | (cmd_is[Command.READ] & read_too_long)):
                         decide(Status.BAD_LENGTH)
-                    with m.Elif(~k_ok | ~k_read | index_bad | access_oob):
+                    with m.Elif(~k_ok | ~k_read | index_bad | oob):
                         decide(Status.BAD_ADDRESS)
                     with m.Elif(count_zero & cmd_is[Command.READ]):
                         decide(Status.OK)
@@ -826,7 +834,8 @@ class CommandDecoder(wiring.Component):
                 # The access registers are loaded whatever the decision (by the command flags,
                 # registered): their enable is the state alone, the decision picks the next
                 # state only.  An answered request does not use them.
-                answer(d_status, d_len, d_src)
+                answer(d_status, Mux(d_src[0], len(self.identity_bytes),
+                                     Mux(d_src[1], STATUS_BYTES, 0)), d_src)
                 infer = cmd_is[Command.INFER] if infer_ok else Const(0, 1)
                 m.d.sync += [
                     words.eq(Mux(cmd_is[Command.WRITE], payload_words,
@@ -881,10 +890,20 @@ class CommandDecoder(wiring.Component):
             with m.State("W_WRITE"):
                 answer(Status.OK)
                 with m.If(is_control):
+                    value = word[:16]                  # N_INPUTS, N_OUTPUTS keep 16 bits
                     with m.Switch(cur_addr[:2]):
-                        for c, register in ctrl.items():
-                            with m.Case(int(c)):
-                                m.d.sync += register.eq(word)
+                        with m.Case(Control.N_LAYERS):
+                            m.d.sync += n_layers.eq(word)
+                        if infer_ok:
+                            with m.Case(Control.N_INPUTS):
+                                m.d.sync += [n_inputs.eq(value),
+                                             n_in_over.eq(value > in_spec.depth)]
+                            with m.Case(Control.N_OUTPUTS):
+                                m.d.sync += [n_outputs.eq(value),
+                                             n_out_over.eq(
+                                                 (value > out_spec.depth)
+                                                 | ((value << out_log2) + INFER_HEADER_BYTES
+                                                    > MAX_PAYLOAD))]
                 with m.Else():
                     m.d.comb += bus.we.eq(1)
                 m.d.sync += [cur_addr.eq(cur_addr + 1), words.eq(words - 1)]

@@ -9,11 +9,13 @@ Bit-exact with :func:`host.golden.spmv` (see :mod:`host.fixedpoint`)::
 The rounding add is one bit wider than the accumulator, so it never wraps (as in the golden
 model's ``int64`` arithmetic).
 
+Both forms round with ``(sum + 2**(s-1)) >> s == ((2*sum >> s) + 1) >> 1``,
+which holds for every ``s >= 0`` (for ``s = 0``: ``(2*sum + 1) >> 1 == sum``), so the shift
+comes before the rounding add (an incrementer, no rounding constant to shift into place).
+
 The pipelined form (``pipelined=True``, :data:`REQUANT_LATENCY` = 5 register stages, one
 result per cycle) splits the work so that no stage has more than one carry chain or one barrel
-shifter (iCE40 timing).  It rounds with ``(sum + 2**(s-1)) >> s == ((2*sum >> s) + 1) >> 1``,
-which holds for every ``s >= 0`` (for ``s = 0``: ``(2*sum + 1) >> 1 == sum``), so the shift
-comes before the rounding add::
+shifter (iCE40 timing)::
 
     stage 1   acc, bias, shift, relu registered      (the caller's memory read / PE select)
     stage 2   sum = acc + bias                       (acc_bits carry chain)
@@ -94,12 +96,12 @@ class Requantizer(wiring.Component):
         n = self.acc_bits
         total = Signal(signed(n))
         m.d.comb += total.eq(self.acc + self.bias)            # truncated: wraps
-        half = Signal(unsigned(n))
-        m.d.comb += half.eq(((Const(1, n + 1) << self.shift) >> 1)[:n])   # 0 for shift 0
-        rounded = Signal(signed(n + 1))
-        m.d.comb += rounded.eq(total + half)
+        # ((2 * total) >> shift + 1) >> 1, as in the pipelined form: one barrel shifter and an
+        # incrementer (no rounding constant 2**(shift-1), a second shifter, to add).
+        doubled = Signal(signed(n + 1))
+        m.d.comb += doubled.eq(Cat(Const(0, 1), total).as_signed() >> self.shift)
         shifted = Signal(signed(n + 1))
-        m.d.comb += shifted.eq(rounded >> self.shift)
+        m.d.comb += shifted.eq((doubled + 1) >> 1)
         m.d.comb += self.out.eq(self._saturate_relu(m, shifted, self.relu))
         return m
 
