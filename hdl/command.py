@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2, exact_log2
@@ -63,6 +63,10 @@ ACCESS_HEADER_BYTES = 8
 INFER_HEADER_BYTES = 4
 #: Offset of the CONTROL words from the STATUS answer in the decoder's info memory.
 CTRL_OFFSET = 32
+#: Where an answer's payload comes from (the decoder's r_src): nothing, the IDENTIFY or STATUS
+#: answer in the info memory, or the payload buffer (its first pidx bytes).  The info memory's
+#: read address follows the STATUS answer when bit 1 is set (SRC_BUFFER does not read it).
+SRC_NONE, SRC_IDENTIFY, SRC_STATUS, SRC_BUFFER = 0, 1, 2, 3
 
 
 def crc16_next(crc, byte):
@@ -405,25 +409,35 @@ class CommandDecoder(wiring.Component):
 
         # --- RX FIFO ------------------------------------------------------------------------------
         if self.rx_fifo_depth:
-            m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8,
-                                                                   depth=self.rx_fifo_depth)
-            m.d.comb += [rx_fifo.w_data.eq(self.rx.payload), rx_fifo.w_en.eq(self.rx.valid),
-                         self.rx.ready.eq(rx_fifo.w_rdy)]
-            # A two-entry skid buffer after the FIFO: the FIFO's data comes straight from a
-            # block RAM output, too slow to feed the frame decisions in the same cycle, and the
-            # FIFO's read enable depends on a register only (not on the decoder's state).
+            # A block RAM ring (rx_fifo_depth rounded up to a power of two, so that the
+            # pointers wrap by themselves; one more bit tells full from empty) and one output
+            # register (rx_valid, rx_byte): the block RAM's output is too slow to feed the frame
+            # decisions in the same cycle.  A byte is read (rd.en, a function of registers
+            # only, not of the decoder's state) when the output register is empty and no read
+            # is under way (rd_pend); it reaches rx_byte a cycle later.  One byte every three
+            # cycles at most, against one per ten bit times from the UART.
+            k = ceil_log2(self.rx_fifo_depth)
+            m.submodules.rx_fifo = rx_mem = Memory(shape=8, depth=1 << k, init=[])
+            rx_w, rx_rd = rx_mem.write_port(), rx_mem.read_port()
+            rx_wp, rx_rp = Signal(k + 1, name="rx_wp"), Signal(k + 1, name="rx_rp")
             rx_valid, rx_byte = Signal(name="rx_valid"), Signal(8, name="rx_byte")
-            skid_valid, skid_byte = Signal(name="skid_valid"), Signal(8, name="skid_byte")
             rx_ready = Signal(name="rx_ready")
-            m.d.comb += rx_fifo.r_en.eq(~skid_valid)
-            take = rx_fifo.r_rdy & ~skid_valid
-            with m.If(~rx_valid | rx_ready):               # the head is free next cycle
-                with m.If(skid_valid):
-                    m.d.sync += [rx_valid.eq(1), rx_byte.eq(skid_byte), skid_valid.eq(0)]
-                with m.Else():
-                    m.d.sync += [rx_valid.eq(take), rx_byte.eq(rx_fifo.r_data)]
-            with m.Elif(take):                             # the head is held: park the byte
-                m.d.sync += [skid_valid.eq(1), skid_byte.eq(rx_fifo.r_data)]
+            rd_pend = Signal(name="rx_rd_pend")
+            full = (rx_wp[:k] == rx_rp[:k]) & (rx_wp[k] != rx_rp[k])
+            m.d.comb += [self.rx.ready.eq(~full),
+                         rx_w.addr.eq(rx_wp[:k]), rx_w.data.eq(self.rx.payload),
+                         rx_w.en.eq(self.rx.valid & ~full)]
+            with m.If(self.rx.valid & ~full):
+                m.d.sync += rx_wp.eq(rx_wp + 1)
+            issue = (rx_wp != rx_rp) & ~rx_valid & ~rd_pend
+            m.d.comb += [rx_rd.addr.eq(rx_rp[:k]), rx_rd.en.eq(issue)]
+            m.d.sync += rd_pend.eq(issue)
+            with m.If(issue):
+                m.d.sync += rx_rp.eq(rx_rp + 1)
+            with m.If(rd_pend):
+                m.d.sync += [rx_valid.eq(1), rx_byte.eq(rx_rd.data)]
+            with m.Elif(rx_ready):
+                m.d.sync += rx_valid.eq(0)
         else:
             rx_valid, rx_byte, rx_ready = self.rx.valid, self.rx.payload, self.rx.ready
 
@@ -461,6 +475,13 @@ class CommandDecoder(wiring.Component):
         # the UART's busy time, CK_WAIT), and no step is pending where it is re-initialised.
         crc_in_q = Signal(8)
         crc_step_q = Signal()
+        # The CRC's byte: the byte received (default), a READ byte for CHECKSUM (crc_rb, in
+        # R_BYTES) or the byte being sent (crc_tx): three sources, the byte multiplexers of the
+        # states stay where they are (tx.payload).
+        crc_rb, crc_tx = Signal(), Signal()
+        buf_crc = Signal()               # CK_STORE0/1: the CRC into the payload buffer
+        buf_cycles = Signal()            # I_CYCLES: the run's cycles into the payload buffer
+        word_load, word_shift = Signal(), Signal()
         m.d.sync += [crc_in_q.eq(crc_in), crc_step_q.eq(crc_step)]
         with m.If(crc_step_q):
             m.d.sync += crc.eq(crc16_next(crc, crc_in_q))
@@ -482,7 +503,10 @@ class CommandDecoder(wiring.Component):
         # cur_addr need clearing for each frame.
         aw = self.check_bits
         a_addr_hi = Signal()
-        a_count = Signal(16)
+        # The count keeps the bits any command can use (a region's depth, or MAX_PAYLOAD
+        # bytes), a_count_hi flags a bit above them (the count is out of range).
+        cnt_bits = min(16, max(aw + 1, ptr_bits))
+        a_count, a_count_hi = Signal(cnt_bits), Signal()
         cur_region = Signal(REGION_BITS)
         cur_index = Signal(INDEX_BITS)
         cur_addr = Signal(self.check_bits + 1)   # in range once the checks passed
@@ -507,7 +531,9 @@ class CommandDecoder(wiring.Component):
         # --- response registers -----------------------------------------------------------------
         r_status = Signal(status_bits)
         r_len = Signal(ptr_bits)
-        r_src = Signal(2)                # 0 buffer, 1 IDENTIFY, 2 STATUS (info memory)
+        # The answer's payload: SRC_NONE (empty), SRC_IDENTIFY / SRC_STATUS (info memory), or
+        # SRC_BUFFER (the payload buffer's bytes 0 .. pidx - 1); r_len follows in T_COUNT.
+        r_src = Signal(2)
         # The info memory follows the buffer's read address (IDENTIFY at 0, STATUS at
         # status_base); T_STAT overrides it.
         m.d.comb += info_raddr.eq(Mux(r_src[1], status_base, 0)
@@ -550,7 +576,7 @@ class CommandDecoder(wiring.Component):
         flags = Cat(n_layers != 0, eng.busy, eng.done)
 
         # --- access state (WRITE / READ / CHECKSUM / INFER) -----------------------------------
-        words = Signal(16)               # words left (count u16, or fewer)
+        words = Signal(cnt_bits)         # words left (an in-range count, or fewer)
         wb_log2 = Signal(2)              # log2(word bytes) of cur_region
         byte_j = Signal(2)
         word = Signal(DATA_BITS)
@@ -622,16 +648,19 @@ class CommandDecoder(wiring.Component):
         do_clear = Signal(init=1)
         booting = Signal(init=1)         # the clearing pass after reset: no answer
 
-        def answer(status, length=0, src=0):
+        def answer(status, src=SRC_NONE):
             """The answer a state gives if it ends the request, loaded in every cycle of that
             state: the response registers' enable is the state alone (the decision only picks
             the next state, :func:`respond`).  The registers are used in the T_ states only."""
-            m.d.sync += [r_status.eq(status), r_len.eq(length), r_src.eq(src)]
+            m.d.sync += [r_status.eq(status), r_src.eq(src)]
 
         def respond():
             """Answer with the state's :func:`answer`; the counters are updated from the
             registered status in T_COUNT."""
             m.next = "T_COUNT"
+
+        # R_BYTES: the word's next byte (CONTROL words: from the info memory)
+        read_byte = Mux(is_control, info_r.data, word[:8])
 
         got = Signal()                   # a byte is taken from the RX FIFO this cycle
         m.d.comb += rx_ready.eq(got)
@@ -667,7 +696,7 @@ class CommandDecoder(wiring.Component):
                                  idle_last.eq(idle == self.timeout_cycles - 2)]
 
             def crc_byte():
-                m.d.comb += [crc_in.eq(rx_byte), crc_step.eq(1)]
+                m.d.comb += crc_step.eq(1)             # crc_in is rx_byte by default
 
             def store(target, step=True):
                 def action():
@@ -699,29 +728,39 @@ class CommandDecoder(wiring.Component):
                     m.next = "CRC0"
                 with m.Else():
                     m.next = "PAYLOAD"
+            def keep_bits(i, target, lo, flag, set_only=False):
+                """Payload byte ``i`` into ``target`` bits ``lo`` .. ``lo + 7`` (those it has);
+                a set bit above them raises ``flag``."""
+                keep = max(0, min(8, len(target) - lo))
+                if keep:
+                    m.d.sync += target[lo:lo + keep].eq(rx_byte[:keep])
+                if keep < 8:
+                    if set_only:
+                        with m.If(rx_byte[keep:].any()):
+                            m.d.sync += flag.eq(1)
+                    else:
+                        m.d.sync += flag.eq(rx_byte[keep:].any())
+
+            def header_byte(i):
+                """Access header byte ``i``: region, index, address (4 bytes), count (2)."""
+                if i == 0:
+                    keep_bits(i, cur_region, 0, a_addr_hi, set_only=True)
+                elif i == 1:
+                    m.d.sync += cur_index.eq(rx_byte)
+                elif i < 6:
+                    keep_bits(i, cur_addr[:aw], 8 * (i - 2), a_addr_hi, set_only=True)
+                else:
+                    # the high count byte arrives last: it sets or clears a_count_hi
+                    keep_bits(i, a_count, 8 * (i - 6), a_count_hi, set_only=i == 6)
+
             with m.State("PAYLOAD"):
                 def payload():
                     crc_byte()
-                    m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(rx_byte), buf_w.en.eq(1)]
+                    m.d.comb += buf_w.en.eq(1)                 # rx_byte at pidx
                     m.d.sync += hdr.eq(hdr << 1)
-                    for i, target in enumerate((cur_region, cur_index, None, None, None, None,
-                                                a_count[:8], a_count[8:])):
+                    for i in range(ACCESS_HEADER_BYTES):
                         with m.If(hdr[i]):
-                            if target is cur_region:
-                                m.d.sync += target.eq(rx_byte[:REGION_BITS])
-                                with m.If(rx_byte[REGION_BITS:].any()):
-                                    m.d.sync += a_addr_hi.eq(1)
-                                continue
-                            if target is not None:
-                                m.d.sync += target.eq(rx_byte)
-                                continue
-                            lo = 8 * (i - 2)               # address bits lo .. lo + 7
-                            keep = max(0, min(8, aw - lo))
-                            if keep:
-                                m.d.sync += cur_addr[lo:lo + keep].eq(rx_byte[:keep])
-                            if keep < 8:
-                                with m.If(rx_byte[keep:].any()):
-                                    m.d.sync += a_addr_hi.eq(1)
+                            header_byte(i)
                     m.d.sync += [pidx.eq(pidx + 1), pay_last.eq(pidx + 2 == length)]
                     with m.If(pay_last):
                         m.next = "CRC0"
@@ -754,8 +793,8 @@ class CommandDecoder(wiring.Component):
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
                              len_ne8.eq(length != ACCESS_HEADER_BYTES),
-                             count_zero.eq(a_count == 0),
-                             count_hi.eq(high(a_count, aw + 1))]
+                             count_zero.eq((a_count == 0) & ~a_count_hi),
+                             count_hi.eq(high(a_count, aw + 1) | a_count_hi)]
                 if infer_ok:
                     m.d.sync += [
                         not_loaded.eq(n_layers == 0),
@@ -764,8 +803,13 @@ class CommandDecoder(wiring.Component):
                 m.next = "PREP1"
             with m.State("PREP1"):
                 m.d.sync += [payload_words.eq(len_m6 >> k_wb_log2),
-                             remainder_nz.eq((len_m6 & ((1 << k_wb_log2) - 1)) != 0),
-                             read_too_long.eq((a_count << k_wb_log2) > MAX_PAYLOAD)]
+                             remainder_nz.eq((len_m6 & ((1 << k_wb_log2) - 1)) != 0)]
+                # count * word_bytes > MAX_PAYLOAD: a compare with a constant per word size
+                with m.Switch(k_wb_log2):
+                    for log2 in range(3):
+                        with m.Case(log2):
+                            m.d.sync += read_too_long.eq(a_count_hi | (a_count > (MAX_PAYLOAD
+                                                                                   >> log2)))
                 m.next = "PREP2"
             with m.State("PREP2"):
                 is_write = cmd_is[Command.WRITE]
@@ -779,7 +823,7 @@ class CommandDecoder(wiring.Component):
             # PREP4 takes the answer decision (which error, or go on) on the registered checks;
             # DISPATCH acts on it, so the response registers' enable is one registered flag.
             with m.State("PREP4"):
-                def decide(status=None, src=0):
+                def decide(status=None, src=SRC_NONE):
                     if status is None:                 # no answer yet: DISPATCH goes on
                         m.d.sync += d_resp.eq(0)
                     else:
@@ -789,12 +833,12 @@ class CommandDecoder(wiring.Component):
                     with m.If(~len_zero):
                         decide(Status.BAD_LENGTH)
                     with m.Else():
-                        decide(Status.OK, 1)
+                        decide(Status.OK, SRC_IDENTIFY)
                 with m.Elif(cmd_is[Command.STATUS]):
                     with m.If(~len_zero):
                         decide(Status.BAD_LENGTH)
                     with m.Else():
-                        decide(Status.OK, 2)
+                        decide(Status.OK, SRC_STATUS)
                 with m.Elif(cmd_is[Command.RESET]):
                     with m.If(~len_zero):
                         decide(Status.BAD_LENGTH)
@@ -834,8 +878,7 @@ class CommandDecoder(wiring.Component):
                 # The access registers are loaded whatever the decision (by the command flags,
                 # registered): their enable is the state alone, the decision picks the next
                 # state only.  An answered request does not use them.
-                answer(d_status, Mux(d_src[0], len(self.identity_bytes),
-                                     Mux(d_src[1], STATUS_BYTES, 0)), d_src)
+                answer(d_status, d_src)
                 infer = cmd_is[Command.INFER] if infer_ok else Const(0, 1)
                 m.d.sync += [
                     words.eq(Mux(cmd_is[Command.WRITE], payload_words,
@@ -866,13 +909,18 @@ class CommandDecoder(wiring.Component):
                         with m.Else():
                             m.next = "W_ADDR"
 
-            # WRITE (and INFER's input writes): bytes from the buffer into `word`, then a write.
+            # WRITE (and INFER's input writes): bytes from the buffer shift into `word` from the
+            # top, four of them for every word: after the word's own bytes (byte_j below the word
+            # size) the last one is read again, so the word ends at bit 0 (the bytes above it
+            # are not used).  One shift register instead of a byte multiplexer per bit.
             with m.State("W_ADDR"):
                 m.d.comb += buf_raddr.eq(pidx)
-                m.d.sync += pidx.eq(pidx + 1)
+                own = Cat(byte_j == 0, ~byte_j[1], Const(1, 1), Const(1, 1)).bit_select(wb_log2, 1)
+                m.d.sync += pidx.eq(pidx + own)
                 m.next = "W_DATA"
             with m.State("W_DATA"):
-                m.d.sync += [word.word_select(byte_j, 8).eq(buf_r.data), byte_j.eq(byte_j + 1)]
+                m.d.comb += word_shift.eq(1)
+                m.d.sync += byte_j.eq(byte_j + 1)
                 # CONTROL: the byte (or 0 above the register's width) into the info memory
                 with m.Switch(Cat(byte_j, cur_addr[:2])):
                     for c in Control:
@@ -882,9 +930,8 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += [iw_addr.eq(ctrl_base | Cat(byte_j, cur_addr[:2])),
                              iw_data.eq(Mux(ctrl_keep, buf_r.data, 0)),
                              iw_en.eq(is_control)]
-                with m.If(last_byte):
-                    m.d.sync += byte_j.eq(0)
-                    m.next = "W_WRITE"
+                with m.If(byte_j == 3):
+                    m.next = "W_WRITE"                 # byte_j wraps to 0
                 with m.Else():
                     m.next = "W_ADDR"
             with m.State("W_WRITE"):
@@ -924,20 +971,21 @@ class CommandDecoder(wiring.Component):
                 # CONTROL: byte 0 of the word from the info memory (R_BYTES sends it)
                 m.d.comb += info_raddr.eq(ctrl_base | Cat(Const(0, 2), cur_addr[:2]))
                 # loaded in every cycle (the enable is the state): the last one, lat == 0, counts
-                m.d.sync += [word.eq(bus.rdata), byte_j.eq(0), lat.eq(lat - 1)]
+                m.d.comb += word_load.eq(1)
+                m.d.sync += [byte_j.eq(0), lat.eq(lat - 1)]
                 with m.If(lat == 0):
                     m.next = "R_BYTES"
             with m.State("R_BYTES"):
-                answer(Status.OK, pidx + 1)
+                answer(Status.OK, SRC_BUFFER)
                 # The word shifts down a byte at a time (no byte multiplexer before the CRC);
                 # CONTROL bytes come from the info memory, the next one addressed now.
-                byte = Mux(is_control, info_r.data, word[:8])
-                m.d.sync += word.eq(word >> 8)
+                byte = read_byte
+                m.d.comb += word_shift.eq(1)               # the next byte to word[:8]
                 m.d.comb += info_raddr.eq(ctrl_base | Cat((byte_j + 1)[:2], cur_addr[:2]))
                 with m.If(is_checksum):
-                    m.d.comb += [crc_in.eq(byte), crc_step.eq(1)]
+                    m.d.comb += [crc_rb.eq(1), crc_step.eq(1)]
                 with m.Else():
-                    m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(byte), buf_w.en.eq(1)]
+                    m.d.comb += buf_w.en.eq(1)                 # read_byte at pidx
                     m.d.sync += pidx.eq(pidx + 1)
                 m.d.sync += byte_j.eq(byte_j + 1)
                 with m.If(last_byte):
@@ -952,11 +1000,14 @@ class CommandDecoder(wiring.Component):
             with m.State("CK_WAIT"):            # the last byte's CRC step
                 m.next = "CK_STORE0"
             with m.State("CK_STORE0"):
-                m.d.comb += [buf_w.addr.eq(0), buf_w.data.eq(crc[:8]), buf_w.en.eq(1)]
+                # pidx is 0 (no READ byte went to the buffer)
+                m.d.comb += [buf_crc.eq(1), buf_w.en.eq(1)]
+                m.d.sync += pidx.eq(pidx + 1)
                 m.next = "CK_STORE1"
             with m.State("CK_STORE1"):
-                answer(Status.OK, 2)
-                m.d.comb += [buf_w.addr.eq(1), buf_w.data.eq(crc[8:]), buf_w.en.eq(1)]
+                answer(Status.OK, SRC_BUFFER)
+                m.d.sync += pidx.eq(pidx + 1)          # 2: the CRC's two bytes
+                m.d.comb += [buf_crc.eq(1), buf_w.en.eq(1)]
                 respond()
 
             # INFER: start, wait, cycles, then read the outputs.
@@ -965,17 +1016,17 @@ class CommandDecoder(wiring.Component):
                 m.next = "I_WAIT"
             with m.State("I_WAIT"):
                 # loaded in every cycle (the enable is the state): the last one counts
-                m.d.sync += [cnt_infer.eq(1), word.eq(eng.cycles), byte_j.eq(0), pidx.eq(0)]
+                m.d.sync += [cnt_infer.eq(1), byte_j.eq(0), pidx.eq(0)]
                 with m.If(eng.done & ~eng.busy):
                     m.next = "I_CYCLES"
             with m.State("I_CYCLES"):
-                answer(Status.OK, INFER_HEADER_BYTES)
-                cycles_byte = word[:8]
-                m.d.comb += [buf_w.addr.eq(pidx), buf_w.data.eq(cycles_byte), buf_w.en.eq(1),
+                answer(Status.OK, SRC_BUFFER)
+                cycles_byte = eng.cycles.word_select(byte_j, 8)     # the engine is idle
+                m.d.comb += [buf_w.en.eq(1), buf_cycles.eq(1),
                              # STATUS last_cycles, in the info memory
                              iw_addr.eq(status_base | offsets["last_cycles"] | byte_j),
                              iw_data.eq(cycles_byte), iw_en.eq(1)]
-                m.d.sync += [pidx.eq(pidx + 1), byte_j.eq(byte_j + 1), word.eq(word >> 8)]
+                m.d.sync += [pidx.eq(pidx + 1), byte_j.eq(byte_j + 1)]
                 with m.If(byte_j == 3):
                     m.d.sync += byte_j.eq(0)
                     if infer_ok:
@@ -992,7 +1043,7 @@ class CommandDecoder(wiring.Component):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
                 with m.If(self.tx.ready):
                     if step_crc:
-                        m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
+                        m.d.comb += [crc_tx.eq(1), crc_step.eq(1)]
                     m.next = next_state
 
             # T_COUNT / T_STAT: the STATUS fields in the info memory are brought up to date
@@ -1015,6 +1066,11 @@ class CommandDecoder(wiring.Component):
                                            | (r_status == Status.NOT_LOADED))
                 bits[field["bad_crc"]] = r_status == Status.BAD_CRC
                 bits[field["timeouts"]] = r_status == Status.TIMEOUT
+                with m.Switch(r_src):
+                    for src, size in ((SRC_NONE, 0), (SRC_IDENTIFY, len(self.identity_bytes)),
+                                      (SRC_STATUS, STATUS_BYTES), (SRC_BUFFER, pidx)):
+                        with m.Case(src):
+                            m.d.sync += r_len.eq(size)
                 m.d.sync += [inc.eq(Cat(*bits)), is_error.eq(r_status != Status.OK),
                              cnt_good.eq(0), cnt_infer.eq(0), sp.eq(0), w_on.eq(0)]
                 m.next = "T_STAT"
@@ -1069,13 +1125,13 @@ class CommandDecoder(wiring.Component):
                 # The memories are read at pidx (a register): after each byte is taken, one
                 # cycle (pay_wait) for the next byte's read, so that the UART's `ready` does
                 # not reach a memory address (a byte takes 10 bit times anyway).
-                value = Mux(r_src == 0, buf_r.data, info_r.data)
+                value = Mux(r_src == SRC_BUFFER, buf_r.data, info_r.data)
                 offer = ~pay_wait
                 m.d.comb += [self.tx.valid.eq(offer), self.tx.payload.eq(value),
                              buf_raddr.eq(pidx)]
                 m.d.sync += pay_wait.eq(self.tx.ready & offer)
                 with m.If(self.tx.ready & offer):
-                    m.d.comb += [crc_in.eq(value), crc_step.eq(1)]
+                    m.d.comb += [crc_tx.eq(1), crc_step.eq(1)]
                     m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]
                     with m.If(tx_last):
                         m.next = "T_CRC0"
@@ -1085,6 +1141,20 @@ class CommandDecoder(wiring.Component):
                 send(crc[8:], "HUNT", step_crc=False)
 
             m.d.comb += self.frame_active.eq(~fsm.ongoing("HUNT"))
+        m.d.comb += crc_in.eq(Mux(crc_tx, self.tx.payload, Mux(crc_rb, read_byte, rx_byte)))
+        # The payload buffer is always written at pidx: the byte received, the CHECKSUM's CRC
+        # (low byte first), or else read_byte (a READ byte, INFER's cycles).
+        m.d.comb += [buf_w.addr.eq(pidx),
+                     buf_w.data.eq(Mux(receiving, rx_byte,
+                                       Mux(buf_crc, Mux(pidx[0], crc[8:], crc[:8]),
+                                           Mux(buf_cycles, eng.cycles.word_select(byte_j, 8),
+                                               read_byte))))]
+        # `word`: loaded from the bus (R_WAIT) or shifted down a byte (W_DATA: the buffer's
+        # byte in at the top; R_BYTES: the next byte to send to word[:8]).
+        with m.If(word_load):
+            m.d.sync += word.eq(bus.rdata)
+        with m.Elif(word_shift):
+            m.d.sync += word.eq(Cat(word[8:], buf_r.data))
         # One-hot state register (Yosys does not recode it by itself, it has an init value):
         # each state test is one flip-flop instead of a 6-bit compare in every decision path.
         fsm.state.attrs["fsm_encoding"] = "one-hot"

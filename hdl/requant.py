@@ -109,12 +109,16 @@ class Requantizer(wiring.Component):
         """``relu ? max(sat, 0) : sat`` of ``value`` saturated to the act format (comb)."""
         fmt = self.act_format
         sat = Signal(signed(fmt.width))
-        with m.If(value > fmt.max_int):
-            m.d.comb += sat.eq(fmt.max_int)
-        with m.Elif(value < fmt.min_int):
+        # ``value`` fits the format iff its bits from width - 1 up are all equal (copies of the
+        # sign): a test of those bits, not two magnitude compares (carry chains).
+        top = value[fmt.width - 1:]
+        fits = top.all() | ~top.any()
+        with m.If(fits):
+            m.d.comb += sat.eq(value)
+        with m.Elif(value[-1]):
             m.d.comb += sat.eq(fmt.min_int)
         with m.Else():
-            m.d.comb += sat.eq(value)
+            m.d.comb += sat.eq(fmt.max_int)
         return Mux(relu & sat[-1], 0, sat)
 
     def _pipelined(self):

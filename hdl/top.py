@@ -125,7 +125,8 @@ def _drive_loader(m, e, bus, *, valid):
         load.addr.eq(bus.addr),
         load.data.eq(bus.wdata),
         load.valid.eq(valid),
-        load.mask.eq(Const(1, e.n_pe) << bus.index),
+        # one-hot PE select: bit p is index == p (a decoder, not a barrel shifter)
+        load.mask.eq(Cat(*(bus.index == p for p in range(e.n_pe)))),
     ]
     for p in range(e.n_pe):
         m.d.comb += load.lanes[p].eq(bus.wdata)

@@ -39,7 +39,7 @@ def simulate(dut, bench, clock=True):
 # --- requantizer ------------------------------------------------------------------------------
 
 
-def _requant_cases(acc_bits, seed):
+def _requant_cases(acc_bits, seed, act=None):
     rng = np.random.default_rng(seed)
     max_shift = 15
     lo, hi = -(1 << (acc_bits - 1)), (1 << (acc_bits - 1))
@@ -50,6 +50,16 @@ def _requant_cases(acc_bits, seed):
     bias[:100] = 0
     shift = rng.integers(0, max_shift + 1, len(acc))
     shift[-2:] = (0, max_shift)
+    if act is not None:
+        # The saturation edges: results max_int, max_int + 1, min_int, min_int - 1 (shift 0),
+        # and the same scaled by 2**s with the rounding half just below / at the edge.
+        edges = [act.max_int, act.max_int + 1, act.min_int, act.min_int - 1]
+        for s in (0, 1, 3):
+            for e in edges:
+                for d in ((0,) if s == 0 else (-(1 << (s - 1)) - 1, -(1 << (s - 1)), 0)):
+                    acc = np.append(acc, (e << s) + d)
+                    bias = np.append(bias, 0)
+                    shift = np.append(shift, s)
     relu = rng.random(len(acc)) < 0.5
     return max_shift, list(zip(acc, bias, shift, relu))
 
@@ -62,7 +72,7 @@ def _requant_expected(a, b, s, r, acc_bits, act):
 @pytest.mark.parametrize("acc_bits,act", [(32, Format(16, 10)), (24, Format(12, 8)),
                                           (16, Format(8, 4))])
 def test_requantizer_matches_fixedpoint(acc_bits, act):
-    max_shift, cases = _requant_cases(acc_bits, acc_bits)
+    max_shift, cases = _requant_cases(acc_bits, acc_bits, act)
     dut = Requantizer(acc_bits, act, max_shift)
     assert dut.latency == 0
 
@@ -83,7 +93,7 @@ def test_pipelined_requantizer_matches_fixedpoint(acc_bits, act):
     from hdl.requant import REQUANT_LATENCY
     from host.memory_map import OUTPUT_OVERHEAD
     assert OUTPUT_OVERHEAD == 2 + REQUANT_LATENCY
-    max_shift, cases = _requant_cases(acc_bits, acc_bits + 1)
+    max_shift, cases = _requant_cases(acc_bits, acc_bits + 1, act)
     dut = Requantizer(acc_bits, act, max_shift, pipelined=True)
     assert dut.latency == REQUANT_LATENCY
     expected = [_requant_expected(a, b, s, r, acc_bits, act) for a, b, s, r in cases]
