@@ -977,9 +977,8 @@ class CommandDecoder(wiring.Component):
                     m.next = "R_BYTES"
             with m.State("R_BYTES"):
                 answer(Status.OK, SRC_BUFFER)
-                # The word shifts down a byte at a time (no byte multiplexer before the CRC);
-                # CONTROL bytes come from the info memory, the next one addressed now.
-                byte = read_byte
+                # read_byte: the word shifts down a byte at a time (no byte multiplexer before
+                # the CRC); CONTROL bytes come from the info memory, the next one addressed now.
                 m.d.comb += word_shift.eq(1)               # the next byte to word[:8]
                 m.d.comb += info_raddr.eq(ctrl_base | Cat((byte_j + 1)[:2], cur_addr[:2]))
                 with m.If(is_checksum):
