@@ -487,11 +487,9 @@ class CommandDecoder(wiring.Component):
             m.d.sync += crc.eq(crc16_next(crc, crc_in_q))
 
         # --- frame registers -------------------------------------------------------------------
-        cmd = Signal(8)
         seq = Signal(8)
         # The length's low bits: a frame with len > MAX_PAYLOAD is answered in LEN_CHECK.
         length = Signal(bits_for(MAX_PAYLOAD))
-        crc_lo = Signal(8)
         # Payload byte index: receive, WRITE / INFER input reads, answer writes (READ,
         # CHECKSUM, INFER: from 0, after the request's bytes are used), transmit.
         pidx = Signal(ptr_bits)
@@ -588,10 +586,10 @@ class CommandDecoder(wiring.Component):
                                  .bit_select(wb_log2, 1))
         is_control = Signal()
         is_infer = Signal()
-        is_checksum = Signal()
-        # The command decoded in DECODE (one flag per command), so that DISPATCH's decision does
-        # not start with 8-bit compares of `cmd`.
+        # The command byte decoded as it arrives (one flag per command; none set: unknown), so
+        # that DISPATCH's decision does not start with 8-bit compares.
         cmd_is = {c: Signal(name=f"cmd_is_{c.name.lower()}") for c in Command}
+        is_checksum = cmd_is[Command.CHECKSUM]
         # Registered every cycle: `words` is never tested in the cycle after it changes.
         words_one = Signal()
         # Likewise for the CONTROL registers (changed only by a WRITE, frames before use).
@@ -706,7 +704,10 @@ class CommandDecoder(wiring.Component):
                 return action
 
             with m.State("CMD"):
-                receive("SEQ", store(cmd))
+                def command():
+                    crc_byte()
+                    m.d.sync += [flag.eq(rx_byte == c) for c, flag in cmd_is.items()]
+                receive("SEQ", command)
             with m.State("SEQ"):
                 receive("LEN0", store(seq))
             with m.State("LEN0"):
@@ -765,11 +766,15 @@ class CommandDecoder(wiring.Component):
                     with m.If(pay_last):
                         m.next = "CRC0"
                 receive(None, payload)
+            # The CRC is compared a byte at a time (low byte first); the last step of the CRC
+            # register is done two cycles after the last covered byte, before a byte can follow.
             with m.State("CRC0"):
-                receive("CRC1", store(crc_lo, step=False))
+                def crc0():
+                    m.d.sync += crc_ok.eq(rx_byte == crc[:8])
+                receive("CRC1", crc0)
             with m.State("CRC1"):
                 def crc1():
-                    m.d.sync += crc_ok.eq(Cat(crc_lo, rx_byte) == crc)
+                    m.d.sync += crc_ok.eq(crc_ok & (rx_byte == crc[8:]))
                 receive("CRC_CHECK", crc1)
             with m.State("CRC_CHECK"):
                 answer(Status.BAD_CRC)
@@ -787,8 +792,7 @@ class CommandDecoder(wiring.Component):
                 m.d.sync += [k_ok.eq(l_ok), k_read.eq(l_read), k_write.eq(l_write),
                              k_wb_log2.eq(l_wb_log2), index_bad.eq(l_index_bad),
                              k_depth.eq(l_depth), is_control.eq(cur_region == RegionId.CONTROL),
-                             is_infer.eq(0), is_checksum.eq(cmd == Command.CHECKSUM),
-                             *(flag.eq(cmd == c) for c, flag in cmd_is.items()),
+                             is_infer.eq(0),
                              byte_j.eq(0), pidx.eq(0), crc.eq(CRC16_INIT),
                              len_zero.eq(length == 0), len_m6.eq(length - WRITE_HEADER_BYTES),
                              len_le6.eq(length <= WRITE_HEADER_BYTES),
