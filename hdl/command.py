@@ -522,15 +522,19 @@ class CommandDecoder(wiring.Component):
         status_bits = bits_for(max(Status))
         d_resp, d_reset = Signal(), Signal()
         d_status, d_src = Signal(status_bits), Signal(2)
-        pay_last = Signal()
-        tx_last = Signal()
+        # pidx + 1 == length, registered in every cycle: the last payload byte (PAYLOAD) or
+        # the answer's last byte (T_PAY).  pidx and length never change in the cycle before
+        # it is used (a byte every three cycles at most from the RX FIFO; T_PAY waits a cycle
+        # after each byte and before the first).
+        last1 = Signal()
+        m.d.sync += last1.eq(pidx + 1 == length)
         pay_wait = Signal()              # T_PAY: the next byte's memory read is under way
 
         # --- response registers -----------------------------------------------------------------
         r_status = Signal(status_bits)
-        r_len = Signal(ptr_bits)
         # The answer's payload: SRC_NONE (empty), SRC_IDENTIFY / SRC_STATUS (info memory), or
-        # SRC_BUFFER (the payload buffer's bytes 0 .. pidx - 1); r_len follows in T_COUNT.
+        # SRC_BUFFER (the payload buffer's bytes 0 .. pidx - 1); the answer's length goes to
+        # `length` (the request's is no longer needed) in T_COUNT.
         r_src = Signal(2)
         # The info memory follows the buffer's read address (IDENTIFY at 0, STATUS at
         # status_base); T_STAT overrides it.
@@ -623,9 +627,8 @@ class CommandDecoder(wiring.Component):
         # aw, is out of range for every region (flagged by *_hi); the sums are aw + 2 bits.
         count_zero, count_hi = Signal(), Signal()
         not_loaded, infer_oob, infer_len_bad = Signal(), Signal(), Signal()
-        payload_words = Signal(ptr_bits)
         remainder_nz, read_too_long, index_bad = Signal(), Signal(), Signal()
-        # WRITE: address + payload words; READ / CHECKSUM: address + count (one adder).
+        # address + count (WRITE: the payload's words, in a_count since PREP1).
         n_hi = Signal()
         end = Signal(self.check_bits + 2)
 
@@ -717,7 +720,7 @@ class CommandDecoder(wiring.Component):
                     crc_byte()
                     m.d.sync += length[8:].eq(rx_byte)          # the low bits kept
                     full = Cat(length[:8], rx_byte)
-                    m.d.sync += [pay_last.eq(full == 1), len_big.eq(full > MAX_PAYLOAD),
+                    m.d.sync += [len_big.eq(full > MAX_PAYLOAD),
                                  len_none.eq(full == 0)]
                 receive("LEN_CHECK", len1)
             with m.State("LEN_CHECK"):
@@ -762,8 +765,8 @@ class CommandDecoder(wiring.Component):
                     for i in range(ACCESS_HEADER_BYTES):
                         with m.If(hdr[i]):
                             header_byte(i)
-                    m.d.sync += [pidx.eq(pidx + 1), pay_last.eq(pidx + 2 == length)]
-                    with m.If(pay_last):
+                    m.d.sync += pidx.eq(pidx + 1)
+                    with m.If(last1):
                         m.next = "CRC0"
                 receive(None, payload)
             # The CRC is compared a byte at a time (low byte first); the last step of the CRC
@@ -806,8 +809,11 @@ class CommandDecoder(wiring.Component):
                         infer_len_bad.eq(length != (n_inputs << in_log2))]
                 m.next = "PREP1"
             with m.State("PREP1"):
-                m.d.sync += [payload_words.eq(len_m6 >> k_wb_log2),
-                             remainder_nz.eq((len_m6 & ((1 << k_wb_log2) - 1)) != 0)]
+                # WRITE: the payload's words replace the count (a READ / CHECKSUM field that
+                # WRITE does not have), so that the bounds check and the loop see one count.
+                with m.If(cmd_is[Command.WRITE]):
+                    m.d.sync += a_count.eq(len_m6 >> k_wb_log2)
+                m.d.sync += remainder_nz.eq((len_m6 & ((1 << k_wb_log2) - 1)) != 0)
                 # count * word_bytes > MAX_PAYLOAD: a compare with a constant per word size
                 with m.Switch(k_wb_log2):
                     for log2 in range(3):
@@ -817,9 +823,8 @@ class CommandDecoder(wiring.Component):
                 m.next = "PREP2"
             with m.State("PREP2"):
                 is_write = cmd_is[Command.WRITE]
-                m.d.sync += [end.eq(cur_addr[:aw] + Mux(is_write, payload_words[:aw + 1],
-                                                        a_count[:aw + 1])),
-                             n_hi.eq(Mux(is_write, high(payload_words, aw + 1), count_hi))]
+                m.d.sync += [end.eq(cur_addr[:aw] + a_count[:aw + 1]),
+                             n_hi.eq(Mux(is_write, high(a_count, aw + 1), count_hi))]
                 m.next = "PREP3"
             with m.State("PREP3"):
                 m.d.sync += oob.eq(a_addr_hi | n_hi | (end > k_depth))
@@ -885,8 +890,7 @@ class CommandDecoder(wiring.Component):
                 answer(d_status, d_src)
                 infer = cmd_is[Command.INFER] if infer_ok else Const(0, 1)
                 m.d.sync += [
-                    words.eq(Mux(cmd_is[Command.WRITE], payload_words,
-                                 Mux(infer, n_inputs, a_count))),
+                    words.eq(Mux(infer, n_inputs, a_count)),
                     wb_log2.eq(Mux(infer, in_log2 if infer_ok else 0, k_wb_log2)),
                     pidx.eq(Mux(cmd_is[Command.WRITE], WRITE_HEADER_BYTES, 0)),
                     is_infer.eq(infer)]
@@ -1073,7 +1077,7 @@ class CommandDecoder(wiring.Component):
                     for src, size in ((SRC_NONE, 0), (SRC_IDENTIFY, len(self.identity_bytes)),
                                       (SRC_STATUS, STATUS_BYTES), (SRC_BUFFER, pidx)):
                         with m.Case(src):
-                            m.d.sync += r_len.eq(size)
+                            m.d.sync += length.eq(size)
                 m.d.sync += [inc.eq(Cat(*bits)), is_error.eq(r_status != Status.OK),
                              cnt_good.eq(0), cnt_infer.eq(0), sp.eq(0), w_on.eq(0)]
                 m.next = "T_STAT"
@@ -1116,14 +1120,14 @@ class CommandDecoder(wiring.Component):
             with m.State("T_SEQ"):
                 send(seq, "T_LEN0")
             with m.State("T_LEN0"):
-                send(r_len[:8], "T_LEN1")
+                send(length[:8], "T_LEN1")
             with m.State("T_LEN1"):
                 m.d.comb += buf_raddr.eq(0)
-                m.d.sync += [pidx.eq(0), tx_last.eq(r_len == 1), pay_wait.eq(0)]
-                with m.If(r_len == 0):
-                    send(r_len[8:], "T_CRC0")
+                m.d.sync += [pidx.eq(0), pay_wait.eq(1)]   # last1 follows pidx = 0 first
+                with m.If(length == 0):
+                    send(length[8:], "T_CRC0")
                 with m.Else():
-                    send(r_len[8:], "T_PAY")
+                    send(length[8:], "T_PAY")
             with m.State("T_PAY"):
                 # The memories are read at pidx (a register): after each byte is taken, one
                 # cycle (pay_wait) for the next byte's read, so that the UART's `ready` does
@@ -1135,8 +1139,8 @@ class CommandDecoder(wiring.Component):
                 m.d.sync += pay_wait.eq(self.tx.ready & offer)
                 with m.If(self.tx.ready & offer):
                     m.d.comb += [crc_tx.eq(1), crc_step.eq(1)]
-                    m.d.sync += [pidx.eq(pidx + 1), tx_last.eq(pidx + 2 == r_len)]
-                    with m.If(tx_last):
+                    m.d.sync += pidx.eq(pidx + 1)
+                    with m.If(last1):
                         m.next = "T_CRC0"
             with m.State("T_CRC0"):
                 send(crc[:8], "T_CRC1", step_crc=False)
