@@ -338,7 +338,8 @@ class CommandDecoder(wiring.Component):
         Region bus read latency in cycles (>= 1).
     rx_fifo_depth : int
         Bytes buffered between the UART receiver and the decoder (they arrive while a response
-        is being sent or the engine runs); 0 for none.
+        is being sent or the engine runs), rounded up to a power of two (a block RAM ring),
+        plus one in the output register; 0 for none.
 
     Attributes
     ----------
