@@ -622,7 +622,6 @@ def test_simulated_board_runs_the_bitstreams_engine(lstm16, tmp_path):
     the 16-bit digits-lstm (the board's serial SPRAM layout) and for a 16-bit MLP (PE pairs,
     SPRAM entries, the board's FIFO depth)."""
     from hdl.sim import board_top
-    from host.package import load_package
     from host.pipeline import CompressConfig, compress_model
     from host.modelsource import resolve_model
     from host.package import save_package
