@@ -53,13 +53,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from host.activations import TableSpec
+from host.lstm_cycles import SERIAL_REQUANT_LATENCY
 from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATENCY,
                              FIRST_BROADCAST, GATES, Field, LstmField, LstmParams, LstmRegion,
                              table_layout)
@@ -124,6 +125,43 @@ def _port(addr_width, shape, name):
     return SimpleNamespace(addr=Signal(addr_width, name=f"{name}_addr"),
                            data=Signal(shape, name=f"{name}_data"),
                            en=Signal(name=f"{name}_en"))
+
+
+def _requantizer_pipe(m, acc_bits, act, max_shift, name):
+    """The serial engine's requantizer: :class:`hdl.requant.Requantizer`'s arithmetic
+    (``relu(saturate(round_shift(wrap(acc + bias), shift)))``, bit-exact) in
+    :data:`host.lstm_cycles.SERIAL_REQUANT_LATENCY` = 3 register stages, so that neither the
+    accumulator / bias read -> gate-table address path nor the output buffer write is one
+    long combinational path (iCE40 timing)::
+
+        1  sum = wrap(acc + bias)
+        2  v = (2 * sum) >> shift                      (arithmetic)
+        3  out = relu(saturate((v + 1) >> 1))          (== round_shift(sum, shift))
+
+    ``shift`` and ``relu`` must be static while results are in flight (they are: the layer's
+    values through a phase).  Returns the ports ``acc``, ``bias``, ``shift``, ``relu`` (inputs,
+    comb-driven) and ``out`` (3 cycles after the inputs)."""
+    ns = SimpleNamespace(acc=Signal(signed(acc_bits), name=f"{name}_acc"),
+                         bias=Signal(signed(acc_bits), name=f"{name}_bias"),
+                         shift=Signal(bits_for(max_shift), name=f"{name}_shift"),
+                         relu=Signal(name=f"{name}_relu"),
+                         out=Signal(signed(act.width), name=f"{name}_out"))
+    total = Signal(signed(acc_bits), name=f"{name}_sum")
+    m.d.sync += total.eq(ns.acc + ns.bias)                 # truncated: wraps
+    v = Signal(signed(acc_bits + 1), name=f"{name}_v")
+    m.d.sync += v.eq(Cat(C(0, 1), total).as_signed() >> ns.shift)
+    w = Signal(signed(acc_bits + 1), name=f"{name}_w")
+    m.d.comb += w.eq((v + 1) >> 1)
+    sat = Signal(signed(act.width), name=f"{name}_sat")
+    top = w[act.width - 1:]
+    with m.If(top.all() | ~top.any()):
+        m.d.comb += sat.eq(w[:act.width])
+    with m.Elif(w[-1]):
+        m.d.comb += sat.eq(act.min_int)
+    with m.Else():
+        m.d.comb += sat.eq(act.max_int)
+    m.d.sync += ns.out.eq(Mux(ns.relu & sat[-1], 0, sat))
+    return ns
 
 
 class LstmEngine(wiring.Component):
@@ -412,12 +450,13 @@ class LstmEngine(wiring.Component):
         m.submodules.xend = xend = Memory(shape=unsigned(self.xlist_bits),
                                           depth=self.gsteps_max, init=[])
         xend_w, xend_r = xend.write_port(), xend.read_port()
-        xlen_r = xend.read_port()                      # x_(T-1)'s end: layer 0's list length
         gstep = Signal(range(self.gsteps_max + 1))     # layer * T + step
         step = Signal(range(self.steps_max + 1))       # step within the layer
         xph = Signal()                                 # x-only phase of step t + 1 (below)
-        m.d.comb += [xend_r.addr.eq(gstep + xph), xend_r.en.eq(1),
-                     xlen_r.addr.eq(steps - 1), xlen_r.en.eq(1)]
+        # one read port: while idle it reads x_(T-1)'s end (layer 0's list length), which the
+        # first SETUP (right after start) takes as the append pointer
+        m.d.comb += [xend_r.addr.eq(Mux(self.busy, gstep + xph, steps - 1)), xend_r.en.eq(1),
+                     ]
         xstart = Signal(self.xlist_bits)
         wp = Signal(self.xlist_bits)                   # x-list append pointer
         app_en = Signal()                              # append a layer output this cycle
@@ -525,8 +564,9 @@ class LstmEngine(wiring.Component):
         fetch = Signal()
         # The state list is complete only when the element-wise unit (of the previous step,
         # running beside this MAC) is done: its part waits for it.
+        # (serial: the sequencer waits for the unit before every MAC phase, nothing to wait for)
         m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready)
-                             & ((idx < nx) | (ew_idle & ~pout)))
+                             & (1 if serial else (idx < nx) | (ew_idle & ~pout)))
         if serial:
             bases = [self.params.list_bank_base(b) for b in range(2)]
             m.d.comb += [xlist_r.addr.eq(Mux(idx < nx, xstart + idx,
@@ -553,7 +593,7 @@ class LstmEngine(wiring.Component):
         mac_done = Signal()
         m.d.comb += mac_done.eq(mac & (idx == total) & ~head_valid & ~pe_busy
                                 & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
-                                & (ew_idle | first | xph) & ~pout)
+                                & (1 if serial else (ew_idle | first | xph) & ~pout))
 
         # --- accumulator read-out: classifier output stage (one row per cycle) -------------------
         ew = Signal()                                  # the element-wise unit runs (register)
@@ -590,10 +630,23 @@ class LstmEngine(wiring.Component):
                          ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
         L = self.ew_lanes
         lb = self.lane_bits
-        m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
+        # With a power-of-two PE count row r is ``local << pe_bits | pe`` in binary (no PE /
+        # local counters).
+        pow2 = n_pe >= 2 and n_pe & (n_pe - 1) == 0
+        # Serial, one lane: the output stage and the unit (never at the same time) share the
+        # accumulator read address, the registered PE / local row of the read and the clear.
+        share_rd = serial and L == 1
+        RL = SERIAL_REQUANT_LATENCY if serial else 0   # requantizer register stages
+        if serial:
+            rq = _requantizer_pipe(m, self.acc_bits, act, self.weight_width - 1, "requant")
+        else:
+            m.submodules.requant = rq = Requantizer(self.acc_bits, act, self.weight_width - 1)
         r = Signal(bits_for(self.max_rows))
-        r_pe = Signal(self.pe_bits)
-        r_local = Signal(self.local_bits)
+        if pow2:
+            r_pe, r_local = r[:self.pe_bits], r[self.pe_bits:][:self.local_bits]
+        else:
+            r_pe = Signal(self.pe_bits)
+            r_local = Signal(self.local_bits)
         out_issue = Signal()
         m.d.comb += out_issue.eq((outp & (r < desc.rows)) if serial else
                                  (outp & (r < desc.rows)) | (pout & (r < p_rows)))
@@ -601,8 +654,13 @@ class LstmEngine(wiring.Component):
         o_pe = Signal(self.pe_bits)
         o_local = Signal(self.local_bits)
         o_row = Signal.like(r)
-        m.d.sync += [o_valid.eq(out_issue), o_pe.eq(r_pe), o_local.eq(r_local), o_row.eq(r),
-                     o_proj.eq(pout)]
+        m.d.sync += [o_valid.eq(out_issue), o_row.eq(r)]
+        if not serial:
+            # (serial: the projection / overlap flags xph, pph, sv, pout, xnext, o_proj are
+            # never set; left undriven they are constant 0 and their logic goes away)
+            m.d.sync += o_proj.eq(pout)
+        if not share_rd:                               # (else: in the lane, below)
+            m.d.sync += [o_pe.eq(r_pe), o_local.eq(r_local)]
         obias_r = (_port(self.bias_bits, signed(self.acc_bits), "obias_r") if ew_spram
                    else bias_mem.read_port())
         m.d.comb += [obias_r.addr.eq(Mux(pout, p_bias, desc.bias_base) + r),
@@ -623,7 +681,19 @@ class LstmEngine(wiring.Component):
                      rq.bias.eq(obias_r.data),
                      rq.shift.eq(Mux(o_proj, p_shift, desc.shift)),
                      rq.relu.eq(Mux(o_proj, p_relu, desc.relu))]
-        m.d.comb += [out_w.addr.eq(o_row), out_w.data.eq(rq.out), out_w.en.eq(o_valid & cls)]
+        # (serial: the requantizer's result comes RL cycles after o_valid, rows in order)
+        out_valid = o_valid                            # rq.out holds a result this cycle
+        out_busy = o_valid                             # results still in flight
+        out_row = o_row
+        if RL:
+            ov = [Signal(name=f"o_valid{i + 1}") for i in range(RL)]
+            m.d.sync += [ov[0].eq(o_valid)] + [ov[i].eq(ov[i - 1]) for i in range(1, RL)]
+            out_valid, out_busy = ov[-1], Cat(o_valid, *ov).any()
+            out_row = Signal.like(o_row)               # rows written so far
+            with m.If(out_valid):
+                m.d.sync += out_row.eq(out_row + 1)
+        m.d.comb += [out_w.addr.eq(out_row), out_w.data.eq(rq.out),
+                     out_w.en.eq(out_valid & cls)]
         if self.proj_max:
             m.d.comb += [r_w.addr.eq(o_row), r_w.data.eq(rq.out),
                          r_w.en.eq(o_valid & (pph | o_proj))]
@@ -631,10 +701,12 @@ class LstmEngine(wiring.Component):
         m.d.comb += pout_wr.eq(o_valid & (pph | o_proj) & (rq.out != 0))
         with m.If(out_issue):
             m.d.sync += r.eq(r + 1)
-            with m.If(r_pe == n_pe - 1):
-                m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
-            with m.Else():
-                m.d.sync += r_pe.eq(r_pe + 1)
+        if not pow2:
+            with m.If(out_issue):
+                with m.If(r_pe == n_pe - 1):
+                    m.d.sync += [r_pe.eq(0), r_local.eq(r_local + 1)]
+                with m.Else():
+                    m.d.sync += r_pe.eq(r_pe + 1)
 
         # --- element-wise unit: L lanes, lane ln does units u = j*L + ln --------------------------
         # The tables: RAM written by the loader (region TABLE, host.memory_map.table_layout:
@@ -666,17 +738,27 @@ class LstmEngine(wiring.Component):
             return Mux(raw > spec.entries - 1, spec.entries - 1, raw)[:spec.index_bits]
 
         def sat_round(value, width, name):
-            """``saturate(round_shift(value, act.frac), act)`` (comb)."""
-            rounded = (value + (1 << (act.frac - 1))) >> act.frac if act.frac else value
-            rr = Signal(signed(width + 1), name=f"{name}_rounded")
+            """``saturate(round_shift(value, act.frac), act)`` (comb) of a signed ``width``-bit
+            value: ``(v + 2**(f-1)) >> f == ((v >> (f-1)) + 1) >> 1`` (an adder only over the
+            bits kept); in range iff the bits from ``aw - 1`` up are all equal (no compare)."""
+            if act.frac:
+                rounded = ((value >> (act.frac - 1)) + 1) >> 1
+                rr_width = width - act.frac + 1
+            else:
+                rounded, rr_width = value, width
+            rr = Signal(signed(rr_width), name=f"{name}_rounded")
             m.d.comb += rr.eq(rounded)
             out = Signal(signed(aw), name=name)
-            with m.If(rr > act.max_int):
-                m.d.comb += out.eq(act.max_int)
-            with m.Elif(rr < act.min_int):
+            if rr_width <= aw:
+                m.d.comb += out.eq(rr)
+                return out
+            top = rr[aw - 1:]
+            with m.If(top.all() | ~top.any()):
+                m.d.comb += out.eq(rr[:aw])
+            with m.Elif(rr[-1]):
                 m.d.comb += out.eq(act.min_int)
             with m.Else():
-                m.d.comb += out.eq(rr)
+                m.d.comb += out.eq(act.max_int)
             return out
 
         group_bits = addr_bits(self.groups_max)
@@ -687,22 +769,51 @@ class LstmEngine(wiring.Component):
         g_row = [Signal(self.bias_bits, name=f"g_row{k}") for k in range(GATES)]
         ew_issue = Signal()
         ju = Signal(bits_for(self.groups_max * L))
-        m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (ju < ew_hidden))]
+        # groups left to issue (a down-counter: no compare of j against H on the issue path)
+        groups_left = Signal(range(self.groups_max + 1))
+        groups_of = (cur_hidden + (L - 1)) >> lb       # ceil(H / L), loaded when the unit starts
+        m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (groups_left != 0))]
         # gate issued in slot g: i, f, g, o; serial: f, i, g, o (the multiplier's registered
         # product needs f*c two cycles before i*g, see the lane)
         gate = g
         if serial:
             gate = Signal(2)
             m.d.comb += gate.eq(Cat(g[0] ^ ~g[1], g[1]))
-        cur_pe = Array(g_pe)[gate]
-        cur_local = Array(g_local)[gate]
-        cur_row = Array(g_row)[gate]
+        # With a power-of-two PE count row g*H + u is ``local << pe_bits | pe`` in binary: the
+        # gate's first row (its GATE field, g*H) + the unit, one adder instead of per-gate
+        # PE / local / row counters (the bias row is the same row).
+        pow2 = n_pe >= 2 and n_pe & (n_pe - 1) == 0
+        if pow2:
+            if serial:
+                ew_gate = cur_gate                     # the sequencer waits for the unit
+            else:
+                ew_gate = [Signal.like(cur_gate[k], name=f"ew_gate{k}") for k in range(GATES)]
+            gate_row = Signal(self.local_bits + self.pe_bits)
+            m.d.comb += gate_row.eq(Array(ew_gate)[gate] + ju)
+        else:
+            cur_pe = Array(g_pe)[gate]
+            cur_local = Array(g_local)[gate]
+            cur_row = Array(g_row)[gate]
 
         # pipeline registers shared by the lanes
         b_gate, c_gate = Signal(2), Signal(2)
-        b_j, c_j, d_j, e_j, f_j = (Signal(group_bits, name=f"{s}_j") for s in "bcdef")
-        m.d.sync += [b_gate.eq(gate), c_gate.eq(b_gate), b_j.eq(j), c_j.eq(b_j), d_j.eq(c_j),
-                     e_j.eq(d_j), f_j.eq(e_j)]
+        m.d.sync += b_gate.eq(gate)
+        # z (the requantized gate pre-activation) comes RL cycles after stage b (serial: the
+        # pipelined requantizer); z_gate is its gate
+        z_gate = b_gate
+        for i in range(RL):
+            nxt = Signal(2, name=f"z_gate{i + 1}")
+            m.d.sync += nxt.eq(z_gate)
+            z_gate = nxt
+        m.d.sync += c_gate.eq(z_gate)
+        # The unit of stage d (c written): without requantizer stages j - 1 (j moved on when
+        # its group's last gate issued, 3 cycles before, 2 without the registered product,
+        # and the next group's last gate issues after stage d); with them a count of the
+        # units whose c is written.  Stage f (h written) takes it from there.
+        d_j = Signal(group_bits)
+        f_j = Signal(group_bits)
+        if not RL:
+            m.d.comb += d_j.eq(j - 1)
         lane_issue, lane_pe, lane_local = [], [], []
         b_valid, b_pe, b_local = [], [], []
         h_vals, f_valids = [], []
@@ -710,13 +821,20 @@ class LstmEngine(wiring.Component):
         for ln in range(L):
             # issue: row g*H + j*L + ln -> PE (pe_g + ln) mod N, local local_g + wrap
             valid = Signal(name=f"ln{ln}_issue")
-            s = cur_pe + ln
-            wrapped = s >= n_pe
             pe_l = Signal(self.pe_bits, name=f"ln{ln}_pe")
             local_l = Signal(self.local_bits, name=f"ln{ln}_local")
-            m.d.comb += [valid.eq(ew_issue & (ju + ln < ew_hidden)),
-                         pe_l.eq(Mux(wrapped, s - n_pe, s)),
-                         local_l.eq(cur_local + wrapped)]
+            m.d.comb += valid.eq(ew_issue & (ju + ln < ew_hidden) if ln else ew_issue)
+            if pow2:
+                row_l = Signal.like(gate_row, name=f"ln{ln}_row")
+                m.d.comb += [row_l.eq(gate_row + ln), pe_l.eq(row_l[:self.pe_bits]),
+                             local_l.eq(row_l[self.pe_bits:])]
+                row_off = row_l                        # bias row g*H + j*L + ln
+            else:
+                s = cur_pe + ln
+                wrapped = s >= n_pe
+                m.d.comb += [pe_l.eq(Mux(wrapped, s - n_pe, s)),
+                             local_l.eq(cur_local + wrapped)]
+                row_off = cur_row + ln
             lane_issue.append(valid)
             lane_pe.append(pe_l)
             lane_local.append(local_l)
@@ -724,25 +842,44 @@ class LstmEngine(wiring.Component):
                 # the output stage's bias port (the unit and the classifier never overlap)
                 bias_r = obias_r
                 with m.If(ew):
-                    m.d.comb += [bias_r.addr.eq(ew_bias_base + cur_row), bias_r.en.eq(valid)]
+                    m.d.comb += [bias_r.addr.eq(ew_bias_base + row_off), bias_r.en.eq(valid)]
             else:
                 bias_r = bias_mem.read_port()
-                m.d.comb += [bias_r.addr.eq(ew_bias_base + cur_row + ln),
+                m.d.comb += [bias_r.addr.eq(ew_bias_base + row_off),
                              bias_r.en.eq(valid)]
             bv = Signal(name=f"ln{ln}_b_valid")
-            bp = Signal(self.pe_bits, name=f"ln{ln}_b_pe")
-            bl = Signal(self.local_bits, name=f"ln{ln}_b_local")
-            m.d.sync += [bv.eq(valid), bp.eq(pe_l), bl.eq(local_l)]
+            if share_rd:
+                bp, bl = o_pe, o_local
+                m.d.sync += [bv.eq(valid), bp.eq(Mux(outp, r_pe, pe_l)),
+                             bl.eq(Mux(outp, r_local, local_l))]
+            else:
+                bp = Signal(self.pe_bits, name=f"ln{ln}_b_pe")
+                bl = Signal(self.local_bits, name=f"ln{ln}_b_local")
+                m.d.sync += [bv.eq(valid), bp.eq(pe_l), bl.eq(local_l)]
             b_valid.append(bv)
             b_pe.append(bp)
             b_local.append(bl)
+            zv = bv                                    # z valid (RL cycles after stage b)
+            for i in range(RL):
+                nxt = Signal(name=f"ln{ln}_z_valid{i + 1}")
+                m.d.sync += nxt.eq(zv)
+                busy_terms.append(nxt)
+                zv = nxt
+            if ln == 0:
+                z_valid0 = zv
             # stage b: requantize -> z, table read
             if serial and ln == 0:
                 # lane 0 shares the output stage's requantizer (never at the same time)
                 lrq = rq
                 with m.If(ew):
-                    m.d.comb += [lrq.acc.eq(acc_data[bp]), lrq.shift.eq(ew_shift),
-                                 lrq.relu.eq(0)]
+                    m.d.comb += [lrq.shift.eq(ew_shift), lrq.relu.eq(0)]
+                    if not share_rd:                   # (shared: acc_data[o_pe] anyway)
+                        m.d.comb += lrq.acc.eq(acc_data[bp])
+            elif serial:
+                lrq = _requantizer_pipe(m, self.acc_bits, act, self.weight_width - 1,
+                                        f"ew_requant{ln}")
+                m.d.comb += [lrq.acc.eq(acc_data[bp]), lrq.bias.eq(bias_r.data),
+                             lrq.shift.eq(ew_shift), lrq.relu.eq(0)]
             else:
                 lrq = Requantizer(self.acc_bits, act, self.weight_width - 1)
                 m.submodules[f"ew_requant{ln}"] = lrq
@@ -752,17 +889,15 @@ class LstmEngine(wiring.Component):
             z = lrq.out
             gate_r = (_port(spec.index_bits + 1, signed(aw), "gate_r") if ew_spram
                       else gate_tab.read_port())
-            m.d.comb += [gate_r.addr.eq(Cat(table_index(z), b_gate == 2)), gate_r.en.eq(1)]
+            m.d.comb += [gate_r.addr.eq(Cat(table_index(z), z_gate == 2)), gate_r.en.eq(1)]
             cv = Signal(name=f"ln{ln}_c_valid")
             c_neg = Signal(name=f"ln{ln}_c_neg")
-            m.d.sync += [cv.eq(bv), c_neg.eq(z < 0)]
+            m.d.sync += [cv.eq(zv), c_neg.eq(z < 0)]
             # stage c: gate value; i, f, o registered; at gate g: f*c + i*g
             tv = gate_r.data
             y = Signal(signed(aw), name=f"ln{ln}_y")          # in [-1, 1]: fits
-            with m.If(c_gate == 2):
-                m.d.comb += y.eq(Mux(c_neg, -tv, tv))
-            with m.Else():
-                m.d.comb += y.eq(Mux(c_neg, one - tv, tv))
+            # tanh (gate g) of a negative z: -T; sigmoid: 1 - T (one subtractor for both)
+            m.d.comb += y.eq(Mux(c_neg, Mux(c_gate == 2, 0, one) - tv, tv))
             # One multiplier per lane (aw x aw: gate values and tanh lie in [-1, 1], which the
             # act format holds): f*c_old at gate f's stage c, i*g at gate g's stage c,
             # o*tanh(c) at stage e -- cycles 3, 0 and 2 modulo 4 of the unit's group, never
@@ -782,7 +917,10 @@ class LstmEngine(wiring.Component):
                 c_mem = Memory(shape=signed(aw), depth=self.groups_max, init=[])
                 m.submodules[f"c_mem{ln}"] = c_mem
                 c_w, c_r = c_mem.write_port(), c_mem.read_port()
-            m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == 0))]
+            # c_(t-1) of the group's unit j, read as its first gate issues (stage c of gate f
+            # is 2 cycles later); with requantizer stages as its last gate issues (stage c of
+            # gate f is then 2 + RL - 3 cycles later; the next group's read comes after it)
+            m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == (3 if RL else 0)))]
             c_data = c_r.data
             if ew_spram:
                 # the SPRAM's read data change with the next read: keep c_(t-1) a cycle
@@ -799,6 +937,12 @@ class LstmEngine(wiring.Component):
                       else cell_tab.read_port())
             tc = Signal(signed(aw), name=f"ln{ln}_tanh_c")
             m.d.comb += tc.eq(Mux(e_neg, -cell_r.data, cell_r.data))
+            if RL:
+                # serial: tanh(c) registered before the multiplier (the cell table's SPRAM ->
+                # DSP path), stage e two cycles after the c register (below)
+                tc_reg = Signal(signed(aw), name=f"ln{ln}_tanh_c_reg")
+                m.d.sync += tc_reg.eq(tc)
+                tc = tc_reg
             mul_a = Signal(signed(aw), name=f"ln{ln}_mul_a")
             mul_b = Signal(signed(aw), name=f"ln{ln}_mul_b")
             with m.If(ev):
@@ -834,14 +978,39 @@ class LstmEngine(wiring.Component):
                 m.d.sync += [dv.eq(cv & (c_gate == 2)), d_sum.eq(fc + prod)]
             # stage d: c_new, c write, tanh(c) read
             c_new = sat_round(d_sum, sum_w, f"ln{ln}_c_new")
-            m.d.comb += [c_w.addr.eq(d_j), c_w.data.eq(c_new), c_w.en.eq(dv),
-                         cell_r.addr.eq(table_index(c_new)), cell_r.en.eq(1)]
+            c_st, dv_st = c_new, dv                    # c written / cell table read
+            if RL:
+                # serial: c_new registered first (d_sum -> round / saturate -> table index ->
+                # SPRAM address / data is too long for one cycle); it is written and its tanh
+                # read a cycle later (cycle 2 modulo 4 of the group: c reads are at 3, h
+                # writes at 3 on the other SPRAM), tanh(c) registered, stage e (o * tanh(c),
+                # cycle 0: the multiplier's other inputs are at 1 and 3) two cycles after
+                c_st = Signal(signed(aw), name=f"ln{ln}_c_reg")
+                dv_st = Signal(name=f"ln{ln}_d2_valid")
+                m.d.sync += [c_st.eq(c_new), dv_st.eq(dv)]
+                busy_terms.append(dv_st)
+            if ln == 0:
+                if RL:
+                    with m.If(dv_st):
+                        m.d.sync += d_j.eq(d_j + 1)
+                else:
+                    with m.If(dv_st):
+                        m.d.sync += f_j.eq(d_j)
+                dv_cell = dv_st
+            m.d.comb += [c_w.addr.eq(d_j), c_w.data.eq(c_st), c_w.en.eq(dv_st),
+                         cell_r.addr.eq(table_index(c_st)), cell_r.en.eq(1)]
             if ln == 0:
                 # read-back of the tables (idle): lane 0's read ports
                 with m.If(tab_rb):
                     m.d.comb += [gate_r.addr.eq(self.rb.addr), cell_r.addr.eq(self.rb.addr)]
                 tab_rb_ports = [gate_r, cell_r]
-            m.d.sync += [ev.eq(dv), e_neg.eq(c_new < 0)]
+            m.d.sync += e_neg.eq(c_st < 0)
+            if RL:
+                ev1 = Signal(name=f"ln{ln}_e1_valid")
+                m.d.sync += [ev1.eq(dv_st), ev.eq(ev1)]
+                busy_terms.append(ev1)
+            else:
+                m.d.sync += ev.eq(dv)
             # stage e: o * tanh(c) (the lane multiplier)
             fv = Signal(name=f"ln{ln}_f_valid")
             m.d.sync += fv.eq(ev)
@@ -852,6 +1021,20 @@ class LstmEngine(wiring.Component):
                 m.d.sync += f_prod.eq(prod)
             # stage f: h -> dense h bank ln, list serializer
             h_new = sat_round(f_prod, 2 * aw, f"ln{ln}_h")
+            h_st, fv_st = h_new, fv                    # h written / to the serializer
+            if RL:
+                # serial: h registered (the product -> round / saturate -> SPRAM data path),
+                # written two cycles after stage f (cycle 3 modulo 4 of the group: the cell
+                # table is read at 2); its unit: d_j counted stage d's units
+                h_st = Signal(signed(aw), name=f"ln{ln}_h_reg")
+                fv1 = Signal(name=f"ln{ln}_f1_valid")
+                fv_st = Signal(name=f"ln{ln}_f2_valid")
+                m.d.sync += [fv1.eq(fv), fv_st.eq(fv1)]
+                with m.If(fv):
+                    m.d.sync += h_st.eq(h_new)
+                    if ln == 0:
+                        m.d.sync += f_j.eq(d_j - 1)
+                busy_terms += [fv1, fv_st]
             if ew_spram:
                 hw = _port(group_bits, signed(aw), "h_w")
                 hr = _port(group_bits, signed(aw), "h_r")
@@ -859,11 +1042,11 @@ class LstmEngine(wiring.Component):
                 h_bank = Memory(shape=signed(aw), depth=self.groups_max, init=[])
                 m.submodules[f"h_mem{ln}"] = h_bank
                 hw, hr = h_bank.write_port(), h_bank.read_port()
-            m.d.comb += [hw.addr.eq(f_j), hw.data.eq(h_new), hw.en.eq(fv),
+            m.d.comb += [hw.addr.eq(f_j), hw.data.eq(h_st), hw.en.eq(fv_st),
                          hr.addr.eq(self.h_addr >> lb)]
             h_reads.append(hr.data)
-            h_vals.append(h_new)
-            f_valids.append(fv)
+            h_vals.append(h_st)
+            f_valids.append(fv_st)
             busy_terms += [bv, cv, dv, ev, fv]
 
         # PE accumulator ports: the output stage, or the drain into the gate buffers (one per
@@ -887,7 +1070,16 @@ class LstmEngine(wiring.Component):
             m.d.sync += d_add.eq(drain & sv & (dr < s_rows))
         with m.If(d_issue):
             m.d.sync += [dk.eq(dk + 1), dr.eq(dr + n_pe)]
+        if share_rd:
+            rd_local = Signal(self.local_bits)
+            m.d.comb += rd_local.eq(Mux(outp, r_local, lane_local[0]))
         for p, pe in enumerate(pes):
+            if share_rd:
+                # every PE reads the row (only the one addressed is used), one clears it
+                m.d.comb += [pe.drain.eq(ew | outp), pe.acc_raddr.eq(rd_local),
+                             pe.acc_clear.eq((o_valid | b_valid[0]) & (o_pe == p)),
+                             pe.acc_clear_addr.eq(o_local)]
+                continue
             ew_addr = Signal(self.local_bits, name=f"pe{p}_ew_addr")
             for ln in range(L):
                 with m.If(lane_issue[ln] & (lane_pe[ln] == p)):
@@ -977,13 +1169,19 @@ class LstmEngine(wiring.Component):
         ew_busy = Signal()
         m.d.comb += ew_busy.eq(Cat(*busy_terms).any())
         ew_done = Signal()
-        m.d.comb += [ew_idle.eq(~ew | ~ew_busy), ew_done.eq(ew & ~ew_busy)]
+        m.d.comb += ew_idle.eq(~ew | ~ew_busy)
+        if serial:
+            # registered (iCE40 timing: the unit's busy terms -> the sequencer's next step),
+            # one cycle after the unit's last busy cycle (serial_ew_cycles counts it)
+            m.d.sync += ew_done.eq(ew & ~ew_busy & ~ew_done)
+        else:
+            m.d.comb += ew_done.eq(ew & ~ew_busy)
 
         with m.If(ew_issue):
             m.d.sync += g.eq(g + 1)
             with m.If(g == 3):
-                m.d.sync += j.eq(j + 1)
-            for k in range(GATES):
+                m.d.sync += [j.eq(j + 1), groups_left.eq(groups_left - 1)]
+            for k in range(0 if pow2 else GATES):
                 with m.If(gate == k):
                     s = g_pe[k] + L
                     m.d.sync += g_row[k].eq(g_row[k] + L)
@@ -1025,7 +1223,9 @@ class LstmEngine(wiring.Component):
                      stat_w["pmac"].addr.eq(gstep),
                      stat_w["pmac"].data.eq(Mux(pph, mac_cnt, 0)),
                      stat_w["ew"].addr.eq(ew_gstep), stat_w["ew"].data.eq(ew_cnt + 1)]
-        run_cnt = Signal(32)
+        # cycles: counts every busy cycle of a run (0 at start; the finishing cycle included)
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
 
         # the element-wise unit: counts its cycles, ends by itself (stats, x-list end)
         with m.If(ew):
@@ -1039,12 +1239,13 @@ class LstmEngine(wiring.Component):
             with m.If(ew_app):
                 m.d.comb += [xend_en.eq(1), xend_addr.eq(ew_gstep + steps)]
         # the streaming output stage (r_t from the buffers) ends by itself (the unit is idle)
-        with m.If(pout & ~out_issue & ~o_valid):
-            m.d.sync += pout.eq(0)
-            m.d.comb += [xend_en.eq(p_app), xend_addr.eq(p_gstep + steps)]
+        if not serial:
+            with m.If(pout & ~out_issue & ~o_valid):
+                m.d.sync += pout.eq(0)
+                m.d.comb += [xend_en.eq(p_app), xend_addr.eq(p_gstep + steps)]
 
         def finish():
-            m.d.sync += [self.busy.eq(0), self.done.eq(1), self.cycles.eq(run_cnt + 1)]
+            m.d.sync += [self.busy.eq(0), self.done.eq(1)]
             m.next = "IDLE"
 
         def advance(last_next, keep_xstart=False):
@@ -1085,13 +1286,13 @@ class LstmEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [step.eq(0), gstep.eq(0), layer.eq(0), src.eq(0),
-                                 xph.eq(0), sv.eq(0), pout.eq(0), xnext.eq(0),
-                                 xstart.eq(0), first.eq(1), run_cnt.eq(0), self.done.eq(0),
-                                 self.busy.eq(1), cls.eq(0), pph.eq(0),
-                                 self.cls_cycles.eq(0)]
+                                 xstart.eq(0), first.eq(1), self.cycles.eq(0), self.done.eq(0),
+                                 self.busy.eq(1), cls.eq(0), self.cls_cycles.eq(0)]
+                    if not serial:
+                        m.d.sync += [xph.eq(0), sv.eq(0), pout.eq(0), xnext.eq(0), pph.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                m.d.sync += [run_cnt.eq(run_cnt + 1), idx.eq(0), mac_cnt.eq(0)]
+                m.d.sync += [idx.eq(0), mac_cnt.eq(0)]
                 with m.If(cls):
                     m.d.sync += desc.eq(cls_desc)
                 with m.Elif(pph):
@@ -1100,11 +1301,10 @@ class LstmEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += desc.eq(Array(lstm_descs)[layer + xnext])
                 with m.If((gstep == 0) & ~pph & ~xph):
-                    m.d.sync += wp.eq(xlen_r.data)
+                    m.d.sync += wp.eq(xend_r.data)     # read while idle (above)
                 m.next = "MAC"
             with m.State("MAC"):
                 m.d.comb += mac.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
                 if self.step_stats:
                     m.d.sync += mac_cnt.eq(mac_cnt + 1)
                 else:
@@ -1112,7 +1312,11 @@ class LstmEngine(wiring.Component):
                         m.d.sync += mac_cnt.eq(mac_cnt + 1)
                 with m.If(mac_done):
                     with m.If(cls):
-                        m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0)]
+                        m.d.sync += r.eq(0)
+                        if RL:
+                            m.d.sync += out_row.eq(0)
+                        if not pow2:
+                            m.d.sync += [r_pe.eq(0), r_local.eq(0)]
                         if self.step_stats:
                             m.d.sync += self.cls_cycles.eq(mac_cnt)
                         m.next = "OUTPUT"
@@ -1120,7 +1324,9 @@ class LstmEngine(wiring.Component):
                         with m.Elif(pph):
                             # r_t goes to the src bank (the LSTM MAC has read r_(t-1) from it)
                             m.d.comb += stat_w["pmac"].en.eq(1)
-                            m.d.sync += [r.eq(0), r_pe.eq(0), r_local.eq(0), dk.eq(0), dr.eq(0)]
+                            m.d.sync += [r.eq(0), dk.eq(0), dr.eq(0)]
+                            if not pow2:
+                                m.d.sync += [r_pe.eq(0), r_local.eq(0)]
                             with m.If(src):
                                 m.d.sync += hcount[1].eq(0)
                             with m.Else():
@@ -1140,8 +1346,8 @@ class LstmEngine(wiring.Component):
                             # reads (and clears) them there while the sequencer waits
                             m.d.comb += stat_w["mac"].en.eq(1)
                             m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
-                                         src.eq(~src)]
-                            for k in range(GATES):
+                                         src.eq(~src), d_j.eq(0), groups_left.eq(groups_of)]
+                            for k in range(0 if pow2 else GATES):
                                 m.d.sync += [g_pe[k].eq(cur_gate[k][:self.pe_bits]),
                                              g_local[k].eq(cur_gate[k][self.pe_bits:]),
                                              g_row[k].eq(cur_hidden * k)]
@@ -1160,28 +1366,29 @@ class LstmEngine(wiring.Component):
             if serial:
                 with m.State("EWAIT"):
                     # serial schedule: the element-wise unit runs on the accumulators
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_done):
                         advance(to_classifier_or_finish)
             if not serial:                     # (unreachable in the serial schedule)
                 with m.State("HWAIT"):
                     # first step of a layer: the previous layer's last unit still runs
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_idle):
                         m.next = "DRAIN"
             if not serial:                     # (unreachable in the serial schedule)
                 with m.State("DRAIN"):
                     m.d.comb += drain.eq(1)
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(~d_issue):
                         # gate pre-activations buffered, accumulators clear: start the unit
                         m.d.comb += stat_w["pmac"].en.eq(~has_proj)
                         m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
                                      ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
+                                     groups_left.eq(groups_of),
                                      ew_app.eq(~has_proj & ~is_last), ew_bank.eq(~src),
                                      ew_first.eq(first), ew_gstep.eq(gstep),
                                      ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
                         for k in range(GATES):
+                            if pow2:
+                                m.d.sync += ew_gate[k].eq(cur_gate[k])
+                                continue
                             m.d.sync += [
                                 g_pe[k].eq(cur_gate[k][:self.pe_bits]),
                                 g_local[k].eq(cur_gate[k][self.pe_bits:]),
@@ -1209,7 +1416,6 @@ class LstmEngine(wiring.Component):
                     # accumulator rows 0 .. P-1 (local rows < ceil(P/N)) hold x_(t+1)'s part:
                     # to the buffers' save area, cleared for the projection
                     m.d.comb += save.eq(1)
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(~d_issue):
                         m.d.sync += [xph.eq(0), xnext.eq(0), sv.eq(1), s_rows.eq(cur_proj)]
                         with m.If(ew_idle):
@@ -1221,7 +1427,6 @@ class LstmEngine(wiring.Component):
                     # r_t's accumulator rows -> gate buffers (free: the unit is done); the output
                     # stage requantizes them from there beside step t+1's remaining MAC
                     m.d.comb += pdrain.eq(1)
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(~d_issue):
                         m.d.sync += [pph.eq(0), pout.eq(1), p_rows.eq(desc.rows),
                                      p_bias.eq(desc.bias_base), p_shift.eq(desc.shift),
@@ -1230,28 +1435,25 @@ class LstmEngine(wiring.Component):
                         advance(to_classifier_or_finish, keep_xstart=True)
                 with m.State("PWAIT"):
                     # the projection needs the whole h_t list
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_idle):
                         m.d.sync += pph.eq(1)
                         m.next = "SETUP"
                 with m.State("LWAIT"):
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_idle):
                         m.next = "SETUP"
                 with m.State("FWAIT"):
                     # after the last step: h_T complete
-                    m.d.sync += run_cnt.eq(run_cnt + 1)
                     with m.If(ew_idle):
                         to_classifier_or_finish()
             with m.State("OUTPUT"):
                 m.d.comb += outp.eq(1)
-                m.d.sync += run_cnt.eq(run_cnt + 1)
-                with m.If(~out_issue & ~o_valid):
+                with m.If(~out_issue & ~out_busy):
                     with m.If(cls):
                         finish()
                     with m.Else():
                         m.d.comb += [xend_en.eq(~is_last), xend_addr.eq(gstep + steps)]
-                        m.d.sync += pph.eq(0)
+                        if not serial:
+                            m.d.sync += pph.eq(0)
                         advance(to_classifier_or_finish)
         # --- read-back of the loaded words while idle (hdl.readback) ------------------------------
         words = {}
@@ -1272,7 +1474,7 @@ class LstmEngine(wiring.Component):
             self._connect_ew_spram(m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
                                    ld_data, ew=ew, outp=outp, obias_r=obias_r, gate_r=gate_r,
                                    cell_r=cell_r, c_r=c_r, c_w=c_w, hw=hw, hr=hr, out_w=out_w,
-                                   out_r=out_r, bv=b_valid[0], dv=dv, tab_rb=tab_rb)
+                                   out_r=out_r, bv=z_valid0, dv=dv_cell, tab_rb=tab_rb)
         # TABLE: lane 0's table read ports (the words are act_format, sign-extended)
         tab_sel = Signal()
         tab_cell = Signal()

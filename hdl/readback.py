@@ -21,7 +21,7 @@ more): unsigned words zero-extended, CODEBOOK and BIAS words sign-extended to it
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Signal
+from amaranth.hdl import Array, C, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -108,11 +108,21 @@ def connect_readback(m, rb, busy, pes, bias_port, descriptor_words):
         with m.Case(Region.CODEBOOK):
             m.d.comb += rb.data[:wire_bits(len(weight))].eq(weight.as_signed())
         with m.Case(Region.DESCRIPTOR):
-            m.d.comb += rb.data.eq(0)
-            with m.Switch(desc_addr):
-                for address, value in sorted(descriptor_words.items()):
-                    with m.Case(address):
-                        m.d.comb += rb.data.eq(value)
+            # two multiplexer levels: descriptor k (address >> 3) per field, then the field
+            # (a plain tree of 2:1 multiplexers; absent words read 0)
+            ks = 1 << max(0, len(desc_addr) - 3)
+            width = max(len(Value.cast(v)) for v in descriptor_words.values())
+            fields = []
+            for f in range(8):
+                column = [Value.cast(descriptor_words.get((k << 3) | f, C(0, 1)))
+                          for k in range(ks)]
+                if not any(((k << 3) | f) in descriptor_words for k in range(ks)):
+                    fields.append(C(0, width))
+                    continue
+                word = Signal(width, name=f"rb_desc_field{f}")
+                m.d.comb += word.eq(Array(column)[desc_addr[3:]] if ks > 1 else column[0])
+                fields.append(word)
+            m.d.comb += rb.data.eq(Array(fields)[desc_addr[:3]])
 
 
 def wire_bits(width: int) -> int:

@@ -39,7 +39,9 @@ non-zero columns run beside the unit, the rest beside the output stage::
     SETUP 1;  MAC mac + 1 (mac = spmv_cycles(W, cols), nothing to wait for);
     unit E = serial_ew_cycles(H, L, appends) (reads the accumulators directly, clears them)
 
-and the next step's (or layer's, or the classifier's) SETUP follows the unit's last cycle.
+and the next step's (or layer's, or the classifier's) SETUP follows the unit's last cycle;
+its classifier output phase takes ``SERIAL_REQUANT_LATENCY`` cycles more (the pipelined
+requantizer).
 
 After the last step: wait for the unit (FWAIT), then the classifier of ``R`` rows::
 
@@ -61,7 +63,8 @@ from .encoding import EncodedMatrix
 
 __all__ = ["LstmCycleReport", "LayerTrace", "lstm_cycles", "stack_cycles", "ew_cycles",
            "serial_ew_cycles", "drain_cycles", "save_cycles",
-           "MAC_OVERHEAD", "EW_LATENCY", "OUTPUT_OVERHEAD", "GATES"]
+           "MAC_OVERHEAD", "EW_LATENCY", "OUTPUT_OVERHEAD", "SERIAL_REQUANT_LATENCY",
+           "SERIAL_EW_REGISTERS", "GATES"]
 
 GATES = 4
 #: Non-MAC cycles around every MAC phase: one descriptor-load cycle + the done-detection cycle.
@@ -72,6 +75,16 @@ EW_LATENCY = 5
 #: Output phase (classifier, projection): one cycle per row + one pipeline stage + the
 #: finishing cycle.
 OUTPUT_OVERHEAD = 2
+#: Register stages of the serial engine's requantizer (``overlap=False``: sum, shift,
+#: saturate; iCE40 timing of the accumulator / bias read -> requantize -> gate-table address
+#: and output-buffer write paths): the element-wise unit and the classifier's output phase
+#: take this many cycles more.
+SERIAL_REQUANT_LATENCY = 3
+#: Further register stages of the serial element-wise unit: c and tanh(c) (the c -> table
+#: index -> cell-table address and cell table -> multiplier paths) and two for h (the
+#: product -> round / saturate -> SPRAM data path; the h write then falls in a free cycle),
+#: and the unit's done flag (registered before the sequencer).
+SERIAL_EW_REGISTERS = 5
 
 
 def ew_cycles(hidden: int, lanes: int = 1) -> int:
@@ -83,11 +96,13 @@ def ew_cycles(hidden: int, lanes: int = 1) -> int:
 
 def serial_ew_cycles(hidden: int, lanes: int = 1, appends: bool = False) -> int:
     """Element-wise cycles of one step of the serial schedule (``overlap=False``): as
-    :func:`ew_cycles` + 1 (the multiplier is a PE's, with a registered product), and when the
-    layer's outputs are also appended to the x list (every layer but the last) each non-zero
-    ``h`` is written twice through the one list write port (``lanes`` more cycles at the
-    end)."""
-    return ew_cycles(hidden, lanes) + 1 + (lanes if appends else 0)
+    :func:`ew_cycles` + 1 (the multiplier is a PE's, with a registered product) +
+    :data:`SERIAL_REQUANT_LATENCY` (the pipelined requantizer) + :data:`SERIAL_EW_REGISTERS`
+    (c and tanh(c) registered), and when the layer's outputs
+    are also appended to the x list (every layer but the last) each non-zero ``h`` is written
+    twice through the one list write port (``lanes`` more cycles at the end)."""
+    return (ew_cycles(hidden, lanes) + 1 + SERIAL_REQUANT_LATENCY + SERIAL_EW_REGISTERS
+            + (lanes if appends else 0))
 
 
 @dataclass
@@ -302,7 +317,8 @@ def _serial_cycles(layers, timing, classifier, lanes) -> LstmCycleReport:
     cls_mac = cls = 0
     if classifier is not None:
         cls_mac = spmv_cycles(classifier, active_columns(state), timing).cycles
-        cls = cls_mac + MAC_OVERHEAD + classifier.rows + OUTPUT_OVERHEAD
+        cls = (cls_mac + MAC_OVERHEAD + classifier.rows + OUTPUT_OVERHEAD
+               + SERIAL_REQUANT_LATENCY)
     steps = np.diff(np.array(starts + [now], dtype=np.int64))
     zeros = np.zeros(len(mac), dtype=np.int64)
     return LstmCycleReport(np.array(mac, dtype=np.int64), np.array(ideal, dtype=np.int64),

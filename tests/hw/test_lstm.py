@@ -443,9 +443,11 @@ def test_serial_cycle_model():
     write every h twice: + lanes) and the serial schedule's step = SETUP + MAC + done + unit
     (the RTL tests compare every step and the totals)."""
     from host.cyclemodel import Timing, spmv_cycles
-    from host.lstm_cycles import LayerTrace, ew_cycles, serial_ew_cycles, stack_cycles
-    assert serial_ew_cycles(13, 2) == ew_cycles(13, 2) + 1
-    assert serial_ew_cycles(13, 2, appends=True) == ew_cycles(13, 2) + 3
+    from host.lstm_cycles import (SERIAL_EW_REGISTERS, SERIAL_REQUANT_LATENCY, LayerTrace,
+                                  ew_cycles, serial_ew_cycles, stack_cycles)
+    extra = 1 + SERIAL_REQUANT_LATENCY + SERIAL_EW_REGISTERS
+    assert serial_ew_cycles(13, 2) == ew_cycles(13, 2) + extra
+    assert serial_ew_cycles(13, 2, appends=True) == ew_cycles(13, 2) + extra + 2
     rng = np.random.default_rng(7)
     lstm, _ = random_lstm(rng, 3, 5, 0.6, 2)
     x = np.array([[1, 0, 2], [0, 0, 0]])
