@@ -43,7 +43,10 @@ FIFO_DEPTH = 4
 #: MAC phase instead, reads the accumulators directly, multiplies on a PE's DSP and keeps its
 #: bias, tables, c and h in the pairs' SPRAMs (idle while the PEs are), so that block RAM holds
 #: only the PE side, the lists and the shell.  Per-step cycle statistics (a test aid) are off.
-LSTM_LAYOUT = dict(overlap=False, step_stats=False, memory="spram", ew_lanes=1)
+#: The broadcast FIFO is one deep (no per-PE read multiplexer: ~-400 LCs against 4 deep) for
+#: +1.1 % cycles on digits-lstm (6901.4 -> 6977.4 per sequence; docs/ice40-resources.md,
+#: section 7).
+LSTM_LAYOUT = dict(overlap=False, step_stats=False, memory="spram", ew_lanes=1, fifo_depth=1)
 
 BOARD = Board(
     name="icebreaker", family="ice40", device="iCE40UP5K", package="SG48",

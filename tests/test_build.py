@@ -545,7 +545,8 @@ def test_lstm_model_build_takes_the_boards_serial_layout(lstm16, capsys):
     model = load_package(lstm16)
     params = build.engine_for_model(model, pe_group=build.model_pe_group(board, model))
     layout = build.board_lstm_layout(board, params)
-    assert layout == {"overlap": False, "step_stats": False, "memory": "spram", "ew_lanes": 1}
+    assert layout == {"overlap": False, "step_stats": False, "memory": "spram", "ew_lanes": 1,
+                      "fifo_depth": 1}
     names = {m.name for m in build.memory_inventory(dict(params, **layout))}
     assert not any(n.startswith(("gate buffers", "step statistics", "gate table", "bias"))
                    for n in names)
