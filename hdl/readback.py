@@ -110,18 +110,13 @@ def connect_readback(m, rb, busy, pes, bias_port, descriptor_words):
         with m.Case(Region.DESCRIPTOR):
             # two multiplexer levels: descriptor k (address >> 3) per field, then the field
             # (a plain tree of 2:1 multiplexers; absent words read 0)
+            # (each word keeps its shape: signed fields are sign-extended, as before)
             ks = 1 << max(0, len(desc_addr) - 3)
-            width = max(len(Value.cast(v)) for v in descriptor_words.values())
             fields = []
             for f in range(8):
                 column = [Value.cast(descriptor_words.get((k << 3) | f, C(0, 1)))
                           for k in range(ks)]
-                if not any(((k << 3) | f) in descriptor_words for k in range(ks)):
-                    fields.append(C(0, width))
-                    continue
-                word = Signal(width, name=f"rb_desc_field{f}")
-                m.d.comb += word.eq(Array(column)[desc_addr[3:]] if ks > 1 else column[0])
-                fields.append(word)
+                fields.append(Array(column)[desc_addr[3:]] if ks > 1 else column[0])
             m.d.comb += rb.data.eq(Array(fields)[desc_addr[:3]])
 
 
