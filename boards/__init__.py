@@ -88,6 +88,10 @@ class Board:
         :class:`hdl.lstm.LstmEngine` keyword arguments that every LSTM model build for the
         board adds (:func:`hdl.build.board_lstm_layout`; empty: the engine's defaults).  The
         iCEBreaker's runs the element-wise unit serially out of the SPRAMs.
+    lstm_clock_hz : int or None
+        Engine clock (Hz) of an LSTM model build when it differs from ``clock_hz`` (the LSTM
+        engine's measured Fmax on this board is lower; :func:`hdl.build.board_clock_hz`);
+        ``--freq`` overrides it.  None: ``clock_hz``.
     """
 
     name: str
@@ -103,6 +107,7 @@ class Board:
     notes: str = ""
     fifo_depth: int = 8
     lstm_layout: dict = field(default_factory=dict)
+    lstm_clock_hz: int | None = None
 
     def platform(self):
         return self.platform_factory()

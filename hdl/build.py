@@ -43,7 +43,7 @@ __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "defa
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "model_pe_group", "board_entry_memory",
-           "board_lstm_layout", "board_model_engine",
+           "board_lstm_layout", "board_model_engine", "board_clock_hz",
            "build_bitstream", "parse_nextpnr_report",
            "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
@@ -265,6 +265,15 @@ def board_model_engine(board, model, pe_group=None):
     params.update(board_entry_memory(board, params))
     params.update(board_lstm_layout(board, params))
     return params
+
+
+def board_clock_hz(board, params) -> int:
+    """The engine clock (Hz) of ``board``'s build of engine ``params`` without ``--freq``:
+    ``board.lstm_clock_hz`` for an LSTM engine when the board sets one, else
+    ``board.clock_hz``.  The simulated board reports the same clock in IDENTIFY."""
+    if params.get("engine") == "lstm" and board.lstm_clock_hz:
+        return int(board.lstm_clock_hz)
+    return int(board.clock_hz)
 
 
 def _engine_accepts(params) -> bool:
@@ -989,6 +998,11 @@ def prepare(args):
             params["acc_bits"] = args.acc_bits
     if args.pe_group is not None and not args.model:
         params["pe_group"] = args.pe_group
+    if args.freq is None and not args.memories_only:
+        args.freq = board_clock_hz(board, params) / 1e6
+        if args.freq != board.clock_hz / 1e6:
+            print(f"engine clock {args.freq:g} MHz: the {board.name}'s clock for this engine "
+                  f"(--freq overrides)", file=sys.stderr)
     freq_hz = (args.freq or board.clock_hz / 1e6) * 1e6
     if board.family != "ice40" and abs(freq_hz - board.osc_hz) > 1:
         raise BuildError(f"the {board.name} runs at its {board.osc_hz / 1e6:g} MHz oscillator "

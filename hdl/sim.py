@@ -295,7 +295,8 @@ def board_top(board: str, model, *, pe_group: int | None = None):
     for an MLP, :class:`hdl.top.LstmBackend` with an LSTM engine for an LSTM package,
     :class:`hdl.top.CnnBackend` with a CNN engine for a package with conv layers),
     without the PLL/reset wrapper, its UART at :data:`SIM_CLOCKS_PER_BIT` clocks per bit;
-    IDENTIFY reports the board profile's clock and baud rate.
+    IDENTIFY reports the bitstream's clock (:func:`hdl.build.board_clock_hz`) and the board's
+    baud rate.
 
     Returns
     -------
@@ -310,7 +311,7 @@ def board_top(board: str, model, *, pe_group: int | None = None):
     from boards import get_board
     from host.driver import _as_model
 
-    from .build import board_model_engine, make_backend
+    from .build import board_clock_hz, board_model_engine, make_backend
     from .top import SpineCore
 
     profile = get_board(board)
@@ -329,7 +330,7 @@ def board_top(board: str, model, *, pe_group: int | None = None):
         _engine_layers(model)  # raises naming the layer the engine cannot run
         raise ValueError(f"model {model.name!r} uses different entry widths in different "
                          f"layers; one engine has one")
-    core = SpineCore(make_backend(params), clock_hz=int(profile.clock_hz),
+    core = SpineCore(make_backend(params), clock_hz=board_clock_hz(profile, params),
                      baud=int(profile.baud), divisor=SIM_CLOCKS_PER_BIT)
     return core, "rx", "tx", SIM_CLOCKS_PER_BIT
 

@@ -642,9 +642,33 @@ def test_simulated_board_runs_the_bitstreams_engine(lstm16, tmp_path):
         built._MustUse__silence = True
         assert engine.config() == built.config()
         assert engine.timing() == built.timing()
+        assert core.clock_hz == round(args.freq * 1e6) == build.board_clock_hz(board, params)
     assert (engine.memory, engine.pe_group, engine.timing().fifo_depth) == (
         "spram", 2, board.fifo_depth)
     lstm = board_top("icebreaker", lstm16)[0].backend.engine
     lstm._MustUse__silence = True
     assert (lstm.overlap, lstm.step_stats, lstm.memory, lstm.ew_lanes) == (False, False,
                                                                             "spram", 1)
+
+
+def test_lstm_builds_take_the_boards_lstm_clock(lstm16, monkeypatch, capsys):
+    """A board's ``lstm_clock_hz`` is the default clock of LSTM model builds only (said on
+    stderr; ``--freq`` overrides it), and the simulated board reports it in IDENTIFY."""
+    from dataclasses import replace
+
+    import boards
+    from hdl.sim import board_top
+    board = get_board("icebreaker")
+    slow = replace(board, lstm_clock_hz=18_000_000)
+    monkeypatch.setattr(boards.icebreaker, "BOARD", slow)
+    args = build.make_parser().parse_args(["--model", str(lstm16), "--check-only"])
+    build.prepare(args)
+    assert args.freq == 18.0
+    assert "engine clock 18 MHz: the icebreaker's clock for this engine" in capsys.readouterr().err
+    assert board_top("icebreaker", lstm16)[0].clock_hz == 18_000_000
+    args = build.make_parser().parse_args(["--model", str(lstm16), "--freq", "30"])
+    build.prepare(args)
+    assert args.freq == 30.0
+    args = build.make_parser().parse_args([])
+    build.prepare(args)
+    assert args.freq == board.clock_hz / 1e6
