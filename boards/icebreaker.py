@@ -4,8 +4,9 @@ is the UART on FPGA pins 6 = RX, 9 = TX), two user LEDs (red 11, green 37).
 Budget: 5280 logic cells, 30 EBR blocks of 4 kbit, 4 SPRAM blocks of 256 kbit, 8 SB_MAC16 DSPs.
 Default clock: 36 MHz (12 MHz x 48 / 16) from the oscillator through the SB_PLL40_PAD
 (``--freq 16 .. 275`` picks another; ``--freq 12`` runs from the oscillator without the
-PLL).  The default build reaches 38.7 MHz at seed 1; the limit is the engine's INPUT loader
-(docs/ice40-resources.md has the measured critical paths).  Default UART 1 Mbaud (the
+PLL).  The default build reaches 39.8 MHz at seed 1 (docs/ice40-resources.md has the
+measured critical paths).  LSTM model builds default to 24 MHz (12 MHz x 64 / 32): the LSTM
+engine in the board's layout reaches 24.6 MHz.  Default UART 1 Mbaud (the
 FT2232H does up to 12 Mbaud; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
 """
 
@@ -48,11 +49,17 @@ FIFO_DEPTH = 4
 #: section 7).
 LSTM_LAYOUT = dict(overlap=False, step_stats=False, memory="spram", ew_lanes=1, fifo_depth=1)
 
+#: Engine clock of LSTM model builds: the digits-lstm build (5080 of 5280 LCs) reaches
+#: Fmax 24.62 MHz at seed 1, so 24 MHz from the PLL meets timing and 36 MHz does not (its paths
+#: run through the shared SPRAMs' address multiplexers, 75 % of the delay routing;
+#: docs/ice40-resources.md, section 7).
+LSTM_CLOCK_HZ = 24_000_000
+
 BOARD = Board(
     name="icebreaker", family="ice40", device="iCE40UP5K", package="SG48",
     platform_factory=ICEBreakerPlatform, osc_hz=OSC_HZ, clock_hz=CLOCK_HZ, baud=BAUD,
     budget=BUDGET, default_engine=DEFAULT_ENGINE, fifo_depth=FIFO_DEPTH,
-    lstm_layout=LSTM_LAYOUT,
+    lstm_layout=LSTM_LAYOUT, lstm_clock_hz=LSTM_CLOCK_HZ,
     notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator, "
-          "PLL to 36 MHz by default (--freq 16-275 MHz); UART on the FT2232H channel B at "
-          "1 Mbaud.")
+          "PLL to 36 MHz by default, 24 MHz for LSTM models (--freq 16-275 MHz); UART on the "
+          "FT2232H channel B at 1 Mbaud.")

@@ -265,10 +265,19 @@ def test_parse_nextpnr_report():
 
 
 @pytest.mark.slow
-def test_full_icebreaker_build(tmp_path):
-    """Synthesis + place and route of the default iCEBreaker design: fits and meets timing."""
-    code = build.main(["--board", "icebreaker", "--name", "ci_build", "--out", str(tmp_path)])
+@pytest.mark.parametrize("model", [None, "digits-lstm"])
+def test_full_icebreaker_build(tmp_path, model):
+    """Synthesis + place and route of the iCEBreaker design, for the board's default engine and
+    for the bundled default model (digits-lstm, compressed for the board beside the bitstream):
+    fits and meets timing."""
+    argv = ["--board", "icebreaker", "--name", "ci_build", "--out", str(tmp_path)]
+    code = build.main(argv + (["--model", model] if model else []))
+    assert code == 0
     report = json.loads((tmp_path / "ci_build.json").read_text())
+    if model:
+        from host.package import load_package
+        assert load_package(tmp_path / "ci_build.spn").name == model
+        assert report["target_mhz"] == get_board("icebreaker").lstm_clock_hz / 1e6
     assert (tmp_path / "ci_build.bin").stat().st_size > 100_000
     assert (tmp_path / "ci_build.txt").read_text().startswith("spine bitstream ci_build")
     for key in ("fmax_mhz", "target_mhz", "timing_met", "utilisation"):
@@ -276,7 +285,6 @@ def test_full_icebreaker_build(tmp_path):
     for key, use in report["utilisation"].items():
         assert use["used"] <= use["available"], (key, use)
     assert report["timing_met"], (report["fmax_mhz"], report["target_mhz"])
-    assert code == 0
 
 
 def test_logic_overflow_after_synthesis_is_a_clear_error(tmp_path):
