@@ -455,8 +455,7 @@ class LstmEngine(wiring.Component):
         xph = Signal()                                 # x-only phase of step t + 1 (below)
         # one read port: while idle it reads x_(T-1)'s end (layer 0's list length), which the
         # first SETUP (right after start) takes as the append pointer
-        m.d.comb += [xend_r.addr.eq(Mux(self.busy, gstep + xph, steps - 1)), xend_r.en.eq(1),
-                     ]
+        m.d.comb += [xend_r.addr.eq(Mux(self.busy, gstep + xph, steps - 1)), xend_r.en.eq(1)]
         xstart = Signal(self.xlist_bits)
         wp = Signal(self.xlist_bits)                   # x-list append pointer
         app_en = Signal()                              # append a layer output this cycle
