@@ -68,7 +68,7 @@ from host.memory_map import (DEFAULT_ACT_FORMAT, DESCRIPTOR_MEMBERS, DRAIN_LATEN
 from .ice40_spram import check_entry_memory
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
-from .requant import Requantizer
+from .requant import Requantizer, saturate
 from .spram_share import EW_BASE, SpramShare
 from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
                    matrix_descriptor_members, write_descriptor_field)
@@ -152,14 +152,7 @@ def _requantizer_pipe(m, acc_bits, act, max_shift, name):
     m.d.sync += v.eq(Cat(C(0, 1), total).as_signed() >> ns.shift)
     w = Signal(signed(acc_bits + 1), name=f"{name}_w")
     m.d.comb += w.eq((v + 1) >> 1)
-    sat = Signal(signed(act.width), name=f"{name}_sat")
-    top = w[act.width - 1:]
-    with m.If(top.all() | ~top.any()):
-        m.d.comb += sat.eq(w[:act.width])
-    with m.Elif(w[-1]):
-        m.d.comb += sat.eq(act.min_int)
-    with m.Else():
-        m.d.comb += sat.eq(act.max_int)
+    sat = saturate(m, w, act, f"{name}_sat")
     m.d.sync += ns.out.eq(Mux(ns.relu & sat[-1], 0, sat))
     return ns
 
@@ -747,17 +740,10 @@ class LstmEngine(wiring.Component):
                 rounded, rr_width = value, width
             rr = Signal(signed(rr_width), name=f"{name}_rounded")
             m.d.comb += rr.eq(rounded)
+            if rr_width > aw:
+                return saturate(m, rr, act, name)
             out = Signal(signed(aw), name=name)
-            if rr_width <= aw:
-                m.d.comb += out.eq(rr)
-                return out
-            top = rr[aw - 1:]
-            with m.If(top.all() | ~top.any()):
-                m.d.comb += out.eq(rr[:aw])
-            with m.Elif(rr[-1]):
-                m.d.comb += out.eq(act.min_int)
-            with m.Else():
-                m.d.comb += out.eq(act.max_int)
+            m.d.comb += out.eq(rr)
             return out
 
         group_bits = addr_bits(self.groups_max)

@@ -34,7 +34,23 @@ from amaranth.utils import bits_for
 from host.cyclemodel import REQUANT_LATENCY
 from host.fixedpoint import Format
 
-__all__ = ["Requantizer", "REQUANT_LATENCY"]
+__all__ = ["Requantizer", "REQUANT_LATENCY", "saturate"]
+
+
+def saturate(m, value, fmt, name=None):
+    """``value`` (a signed value of any width) saturated to the format ``fmt`` (comb); returns
+    a signed ``fmt.width``-bit Signal.  ``value`` fits iff its bits from ``fmt.width - 1`` up
+    are all equal (copies of the sign): a test of those bits, not two magnitude compares
+    (carry chains)."""
+    sat = Signal(signed(fmt.width), name=name)
+    top = value[fmt.width - 1:]
+    with m.If(top.all() | ~top.any()):
+        m.d.comb += sat.eq(value[:fmt.width])
+    with m.Elif(value[-1]):
+        m.d.comb += sat.eq(fmt.min_int)
+    with m.Else():
+        m.d.comb += sat.eq(fmt.max_int)
+    return sat
 
 
 class Requantizer(wiring.Component):
@@ -107,18 +123,7 @@ class Requantizer(wiring.Component):
 
     def _saturate_relu(self, m, value, relu):
         """``relu ? max(sat, 0) : sat`` of ``value`` saturated to the act format (comb)."""
-        fmt = self.act_format
-        sat = Signal(signed(fmt.width))
-        # ``value`` fits the format iff its bits from width - 1 up are all equal (copies of the
-        # sign): a test of those bits, not two magnitude compares (carry chains).
-        top = value[fmt.width - 1:]
-        fits = top.all() | ~top.any()
-        with m.If(fits):
-            m.d.comb += sat.eq(value)
-        with m.Elif(value[-1]):
-            m.d.comb += sat.eq(fmt.min_int)
-        with m.Else():
-            m.d.comb += sat.eq(fmt.max_int)
+        sat = saturate(m, value, self.act_format)
         return Mux(relu & sat[-1], 0, sat)
 
     def _pipelined(self):
