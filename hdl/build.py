@@ -801,6 +801,9 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
                     memories_only=False):
     """Build ``board``'s bitstream; returns the report dict (also written as JSON and text).
 
+    Without ``freq_mhz`` the engine runs at :func:`board_clock_hz` (the board's clock, or its
+    LSTM clock for an LSTM engine), as on the command line.
+
     Raises :class:`BuildError` on tool failure; does *not* raise on a timing miss (the report
     says ``timing_met: false``; :func:`main` turns that into exit status 1).
     """
@@ -809,7 +812,8 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
     from .top import BoardTop, MemoriesBackend, SpineCore
 
     prog = _Progress() if progress else _Progress(None)
-    freq_hz = (freq_mhz or board.clock_hz / 1e6) * 1e6
+    freq_hz = (freq_mhz * 1e6 if freq_mhz else
+               board.clock_hz if memories_only else board_clock_hz(board, params))
     baud = baud or board.baud
     name = name or "spine"
     out_dir = Path(out_dir) if out_dir else _REPO_ROOT / "bitstreams" / board.name
