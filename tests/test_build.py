@@ -612,8 +612,7 @@ def test_lstm_board_layout_inventory_matches_the_memories_built(lstm16):
 
     from hdl.ice40_spram import SPRAM_DEPTH
     board = get_board("icebreaker")
-    params = build.engine_for_model(load_package(lstm16), pe_group=2)
-    params.update(build.board_lstm_layout(board, params), fifo_depth=board.fifo_depth)
+    params = build.board_model_engine(board, load_package(lstm16))
     engine = build.make_engine(params)
     built = Counter((w, d) for _, w, d in _engine_memories(Fragment.get(engine, None))
                     if d != SPRAM_DEPTH and w * d > build._LOGIC_MEMORY_BITS)
