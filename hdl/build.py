@@ -43,7 +43,8 @@ __all__ = ["BuildError", "CapacityError", "MemoryUse", "engine_for_model", "defa
            "is_cnn", "cnn_config",
            "make_engine", "make_backend", "lstm_ew_lanes",
            "memory_inventory", "check_capacity", "model_pe_group", "board_entry_memory",
-           "board_lstm_layout", "board_model_engine", "board_clock_hz",
+           "board_lstm_layout", "board_model_engine", "board_clock_hz", "dsp_paths",
+           "MAC16_COMB_NS",
            "build_bitstream", "parse_nextpnr_report",
            "tool_overrides", "ICE40_NO_READ_FIRST", "main"]
 
@@ -648,11 +649,58 @@ def _placement_overflow(log_path: Path, board) -> str | None:
             f"the measured logic per block.")
 
 
+#: Propagation delay (ns) through an iCE40 UltraPlus SB_MAC16 used as a combinational 16 x 16
+#: multiplier (no input, pipeline or output register), inputs ``A``/``B`` to output ``O``.
+#: nextpnr has no timing for this arc: it treats every DSP port as a register port, and a DSP
+#: without registers has its clock tied to ground, so the paths into and out of it land in a
+#: ``$PACKER_GND_NET`` clock domain that nextpnr reports but never checks.  The slowest arcs in
+#: Project IceStorm's UP5K timing table (``icefuzz/timings_up5k.txt``, from the vendor's timing
+#: library) are about 8.8 ns (``B[3] -> O[31]``: 8.67 / 8.76 ns rise / fall); 9.0 ns keeps a
+#: margin.  :func:`dsp_paths` adds it to the worst path into and the worst path out of the DSPs.
+MAC16_COMB_NS = 9.0
+
+#: nextpnr's name for the clock of a cell whose clock input is tied to a constant.
+_GND_CLOCK = "$PACKER_GND_NET"
+
+
+def dsp_paths(report: dict) -> dict | None:
+    """The register-to-register paths through combinational DSPs that nextpnr leaves unchecked.
+
+    nextpnr (iCE40) reports the worst path *into* the DSPs (``posedge clk -> posedge
+    $PACKER_GND_NET...``: source register, routing, DSP input) and the worst path *out of* them
+    (DSP output, routing, destination register) as cross-domain paths, with a 0.1 ns setup and
+    clock-to-out standing in for the multiplier.  The real path is the sum of the two plus the
+    multiplier's own delay (:data:`MAC16_COMB_NS`).  The worst input and the worst output may
+    belong to different DSPs, so the sum is an upper bound: safe, possibly pessimistic.
+
+    Returns ``None`` when the report has no such paths (no combinational DSP, or another
+    family), else ``{"into_ns", "out_ns", "multiplier_ns", "total_ns", "fmax_mhz"}`` (ns: the
+    path delays as nextpnr reports them, 0.1 ns model setup / clock-to-out included).
+    """
+    into = out = None
+    for path in report.get("critical_paths", []):
+        src, dst = path.get("from", ""), path.get("to", "")
+        delay = sum(float(step.get("delay", 0.0)) for step in path.get("path", []))
+        if _GND_CLOCK in dst and _GND_CLOCK not in src:
+            into = max(into or 0.0, delay)
+        elif _GND_CLOCK in src and _GND_CLOCK not in dst:
+            out = max(out or 0.0, delay)
+    if into is None and out is None:
+        return None
+    into, out = into or 0.0, out or 0.0
+    total = into + MAC16_COMB_NS + out
+    return {"into_ns": round(into, 2), "out_ns": round(out, 2), "multiplier_ns": MAC16_COMB_NS,
+            "total_ns": round(total, 2), "fmax_mhz": round(1000.0 / total, 2)}
+
+
 def parse_nextpnr_report(report: dict, budget) -> dict:
     """Utilisation and Fmax from nextpnr's ``--report`` JSON.
 
     Returns ``{"utilisation": {key: {"used", "available", "percent"}}, "clocks": {net:
-    {"achieved_mhz", "constraint_mhz"}}, "fmax_mhz", "constraint_mhz", "timing_met"}``.
+    {"achieved_mhz", "constraint_mhz"}}, "dsp_paths", "fmax_mhz", "constraint_mhz",
+    "timing_met"}``.  ``dsp_paths`` is :func:`dsp_paths` (or ``None``); when present its Fmax
+    bounds the engine clock's: ``fmax_mhz`` is the lower of the two and ``timing_met`` needs
+    both, so a path nextpnr does not check cannot make a bitstream that fails on the board.
     """
     util = {}
     cells = report.get("utilization", {})
@@ -670,14 +718,28 @@ def parse_nextpnr_report(report: dict, budget) -> dict:
     for net, entry in report.get("fmax", {}).items():
         clocks[net] = {"achieved_mhz": round(float(entry["achieved"]), 2),
                        "constraint_mhz": round(float(entry["constraint"]), 2)}
+    dsp = dsp_paths(report)
     if clocks:
         worst = min(clocks.values(), key=lambda c: c["achieved_mhz"] / c["constraint_mhz"])
         fmax, constraint = worst["achieved_mhz"], worst["constraint_mhz"]
         met = all(c["achieved_mhz"] >= c["constraint_mhz"] for c in clocks.values())
+        if dsp is not None:
+            # The DSPs sit on the engine clock (the only clock that drives logic).
+            fmax = min(fmax, dsp["fmax_mhz"])
+            met = met and dsp["fmax_mhz"] >= constraint
     else:
         fmax, constraint, met = None, None, False
-    return {"utilisation": util, "clocks": clocks, "fmax_mhz": fmax,
+    return {"utilisation": util, "clocks": clocks, "dsp_paths": dsp, "fmax_mhz": fmax,
             "constraint_mhz": constraint, "timing_met": met}
+
+
+def _dsp_lines(dsp: dict | None) -> list[str]:
+    if not dsp:
+        return []
+    line = (f"  DSP paths      into {dsp['into_ns']} ns + multiplier {dsp['multiplier_ns']} ns"
+            f" + out {dsp['out_ns']} ns = {dsp['total_ns']} ns ({dsp['fmax_mhz']} MHz; "
+            f"nextpnr does not check these)")
+    return [line]
 
 
 def format_report(rep: dict) -> str:
@@ -689,6 +751,7 @@ def format_report(rep: dict) -> str:
               f"{'PLL' if rep.get('pll') else 'oscillator'} {rep['clock_mhz']:.3f} "
               f"MHz; Fmax {rep['fmax_mhz']} MHz -> timing "
               f"{'MET' if rep['timing_met'] else 'MISSED'}"),
+             *_dsp_lines(rep.get("dsp_paths")),
              f"  UART           {rep['baud']} baud ({rep['divisor']} clocks per bit)",
              f"  config hash    {rep['config_hash']}",
              "  utilisation:"]
@@ -897,7 +960,8 @@ def build_bitstream(board, *, params, model=None, model_path=None, freq_mhz=None
         "engine": {k: v for k, v in params.items()}, "engine_summary": engine_summary,
         "target_mhz": target_mhz, "clock_mhz": round(top.clock_hz / 1e6, 3),
         "pll": top.pll, "fmax_mhz": parsed["fmax_mhz"], "timing_met": parsed["timing_met"],
-        "clocks": parsed["clocks"], "utilisation": parsed["utilisation"],
+        "clocks": parsed["clocks"], "dsp_paths": parsed["dsp_paths"],
+        "utilisation": parsed["utilisation"],
         "baud": baud, "divisor": core.divisor,
         "config_hash": core.decoder.config_hash.hex(),
         "estimate": check_capacity(board, params) if not memories_only else {},
@@ -1082,9 +1146,15 @@ def main(argv=None) -> int:
         print(f"error: does not fit: {', '.join(over)}", file=sys.stderr)
         return 1
     if not rep["timing_met"]:
+        dsp = rep.get("dsp_paths")
+        limit = ""
+        if dsp and rep["fmax_mhz"] is not None and dsp["fmax_mhz"] <= rep["fmax_mhz"]:
+            limit = (f" (limited by the path through a DSP multiplier, {dsp['total_ns']} ns: "
+                     f"{dsp['into_ns']} ns into it, {dsp['multiplier_ns']} ns through it, "
+                     f"{dsp['out_ns']} ns out of it)")
         print(f"error: timing missed: Fmax {rep['fmax_mhz']} MHz < target "
-              f"{rep['target_mhz']} MHz (try --freq {math.floor(rep['fmax_mhz'] or 1)})",
-              file=sys.stderr)
+              f"{rep['target_mhz']} MHz{limit} (try --freq "
+              f"{math.floor(rep['fmax_mhz'] or 1)})", file=sys.stderr)
         return 1
     return 0
 

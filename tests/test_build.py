@@ -264,6 +264,51 @@ def test_parse_nextpnr_report():
     assert build.parse_nextpnr_report(report, board.budget)["timing_met"] is False
 
 
+#: The fields :func:`hdl.build.format_report` reads, with plausible values.
+_REPORT_FIELDS = {"name": "t", "board": "icebreaker", "device": "iCE40UP5K", "bitstream": "t.bin",
+                  "engine_summary": "SpmvEngine", "model": None, "target_mhz": 36.0,
+                  "pll": None, "clock_mhz": 36.0, "baud": 1_000_000, "divisor": 36,
+                  "config_hash": "00", "utilisation": {}, "estimate": {}, "stages": {},
+                  "build_seconds": 1.0}
+
+
+def _path(src, dst, delays):
+    """A critical path of nextpnr's ``--report`` JSON: clock names and per-step delays (ns)."""
+    return {"from": src, "to": dst, "path": [{"delay": d, "type": "routing"} for d in delays]}
+
+
+def test_dsp_paths_bound_the_engine_clock():
+    """The paths into and out of combinational SB_MAC16s (nextpnr's unchecked cross-domain
+    paths to and from the ground-clocked DSPs) are summed with the multiplier's own delay, and
+    that sum bounds Fmax: a build whose clock paths meet 36 MHz but whose DSP path does not is
+    reported as missing timing, with the limit in the report.  (Figures: the structure of the
+    digits-lstm build's report at 24 MHz, session 5.)"""
+    board = get_board("icebreaker")
+    gnd = "posedge $PACKER_GND_NET_$glb_clk"
+    report = {"utilization": {}, "fmax": {"clk": {"achieved": 40.0, "constraint": 36.0}},
+              "critical_paths": [
+                  _path("posedge clk", "posedge clk", [1.0, 20.0]),
+                  _path("posedge clk", gnd, [1.4, 10.0, 4.0]),           # into a DSP: 15.4
+                  _path(gnd, "posedge clk", [0.1, 5.0, 1.2]),            # out of a DSP: 6.3
+                  _path("<async>", "posedge clk", [2.0, 0.5])]}
+    dsp = build.dsp_paths(report)
+    assert dsp["into_ns"] == 15.4 and dsp["out_ns"] == 6.3
+    assert dsp["total_ns"] == round(15.4 + build.MAC16_COMB_NS + 6.3, 2)
+    assert dsp["fmax_mhz"] == round(1000 / dsp["total_ns"], 2)
+    parsed = build.parse_nextpnr_report(report, board.budget)   # 30.7 ns: 32.57 MHz
+    assert parsed["dsp_paths"] == dsp
+    assert parsed["fmax_mhz"] == 32.57 and parsed["timing_met"] is False
+    report["critical_paths"][1] = _path("posedge clk", gnd, [1.4, 5.0, 3.6])  # 10.0 + 9 + 6.3
+    parsed = build.parse_nextpnr_report(report, board.budget)
+    assert parsed["fmax_mhz"] == 39.53 and parsed["timing_met"] is True
+    del report["critical_paths"][1:3]              # no combinational DSP: nextpnr's figure
+    parsed = build.parse_nextpnr_report(report, board.budget)
+    assert parsed["dsp_paths"] is None and parsed["fmax_mhz"] == 40.0
+    text = build.format_report({**_REPORT_FIELDS, "fmax_mhz": 32.57, "timing_met": False,
+                                "dsp_paths": dsp})
+    assert "DSP paths      into 15.4 ns + multiplier 9.0 ns + out 6.3 ns = 30.7 ns" in text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [None, "digits-lstm"])
 def test_full_icebreaker_build(tmp_path, model):
