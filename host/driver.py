@@ -625,7 +625,8 @@ def _spmv_params(info: EngineInfo) -> SpmvParams:
                       acc_bits=info.acc_bits, max_rows=info.max_rows, max_cols=info.max_cols,
                       max_entries_per_pe=info.max_entries_per_pe, max_layers=info.max_layers,
                       max_pointers=info.max_pointers, max_bias=info.max_bias,
-                      product_shift=info.product_shift, pe_group=info.pe_group)
+                      product_shift=info.product_shift, pe_group=info.pe_group,
+                      **info.late_params())
 
 
 def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
@@ -639,7 +640,14 @@ def _lstm_params(info: EngineInfo, model: CompressedModel) -> LstmParams:
                       weight_width=info.weight_width, acc_bits=info.acc_bits,
                       table_spec=model.table_spec, max_entries_per_pe=info.max_entries_per_pe,
                       layers_max=limits["layers_max"], proj_max=limits["proj_max"],
-                      product_shift=info.product_shift, pe_group=info.pe_group)
+                      product_shift=info.product_shift, pe_group=info.pe_group,
+                      **_lstm_schedule(info.late_params()))
+
+
+def _lstm_schedule(late: dict) -> dict:
+    """IDENTIFY's LSTM late words as :class:`host.memory_map.LstmParams` arguments
+    (``overlap`` a bool)."""
+    return {**late, "overlap": bool(late["overlap"])} if "overlap" in late else late
 
 
 def _matrix_blocks(image, info: EngineInfo) -> list[LoadBlock]:
@@ -720,6 +728,43 @@ def model_image(model: CompressedModel, info: EngineInfo) -> list[LoadBlock]:
                                 desc, wb(RegionId.DESCRIPTOR),
                                 expected=_descriptor_readback(desc, n << 3, info.max_layers)))
     return _append_control(blocks, info, len(layers), n_inputs, n_outputs)
+
+
+def expected_cycles(model: CompressedModel, info: EngineInfo, q) -> np.ndarray | None:
+    """What INFER's cycle count must be for each input of ``q`` on ``info``'s engine: the
+    cycle model (:func:`host.spmv_image.expected_run`, :func:`host.lstm_image.expected_run`)
+    of the image the driver loads, with the broadcast FIFO depth and the LSTM schedule from
+    IDENTIFY (:data:`host.protocol.LATE_EXTENSION_DEFAULTS`).
+
+    Parameters
+    ----------
+    model : CompressedModel
+        The model loaded on the engine.
+    info : EngineInfo
+        The engine's IDENTIFY answer.
+    q : array_like of int
+        Quantized inputs, one per row (:meth:`Accelerator.quantize`).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        int64 ``(batch,)`` engine cycles per inference; ``None`` for an engine kind the host
+        has no cycle model for from IDENTIFY alone (CNN: its timing constants are the
+        generator's).
+    """
+    q = np.asarray(q, dtype=np.int64)
+    if info.engine == EngineKind.SPMV:
+        from .spmv_image import expected_run
+        params = _spmv_params(info)
+        image = build_spmv_image(params, _engine_layers(model))
+        return np.array([expected_run(params, image, s).cycles for s in q], np.int64)
+    if info.engine == EngineKind.LSTM:
+        from .lstm_image import expected_run
+        stack, cls = _lstm_layers(model)
+        params = _lstm_params(info, model)
+        image = build_lstm_image(params, stack, cls)
+        return np.array([expected_run(params, image, s).cycles.total for s in q], np.int64)
+    return None
 
 
 def _append_control(blocks: list[LoadBlock], info: EngineInfo, n_layers: int, n_inputs: int,

@@ -250,24 +250,42 @@ EXTENSION_KEYS = {int(EngineKind.CNN): CNN_EXTENSION_KEYS}
 COMMON_EXTENSION_KEYS = ("product_shift", "pe_group")
 #: The value a missing common extension word stands for.
 COMMON_EXTENSION_DEFAULTS = {"product_shift": 0, "pe_group": 1}
+#: Words after the common ones, per engine kind, with the value a missing word stands for: the
+#: parameters the cycle model needs beyond the header (:meth:`host.memory_map.SpmvParams.timing`,
+#: :func:`host.lstm_cycles.stack_cycles`).  ``fifo_depth``: broadcast FIFO entries (SpMV and
+#: LSTM); ``ew_lanes``: LSTM element-wise lanes (1, 2, 4); ``overlap``: 1 = the LSTM unit runs
+#: beside the next MAC phase (ESE), 0 = serial schedule.  Like the common words, trailing words
+#: at their default are not sent and are not in the configuration hash, so an engine at the
+#: defaults answers as before these words existed.
+LATE_EXTENSION_DEFAULTS = {int(EngineKind.SPMV): {"fifo_depth": 8},
+                           int(EngineKind.LSTM): {"fifo_depth": 8, "ew_lanes": 1, "overlap": 1}}
+
+
+def optional_extension_defaults(engine: int) -> dict:
+    """The extension words of an ``engine`` kind that may be left out, in order, with their
+    defaults: :data:`COMMON_EXTENSION_DEFAULTS`, then the kind's
+    :data:`LATE_EXTENSION_DEFAULTS`."""
+    return {**COMMON_EXTENSION_DEFAULTS, **LATE_EXTENSION_DEFAULTS.get(int(engine), {})}
 
 
 def extension_keys(engine: int) -> tuple:
     """Names of the extension words of an ``engine`` kind, in order."""
-    return EXTENSION_KEYS.get(int(engine), ()) + COMMON_EXTENSION_KEYS
+    return EXTENSION_KEYS.get(int(engine), ()) + tuple(optional_extension_defaults(engine))
 
 
 def engine_extension(params: dict) -> tuple:
     """The IDENTIFY extension words of engine ``params`` (empty for engines without any):
-    the engine's own, then :data:`COMMON_EXTENSION_KEYS` up to the last one that differs from
-    its default."""
+    the engine's own, then :data:`COMMON_EXTENSION_KEYS` and the kind's
+    :data:`LATE_EXTENSION_DEFAULTS` words up to the last one that differs from its default (a
+    missing key is its default)."""
     engine = int(params.get("engine", 0))
     words = [int(params[k]) for k in EXTENSION_KEYS.get(engine, ())]
-    common = [int(params.get(k, COMMON_EXTENSION_DEFAULTS[k])) for k in COMMON_EXTENSION_KEYS]
-    while common and common[-1] == COMMON_EXTENSION_DEFAULTS[COMMON_EXTENSION_KEYS[
-            len(common) - 1]]:
-        common.pop()
-    return tuple(words + common)
+    defaults = optional_extension_defaults(engine)
+    keys = tuple(defaults)
+    tail = [int(params.get(k, defaults[k])) for k in keys]
+    while tail and tail[-1] == defaults[keys[len(tail) - 1]]:
+        tail.pop()
+    return tuple(words + tail)
 
 
 def engine_config_digest(params: dict) -> bytes:
@@ -340,9 +358,10 @@ class Identity:
         """The parameter dictionary whose :func:`engine_config_digest` is ``config_hash``."""
         params = {k: getattr(self, k) for k in _ENGINE_PARAM_KEYS}
         params.update(self.extension_params())
-        # A common word sent only because a later one is not at its default (product_shift 0
-        # before pe_group 2) is not in the engine's dictionary (memory_map.*_entry).
-        for key, default in COMMON_EXTENSION_DEFAULTS.items():
+        # An optional word sent only because a later one is not at its default (product_shift
+        # 0 before pe_group 2) is not in the engine's dictionary (memory_map.common_entries,
+        # hdl.top's late entries).
+        for key, default in optional_extension_defaults(self.engine).items():
             if params.get(key) == default:
                 del params[key]
         return params
@@ -363,6 +382,13 @@ class Identity:
     def pe_group(self) -> int:
         """PEs per lockstep group (extension word; 1 in an answer without it)."""
         return int(self.extension_params().get("pe_group", 1))
+
+    def late_params(self) -> dict:
+        """The engine kind's :data:`LATE_EXTENSION_DEFAULTS` words by name, each its default
+        when the answer leaves it out (``{}`` for a kind without such words)."""
+        ext = self.extension_params()
+        return {k: int(ext.get(k, default))
+                for k, default in LATE_EXTENSION_DEFAULTS.get(int(self.engine), {}).items()}
 
     def region(self, region: int) -> RegionDescription:
         for r in self.regions:

@@ -133,9 +133,14 @@ def run(acc, model, x, *, window: int = 1, check: bool = False, labels=None) -> 
         "link": acc.link.stats.as_dict(),
     }
     if check:
+        from .driver import expected_cycles
         from .golden import GoldenModel
         golden = GoldenModel(model).forward_int(q)
         report["mismatches"] = int(np.count_nonzero((golden != outputs).any(axis=1)))
+        predicted = expected_cycles(model, info, q)
+        if predicted is not None:
+            report["cycle_model_mean"] = round(float(np.mean(predicted)), 1)
+            report["cycle_mismatches"] = int(np.count_nonzero(predicted != np.array(cycles)))
     if labels is not None:
         report["accuracy"] = round(float(np.mean(outputs.argmax(axis=1) == labels)), 4)
     return outputs, report
@@ -198,6 +203,9 @@ def _format(report: dict) -> str:
         lines.append(f"  accuracy {report['accuracy']:.2%}")
     if report["mismatches"] is not None:
         lines.append(f"  check: {report['mismatches']} outputs differ from the golden model")
+    if report.get("cycle_mismatches") is not None:
+        lines.append(f"  check: {report['cycle_mismatches']} cycle counts differ from the cycle "
+                     f"model (mean {report['cycle_model_mean']:.0f})")
     if report.get("state_mismatches") is not None:
         lines.append(f"  check: {report['state_mismatches']} final states (h_T) differ from "
                      f"the golden model")
@@ -221,7 +229,8 @@ def _parser() -> argparse.ArgumentParser:
                    "name of a bundled example (digits-mlp, ...) for its test set and labels")
     p.add_argument("--labels", help="integer .npy (batch,): report accuracy")
     p.add_argument("--check", action="store_true", help="compare every output with the golden "
-                   "model (exit 1 on any difference)")
+                   "model and every engine cycle count with the cycle model (SpMV and LSTM "
+                   "engines; exit 1 on any difference)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--output", help="save the output integers to this .npy")
     p.add_argument("--state", metavar="FILE", help="LSTM engine: run every input once more, "
@@ -289,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     if sim is not None:
         report["sim"] = sim.stats
     print(json.dumps(report, indent=1) if args.json else _format(report))
-    return 1 if report["mismatches"] or report.get("state_mismatches") else 0
+    return 1 if (report["mismatches"] or report.get("state_mismatches")
+                 or report.get("cycle_mismatches")) else 0
 
 
 if __name__ == "__main__":

@@ -482,14 +482,44 @@ def test_run_cli_reports_json_against_fake(monkeypatch, tmp_path, model, capsys)
     save_package(model, spn)
     x = inputs(model, 20).astype(np.float32)
     np.save(x_path, x)
+    argv = ["--port", "fake://", "--model", str(spn), "--input", str(x_path), "--check",
+            "--json", "--output", str(tmp_path / "o.npy")]
+    # The fake board's cycle counts are made up (100, 101, ...): --check finds every one of
+    # them off the cycle model and exits 1, though every output is right.
     board = FakeBoard(make_identity(2), model)
     monkeypatch.setattr(host.driver, "open_link", lambda url, **kw: board)
-    assert main(["--port", "fake://", "--model", str(spn), "--input", str(x_path), "--check",
-                 "--json", "--output", str(tmp_path / "o.npy")]) == 0
+    assert main(argv) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["inferences"] == 20 and report["mismatches"] == 0
+    assert report["cycle_mismatches"] == 20
     assert report["throughput_per_s"] > 0
     assert np.array_equal(np.load(tmp_path / "o.npy"), golden(model, x.astype(np.float64)))
+
+    class CycleExact(FakeBoard):
+        """Answers INFER with the SpMV cycle model's count (broadcast FIFO depth 8, the
+        default, which this fake's IDENTIFY leaves out)."""
+
+        def _execute(self, command, payload):
+            import struct
+
+            from host.protocol import pack_identity
+            from host.spmv_image import build_image, expected_run
+            status, data = super()._execute(command, payload)
+            if command == Command.INFER and status == Status.OK:
+                info = EngineInfo.from_payload(pack_identity(self.identity))
+                params = host.driver._spmv_params(info)
+                assert params.fifo_depth == 8
+                q = np.frombuffer(payload, dtype="<i2").astype(np.int64)
+                layers = host.driver._engine_layers(self.model)
+                run = expected_run(params, build_image(params, layers), q)
+                data = struct.pack("<I", run.cycles) + data[4:]
+            return status, data
+
+    board = CycleExact(make_identity(2), model)
+    monkeypatch.setattr(host.driver, "open_link", lambda url, **kw: board)
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mismatches"] == 0 and report["cycle_mismatches"] == 0
 
 
 def test_endless_garbage_is_a_link_error(board):
@@ -582,6 +612,38 @@ def test_identify_pe_group_extension():
     # The word is covered by the hash: the same answer claiming pe_group 1 does not match.
     assert not EngineInfo.from_payload(pack_identity(replace(new, extension=(0, 1)))).hash_ok
     assert parse_identity(pack_identity(new)).pe_group == 2
+
+
+def test_identify_late_words_fifo_depth_and_lstm_schedule():
+    """The broadcast FIFO depth (SpMV, LSTM) and the LSTM schedule (ew_lanes, overlap) follow
+    the common words, left out at their defaults (8, 1, 1) like them: a default engine answers
+    and hashes as before; a non-default value is sent, covered by the hash, and reaches the
+    driver's engine parameters (what its cycle model uses)."""
+    from dataclasses import replace
+
+    from host.driver import _lstm_schedule, _spmv_params
+    from host.protocol import EngineKind, engine_config_digest, engine_extension, pack_identity
+    old = make_identity(4)
+    assert old.extension == () and old.late_params() == {"fifo_depth": 8}
+    assert _spmv_params(EngineInfo.from_payload(pack_identity(old))).fifo_depth == 8
+    params = {**old.engine_params(), "fifo_depth": 4}
+    assert engine_extension(params) == (0, 1, 4)              # product_shift, pe_group, fifo
+    new = replace(old, extension=(0, 1, 4), config_hash=engine_config_digest(params))
+    info = EngineInfo.from_payload(pack_identity(new))
+    assert info.hash_ok and info.engine_params() == params
+    assert _spmv_params(info).fifo_depth == 4
+    assert not EngineInfo.from_payload(pack_identity(replace(new, extension=(0, 1, 2)))).hash_ok
+    # LSTM: fifo_depth, ew_lanes, overlap; the board's serial unit with a 1-deep FIFO.
+    lstm = {**params, "engine": int(EngineKind.LSTM), "fifo_depth": 1, "overlap": 0}
+    assert engine_extension(lstm) == (0, 1, 1, 1, 0)
+    assert engine_extension({**lstm, "overlap": 1}) == (0, 1, 1)   # trailing defaults dropped
+    ident = replace(new, engine=int(EngineKind.LSTM), extension=(0, 1, 1, 1, 0),
+                    config_hash=engine_config_digest(lstm))
+    info = EngineInfo.from_payload(pack_identity(ident))
+    assert info.hash_ok and info.late_params() == {"fifo_depth": 1, "ew_lanes": 1,
+                                                   "overlap": 0}
+    assert _lstm_schedule(info.late_params()) == {"fifo_depth": 1, "ew_lanes": 1,
+                                                  "overlap": False}
 
 
 # --- the LSTM engine's activation tables (region TABLE) -----------------------------------------

@@ -347,7 +347,7 @@ def test_pairs_stream_bit_exact(workload):
     output is bit-exact and every run's cycle count equals the cycle model on the padded
     encoding with the board's broadcast FIFO depth."""
     from boards import get_board
-    from host.driver import _spmv_params
+    from host.driver import _spmv_params, expected_cycles
     from host.spmv_image import build_image, expected_run
 
     model, x = workload["model"], workload["x"][:N_PAIR_INPUTS]
@@ -360,11 +360,15 @@ def test_pairs_stream_bit_exact(workload):
     out = np.stack([o for o, _ in got])
     assert rows_differing(out, expected(model, x)) == 0
     assert infers == len(x)
-    # IDENTIFY does not report the SpMV engine's FIFO depth; the board profile sets it.
-    params = replace(_spmv_params(info), fifo_depth=get_board("icebreaker").fifo_depth)
+    # IDENTIFY reports the board's broadcast FIFO depth (a late extension word, 4 != 8), so
+    # the driver's parameters alone predict every cycle count.
+    assert info.late_params() == {"fifo_depth": get_board("icebreaker").fifo_depth} != {
+        "fifo_depth": 8}
+    params = _spmv_params(info)
     image = build_image(params, list(model.layers))
     cycles = [c for _, c in got]
     assert cycles == [expected_run(params, image, s).cycles for s in q]
+    assert cycles == list(expected_cycles(model, info, q))
     solo = build_image(replace(params, pe_group=1), list(model.layers))
     solo_cycles = [expected_run(replace(params, pe_group=1), solo, s).cycles for s in q]
     print(f"\npairs: {len(x)} inferences, {np.mean(cycles):.1f} cycles each "
@@ -395,6 +399,7 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     LSTM cycle model (host.lstm_cycles via host.lstm_image.expected_run)."""
     from boards import get_board
     from hdl.build import board_model_engine, make_engine
+    from host.driver import expected_cycles
     from host.lstm_image import build_image, expected_run
 
     model, x, y = lstm_workload["model"], lstm_workload["x"], lstm_workload["y"]
@@ -415,6 +420,10 @@ def test_lstm_stream_bit_exact(lstm_board, lstm_workload):
     image = build_image(engine, model.layers[0], model.layers[1])
     cycles = [c for _, c in got]
     assert cycles == [expected_run(engine, image, s).cycles.total for s in q]
+    # The driver predicts the same from IDENTIFY alone: FIFO depth 1, one lane, serial unit.
+    assert info.late_params() == {"fifo_depth": engine.fifo_depth, "ew_lanes": engine.ew_lanes,
+                                  "overlap": int(engine.overlap)}
+    assert cycles == list(expected_cycles(model, info, q))
     accuracy = float(np.mean(out.argmax(axis=1) == y))
     assert accuracy > 0.9
     print(f"\nLSTM: {len(x)} inferences in {seconds:.2f} s ({len(x) / seconds:.1f}/s), "
