@@ -380,6 +380,8 @@ class MemoryUse:
     depth: int
     copies: int = 1
     shapes: tuple = _EBR_SHAPES
+    #: forced into block RAM however small (a ``ram_style`` attribute in the HDL)
+    block: bool = False
 
     @property
     def bits(self) -> int:
@@ -387,7 +389,7 @@ class MemoryUse:
 
     @property
     def blocks(self) -> int:
-        if self.width * self.depth < _LOGIC_MEMORY_BITS:
+        if self.width * self.depth < _LOGIC_MEMORY_BITS and not self.block:
             return 0
         return ebr_blocks(self.width, self.depth, self.shapes) * self.copies
 
@@ -500,15 +502,16 @@ def _lstm_inventory(params, *, rx_fifo_depth, identify_bytes):
             MemoryUse("state lists", p.col_bits + act, p.state_max, 2),
         ]
     else:
-        # serial element-wise unit: one bias port; the x list and both state-list banks
-        # in one memory
+        # serial element-wise unit: one bias port; the x list and the state list (both
+        # banks are one, LstmParams.list_bank_base) in one memory
         inventory += [
             MemoryUse("bias memory", acc, 0 if ew_in_spram else params["max_bias"]),
-            MemoryUse("x list + state lists", p.col_bits + act, p.max_xlist + 2 * p.state_max),
+            MemoryUse("x list + state list", p.col_bits + act, p.list_depth),
         ]
     ew_depth = 0 if ew_in_spram else 1
     inventory += [
-        MemoryUse("x step ends", p.xlist_bits, p.gsteps_max),
+        # (serial: a block RAM however small, hdl.lstm.XEND_BLOCK_RAM)
+        MemoryUse("x step ends", p.xlist_bits, p.gsteps_max, block=not overlap),
         MemoryUse("dense h (per lane)", act, per_lane * ew_depth, lanes),
         MemoryUse("c memory (per lane)", act, per_lane * ew_depth, lanes),
         MemoryUse("dense r (projection)", act, p.proj_max),
@@ -550,7 +553,7 @@ def _narrow_accumulator_hint(inventory) -> str:
     saved = 0
     for m in inventory:
         if m.name.startswith("accumulators") and m.width > 16 and m.blocks:
-            narrow = MemoryUse(m.name, 16, m.depth, m.copies, m.shapes)
+            narrow = MemoryUse(m.name, 16, m.depth, m.copies, m.shapes, m.block)
             saved += m.blocks - narrow.blocks
     if not saved:
         return ""

@@ -86,6 +86,14 @@ _DEFAULT_TABLES = TableSpec()
 #: and the dense h at +4096.
 EW_HALF = 4096
 
+#: Memory attributes of the x-list step ends (``xend``, ``gsteps_max`` words of ``xlist_bits``)
+#: in the serial schedule: a block RAM even when it is small.  Yosys maps a memory of a few
+#: words to flip-flops and read multiplexers, each flip-flop its own logic cell (its data come
+#: from the loader or the append pointer, not from a LUT): digits-lstm's 8 x 7 bits cost
+#: ~100 logic cells that way, one of the iCEBreaker's spare EBRs instead
+#: (``hdl.build.memory_inventory`` counts it).  The read port is synchronous either way.
+XEND_BLOCK_RAM = {"ram_style": "block"}
+
 
 def _ew_spram_pes(params) -> list[int]:
     """The PEs whose SPRAMs hold the element-wise data: the first four solo / leader PEs."""
@@ -321,8 +329,8 @@ class LstmEngine(wiring.Component):
         cell_h.write(cell_load, EW_BASE + ld_addr[:ib], ld_data)
         cell_h.write(hw.en, EW_BASE + EW_HALF + hw.addr, hw.data)
         m.d.comb += [cell_r.data.eq(cell_h.rdata[:aw]), hr.data.eq(cell_h.rdata[:aw])]
-        defaults = [EW_BASE, EW_BASE, EW_BASE + EW_HALF + out_r.addr,
-                    EW_BASE + EW_HALF + hr.addr]
+        # (SPRAMs 0 and 1: nobody reads them without a request)
+        defaults = [None, None, EW_BASE + EW_HALF + out_r.addr, EW_BASE + EW_HALF + hr.addr]
         flags = [share.finish(enable, default, others=(ent_load, pes[p].rb_en))
                  for share, default, p in zip(sp, defaults, aux_pes)]
         m.d.comb += self.spram_conflict.eq(Cat(*flags).any())
@@ -440,8 +448,10 @@ class LstmEngine(wiring.Component):
             m.submodules.xlist = xlist = Memory(shape=self.list_layout, depth=self.max_xlist,
                                                 init=[])
             xlist_w, xlist_r = xlist.write_port(), xlist.read_port()
+        # serial: in a block RAM even when small (:data:`XEND_BLOCK_RAM`)
         m.submodules.xend = xend = Memory(shape=unsigned(self.xlist_bits),
-                                          depth=self.gsteps_max, init=[])
+                                          depth=self.gsteps_max, init=[],
+                                          attrs=XEND_BLOCK_RAM if serial else None)
         xend_w, xend_r = xend.write_port(), xend.read_port()
         gstep = Signal(range(self.gsteps_max + 1))     # layer * T + step
         step = Signal(range(self.steps_max + 1))       # step within the layer
@@ -488,7 +498,12 @@ class LstmEngine(wiring.Component):
             m.submodules[f"hlist{b}"] = mem
             hl_r.append(mem.read_port())
             hl_w.append(mem.write_port())
-        hcount = [Signal(range(self.state_max + 1), name=f"hcount{b}") for b in range(2)]
+        if serial:
+            # one state list (host.memory_map.LstmParams.list_bank_base): both banks' counts
+            # are one counter
+            hcount = [Signal(range(self.state_max + 1), name="hcount")] * 2
+        else:
+            hcount = [Signal(range(self.state_max + 1), name=f"hcount{b}") for b in range(2)]
         src = Signal()                                 # bank holding the recurrent state list
         lw_en = Signal()                               # state-list write (EW or projection)
         lw_bank = Signal()

@@ -340,7 +340,8 @@ class ProcessingElement(wiring.Component):
             # (the cycle model's pop_interval = 2).
             left = Signal()
             more = Signal()
-            m.d.sync += [left.eq(cnt > 1), more.eq(cnt > 2)]
+            # (as bit tests: a magnitude compare would become a carry chain)
+            m.d.sync += [left.eq(cnt[1:].any()), more.eq(cnt[2:].any() | (cnt[:2] == 3))]
             have = Signal()                # an entry issues this cycle
             m.d.comb += have.eq(Mux(pend, cnt != 0, left))
             m.d.comb += self.col.ready.eq(~pend & ~more)
@@ -423,11 +424,15 @@ class ProcessingElement(wiring.Component):
         # --- S3: multiply, accumulator read ---------------------------------------------------
         s3_valid = Signal()
         s3_tok = Signal()
-        s3_row = Signal(self.row_bits)
+        # The S3 entry's row is row_reg: it took the row when the entry left S2 (s2_valid), and
+        # row_reg is read only while an entry is in S3 or S4 (s3_row / s4_row are used with
+        # s3_valid / s4_valid only), so no separate S3 row register is needed; the row adder
+        # then feeds only row_reg, whose flip-flops pack into the adder's logic cells.
+        s3_row = row_reg
         s3_value = Signal(signed(self.act_width))
         first_empty = (pend & ~have) if lead else 0      # an empty column's issue slot
         m.d.sync += [s3_valid.eq(s2_valid), s3_tok.eq(s2_valid | first_empty),
-                     s3_row.eq(row), s3_value.eq(s2_value)]
+                     s3_value.eq(s2_value)]
         product_shape = signed(self.weight_width + self.act_width)
         product = self._multiply(m, cb_r.data, s3_value)
         if self.product_shift:

@@ -51,12 +51,17 @@ class SpramShare:
         """Write ``data`` (16 bit) to word ``addr`` when ``en``."""
         self._requests.append((en, addr, 1, data))
 
-    def finish(self, enable, default_addr, others=()) -> Signal:
+    def finish(self, enable, default_addr=None, others=()) -> Signal:
         """Drive the port: ``aux_en = enable`` (static through a phase; the PE idle), the first
-        request that is on, else a read of ``default_addr``.  ``others``: signals that use the
-        SPRAM outside this port in a cycle (a loader entry write, a read-back), counted by
-        the check.  Returns the sticky conflict flag (1 from the first cycle with two
-        accesses, or a request while ``enable`` is off, until reset)."""
+        request that is on, else a read of ``default_addr`` (``None``: nobody uses the word
+        read without a request; the port then reads the last request's address, one
+        multiplexer level less).  ``others``: signals that use the SPRAM outside this port in
+        a cycle (a loader entry write, a read-back), counted by the check.  Returns the
+        sticky conflict flag (1 from the first cycle with two accesses, or a request while
+        ``enable`` is off, until reset).
+
+        The write data are selected among the write requests only (they matter only with
+        ``aux_we``): one write request drives ``aux_wdata`` directly."""
         m, pe = self.m, self.pe
         on = Signal(name=f"{self.name}_enable")
         m.d.comb += on.eq(enable)
@@ -64,10 +69,15 @@ class SpramShare:
         addr = Signal(14, name=f"{self.name}_addr")
         we = Signal(name=f"{self.name}_we")
         wdata = Signal(16, name=f"{self.name}_wdata")
-        m.d.comb += addr.eq(default_addr)
+        m.d.comb += addr.eq(self._requests[-1][1] if default_addr is None else default_addr)
+        writes = [d for _, _, w, d in self._requests if w]
+        if writes:
+            m.d.comb += wdata.eq(writes[-1])
         for en, a, w, d in reversed(self._requests):       # the first request wins
             with m.If(en):
-                m.d.comb += [addr.eq(a), we.eq(w), wdata.eq(d)]
+                m.d.comb += [addr.eq(a), we.eq(w)]
+                if w:
+                    m.d.comb += wdata.eq(d)
         m.d.comb += [pe.aux_en.eq(enable), pe.aux_addr.eq(addr), pe.aux_we.eq(we),
                      pe.aux_wdata.eq(wdata)]
         # the check (simulation reads it; unused on the board, where it is optimised away)

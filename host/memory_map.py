@@ -400,13 +400,18 @@ class LstmParams(_Widths):
 
     @property
     def list_depth(self) -> int:
-        """Serial schedule: words of the one list memory (x list at 0, state-list bank ``b``
-        at :meth:`list_bank_base`)."""
-        return self.max_xlist + 2 * self.state_max
+        """Serial schedule: words of the one list memory (x list at 0, the state list at
+        :meth:`list_bank_base`)."""
+        return self.max_xlist + self.state_max
 
     def list_bank_base(self, bank: int) -> int:
-        """Serial schedule: first word of state-list bank ``bank`` (0 or 1)."""
-        return self.max_xlist + bank * self.state_max
+        """Serial schedule: first word of state-list bank ``bank`` (0 or 1).  Both banks are
+        one list there: the sequencer waits for the element-wise unit, and the unit writes
+        h_t only after the MAC has read h_(t-1) (mac_done waits for the last list read), so
+        the previous state list is dead when the next one is written."""
+        if bank not in (0, 1):
+            raise ValueError(f"`bank` must be 0 or 1, not {bank!r}")
+        return self.max_xlist
 
     @property
     def table_words(self) -> int:
