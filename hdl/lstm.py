@@ -289,8 +289,8 @@ class LstmEngine(wiring.Component):
     # --- hardware ------------------------------------------------------------------------------
 
     def _connect_ew_spram(self, m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
-                          ld_data, *, ew, outp, obias_r, gate_r, cell_r, c_r, c_w, hw, hr,
-                          out_w, out_r, bv, dv, tab_rb):
+                          ld_data, ld_mask, ld_lanes, *, ew, outp, obias_r, gate_r, cell_r,
+                          c_r, c_w, hw, hr, out_w, out_r, bv, dv, tab_rb):
         """The element-wise data in SPRAMs 0 .. 3 (``sp``, :class:`hdl.spram_share.SpramShare`
         of PEs ``aux_pes``): the stand-in ports become requests.  One lane, a unit group every
         4 cycles (``T``: its first issue): bias reads at T .. T+3 (SPRAM 0), gate-table reads
@@ -303,8 +303,10 @@ class LstmEngine(wiring.Component):
         rb = self.rb
         aw = self.act_format.width
         ib = self.table_spec.index_bits
+        E = self.index_bits + self.run_bits
         rb_active = rb.en & ~self.busy
-        ent_load = ld_valid & (ld_region == LstmRegion.ENTRY)
+        is_entry = Signal()
+        m.d.comb += is_entry.eq(ld_region == LstmRegion.ENTRY)
         bias_load = ld_valid & (ld_region == LstmRegion.BIAS)
         tab_load = ld_valid & (ld_region == LstmRegion.TABLE)
         cell_load = tab_load & ld_addr[ib + 1]
@@ -313,26 +315,47 @@ class LstmEngine(wiring.Component):
         for p in aux_pes:
             with m.If((rb.region == LstmRegion.BIAS) | (rb.region == LstmRegion.TABLE)):
                 m.d.comb += pes[p].rb_en.eq(0)
+        # every SPRAM: first the read-back of the entries, then the loader's writes (entries,
+        # or this SPRAM's element-wise data: one request, one address source ld_addr), then
+        # the element-wise unit's and the output stage's requests
+        ew_loads = [(bias_load, EW_BASE + ld_addr[:self.bias_bits]),
+                    (tab_load & ~ld_addr[ib + 1], EW_BASE + ld_addr[:ib + 1]),
+                    None,
+                    (cell_load, EW_BASE + ld_addr[:ib])]
+        for share, p, ew_load in zip(sp, aux_pes, ew_loads):
+            share.read(pes[p].rb_en, pes[p].rb_addr)
+            lo = ld_mask[p]
+            if self.pe_group == 2:
+                hi = ld_mask[p + 1]
+                ent = ld_valid & is_entry & (lo | hi)
+                ent_data = Cat(ld_lanes[p], C(0, 8 - E), ld_lanes[p + 1])
+                ent_mask = Mux(is_entry, Cat(lo, lo, hi, hi), 0b1111)
+            else:
+                ent = ld_valid & is_entry & lo
+                ent_data = ld_lanes[p]
+                ent_mask = None
+            ent_addr = ld_addr[:len(pes[p].entry_w.addr)]
+            if ew_load is None:
+                share.write(ent, ent_addr, ent_data, ent_mask)
+            else:
+                share.write(ent | ew_load[0], Mux(is_entry, ent_addr, ew_load[1]),
+                            Mux(is_entry, ent_data, ld_data), ent_mask)
         bias, gate, c_out, cell_h = sp
         bias.read(obias_r.en & ~(rb_active & (rb.region != LstmRegion.BIAS)),
                   EW_BASE + obias_r.addr)
-        bias.write(bias_load, EW_BASE + ld_addr[:self.bias_bits], ld_data)
         m.d.comb += obias_r.data.eq(bias.rdata[:self.acc_bits])
         gate.read(bv | tab_rb, EW_BASE + gate_r.addr)
-        gate.write(tab_load & ~ld_addr[ib + 1], EW_BASE + ld_addr[:ib + 1], ld_data)
         m.d.comb += gate_r.data.eq(gate.rdata[:aw])
         c_out.read(c_r.en, EW_BASE + c_r.addr)
         c_out.write(c_w.en, EW_BASE + c_w.addr, c_w.data)
         c_out.write(out_w.en, EW_BASE + EW_HALF + out_w.addr, out_w.data)
         m.d.comb += [c_r.data.eq(c_out.rdata[:aw]), out_r.data.eq(c_out.rdata[:aw])]
         cell_h.read(dv | tab_rb, EW_BASE + cell_r.addr)
-        cell_h.write(cell_load, EW_BASE + ld_addr[:ib], ld_data)
         cell_h.write(hw.en, EW_BASE + EW_HALF + hw.addr, hw.data)
         m.d.comb += [cell_r.data.eq(cell_h.rdata[:aw]), hr.data.eq(cell_h.rdata[:aw])]
         # (SPRAMs 0 and 1: nobody reads them without a request)
         defaults = [None, None, EW_BASE + EW_HALF + out_r.addr, EW_BASE + EW_HALF + hr.addr]
-        flags = [share.finish(enable, default, others=(ent_load, pes[p].rb_en))
-                 for share, default, p in zip(sp, defaults, aux_pes)]
+        flags = [share.finish(enable, default) for share, default in zip(sp, defaults)]
         m.d.comb += self.spram_conflict.eq(Cat(*flags).any())
 
 
@@ -399,6 +422,13 @@ class LstmEngine(wiring.Component):
             ld_region = ld[:len(load.region)]
             ld_addr = ld[len(load.region):len(load.region) + len(load.addr)]
             ld_data = ld[len(load.region) + len(load.addr):]
+            # the entry writes of the SPRAM PEs go through their aux ports too (registered
+            # here instead of in the PEs, hdl.pe): the PE mask and the entries
+            ld_mask = Signal(n_pe)
+            ld_lanes = [Signal(self.index_bits + self.run_bits, name=f"ld_lane{p}")
+                        for p in range(n_pe)]
+            m.d.sync += [ld_mask.eq(load.mask)]
+            m.d.sync += [ld_lanes[p].eq(load.lanes[p][:len(ld_lanes[p])]) for p in range(n_pe)]
 
         with m.If(load.valid & (region == LstmRegion.DESCRIPTOR)):
             with m.Switch(load.addr[3:]):
@@ -572,15 +602,30 @@ class LstmEngine(wiring.Component):
         # The state list is complete only when the element-wise unit (of the previous step,
         # running beside this MAC) is done: its part waits for it.
         # (serial: the sequencer waits for the unit before every MAC phase, nothing to wait for)
-        m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready)
-                             & (1 if serial else (idx < nx) | (ew_idle & ~pout)))
         if serial:
-            bases = [self.params.list_bank_base(b) for b in range(2)]
-            m.d.comb += [xlist_r.addr.eq(Mux(idx < nx, xstart + idx,
-                                             Mux(rd, bases[1], bases[0]) + (idx - nx))),
+            # Two read pointers instead of the index and its sums (the same reads in the same
+            # cycles): xp from xstart up to x_t's end (xend_r.data, read since SETUP), then hp
+            # over the state list (hcount entries, none in a layer's first step); the
+            # classifier reads the state list only.
+            xp = Signal(self.xlist_bits)
+            hp = Signal.like(hcount[0])
+            x_left = Signal()
+            h_left = Signal()
+            m.d.comb += [x_left.eq(~cls & (xp != xend_r.data)),
+                         h_left.eq(~first & (hp != hcount[0])),
+                         fetch.eq(mac & (x_left | h_left) & (~head_valid | fifo.w.ready)),
+                         xlist_r.addr.eq(Mux(x_left, xp, self.params.list_bank_base(0) + hp)),
                          xlist_r.en.eq(fetch)]
+            with m.If(fetch & x_left):
+                m.d.sync += xp.eq(xp + 1)
+            with m.If(fetch & ~x_left):
+                m.d.sync += hp.eq(hp + 1)
+            list_done = ~x_left & ~h_left
             head = xlist_r.data
         else:
+            m.d.comb += fetch.eq(mac & (idx < total) & (~head_valid | fifo.w.ready)
+                                 & ((idx < nx) | (ew_idle & ~pout)))
+            list_done = idx == total
             m.d.comb += [xlist_r.addr.eq(xstart + idx), xlist_r.en.eq(fetch)]
             for b in range(2):
                 m.d.comb += [hl_r[b].addr.eq(idx - nx), hl_r[b].en.eq(fetch)]
@@ -590,7 +635,9 @@ class LstmEngine(wiring.Component):
                      fifo.w.payload.k.eq(desc.ptr_base + head.col),
                      fifo.w.payload.value.eq(head.value)]
         with m.If(fetch):
-            m.d.sync += [idx.eq(idx + 1), head_valid.eq(1), head_h.eq(idx >= nx)]
+            m.d.sync += head_valid.eq(1)
+            if not serial:
+                m.d.sync += [idx.eq(idx + 1), head_h.eq(idx >= nx)]
         with m.Elif(fifo.w.ready):
             m.d.sync += head_valid.eq(0)
         pe_busy = Signal()
@@ -598,7 +645,7 @@ class LstmEngine(wiring.Component):
         # (without step statistics only mac_done's first-cycles condition reads it: 3 bits)
         mac_cnt = Signal(32 if self.step_stats else 3)
         mac_done = Signal()
-        m.d.comb += mac_done.eq(mac & (idx == total) & ~head_valid & ~pe_busy
+        m.d.comb += mac_done.eq(mac & list_done & ~head_valid & ~pe_busy
                                 & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
                                 & (1 if serial else (ew_idle | first | xph) & ~pout))
 
@@ -1292,7 +1339,11 @@ class LstmEngine(wiring.Component):
                         m.d.sync += [xph.eq(0), sv.eq(0), pout.eq(0), xnext.eq(0), pph.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
-                m.d.sync += [idx.eq(0), mac_cnt.eq(0)]
+                m.d.sync += mac_cnt.eq(0)
+                if serial:
+                    m.d.sync += [xp.eq(xstart), hp.eq(0)]
+                else:
+                    m.d.sync += idx.eq(0)
                 with m.If(cls):
                     m.d.sync += desc.eq(cls_desc)
                 with m.Elif(pph):
@@ -1472,9 +1523,10 @@ class LstmEngine(wiring.Component):
         connect_readback(m, self.rb, self.busy, pes, obias_r, words)
         if ew_spram:
             self._connect_ew_spram(m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
-                                   ld_data, ew=ew, outp=outp, obias_r=obias_r, gate_r=gate_r,
-                                   cell_r=cell_r, c_r=c_r, c_w=c_w, hw=hw, hr=hr, out_w=out_w,
-                                   out_r=out_r, bv=z_valid0, dv=dv_cell, tab_rb=tab_rb)
+                                   ld_data, ld_mask, ld_lanes, ew=ew, outp=outp,
+                                   obias_r=obias_r, gate_r=gate_r, cell_r=cell_r, c_r=c_r,
+                                   c_w=c_w, hw=hw, hr=hr, out_w=out_w, out_r=out_r, bv=z_valid0,
+                                   dv=dv_cell, tab_rb=tab_rb)
         # TABLE: lane 0's table read ports (the words are act_format, sign-extended)
         tab_sel = Signal()
         tab_cell = Signal()

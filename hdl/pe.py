@@ -152,12 +152,15 @@ class ProcessingElement(wiring.Component):
         netlist is unchanged): an idle-time port on the PE's SPRAM for the engine's own data
         (:class:`hdl.lstm.LstmEngine` keeps its element-wise data there while the PEs are
         idle).  While ``aux_en`` (static through a phase; the PE must be idle: it overrides
-        the entry address) the SPRAM belongs to the port in every cycle without a loader
-        write or read-back (those take precedence; both happen only while the engine is
-        idle): it writes ``aux_wdata`` (16 bit, the whole word) to ``aux_addr`` (14 bit, a
-        word address) when ``aux_we``, else reads ``aux_addr``; the word read is on
-        ``aux_rdata`` the next cycle (the SPRAM's registered read data, 1-cycle latency like
-        a Memory read port; held while not reading).
+        the entry address) the SPRAM belongs to the port: it writes ``aux_wdata`` (16 bit;
+        a leader's ``aux_mask``, 4 bit, enables its nibbles) to ``aux_addr`` (14 bit, a word
+        address) when ``aux_we``, else reads ``aux_addr``; the word read is on ``aux_rdata``
+        the next cycle (the SPRAM's registered read data, 1-cycle latency like a Memory read
+        port; held while not reading).  The loader's entry writes and the read-back of the
+        entries use the port as well (the engine's request multiplexer,
+        :class:`hdl.spram_share.SpramShare`, has them): such a PE ignores ``entry_w`` (and its
+        follower's forwarded writes), and ``rb_en`` does not reach its SPRAM; ``rb_entry``
+        (and the follower's) shows the entries of the word the port read.
     ext_mul : bool
         Give the multiplier an outside port (``mul_*``, below); default False (no change).
 
@@ -267,6 +270,8 @@ class ProcessingElement(wiring.Component):
         if aux:
             members.update({"aux_en": In(1), "aux_addr": In(14), "aux_we": In(1),
                             "aux_wdata": In(16), "aux_rdata": Out(16)})
+            if role == "leader":
+                members["aux_mask"] = In(4)
         members.update(self._ext_mul_members())
         super().__init__(members)
 
@@ -365,6 +370,19 @@ class ProcessingElement(wiring.Component):
                 # decision cannot also cross the chip in the same cycle).  A pair's entries
                 # are bytes 0 (leader) and 1 (follower), written through the nibble masks.
                 m.submodules.entry_spram = spram = Ice40Spram(masked=pair)
+            if self.memory == "spram" and self.aux:
+                # every access but the issue's comes through the aux port (the engine's
+                # request multiplexer: its loader writes, read-back, element-wise data)
+                m.d.comb += [spram.addr.eq(Mux(self.aux_en, self.aux_addr, issue_addr)),
+                             spram.we.eq(self.aux_en & self.aux_we),
+                             spram.wdata.eq(self.aux_wdata),
+                             spram.re.eq(Mux(self.aux_en, ~self.aux_we, have)),
+                             self.aux_rdata.eq(spram.rdata)]
+                if pair:
+                    m.d.comb += spram.mask.eq(self.aux_mask)
+                word = spram.rdata
+                entry_port = None
+            elif self.memory == "spram":
                 w_en = Signal()
                 w_addr = Signal.like(self.entry_w.addr)
                 w_data = Signal(16)
@@ -376,24 +394,13 @@ class ProcessingElement(wiring.Component):
                         w_data.eq(Cat(self.entry_w.data.as_value(), Const(0, 8 - E),
                                       self.pair.w_data))]
                     lo, hi = w_en, w_hi
-                    if self.aux:                   # an aux write: the whole word
-                        aux_wr = self.aux_en & self.aux_we & ~(w_en | w_hi)
-                        lo, hi = w_en | aux_wr, w_hi | aux_wr
                     m.d.comb += [spram.we.eq(lo | hi), spram.mask.eq(Cat(lo, lo, hi, hi))]
-                    loader_we = w_en | w_hi
                 else:
                     m.d.sync += [w_en.eq(self.entry_w.en), w_addr.eq(self.entry_w.addr),
                                  w_data.eq(self.entry_w.data.as_value())]
-                    m.d.comb += spram.we.eq(w_en | self.aux_en & self.aux_we if self.aux
-                                            else w_en)
-                    loader_we = w_en
-                if self.aux:
-                    alt_addr, alt_sel = _aux_port(self, m, spram, w_addr, w_data, have,
-                                                  loader_we)
-                    m.d.comb += spram.addr.eq(Mux(alt_sel, alt_addr, issue_addr))
-                else:
-                    m.d.comb += [spram.addr.eq(Mux(spram.we, w_addr, issue_addr)),
-                                 spram.wdata.eq(w_data), spram.re.eq(have)]
+                    m.d.comb += spram.we.eq(w_en)
+                m.d.comb += [spram.addr.eq(Mux(spram.we, w_addr, issue_addr)),
+                             spram.wdata.eq(w_data), spram.re.eq(have)]
                 word = spram.rdata
                 entry_port = None
             entry = data.View(self.entry_layout, word[:E])
@@ -494,7 +501,7 @@ class ProcessingElement(wiring.Component):
                 m.d.comb += [ptr_r.addr.eq(self.rb_addr), ptr_r.en.eq(1)]
                 if entry_port is not None:
                     m.d.comb += [entry_port.addr.eq(self.rb_addr), entry_port.en.eq(1)]
-                elif not self.aux:      # with aux: in the one address multiplexer (_aux_port)
+                elif not self.aux:      # with aux: the engine reads through the aux port
                     m.d.comb += [spram.addr.eq(self.rb_addr), spram.re.eq(1)]
         m.d.comb += [self.rb_entry.eq(entry.as_value()),
                      self.rb_ptr.eq(ptr_r.data if lead else self.pair.ptr),
@@ -530,32 +537,3 @@ class ProcessingElement(wiring.Component):
         m.d.comb += product.eq(a * b)
         m.d.sync += self.mul_out.eq(product)
         return product
-
-
-# --- aux port (ProcessingElement(aux=True) only) ----------------------------------------------
-
-def _aux_port(pe, m, spram, w_addr, w_data, have, loader_we):
-    """Drive ``spram``'s data and read enable for a PE with the idle-time port and return
-    ``(alt_addr, alt_sel)``: the address that replaces the issue address, and when.
-
-    Priority: read-back (``rb_en``), then a loader write (``loader_we``, registered), then the
-    aux port (``aux_en``), so the engine may keep ``aux_en`` on while idle (the host's reads of
-    the engine's own data) and still load entries and read them back.  These alternatives are
-    selected by signals that are registered or static through a phase and merged before the
-    last multiplexer, so the issue address still passes one 2:1 multiplexer level to the
-    SPRAM (the near-critical pointer -> entry address -> SPRAM path), as without the port.
-    ``spram.we`` (with the aux write) is set by the caller.
-    """
-    alt_addr = Signal(14)
-    with m.If(pe.rb_en):
-        m.d.comb += alt_addr.eq(pe.rb_addr)
-    with m.Elif(loader_we):
-        m.d.comb += alt_addr.eq(w_addr)
-    with m.Else():
-        m.d.comb += alt_addr.eq(pe.aux_addr)
-    alt_sel = Signal()
-    m.d.comb += [alt_sel.eq(loader_we | pe.rb_en | pe.aux_en),
-                 spram.wdata.eq(Mux(loader_we, w_data, pe.aux_wdata)),
-                 spram.re.eq(Mux(pe.aux_en, ~pe.aux_we, have) | pe.rb_en),
-                 pe.aux_rdata.eq(spram.rdata)]
-    return alt_addr, alt_sel

@@ -273,28 +273,38 @@ def test_pe_accumulates_back_to_back_hits_with_forwarding():
 
 @pytest.mark.parametrize("role", ["solo", "leader"])
 def test_pe_aux_port_reads_and_writes_the_idle_spram(role):
-    """PE(aux=True, memory="spram"): with aux_en the port writes whole words and reads with a
-    one-cycle latency (read data held while writing), anywhere in the SPRAM; the entries
-    written by the loader below stay as they were (read-back after the aux phase)."""
+    """PE(aux=True, memory="spram"): with aux_en the port writes words (a leader's nibbles
+    as ``aux_mask`` enables them) and reads with a one-cycle latency (read data held while
+    writing), anywhere in the SPRAM.  The entries are written and read back through the port
+    as well: ``rb_entry`` shows the entry of the word read, and the PE's own ``entry_w``
+    writes are ignored."""
     rng = np.random.default_rng(9)
+    leader = role == "leader"
     dut = ProcessingElement(index_bits=4, run_bits=4, act_width=16, weight_width=16,
                             acc_bits=32, rows=4, entries=256, pointers=8, codebooks=1,
                             memory="spram", role=role, aux=True)
+    assert ("aux_mask" in dut.signature.members) == leader
     entries = rng.integers(0, 256, 40)
     words = {int(a): int(v) for a, v in zip(rng.choice(np.arange(8192, 16384), 60,
                                                        replace=False),
                                             rng.integers(0, 1 << 16, 60))}
 
     async def bench(ctx):
-        for e, entry in enumerate(entries):
-            ctx.set(dut.entry_w.addr, e)
-            ctx.set(dut.entry_w.data.as_value(), int(entry))
-            ctx.set(dut.entry_w.en, 1)
-            await ctx.tick()
+        ctx.set(dut.entry_w.addr, 200)        # ignored: entries come through the port
+        ctx.set(dut.entry_w.data.as_value(), 0xAB)
+        ctx.set(dut.entry_w.en, 1)
+        await ctx.tick()
         ctx.set(dut.entry_w.en, 0)
-        await ctx.tick()                      # the registered loader write lands
         ctx.set(dut.aux_en, 1)
         ctx.set(dut.aux_we, 1)
+        if leader:
+            ctx.set(dut.aux_mask, 0b0011)     # the leader's byte only
+        for e, entry in enumerate(entries):
+            ctx.set(dut.aux_addr, e)
+            ctx.set(dut.aux_wdata, 0x5500 | int(entry))
+            await ctx.tick()
+        if leader:
+            ctx.set(dut.aux_mask, 0b1111)
         for a, v in words.items():
             ctx.set(dut.aux_addr, a)
             ctx.set(dut.aux_wdata, v)
@@ -314,12 +324,15 @@ def test_pe_aux_port_reads_and_writes_the_idle_spram(role):
         ctx.set(dut.aux_we, 0)
         await ctx.tick()
         assert ctx.get(dut.aux_rdata) == 0x1234
-        ctx.set(dut.aux_en, 0)
-        ctx.set(dut.rb_en, 1)
-        for e, entry in enumerate(entries):
-            ctx.set(dut.rb_addr, e)
+        for e, entry in enumerate(entries):    # read back through the port
+            ctx.set(dut.aux_addr, e)
             await ctx.tick()
             assert ctx.get(dut.rb_entry) == entry, e
+            # a leader's write left the follower's byte as it was (0)
+            assert ctx.get(dut.aux_rdata) == (int(entry) if leader else 0x5500 | int(entry))
+        ctx.set(dut.aux_addr, 200)             # the entry_w write did not happen
+        await ctx.tick()
+        assert ctx.get(dut.aux_rdata) == 0
     simulate(dut, bench)
 
 
