@@ -434,6 +434,11 @@ def test_ice40_overrides_stop_read_first_emulation(tmp_path):
     assert over["script_after_read"] == build.ICE40_NO_READ_FIRST
     assert over["synth_opts"] == ["-dsp"] and over["nextpnr_opts"][-2:] == ["--seed", "3"]
     assert "script_after_read" not in build.tool_overrides("ecp5", report_file="r", seed=1)
+    # LSTM engines synthesise with -dff (measured: fewer LCs, faster); the others without
+    lstm = build.tool_overrides("ice40", report_file="r", seed=1, abc_dff=True)
+    assert lstm["synth_opts"] == ["-dsp", "-dff"]
+    assert build.abc_dff_for({"engine": "lstm"})
+    assert not build.abc_dff_for(build.default_engine(get_board("icebreaker")))
 
     class Ram(wiring.Component):
         waddr: In(8)
