@@ -865,7 +865,7 @@ _ENGINE_CLASS = {"lstm": "LstmEngine", "cnn": "CnnEngine"}
 
 def abc_dff_for(params) -> bool:
     """Whether :func:`build_bitstream` synthesises engine ``params`` with ``synth_ice40 -dff``
-    (ABC sees the flip-flops: it may merge equivalent registers and retime).  Measured on the
+    (ABC sees the flip-flops, e.g. merges sequentially equivalent registers).  Measured on the
     iCEBreaker (docs/ice40-resources.md, section 8): the digits-lstm build 4741 -> 4687 LCs,
     clock 26.98 -> 27.48 MHz, DSP path 46.73 -> 44.03 ns; the SpMV default 3718 -> 3720 LCs,
     clock 41.52 -> 37.89 MHz.  So LSTM engines only."""
