@@ -294,9 +294,9 @@ class LstmEngine(wiring.Component):
         """The element-wise data in SPRAMs 0 .. 3 (``sp``, :class:`hdl.spram_share.SpramShare`
         of PEs ``aux_pes``): the stand-in ports become requests.  One lane, a unit group every
         4 cycles (``T``: its first issue): bias reads at T .. T+3 (SPRAM 0), gate-table reads
-        at T+1 .. T+4 (SPRAM 1), c read at T and write at T+6 (SPRAM 2), cell-table read at
-        T+6 and h write at T+8 (SPRAM 3): never two accesses to one SPRAM in a cycle (the
-        ``spram_conflict`` check).  The classifier output stage (bias reads, output buffer
+        at T+4 .. T+7 (SPRAM 1), c read at T+2 and write at T+11 (SPRAM 2), cell-table read
+        at T+11 and h write at T+16 (SPRAM 3): never two accesses to one SPRAM in a cycle
+        (the ``spram_conflict`` check).  The classifier output stage (bias reads, output buffer
         writes) runs alone; the loader writes (BIAS, TABLE, registered) and read-back
         (BIAS, TABLE) only while idle, as do the host's reads of h and the outputs (the
         default reads of SPRAMs 3 and 2)."""
@@ -948,7 +948,7 @@ class LstmEngine(wiring.Component):
             # One multiplier per lane (aw x aw: gate values and tanh lie in [-1, 1], which the
             # act format holds): f*c_old at gate f's stage c, i*g at gate g's stage c,
             # o*tanh(c) at stage e -- cycles 3, 0 and 2 modulo 4 of the unit's group, never
-            # at the same time.
+            # at the same time (serial: operands registered a cycle before, see below).
             y_i = Signal(signed(aw), name=f"ln{ln}_y_i")
             y_o = Signal(signed(aw), name=f"ln{ln}_y_o")
             with m.If(cv):
@@ -965,9 +965,10 @@ class LstmEngine(wiring.Component):
                 m.submodules[f"c_mem{ln}"] = c_mem
                 c_w, c_r = c_mem.write_port(), c_mem.read_port()
             # c_(t-1) of the group's unit j, read as its first gate issues (stage c of gate f
-            # is 2 cycles later); with requantizer stages as its last gate issues (stage c of
-            # gate f is then 2 + RL - 3 cycles later; the next group's read comes after it)
-            m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == (3 if RL else 0)))]
+            # is 2 cycles later); with requantizer stages as its third gate issues (stage c of
+            # gate f is then RL cycles later, the next group's read 4 cycles later; slot 2
+            # modulo 4 of the group: its c write is at 3)
+            m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == (2 if RL else 0)))]
             c_data = c_r.data
             if ew_spram:
                 # the SPRAM's read data change with the next read: keep c_(t-1) a cycle
@@ -984,39 +985,52 @@ class LstmEngine(wiring.Component):
                       else cell_tab.read_port())
             tc = Signal(signed(aw), name=f"ln{ln}_tanh_c")
             m.d.comb += tc.eq(Mux(e_neg, -cell_r.data, cell_r.data))
-            if RL:
-                # serial: tanh(c) registered before the multiplier (the cell table's SPRAM ->
-                # DSP path), stage e two cycles after the c register (below)
-                tc_reg = Signal(signed(aw), name=f"ln{ln}_tanh_c_reg")
-                m.d.sync += tc_reg.eq(tc)
-                tc = tc_reg
-            mul_a = Signal(signed(aw), name=f"ln{ln}_mul_a")
-            mul_b = Signal(signed(aw), name=f"ln{ln}_mul_b")
-            with m.If(ev):
-                m.d.comb += [mul_a.eq(y_o), mul_b.eq(tc)]
-            with m.Elif(c_gate == 2):
-                m.d.comb += [mul_a.eq(y_i), mul_b.eq(y)]
-            with m.Else():
-                m.d.comb += [mul_a.eq(y), mul_b.eq(c_old)]
+            # (serial: registers, see below)
+            mul_a = Signal(signed(aw), name=f"ln{ln}_mul_a", reset_less=serial)
+            mul_b = Signal(signed(aw), name=f"ln{ln}_mul_b", reset_less=serial)
+            ev1 = Signal(name=f"ln{ln}_e1_valid")      # (serial) the cell table's data
+            if serial:
+                # The multiplier's operands registered (iCE40 timing: the gate-table SPRAM ->
+                # y -> operand multiplexers and the cell-table SPRAM -> tanh(c) paths end at
+                # a register, not at the DSP input): loaded at stage c of gates f and g and
+                # in the cycle the cell table's tanh(c) arrives (ev1), multiplied in the next
+                # cycle, the product (registered) a cycle after that.
+                with m.If(ev1):
+                    m.d.sync += [mul_a.eq(y_o), mul_b.eq(tc)]
+                with m.Elif(c_gate == 2):
+                    m.d.sync += [mul_a.eq(y_i), mul_b.eq(y)]
+                with m.Else():
+                    m.d.sync += [mul_a.eq(y), mul_b.eq(c_old)]
+            else:
+                with m.If(ev):
+                    m.d.comb += [mul_a.eq(y_o), mul_b.eq(tc)]
+                with m.Elif(c_gate == 2):
+                    m.d.comb += [mul_a.eq(y_i), mul_b.eq(y)]
+                with m.Else():
+                    m.d.comb += [mul_a.eq(y), mul_b.eq(c_old)]
             fc = Signal(signed(2 * aw), name=f"ln{ln}_fc")
             sum_w = 2 * aw + 1
             dv = Signal(name=f"ln{ln}_d_valid")
             d_sum = Signal(signed(sum_w), name=f"ln{ln}_d_sum")
             if serial:
-                # The multiplier is PE n_pe-1-ln's (idle now), its product registered: f*c
-                # (gate f, slot 0) arrives a cycle later and is kept in fc, i*g (slot 2) a
-                # cycle later goes into d_sum, o*tanh(c) a cycle later is h's stage f.
-                # Multiplier inputs at cycles 2, 0, 3 modulo 4 of the group: no collision.
+                # The multiplier is PE n_pe-1-ln's (idle now), its operands and its product
+                # registered: f*c (gate f, loaded at its stage c, slot 1 modulo 4 of the
+                # group) arrives two cycles later and is kept in fc, i*g (slot 3) two cycles
+                # later goes into d_sum, o*tanh(c) (slot 0) two cycles later is h's stage f.
+                # Operand loads at slots 1, 3, 0: no collision.
                 mpe = pes[n_pe - 1 - ln]
                 m.d.comb += [mpe.mul_sel.eq(ew), mpe.mul_a.eq(mul_a), mpe.mul_b.eq(mul_b)]
                 prod = mpe.mul_out
+                pf1 = Signal(name=f"ln{ln}_p_f1")
+                pg1 = Signal(name=f"ln{ln}_p_g1")
                 pf = Signal(name=f"ln{ln}_p_f")
                 pg = Signal(name=f"ln{ln}_p_g")
-                m.d.sync += [pf.eq(cv & (c_gate == 1)), pg.eq(cv & (c_gate == 2))]
+                m.d.sync += [pf1.eq(cv & (c_gate == 1)), pg1.eq(cv & (c_gate == 2)),
+                             pf.eq(pf1), pg.eq(pg1)]
                 with m.If(pf):
                     m.d.sync += fc.eq(prod)
                 m.d.sync += [dv.eq(pg), d_sum.eq(fc + prod)]
-                busy_terms += [pf, pg]
+                busy_terms += [pf1, pg1, pf, pg]
             else:
                 prod = Signal(signed(2 * aw), name=f"ln{ln}_prod")
                 m.d.comb += prod.eq(mul_a * mul_b)
@@ -1029,9 +1043,10 @@ class LstmEngine(wiring.Component):
             if RL:
                 # serial: c_new registered first (d_sum -> round / saturate -> table index ->
                 # SPRAM address / data is too long for one cycle); it is written and its tanh
-                # read a cycle later (cycle 2 modulo 4 of the group: c reads are at 3, h
-                # writes at 3 on the other SPRAM), tanh(c) registered, stage e (o * tanh(c),
-                # cycle 0: the multiplier's other inputs are at 1 and 3) two cycles after
+                # read a cycle later (slot 3 modulo 4 of the group, counted from its first
+                # issue: c reads are at 2, h writes at 0 on the other SPRAM), tanh(c) loaded
+                # into the multiplier's operand register (slot 0: the other loads are at 1
+                # and 3), stage e (o * tanh(c)) two cycles after
                 c_st = Signal(signed(aw), name=f"ln{ln}_c_reg")
                 dv_st = Signal(name=f"ln{ln}_d2_valid")
                 m.d.sync += [c_st.eq(c_new), dv_st.eq(dv)]
@@ -1053,7 +1068,6 @@ class LstmEngine(wiring.Component):
                 tab_rb_ports = [gate_r, cell_r]
             m.d.sync += e_neg.eq(c_st < 0)
             if RL:
-                ev1 = Signal(name=f"ln{ln}_e1_valid")
                 m.d.sync += [ev1.eq(dv_st), ev.eq(ev1)]
                 busy_terms.append(ev1)
             else:
@@ -1071,8 +1085,8 @@ class LstmEngine(wiring.Component):
             h_st, fv_st = h_new, fv                    # h written / to the serializer
             if RL:
                 # serial: h registered (the product -> round / saturate -> SPRAM data path),
-                # written two cycles after stage f (cycle 3 modulo 4 of the group: the cell
-                # table is read at 2); its unit: d_j counted stage d's units
+                # written two cycles after stage f (slot 0 modulo 4 of the group: the cell
+                # table is read at 3); its unit: d_j counted stage d's units
                 h_st = Signal(signed(aw), name=f"ln{ln}_h_reg")
                 fv1 = Signal(name=f"ln{ln}_f1_valid")
                 fv_st = Signal(name=f"ln{ln}_f2_valid")

@@ -25,6 +25,8 @@ Back ends (what sits behind the region bus):
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -40,13 +42,21 @@ from .uart import UART, baud_divisor, check_divisor
 __all__ = ["MemoriesBackend", "EngineBackend", "EngineAdapter", "LstmBackend", "LstmAdapter",
            "CnnBackend", "CnnAdapter",
            "SpineCore", "BoardTop",
-           "pll_config", "default_test_regions", "N_LEDS", "ADAPTER_READ_LATENCY"]
+           "pll_config", "default_test_regions", "N_LEDS", "ADAPTER_READ_LATENCY",
+           "LSTM_ADAPTER_READ_LATENCY"]
 
 N_LEDS = 4
 
 #: Region bus read latency of the engine adapters: the engine's read-back port (1 cycle, the
 #: memories) plus a register after the read word multiplexers.
 ADAPTER_READ_LATENCY = 2
+
+#: Region bus read latency of :class:`LstmAdapter`: :data:`ADAPTER_READ_LATENCY` + a register
+#: on the read request (the bus's ``re``, ``region``, ``index``, ``addr`` -> the engine's
+#: read-back port and ``out_addr`` / ``h_addr``): the request's path from the decoder to the
+#: element-wise data's SPRAMs, through the engine's SPRAM request multiplexers, is too long
+#: for the iCE40 clock in one cycle.
+LSTM_ADAPTER_READ_LATENCY = ADAPTER_READ_LATENCY + 1
 """``leds``: 0 heartbeat, 1 frame in progress, 2 last answer was an error, 3 engine busy."""
 
 
@@ -132,14 +142,28 @@ def _drive_loader(m, e, bus, *, valid):
         m.d.comb += load.lanes[p].eq(bus.wdata)
 
 
+def _registered_request(m, bus, index_bits):
+    """The read request of ``bus`` (``re``, ``region``, the low ``index_bits`` of ``index``,
+    ``addr``) a cycle later, from registers, with ``rdata`` the bus's own: a bus-like object
+    for :func:`_drive_readback` (one cycle more of read latency)."""
+    req = SimpleNamespace(re=Signal(name="rq_re"),
+                          region=Signal.like(bus.region, name="rq_region", reset_less=True),
+                          index=Signal(max(1, index_bits), name="rq_index", reset_less=True),
+                          addr=Signal.like(bus.addr, name="rq_addr", reset_less=True),
+                          rdata=bus.rdata)
+    m.d.sync += [req.re.eq(bus.re), req.region.eq(bus.region), req.index.eq(bus.index),
+                 req.addr.eq(bus.addr)]
+    return req
+
+
 def _drive_readback(m, e, bus, *, state=False):
     """Bus reads of regions 0..4 (ENTRY .. DESCRIPTOR) go to engine ``e``'s read-back port,
     OUTPUT reads to its output buffer (``out_addr``), and with ``state`` STATE reads to the LSTM
     engine's final-output port (``h_addr`` / ``h_data``, same width as ``out_data``);
     ``bus.rdata`` is the one read, registered: latency 2 (:data:`ADAPTER_READ_LATENCY`; the
     read-back multiplexers of the engine and this OUTPUT / STATE multiplexer are a register
-    away from the decoder, for the clock).  The decoder reads only while the engine is idle
-    (INFER waits for the run to end)."""
+    away from the decoder, for the clock; 3 when ``bus`` is :func:`_registered_request`'s).
+    The decoder reads only while the engine is idle (INFER waits for the run to end)."""
     rb = e.rb
     m.d.comb += [rb.en.eq(bus.re & (bus.region <= RegionId.DESCRIPTOR)),
                  rb.region.eq(bus.region[:3]), rb.pe.eq(bus.index), rb.addr.eq(bus.addr),
@@ -342,7 +366,8 @@ class LstmAdapter(_EngineBusAdapter):
     ``t`` the list length goes to XEND[t] one cycle later (the decoder leaves at least two idle
     bus cycles between writes).  STEPS is a descriptor field written when the model is loaded.
     ``ctl.start`` is delayed by one cycle (the last XEND write lands first) and ``ctl.done`` is
-    masked in that cycle.  Reads (latency 2): regions 0-4 through the engine's read-back port
+    masked in that cycle.  Reads (latency 3, :data:`LSTM_ADAPTER_READ_LATENCY`: the request
+    is registered first): regions 0-4 through the engine's read-back port
     (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended), STATE (read-only,
     ``state_max`` words: the last layer's final output h_T, r_T with a projection, of the last
     run, from the engine's ``h_addr`` / ``h_data`` port, sign-extended).  TABLE (the activation
@@ -350,6 +375,8 @@ class LstmAdapter(_EngineBusAdapter):
     read back (sign-extended) as regions 0-4.
     ``ctl.reset`` and ``ctl.n_layers`` are ignored.
     """
+
+    read_latency = LSTM_ADAPTER_READ_LATENCY
 
     def __init__(self, engine):
         self.check_engine(engine)
@@ -433,9 +460,11 @@ class LstmAdapter(_EngineBusAdapter):
         # TABLE (the activation tables): engine region TABLE, written and read back
         with m.If(bus.we & (bus.region == RegionId.TABLE)):
             m.d.comb += [load.region.eq(LstmRegion.TABLE), load.valid.eq(1)]
-        _drive_readback(m, e, bus, state=True)
-        with m.If(bus.region == RegionId.TABLE):
-            m.d.comb += [e.rb.en.eq(bus.re), e.rb.region.eq(LstmRegion.TABLE)]
+        # reads: the request registered first (LSTM_ADAPTER_READ_LATENCY)
+        req = _registered_request(m, bus, len(e.rb.pe))
+        _drive_readback(m, e, req, state=True)
+        with m.If(req.region == RegionId.TABLE):
+            m.d.comb += [e.rb.en.eq(req.re), e.rb.region.eq(LstmRegion.TABLE)]
         m.d.sync += start_d.eq(ctl.start)
         m.d.comb += [e.start.eq(start_d), ctl.busy.eq(e.busy | start_d),
                      ctl.done.eq(e.done & ~start_d), ctl.cycles.eq(e.cycles)]
@@ -454,6 +483,7 @@ class LstmBackend(_AdapterBackend):
 
     kind = EngineKind.LSTM
     adapter = LstmAdapter
+    read_latency = LSTM_ADAPTER_READ_LATENCY
 
     def __init__(self, engine):
         from .lstm import GATES
