@@ -34,8 +34,8 @@ on the same PE array over the final state list (MAC phase + one output row per c
 element-wise unit reads (and clears) the gate pre-activations straight from the PE
 accumulators while the sequencer waits (no DRAIN, no gate buffers); lane 0 shares the output
 stage's bias port and requantizer, the lanes multiply on the last PEs' multipliers
-(``ProcessingElement(ext_mul=True)``, registered product: gates read in the order f, i, g,
-o), the x list and both state-list banks are one memory.  ``step_stats=False`` builds no
+(``ProcessingElement(ext_mul=True)``, registered operands and product), the x list and both
+state-list banks are one memory.  ``step_stats=False`` builds no
 statistic memories.
 
 Arithmetic is bit-exact with :meth:`host.golden.GoldenModel.lstm_cell`; the tables are RAM
@@ -295,7 +295,7 @@ class LstmEngine(wiring.Component):
         of PEs ``aux_pes``): the stand-in ports become requests.  One lane, a unit group every
         4 cycles (``T``: its first issue): bias reads at T .. T+3 (SPRAM 0), gate-table reads
         at T+4 .. T+7 (SPRAM 1), c read at T+2 and write at T+11 (SPRAM 2), cell-table read
-        at T+11 and h write at T+16 (SPRAM 3): never two accesses to one SPRAM in a cycle
+        at T+12 and h write at T+17 (SPRAM 3): never two accesses to one SPRAM in a cycle
         (the ``spram_conflict`` check).  The classifier output stage (bias reads, output buffer
         writes) runs alone; the loader writes (BIAS, TABLE, registered) and read-back
         (BIAS, TABLE) only while idle, as do the host's reads of h and the outputs (the
@@ -702,7 +702,11 @@ class LstmEngine(wiring.Component):
             r_pe = Signal(self.pe_bits)
             r_local = Signal(self.local_bits)
         out_issue = Signal()
-        m.d.comb += out_issue.eq((outp & (r < desc.rows)) if serial else
+        # serial: r < ROWS from a register (iCE40 timing: the compare's carry chain fed the
+        # bias read request -> SPRAM 0 address path), set as the output phase starts and
+        # updated with every issue
+        out_more = Signal()
+        m.d.comb += out_issue.eq((outp & out_more) if serial else
                                  (outp & (r < desc.rows)) | (pout & (r < p_rows)))
         o_valid = Signal()
         o_pe = Signal(self.pe_bits)
@@ -755,6 +759,8 @@ class LstmEngine(wiring.Component):
         m.d.comb += pout_wr.eq(o_valid & (pph | o_proj) & (rq.out != 0))
         with m.If(out_issue):
             m.d.sync += r.eq(r + 1)
+            if serial:
+                m.d.sync += out_more.eq(r + 1 < desc.rows)
         if not pow2:
             with m.If(out_issue):
                 with m.If(r_pe == n_pe - 1):
@@ -820,12 +826,9 @@ class LstmEngine(wiring.Component):
         groups_left = Signal(range(self.groups_max + 1))
         groups_of = (cur_hidden + (L - 1)) >> lb       # ceil(H / L), loaded when the unit starts
         m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (groups_left != 0))]
-        # gate issued in slot g: i, f, g, o; serial: f, i, g, o (the multiplier's registered
-        # product needs f*c two cycles before i*g, see the lane)
+        # gate issued in slot g: i, f, g, o (serial: f*c and i*g enter the multiplier in
+        # consecutive cycles, from its operand registers, see the lane)
         gate = g
-        if serial:
-            gate = Signal(2)
-            m.d.comb += gate.eq(Cat(g[0] ^ ~g[1], g[1]))
         # With a power-of-two PE count row g*H + u is ``local << pe_bits | pe`` in binary: the
         # gate's first row (its GATE field, g*H) + the unit, one adder instead of per-gate
         # PE / local / row counters (the bias row is the same row).
@@ -989,14 +992,17 @@ class LstmEngine(wiring.Component):
             mul_a = Signal(signed(aw), name=f"ln{ln}_mul_a", reset_less=serial)
             mul_b = Signal(signed(aw), name=f"ln{ln}_mul_b", reset_less=serial)
             ev1 = Signal(name=f"ln{ln}_e1_valid")      # (serial) the cell table's data
+            y_o2 = Signal(signed(aw), name=f"ln{ln}_y_o2", reset_less=True)  # (serial) o, kept
             if serial:
                 # The multiplier's operands registered (iCE40 timing: the gate-table SPRAM ->
                 # y -> operand multiplexers and the cell-table SPRAM -> tanh(c) paths end at
-                # a register, not at the DSP input): loaded at stage c of gates f and g and
-                # in the cycle the cell table's tanh(c) arrives (ev1), multiplied in the next
-                # cycle, the product (registered) a cycle after that.
+                # a register, not at the DSP input): loaded at stage c of gates f and g (slots
+                # 2 and 3 modulo 4 of the group, counted from its first issue) and in the
+                # cycle the cell table's tanh(c) arrives (ev1, slot 1: gate i's stage c, which
+                # loads nothing), multiplied in the next cycle, the product (registered) a
+                # cycle after that.  o waits in y_o2 (y_o is the next group's by then).
                 with m.If(ev1):
-                    m.d.sync += [mul_a.eq(y_o), mul_b.eq(tc)]
+                    m.d.sync += [mul_a.eq(y_o2), mul_b.eq(tc)]
                 with m.Elif(c_gate == 2):
                     m.d.sync += [mul_a.eq(y_i), mul_b.eq(y)]
                 with m.Else():
@@ -1014,10 +1020,10 @@ class LstmEngine(wiring.Component):
             d_sum = Signal(signed(sum_w), name=f"ln{ln}_d_sum")
             if serial:
                 # The multiplier is PE n_pe-1-ln's (idle now), its operands and its product
-                # registered: f*c (gate f, loaded at its stage c, slot 1 modulo 4 of the
+                # registered: f*c (gate f, loaded at its stage c, slot 2 modulo 4 of the
                 # group) arrives two cycles later and is kept in fc, i*g (slot 3) two cycles
-                # later goes into d_sum, o*tanh(c) (slot 0) two cycles later is h's stage f.
-                # Operand loads at slots 1, 3, 0: no collision.
+                # later goes into d_sum, o*tanh(c) (slot 1) two cycles later is h's stage f.
+                # Operand loads at slots 2, 3, 1: no collision.
                 mpe = pes[n_pe - 1 - ln]
                 m.d.comb += [mpe.mul_sel.eq(ew), mpe.mul_a.eq(mul_a), mpe.mul_b.eq(mul_b)]
                 prod = mpe.mul_out
@@ -1042,11 +1048,12 @@ class LstmEngine(wiring.Component):
             c_st, dv_st = c_new, dv                    # c written / cell table read
             if RL:
                 # serial: c_new registered first (d_sum -> round / saturate -> table index ->
-                # SPRAM address / data is too long for one cycle); it is written and its tanh
-                # read a cycle later (slot 3 modulo 4 of the group, counted from its first
-                # issue: c reads are at 2, h writes at 0 on the other SPRAM), tanh(c) loaded
-                # into the multiplier's operand register (slot 0: the other loads are at 1
-                # and 3), stage e (o * tanh(c)) two cycles after
+                # SPRAM address / data is too long for one cycle); it is written a cycle later
+                # (slot 3 modulo 4 of the group, counted from its first issue: c reads are at
+                # 2), its cell-table index registered, read a cycle after (slot 0: h writes
+                # are at 1 on that SPRAM), tanh(c) loaded into the multiplier's operand
+                # register (slot 1: the other loads are at 2 and 3), stage e (o * tanh(c))
+                # a cycle after
                 c_st = Signal(signed(aw), name=f"ln{ln}_c_reg")
                 dv_st = Signal(name=f"ln{ln}_d2_valid")
                 m.d.sync += [c_st.eq(c_new), dv_st.eq(dv)]
@@ -1058,17 +1065,32 @@ class LstmEngine(wiring.Component):
                 else:
                     with m.If(dv_st):
                         m.d.sync += f_j.eq(d_j)
-                dv_cell = dv_st
+            if RL:
+                # serial: the cell-table index registered (c -> |c| -> clamp -> the SPRAM
+                # request multiplexers -> SPRAM 3's address is too long for one cycle, the
+                # SPRAM being in another die corner than SPRAM 2's c); o kept for stage e
+                cell_addr = Signal(spec.index_bits, name=f"ln{ln}_cell_index")
+                c_sgn = Signal(name=f"ln{ln}_c_sign")
+                cr_valid = Signal(name=f"ln{ln}_cr_valid")
+                m.d.sync += [cell_addr.eq(table_index(c_st)), c_sgn.eq(c_st < 0),
+                             cr_valid.eq(dv_st), e_neg.eq(c_sgn)]
+                with m.If(cr_valid):
+                    m.d.sync += y_o2.eq(y_o)
+                busy_terms.append(cr_valid)
+            else:
+                cell_addr, cr_valid = table_index(c_st), dv_st
+                m.d.sync += e_neg.eq(c_st < 0)
+            if ln == 0:
+                dv_cell = cr_valid
             m.d.comb += [c_w.addr.eq(d_j), c_w.data.eq(c_st), c_w.en.eq(dv_st),
-                         cell_r.addr.eq(table_index(c_st)), cell_r.en.eq(1)]
+                         cell_r.addr.eq(cell_addr), cell_r.en.eq(1)]
             if ln == 0:
                 # read-back of the tables (idle): lane 0's read ports
                 with m.If(tab_rb):
                     m.d.comb += [gate_r.addr.eq(self.rb.addr), cell_r.addr.eq(self.rb.addr)]
                 tab_rb_ports = [gate_r, cell_r]
-            m.d.sync += e_neg.eq(c_st < 0)
             if RL:
-                m.d.sync += [ev1.eq(dv_st), ev.eq(ev1)]
+                m.d.sync += [ev1.eq(cr_valid), ev.eq(ev1)]
                 busy_terms.append(ev1)
             else:
                 m.d.sync += ev.eq(dv)
@@ -1085,8 +1107,9 @@ class LstmEngine(wiring.Component):
             h_st, fv_st = h_new, fv                    # h written / to the serializer
             if RL:
                 # serial: h registered (the product -> round / saturate -> SPRAM data path),
-                # written two cycles after stage f (slot 0 modulo 4 of the group: the cell
-                # table is read at 3); its unit: d_j counted stage d's units
+                # written two cycles after stage f (slot 1 modulo 4 of the group: the cell
+                # table is read at 0); its unit: d_j counted stage d's units (the next
+                # group's stage d2 is in this cycle)
                 h_st = Signal(signed(aw), name=f"ln{ln}_h_reg")
                 fv1 = Signal(name=f"ln{ln}_f1_valid")
                 fv_st = Signal(name=f"ln{ln}_f2_valid")
@@ -1378,6 +1401,8 @@ class LstmEngine(wiring.Component):
                 with m.If(mac_done):
                     with m.If(cls):
                         m.d.sync += r.eq(0)
+                        if serial:
+                            m.d.sync += out_more.eq(desc.rows != 0)
                         if RL:
                             m.d.sync += out_row.eq(0)
                         if not pow2:
