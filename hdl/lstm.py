@@ -294,8 +294,8 @@ class LstmEngine(wiring.Component):
         """The element-wise data in SPRAMs 0 .. 3 (``sp``, :class:`hdl.spram_share.SpramShare`
         of PEs ``aux_pes``): the stand-in ports become requests.  One lane, a unit group every
         4 cycles (``T``: its first issue): bias reads at T .. T+3 (SPRAM 0), gate-table reads
-        at T+4 .. T+7 (SPRAM 1), c read at T+2 and write at T+11 (SPRAM 2), cell-table read
-        at T+12 and h write at T+17 (SPRAM 3): never two accesses to one SPRAM in a cycle
+        at T+5 .. T+8 (SPRAM 1), c read at T+2 and write at T+12 (SPRAM 2), cell-table read
+        at T+13 and h write at T+18 (SPRAM 3): never two accesses to one SPRAM in a cycle
         (the ``spram_conflict`` check).  The classifier output stage (bias reads, output buffer
         writes) runs alone; the loader writes (BIAS, TABLE, registered) and read-back
         (BIAS, TABLE) only while idle, as do the host's reads of h and the outputs (the
@@ -855,7 +855,12 @@ class LstmEngine(wiring.Component):
             nxt = Signal(2, name=f"z_gate{i + 1}")
             m.d.sync += nxt.eq(z_gate)
             z_gate = nxt
-        m.d.sync += c_gate.eq(z_gate)
+        q_gate = z_gate                                # gate of the gate-table read
+        if serial:
+            # serial: the gate-table index is registered (stage q, below)
+            q_gate = Signal(2, name="q_gate")
+            m.d.sync += q_gate.eq(z_gate)
+        m.d.sync += c_gate.eq(q_gate)
         # The unit of stage d (c written): without requantizer stages j - 1 (j moved on when
         # its group's last gate issued, 3 cycles before, 2 without the registered product,
         # and the next group's last gate issues after stage d); with them a count of the
@@ -915,8 +920,6 @@ class LstmEngine(wiring.Component):
                 m.d.sync += nxt.eq(zv)
                 busy_terms.append(nxt)
                 zv = nxt
-            if ln == 0:
-                z_valid0 = zv
             # stage b: requantize -> z, table read
             if serial and ln == 0:
                 # lane 0 shares the output stage's requantizer (never at the same time)
@@ -939,10 +942,24 @@ class LstmEngine(wiring.Component):
             z = lrq.out
             gate_r = (_port(spec.index_bits + 1, signed(aw), "gate_r") if ew_spram
                       else gate_tab.read_port())
-            m.d.comb += [gate_r.addr.eq(Cat(table_index(z), z_gate == 2)), gate_r.en.eq(1)]
+            if serial:
+                # stage q: the gate-table index registered (iCE40 timing: z -> |z| -> clamp ->
+                # the SPRAM request multiplexers -> SPRAM 1's address is too long for one
+                # cycle)
+                q_addr = Signal(spec.index_bits + 1, name=f"ln{ln}_gate_index")
+                q_valid = Signal(name=f"ln{ln}_q_valid")
+                q_neg = Signal(name=f"ln{ln}_q_neg")
+                m.d.sync += [q_addr.eq(Cat(table_index(z), z_gate == 2)), q_valid.eq(zv),
+                             q_neg.eq(z < 0)]
+                busy_terms.append(q_valid)
+            else:
+                q_addr, q_valid, q_neg = Cat(table_index(z), z_gate == 2), zv, z < 0
+            if ln == 0:
+                z_valid0 = q_valid                     # (the gate-table read's enable)
+            m.d.comb += [gate_r.addr.eq(q_addr), gate_r.en.eq(1)]
             cv = Signal(name=f"ln{ln}_c_valid")
             c_neg = Signal(name=f"ln{ln}_c_neg")
-            m.d.sync += [cv.eq(zv), c_neg.eq(z < 0)]
+            m.d.sync += [cv.eq(q_valid), c_neg.eq(q_neg)]
             # stage c: gate value; i, f, o registered; at gate g: f*c + i*g
             tv = gate_r.data
             y = Signal(signed(aw), name=f"ln{ln}_y")          # in [-1, 1]: fits
@@ -968,10 +985,10 @@ class LstmEngine(wiring.Component):
                 m.submodules[f"c_mem{ln}"] = c_mem
                 c_w, c_r = c_mem.write_port(), c_mem.read_port()
             # c_(t-1) of the group's unit j, read as its first gate issues (stage c of gate f
-            # is 2 cycles later); with requantizer stages as its third gate issues (stage c of
-            # gate f is then RL cycles later, the next group's read 4 cycles later; slot 2
-            # modulo 4 of the group: its c write is at 3)
-            m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == (2 if RL else 0)))]
+            # is 2 cycles later); serial: as its last gate issues (slot 3 modulo 4 of the
+            # group: its c write is at 0), used at stage c of gate f 4 cycles later, as the
+            # next group's read is issued (the read data change a cycle after)
+            m.d.comb += [c_r.addr.eq(j), c_r.en.eq(valid & (g == (3 if RL else 0)))]
             c_data = c_r.data
             if ew_spram:
                 # the SPRAM's read data change with the next read: keep c_(t-1) a cycle
@@ -997,8 +1014,8 @@ class LstmEngine(wiring.Component):
                 # The multiplier's operands registered (iCE40 timing: the gate-table SPRAM ->
                 # y -> operand multiplexers and the cell-table SPRAM -> tanh(c) paths end at
                 # a register, not at the DSP input): loaded at stage c of gates f and g (slots
-                # 2 and 3 modulo 4 of the group, counted from its first issue) and in the
-                # cycle the cell table's tanh(c) arrives (ev1, slot 1: gate i's stage c, which
+                # 3 and 0 modulo 4 of the group, counted from its first issue) and in the
+                # cycle the cell table's tanh(c) arrives (ev1, slot 2: gate i's stage c, which
                 # loads nothing), multiplied in the next cycle, the product (registered) a
                 # cycle after that.  o waits in y_o2 (y_o is the next group's by then).
                 with m.If(ev1):
@@ -1020,10 +1037,10 @@ class LstmEngine(wiring.Component):
             d_sum = Signal(signed(sum_w), name=f"ln{ln}_d_sum")
             if serial:
                 # The multiplier is PE n_pe-1-ln's (idle now), its operands and its product
-                # registered: f*c (gate f, loaded at its stage c, slot 2 modulo 4 of the
-                # group) arrives two cycles later and is kept in fc, i*g (slot 3) two cycles
-                # later goes into d_sum, o*tanh(c) (slot 1) two cycles later is h's stage f.
-                # Operand loads at slots 2, 3, 1: no collision.
+                # registered: f*c (gate f, loaded at its stage c, slot 3 modulo 4 of the
+                # group) arrives two cycles later and is kept in fc, i*g (slot 0) two cycles
+                # later goes into d_sum, o*tanh(c) (slot 2) two cycles later is h's stage f.
+                # Operand loads at slots 3, 0, 2: no collision.
                 mpe = pes[n_pe - 1 - ln]
                 m.d.comb += [mpe.mul_sel.eq(ew), mpe.mul_a.eq(mul_a), mpe.mul_b.eq(mul_b)]
                 prod = mpe.mul_out
@@ -1049,10 +1066,10 @@ class LstmEngine(wiring.Component):
             if RL:
                 # serial: c_new registered first (d_sum -> round / saturate -> table index ->
                 # SPRAM address / data is too long for one cycle); it is written a cycle later
-                # (slot 3 modulo 4 of the group, counted from its first issue: c reads are at
-                # 2), its cell-table index registered, read a cycle after (slot 0: h writes
-                # are at 1 on that SPRAM), tanh(c) loaded into the multiplier's operand
-                # register (slot 1: the other loads are at 2 and 3), stage e (o * tanh(c))
+                # (slot 0 modulo 4 of the group, counted from its first issue: c reads are at
+                # 2), its cell-table index registered, read a cycle after (slot 1: h writes
+                # are at 2 on that SPRAM), tanh(c) loaded into the multiplier's operand
+                # register (slot 2: the other loads are at 3 and 0), stage e (o * tanh(c))
                 # a cycle after
                 c_st = Signal(signed(aw), name=f"ln{ln}_c_reg")
                 dv_st = Signal(name=f"ln{ln}_d2_valid")
@@ -1107,8 +1124,8 @@ class LstmEngine(wiring.Component):
             h_st, fv_st = h_new, fv                    # h written / to the serializer
             if RL:
                 # serial: h registered (the product -> round / saturate -> SPRAM data path),
-                # written two cycles after stage f (slot 1 modulo 4 of the group: the cell
-                # table is read at 0); its unit: d_j counted stage d's units (the next
+                # written two cycles after stage f (slot 2 modulo 4 of the group: the cell
+                # table is read at 1); its unit: d_j counted stage d's units (the next
                 # group's stage d2 is in this cycle)
                 h_st = Signal(signed(aw), name=f"ln{ln}_h_reg")
                 fv1 = Signal(name=f"ln{ln}_f1_valid")

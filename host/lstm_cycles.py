@@ -80,13 +80,13 @@ OUTPUT_OVERHEAD = 2
 #: and output-buffer write paths): the element-wise unit and the classifier's output phase
 #: take this many cycles more.
 SERIAL_REQUANT_LATENCY = 3
-#: Further register stages of the serial element-wise unit: c and its cell-table index (the
-#: c -> table index -> cell-table address path, in two), the multiplier's operands (the gate
-#: table -> y -> multiplier and cell table -> tanh(c) -> multiplier paths end at a register,
-#: not at the DSP), two for h (the product -> round / saturate -> SPRAM data path; the h
-#: write then falls in a free cycle), and the unit's done flag (registered before the
-#: sequencer).
-SERIAL_EW_REGISTERS = 7
+#: Further register stages of the serial element-wise unit: the gate-table index (the z ->
+#: table index -> gate-table address path), c and its cell-table index (the c -> table index
+#: -> cell-table address path, in two), the multiplier's operands (the gate table -> y ->
+#: multiplier and cell table -> tanh(c) -> multiplier paths end at a register, not at the
+#: DSP), two for h (the product -> round / saturate -> SPRAM data path; the h write then
+#: falls in a free cycle), and the unit's done flag (registered before the sequencer).
+SERIAL_EW_REGISTERS = 8
 
 
 def ew_cycles(hidden: int, lanes: int = 1) -> int:
@@ -100,10 +100,10 @@ def serial_ew_cycles(hidden: int, lanes: int = 1, appends: bool = False) -> int:
     """Element-wise cycles of one step of the serial schedule (``overlap=False``): as
     :func:`ew_cycles` + 1 (the multiplier is a PE's, with a registered product) +
     :data:`SERIAL_REQUANT_LATENCY` (the pipelined requantizer) + :data:`SERIAL_EW_REGISTERS`
-    (c, its table index, the multiplier's operands, h and the done flag registered), and
-    when the layer's outputs are also appended to the x list (every layer but the last) each
-    non-zero ``h`` is written twice through the one list write port (``lanes`` more cycles at
-    the end)."""
+    (the gate-table index, c, its table index, the multiplier's operands, h and the done flag
+    registered), and when the layer's outputs are also appended to the x list (every layer
+    but the last) each non-zero ``h`` is written twice through the one list write port
+    (``lanes`` more cycles at the end)."""
     return (ew_cycles(hidden, lanes) + 1 + SERIAL_REQUANT_LATENCY + SERIAL_EW_REGISTERS
             + (lanes if appends else 0))
 
