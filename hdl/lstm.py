@@ -838,8 +838,20 @@ class LstmEngine(wiring.Component):
                 ew_gate = cur_gate                     # the sequencer waits for the unit
             else:
                 ew_gate = [Signal.like(cur_gate[k], name=f"ew_gate{k}") for k in range(GATES)]
-            gate_row = Signal(self.local_bits + self.pe_bits)
-            m.d.comb += gate_row.eq(Array(ew_gate)[gate] + ju)
+            gate_row = Signal(self.local_bits + self.pe_bits, reset_less=serial)
+            if serial:
+                # serial: the row and lane 0's bias address of the issue from registers,
+                # loaded with the next issue's (iCE40 timing: the GATE fields -> gate
+                # multiplexer -> row and bias adders -> SPRAM 0 address path ends at them)
+                bias_row = Signal(self.bias_bits, name="bias_row", reset_less=True)
+                next_g = (g + 1)[:2]
+                next_row = Signal.like(gate_row, name="next_row")
+                m.d.comb += next_row.eq(Array(ew_gate)[next_g]
+                                        + (Mux(g == 3, j + 1, j) << lb))
+                with m.If(ew_issue):
+                    m.d.sync += [gate_row.eq(next_row), bias_row.eq(ew_bias_base + next_row)]
+            else:
+                m.d.comb += gate_row.eq(Array(ew_gate)[gate] + ju)
         else:
             cur_pe = Array(g_pe)[gate]
             cur_local = Array(g_local)[gate]
@@ -897,7 +909,8 @@ class LstmEngine(wiring.Component):
                 # the output stage's bias port (the unit and the classifier never overlap)
                 bias_r = obias_r
                 with m.If(ew):
-                    m.d.comb += [bias_r.addr.eq(ew_bias_base + row_off), bias_r.en.eq(valid)]
+                    m.d.comb += [bias_r.addr.eq(bias_row if pow2 else ew_bias_base + row_off),
+                                 bias_r.en.eq(valid)]
             else:
                 bias_r = bias_mem.read_port()
                 m.d.comb += [bias_r.addr.eq(ew_bias_base + row_off),
@@ -1454,6 +1467,9 @@ class LstmEngine(wiring.Component):
                             m.d.comb += stat_w["mac"].en.eq(1)
                             m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
                                          src.eq(~src), d_j.eq(0), groups_left.eq(groups_of)]
+                            if pow2:                   # the first issue's row: gate i, unit 0
+                                m.d.sync += [gate_row.eq(cur_gate[0]),
+                                             bias_row.eq(desc.bias_base + cur_gate[0])]
                             for k in range(0 if pow2 else GATES):
                                 m.d.sync += [g_pe[k].eq(cur_gate[k][:self.pe_bits]),
                                              g_local[k].eq(cur_gate[k][self.pe_bits:]),
