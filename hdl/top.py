@@ -31,8 +31,8 @@ from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module,
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from host.memory_map import common_entries
-from host.protocol import LATE_EXTENSION_DEFAULTS, EngineKind, RegionId
+from host.memory_map import common_entries, late_entries
+from host.protocol import EngineKind, RegionId
 
 from .command import (DATA_BITS, CommandDecoder, EngineControlSignature, RegionBusSignature,
                       RegionMemories, RegionSpec, _addr_width)
@@ -210,15 +210,6 @@ def _drive_control(m, e, ctl, *, max_layers):
                  ctl.done.eq(e.done), ctl.cycles.eq(e.cycles)]
 
 
-def _late_entries(kind, e) -> dict:
-    """``e``'s :data:`host.protocol.LATE_EXTENSION_DEFAULTS` parameters of engine ``kind``
-    (broadcast FIFO depth; LSTM element-wise lanes and overlap) that differ from their defaults,
-    as integers (the configuration hash is of the integers IDENTIFY carries)."""
-    defaults = LATE_EXTENSION_DEFAULTS.get(int(kind), {})
-    values = {key: int(getattr(e, key)) for key in defaults}
-    return {key: v for key, v in values.items() if v != defaults[key]}
-
-
 def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
     """The engine parameters IDENTIFY reports (and the configuration hash covers)."""
     return {
@@ -228,7 +219,7 @@ def _engine_params(kind, e, *, max_rows, max_cols) -> dict:
         "acc_bits": e.acc_bits, "max_layers": e.max_layers, "max_rows": max_rows,
         "max_cols": max_cols, "max_entries_per_pe": e.max_entries_per_pe,
         "max_pointers": e.max_pointers, "max_bias": e.max_bias,
-        **common_entries(e), **_late_entries(kind, e),
+        **common_entries(e), **late_entries(kind, e),
     }
 
 

@@ -20,11 +20,12 @@ from .cyclemodel import REQUANT_LATENCY, Timing
 from .encoding import pointer_fields
 from .fixedpoint import MAX_ACC_WIDTH, MAX_WIDTH, Format
 from .params import check_int
-from .protocol import COMMON_EXTENSION_DEFAULTS
+from .protocol import COMMON_EXTENSION_DEFAULTS, LATE_EXTENSION_DEFAULTS
 
 __all__ = ["Region", "Field", "DESCRIPTOR_FIELDS", "DESCRIPTOR_MEMBERS", "descriptor_readback",
            "LstmRegion", "table_layout",
-           "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "addr_bits",
+           "LstmField", "GATES", "SpmvParams", "LstmParams", "params_of", "common_entries",
+           "late_entries", "addr_bits",
            "bits_for", "check_pe_group", "FETCH_LATENCY", "FIRST_BROADCAST", "DRAIN_LATENCY",
            "POP_INTERVAL",
            "SETUP_CYCLES",
@@ -542,9 +543,22 @@ def common_entries(params) -> dict:
     ``params`` (an engine, a parameter class or a model; a missing attribute is its default).
     Configuration dictionaries (cache keys, the IDENTIFY configuration hash) of engines
     without a product shift and without PE pairs stay what they were before those existed."""
-    values = {key: getattr(params, key, default)
-              for key, default in COMMON_EXTENSION_DEFAULTS.items()}
-    return {key: v for key, v in values.items() if v != COMMON_EXTENSION_DEFAULTS[key]}
+    return _off_default(params, COMMON_EXTENSION_DEFAULTS)
+
+
+def late_entries(kind, params) -> dict:
+    """The engine parameters of engine ``kind`` (:class:`host.protocol.EngineKind`) in
+    :data:`host.protocol.LATE_EXTENSION_DEFAULTS` (broadcast FIFO depth; LSTM element-wise
+    lanes and overlap) that differ from their defaults, read as :func:`common_entries` reads
+    its own; as integers, the form IDENTIFY carries them in (``overlap`` 0 / 1)."""
+    return _off_default(params, LATE_EXTENSION_DEFAULTS.get(int(kind), {}))
+
+
+def _off_default(params, defaults: dict) -> dict:
+    """``{key: int(value)}`` of the attributes of ``params`` named in ``defaults`` that differ
+    from their default there (a missing attribute is its default)."""
+    values = {key: int(getattr(params, key, default)) for key, default in defaults.items()}
+    return {key: v for key, v in values.items() if v != defaults[key]}
 
 
 def params_of(engine, kind):

@@ -360,7 +360,7 @@ class Identity:
         params.update(self.extension_params())
         # An optional word sent only because a later one is not at its default (product_shift
         # 0 before pe_group 2) is not in the engine's dictionary (memory_map.common_entries,
-        # hdl.top's late entries).
+        # memory_map.late_entries).
         for key, default in optional_extension_defaults(self.engine).items():
             if params.get(key) == default:
                 del params[key]
