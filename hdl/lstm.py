@@ -1031,19 +1031,16 @@ class LstmEngine(wiring.Component):
                 # cycle the cell table's tanh(c) arrives (ev1, slot 2: gate i's stage c, which
                 # loads nothing), multiplied in the next cycle, the product (registered) a
                 # cycle after that.  o waits in y_o2 (y_o is the next group's by then).
-                with m.If(ev1):
-                    m.d.sync += [mul_a.eq(y_o2), mul_b.eq(tc)]
-                with m.Elif(c_gate == 2):
-                    m.d.sync += [mul_a.eq(y_i), mul_b.eq(y)]
-                with m.Else():
-                    m.d.sync += [mul_a.eq(y), mul_b.eq(c_old)]
+                operands, o_ready, o_gate = "sync", ev1, y_o2
             else:
-                with m.If(ev):
-                    m.d.comb += [mul_a.eq(y_o), mul_b.eq(tc)]
-                with m.Elif(c_gate == 2):
-                    m.d.comb += [mul_a.eq(y_i), mul_b.eq(y)]
-                with m.Else():
-                    m.d.comb += [mul_a.eq(y), mul_b.eq(c_old)]
+                operands, o_ready, o_gate = "comb", ev, y_o
+            # o * tanh(c) when tanh(c) is there, i * g at gate g, else f * c_old
+            with m.If(o_ready):
+                m.d[operands] += [mul_a.eq(o_gate), mul_b.eq(tc)]
+            with m.Elif(c_gate == 2):
+                m.d[operands] += [mul_a.eq(y_i), mul_b.eq(y)]
+            with m.Else():
+                m.d[operands] += [mul_a.eq(y), mul_b.eq(c_old)]
             fc = Signal(signed(2 * aw), name=f"ln{ln}_fc")
             sum_w = 2 * aw + 1
             dv = Signal(name=f"ln{ln}_d_valid")
