@@ -69,7 +69,7 @@ from .ice40_spram import check_entry_memory
 from .pe import ProcessingElement, addr_bits
 from .readback import ReadbackSignature, connect_readback
 from .requant import Requantizer, saturate
-from .spram_share import EW_BASE, SpramShare
+from .spram_share import EW_BASE, EW_HALF, SpramShare, ew_word
 from .spmv import (LoadSignature, add_pe_array, connect_matrix_loader,
                    matrix_descriptor_members, write_descriptor_field)
 
@@ -83,8 +83,7 @@ _DEFAULT_TABLES = TableSpec()
 #: Element-wise data in the SPRAMs (``overlap=False``, ``memory="spram"``): SPRAM k's words
 #: from ``EW_BASE`` (hdl.spram_share): 0 the biases, 1 the gate table (sigmoid, tanh), 2 the
 #: cell state c at +0 and the classifier output buffer at +4096, 3 the cell table (tanh) at +0
-#: and the dense h at +4096.
-EW_HALF = 4096
+#: and the dense h at +4096 (``EW_HALF``; :func:`hdl.spram_share.ew_word` makes the address).
 
 #: Memory attributes of the x-list step ends (``xend``, ``gsteps_max`` words of ``xlist_bits``)
 #: in the serial schedule: a block RAM even when it is small.  Yosys maps a memory of a few
@@ -212,6 +211,15 @@ class LstmEngine(wiring.Component):
     step_stats : bool
         False: no per-step statistic memories; ``stat_mac``, ``stat_ew``, ``stat_pmac`` and
         ``cls_cycles`` then read 0 (``config()`` says ``step_stats: False``).
+
+    Notes
+    -----
+    The read-back port ``rb`` (:mod:`hdl.readback`) is for the idle engine only: the initiator
+    must not raise ``rb.en`` while ``busy`` or in a ``start`` cycle.  Unlike the SpMV and CNN
+    engines this engine does not ignore such a read itself: ``busy`` fans out to the whole
+    sequencer, and kept out of the read-back requests it stays off the SPRAM address paths
+    (iCE40 timing, docs/ice40-resources.md, section 10).  :class:`hdl.top.LstmAdapter`
+    registers its read requests only while the engine is idle.
     """
 
     def __init__(self, n_pe, *, hidden_max, input_max, steps_max, classes_max=16,
@@ -288,8 +296,8 @@ class LstmEngine(wiring.Component):
 
     # --- hardware ------------------------------------------------------------------------------
 
-    def _connect_ew_spram(self, m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
-                          ld_data, ld_mask, ld_lanes, *, ew, outp, obias_r, gate_r, cell_r,
+    def _connect_ew_spram(self, m, sp, pes, aux_pes, load, ld_addr, ld_data, ld_mask,
+                          ld_lanes, *, ew, outp, obias_r, gate_r, cell_r,
                           c_r, c_w, hw, hr, out_w, out_r, bv, dv, tab_rb):
         """The element-wise data in SPRAMs 0 .. 3 (``sp``, :class:`hdl.spram_share.SpramShare`
         of PEs ``aux_pes``): the stand-in ports become requests.  One lane, a unit group every
@@ -304,57 +312,65 @@ class LstmEngine(wiring.Component):
         aw = self.act_format.width
         ib = self.table_spec.index_bits
         E = self.index_bits + self.run_bits
-        rb_active = rb.en & ~self.busy
-        is_entry = Signal()
-        m.d.comb += is_entry.eq(ld_region == LstmRegion.ENTRY)
-        bias_load = ld_valid & (ld_region == LstmRegion.BIAS)
-        tab_load = ld_valid & (ld_region == LstmRegion.TABLE)
-        cell_load = tab_load & ld_addr[ib + 1]
+        rb_active = rb.en                              # only while idle (class docstring)
+        # the loader's write enables registered with ld (from the same load request): the
+        # request multiplexers select from registers (iCE40 timing)
+        def at_ld(name, value):
+            sig = Signal(name=name)
+            m.d.sync += sig.eq(value)
+            return sig
+
+        def loading(region):
+            return load.valid & (load.region == region)
+
+        table_half = load.addr[ib + 1]                 # 0 gate table (SPRAM 1), 1 cell table
+        is_entry = at_ld("ld_is_entry", load.region == LstmRegion.ENTRY)
+        ew_loads = [(loading(LstmRegion.BIAS), ew_word(ld_addr[:self.bias_bits])),
+                    (loading(LstmRegion.TABLE) & ~table_half, ew_word(ld_addr[:ib + 1])),
+                    None,
+                    (loading(LstmRegion.TABLE) & table_half, ew_word(ld_addr[:ib]))]
         enable = ew | outp | ~self.busy
         # the PEs' read-back would take the SPRAM (priority) while BIAS / TABLE are read
         for p in aux_pes:
             with m.If((rb.region == LstmRegion.BIAS) | (rb.region == LstmRegion.TABLE)):
                 m.d.comb += pes[p].rb_en.eq(0)
-        # every SPRAM: first the read-back of the entries, then the loader's writes (entries,
-        # or this SPRAM's element-wise data: one request, one address source ld_addr), then
-        # the element-wise unit's and the output stage's requests
-        ew_loads = [(bias_load, EW_BASE + ld_addr[:self.bias_bits]),
-                    (tab_load & ~ld_addr[ib + 1], EW_BASE + ld_addr[:ib + 1]),
-                    None,
-                    (cell_load, EW_BASE + ld_addr[:ib])]
-        for share, p, ew_load in zip(sp, aux_pes, ew_loads):
+        # every SPRAM: the read-back of the entries, the loader's writes (entries, or this
+        # SPRAM's element-wise data: one request, one address source ld_addr), the
+        # element-wise unit's and the output stage's requests
+        for k, (share, p, ew_load) in enumerate(zip(sp, aux_pes, ew_loads)):
             share.read(pes[p].rb_en, pes[p].rb_addr)
             lo = ld_mask[p]
             if self.pe_group == 2:
                 hi = ld_mask[p + 1]
-                ent = ld_valid & is_entry & (lo | hi)
+                ent = loading(LstmRegion.ENTRY) & (load.mask[p] | load.mask[p + 1])
                 ent_data = Cat(ld_lanes[p], C(0, 8 - E), ld_lanes[p + 1])
                 ent_mask = Mux(is_entry, Cat(lo, lo, hi, hi), 0b1111)
             else:
-                ent = ld_valid & is_entry & lo
+                ent = loading(LstmRegion.ENTRY) & load.mask[p]
                 ent_data = ld_lanes[p]
                 ent_mask = None
             ent_addr = ld_addr[:len(pes[p].entry_w.addr)]
             if ew_load is None:
-                share.write(ent, ent_addr, ent_data, ent_mask)
+                share.write(at_ld(f"ld_we{k}", ent), ent_addr, ent_data, ent_mask)
             else:
-                share.write(ent | ew_load[0], Mux(is_entry, ent_addr, ew_load[1]),
+                share.write(at_ld(f"ld_we{k}", ent | ew_load[0]),
+                            Mux(is_entry, ent_addr, ew_load[1]),
                             Mux(is_entry, ent_data, ld_data), ent_mask)
         bias, gate, c_out, cell_h = sp
         bias.read(obias_r.en & ~(rb_active & (rb.region != LstmRegion.BIAS)),
-                  EW_BASE + obias_r.addr)
+                  ew_word(obias_r.addr))
         m.d.comb += obias_r.data.eq(bias.rdata[:self.acc_bits])
-        gate.read(bv | tab_rb, EW_BASE + gate_r.addr)
+        gate.read(bv | tab_rb, ew_word(gate_r.addr))
         m.d.comb += gate_r.data.eq(gate.rdata[:aw])
-        c_out.read(c_r.en, EW_BASE + c_r.addr)
-        c_out.write(c_w.en, EW_BASE + c_w.addr, c_w.data)
-        c_out.write(out_w.en, EW_BASE + EW_HALF + out_w.addr, out_w.data)
+        c_out.read(c_r.en, ew_word(c_r.addr))
+        c_out.write(c_w.en, ew_word(c_w.addr), c_w.data)
+        c_out.write(out_w.en, ew_word(out_w.addr, upper=True), out_w.data)
         m.d.comb += [c_r.data.eq(c_out.rdata[:aw]), out_r.data.eq(c_out.rdata[:aw])]
-        cell_h.read(dv | tab_rb, EW_BASE + cell_r.addr)
-        cell_h.write(hw.en, EW_BASE + EW_HALF + hw.addr, hw.data)
+        cell_h.read(dv | tab_rb, ew_word(cell_r.addr))
+        cell_h.write(hw.en, ew_word(hw.addr, upper=True), hw.data)
         m.d.comb += [cell_r.data.eq(cell_h.rdata[:aw]), hr.data.eq(cell_h.rdata[:aw])]
         # (SPRAMs 0 and 1: nobody reads them without a request)
-        defaults = [None, None, EW_BASE + EW_HALF + out_r.addr, EW_BASE + EW_HALF + hr.addr]
+        defaults = [None, None, ew_word(out_r.addr, upper=True), ew_word(hr.addr, upper=True)]
         flags = [share.finish(enable, default) for share, default in zip(sp, defaults)]
         m.d.comb += self.spram_conflict.eq(Cat(*flags).any())
 
@@ -415,13 +431,11 @@ class LstmEngine(wiring.Component):
             # bias and the output buffer become request ports on SPRAM 0 .. 3; the loader's
             # BIAS and TABLE writes are registered first (as the PEs' entry writes)
             sp = [SpramShare(m, pes[p], f"spram{k}") for k, p in enumerate(aux_pes)]
-            ld = Signal(len(load.region) + len(load.addr) + 16)
-            ld_valid = Signal()
-            m.d.sync += [ld_valid.eq(load.valid), ld.eq(Cat(load.region, load.addr,
-                                                             load.data[:16]))]
-            ld_region = ld[:len(load.region)]
-            ld_addr = ld[len(load.region):len(load.region) + len(load.addr)]
-            ld_data = ld[len(load.region) + len(load.addr):]
+            # (the write enables are registered beside them, _connect_ew_spram)
+            ld = Signal(len(load.addr) + 16)
+            m.d.sync += ld.eq(Cat(load.addr, load.data[:16]))
+            ld_addr = ld[:len(load.addr)]
+            ld_data = ld[len(load.addr):]
             # the entry writes of the SPRAM PEs go through their aux ports too (registered
             # here instead of in the PEs, hdl.pe): the PE mask and the entries
             ld_mask = Signal(n_pe)
@@ -645,13 +659,23 @@ class LstmEngine(wiring.Component):
         # (without step statistics only mac_done's first-cycles condition reads it: 3 bits)
         mac_cnt = Signal(32 if self.step_stats else 3)
         mac_done = Signal()
-        m.d.comb += mac_done.eq(mac & list_done & ~head_valid & ~pe_busy
-                                & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
-                                & (1 if serial else (ew_idle | first | xph) & ~pout))
+        mac_end = Signal()                             # the MAC phase's work is done
+        m.d.comb += mac_end.eq(mac & list_done & ~head_valid & ~pe_busy
+                               & (mac_cnt >= FIRST_BROADCAST + DRAIN_LATENCY)
+                               & (1 if serial else (ew_idle | first | xph) & ~pout))
+        if serial:
+            # registered (iCE40 timing: the list pointers' compares and the PEs' busy flags
+            # -> the sequencer's registers), one cycle later, once
+            # (host.lstm_cycles.SERIAL_MAC_REGISTERS)
+            m.d.sync += mac_done.eq(mac_end & ~mac_done)
+        else:
+            m.d.comb += mac_done.eq(mac_end)
 
         # --- accumulator read-out: classifier output stage (one row per cycle) -------------------
         ew = Signal()                                  # the element-wise unit runs (register)
-        outp = Signal()                                # classifier output phase
+        outp = Signal()                                # the OUTPUT state (a register: set as
+        #   the sequencer enters the state, cleared as it leaves; no state decode on the
+        #   SPRAM port enables, iCE40 timing)
         drain = Signal()                               # accumulators -> gate buffers
         save = Signal()                                # projection rows -> save area
         pdrain = Signal()                              # projection rows -> gate buffers
@@ -704,9 +728,10 @@ class LstmEngine(wiring.Component):
         out_issue = Signal()
         # serial: r < ROWS from a register (iCE40 timing: the compare's carry chain fed the
         # bias read request -> SPRAM 0 address path), set as the output phase starts and
-        # updated with every issue
+        # updated with every issue; it is set only in the OUTPUT state, which does not end
+        # before it clears, so it is the issue itself (no state decode on that path)
         out_more = Signal()
-        m.d.comb += out_issue.eq((outp & out_more) if serial else
+        m.d.comb += out_issue.eq(out_more if serial else
                                  (outp & (r < desc.rows)) | (pout & (r < p_rows)))
         o_valid = Signal()
         o_pe = Signal(self.pe_bits)
@@ -721,8 +746,14 @@ class LstmEngine(wiring.Component):
             m.d.sync += [o_pe.eq(r_pe), o_local.eq(r_local)]
         obias_r = (_port(self.bias_bits, signed(self.acc_bits), "obias_r") if ew_spram
                    else bias_mem.read_port())
-        m.d.comb += [obias_r.addr.eq(Mux(pout, p_bias, desc.bias_base) + r),
-                     obias_r.en.eq(out_issue)]
+        if serial:
+            # the issue's bias address from a register (iCE40 timing: the bias base + r adder
+            # fed SPRAM 0's address), set with r and counted with it
+            out_bias = Signal.like(obias_r.addr, name="out_bias")
+            m.d.comb += obias_r.addr.eq(out_bias)
+        else:
+            m.d.comb += obias_r.addr.eq(Mux(pout, p_bias, desc.bias_base) + r)
+        m.d.comb += obias_r.en.eq(out_issue)
         acc_data = Array(pe.acc_rdata for pe in pes)
         buf_ports = []                                 # gate buffers (one per PE)
         # rows 0 .. rows_per_pe-1: the drained gate pre-activations; then the save area of
@@ -760,7 +791,7 @@ class LstmEngine(wiring.Component):
         with m.If(out_issue):
             m.d.sync += r.eq(r + 1)
             if serial:
-                m.d.sync += out_more.eq(r + 1 < desc.rows)
+                m.d.sync += [out_more.eq(r + 1 < desc.rows), out_bias.eq(out_bias + 1)]
         if not pow2:
             with m.If(out_issue):
                 with m.If(r_pe == n_pe - 1):
@@ -785,7 +816,7 @@ class LstmEngine(wiring.Component):
                          gate_tw.en.eq(tab_load & ~load.addr[tab_cell_bit]),
                          cell_tw.addr.eq(load.addr), cell_tw.data.eq(load.data[:aw]),
                          cell_tw.en.eq(tab_load & load.addr[tab_cell_bit])]
-        tab_rb = self.rb.en & ~self.busy & (self.rb.region == LstmRegion.TABLE)
+        tab_rb = self.rb.en & (self.rb.region == LstmRegion.TABLE)
         tab_rb_ports = []                              # lane 0's table reads (read-back)
         one = 1 << act.frac
 
@@ -816,6 +847,7 @@ class LstmEngine(wiring.Component):
 
         group_bits = addr_bits(self.groups_max)
         j = Signal(range(self.groups_max + 1))         # unit group being issued
+        j_next = Signal(range(self.groups_max + 2))    # j + 1, kept beside j
         g = Signal(2)                                  # gate being issued (i, f, g, o)
         g_pe = [Signal(self.pe_bits, name=f"g_pe{k}") for k in range(GATES)]
         g_local = [Signal(self.local_bits, name=f"g_local{k}") for k in range(GATES)]
@@ -825,7 +857,10 @@ class LstmEngine(wiring.Component):
         # groups left to issue (a down-counter: no compare of j against H on the issue path)
         groups_left = Signal(range(self.groups_max + 1))
         groups_of = (cur_hidden + (L - 1)) >> lb       # ceil(H / L), loaded when the unit starts
-        m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & (groups_left != 0))]
+        # groups_left != 0, kept in a register beside it (iCE40 timing: the issue enables the
+        # SPRAM requests)
+        have_groups = Signal()
+        m.d.comb += [ju.eq(j << lb), ew_issue.eq(ew & have_groups)]
         # gate issued in slot g: i, f, g, o (serial: f*c and i*g enter the multiplier in
         # consecutive cycles, from its operand registers, see the lane)
         gate = g
@@ -843,13 +878,21 @@ class LstmEngine(wiring.Component):
                 # serial: the row and lane 0's bias address of the issue from registers,
                 # loaded with the next issue's (iCE40 timing: the GATE fields -> gate
                 # multiplexer -> row and bias adders -> SPRAM 0 address path ends at them)
+                # (j + 1 and each gate's first bias row from registers: the row and bias
+                # adders side by side, not in a chain; the descriptor and GATE fields are
+                # static from the MAC phase on, so gate_bias has settled when the unit runs)
                 bias_row = Signal(self.bias_bits, name="bias_row", reset_less=True)
+                gate_bias = [Signal(self.bias_bits, name=f"gate_bias{k}", reset_less=True)
+                             for k in range(GATES)]
+                m.d.sync += [gate_bias[k].eq(ew_bias_base + ew_gate[k]) for k in range(GATES)]
                 next_g = (g + 1)[:2]
+                next_u = Signal.like(ju, name="next_u")
+                m.d.comb += next_u.eq(Mux(g == 3, j_next, j) << lb)
                 next_row = Signal.like(gate_row, name="next_row")
-                m.d.comb += next_row.eq(Array(ew_gate)[next_g]
-                                        + (Mux(g == 3, j + 1, j) << lb))
+                m.d.comb += next_row.eq(Array(ew_gate)[next_g] + next_u)
                 with m.If(ew_issue):
-                    m.d.sync += [gate_row.eq(next_row), bias_row.eq(ew_bias_base + next_row)]
+                    m.d.sync += [gate_row.eq(next_row),
+                                 bias_row.eq(Array(gate_bias)[next_g] + next_u)]
             else:
                 m.d.comb += gate_row.eq(Array(ew_gate)[gate] + ju)
         else:
@@ -1291,7 +1334,8 @@ class LstmEngine(wiring.Component):
         with m.If(ew_issue):
             m.d.sync += g.eq(g + 1)
             with m.If(g == 3):
-                m.d.sync += [j.eq(j + 1), groups_left.eq(groups_left - 1)]
+                m.d.sync += [j.eq(j + 1), j_next.eq(j + 2), groups_left.eq(groups_left - 1),
+                             have_groups.eq(groups_left != 1)]
             for k in range(0 if pow2 else GATES):
                 with m.If(gate == k):
                     s = g_pe[k] + L
@@ -1429,13 +1473,15 @@ class LstmEngine(wiring.Component):
                     with m.If(cls):
                         m.d.sync += r.eq(0)
                         if serial:
-                            m.d.sync += out_more.eq(desc.rows != 0)
+                            m.d.sync += [out_more.eq(desc.rows != 0),
+                                         out_bias.eq(desc.bias_base)]
                         if RL:
                             m.d.sync += out_row.eq(0)
                         if not pow2:
                             m.d.sync += [r_pe.eq(0), r_local.eq(0)]
                         if self.step_stats:
                             m.d.sync += self.cls_cycles.eq(mac_cnt)
+                        m.d.sync += outp.eq(1)
                         m.next = "OUTPUT"
                     if not serial:                 # (projection schedule only)
                         with m.Elif(pph):
@@ -1451,6 +1497,7 @@ class LstmEngine(wiring.Component):
                             with m.If(sv):
                                 m.next = "PDRAIN"
                             with m.Else():
+                                m.d.sync += outp.eq(1)
                                 m.next = "OUTPUT"
                         with m.Elif(xph):
                             # step t+1's x part done: save the projection's rows
@@ -1462,8 +1509,9 @@ class LstmEngine(wiring.Component):
                             # the gate pre-activations are in the accumulators: the unit
                             # reads (and clears) them there while the sequencer waits
                             m.d.comb += stat_w["mac"].en.eq(1)
-                            m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
-                                         src.eq(~src), d_j.eq(0), groups_left.eq(groups_of)]
+                            m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), j_next.eq(1), g.eq(0),
+                                         src.eq(~src), d_j.eq(0), groups_left.eq(groups_of),
+                                         have_groups.eq(groups_of != 0)]
                             if pow2:                   # the first issue's row: gate i, unit 0
                                 m.d.sync += [gate_row.eq(cur_gate[0]),
                                              bias_row.eq(desc.bias_base + cur_gate[0])]
@@ -1499,9 +1547,10 @@ class LstmEngine(wiring.Component):
                     with m.If(~d_issue):
                         # gate pre-activations buffered, accumulators clear: start the unit
                         m.d.comb += stat_w["pmac"].en.eq(~has_proj)
-                        m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), g.eq(0),
+                        m.d.sync += [ew.eq(1), ew_cnt.eq(0), j.eq(0), j_next.eq(1), g.eq(0),
                                      ew_hidden.eq(cur_hidden), ew_in.eq(cur_in),
                                      groups_left.eq(groups_of),
+                                     have_groups.eq(groups_of != 0),
                                      ew_app.eq(~has_proj & ~is_last), ew_bank.eq(~src),
                                      ew_first.eq(first), ew_gstep.eq(gstep),
                                      ew_bias_base.eq(desc.bias_base), ew_shift.eq(desc.shift)]
@@ -1566,8 +1615,8 @@ class LstmEngine(wiring.Component):
                     with m.If(ew_idle):
                         to_classifier_or_finish()
             with m.State("OUTPUT"):
-                m.d.comb += outp.eq(1)
                 with m.If(~out_issue & ~out_busy):
+                    m.d.sync += outp.eq(0)             # (every way out leaves the state)
                     with m.If(cls):
                         finish()
                     with m.Else():
@@ -1589,17 +1638,17 @@ class LstmEngine(wiring.Component):
                 seq.update({LstmField.STEPS: steps, LstmField.CLASSIFY: classify})
             words.update({((4 * k + 2) << 3) | int(field): value
                           for field, value in seq.items()})
-        connect_readback(m, self.rb, self.busy, pes, obias_r, words)
+        connect_readback(m, self.rb, C(0, 1), pes, obias_r, words)   # rb.en only while idle
         if ew_spram:
-            self._connect_ew_spram(m, sp, pes, aux_pes, load, ld_valid, ld_region, ld_addr,
-                                   ld_data, ld_mask, ld_lanes, ew=ew, outp=outp,
+            self._connect_ew_spram(m, sp, pes, aux_pes, load, ld_addr, ld_data, ld_mask,
+                                   ld_lanes, ew=ew, outp=outp,
                                    obias_r=obias_r, gate_r=gate_r, cell_r=cell_r, c_r=c_r,
                                    c_w=c_w, hw=hw, hr=hr, out_w=out_w, out_r=out_r, bv=z_valid0,
                                    dv=dv_cell, tab_rb=tab_rb)
         # TABLE: lane 0's table read ports (the words are act_format, sign-extended)
         tab_sel = Signal()
         tab_cell = Signal()
-        with m.If(self.rb.en & ~self.busy):
+        with m.If(self.rb.en):
             m.d.sync += [tab_sel.eq(self.rb.region == LstmRegion.TABLE),
                          tab_cell.eq(self.rb.addr[tab_cell_bit])]
         gate_rd, cell_rd = tab_rb_ports

@@ -9,18 +9,39 @@ writes, the classifier output stage's) into the PE's ``aux_*`` port, the one mul
 front of the SPRAM besides the PE's issue address; the schedule is built so that no two
 requests come in the same cycle, and :meth:`finish` adds a sticky ``conflict`` flag that the
 simulation reads to prove it (two requests in one cycle, or a request while the port is not
-enabled).  Without a request the port reads a default address (the host's read of the
-engine's own data while idle: read data one cycle later).
+enabled).  Because the requests are one-hot, the merge is an AND-OR (each request's address
+gated by its enable, then ORed): two LUT levels on the iCE40 for four requests, where a
+priority chain took one level per request (docs/ice40-resources.md, section 10).  Without a
+request the port reads a default address (the host's read of the engine's own data while
+idle: read data one cycle later).
+
+:func:`ew_word` places an element-wise word above the entries by wiring (no adder).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Signal
+from functools import reduce
+from operator import or_
 
-__all__ = ["SpramShare", "EW_BASE"]
+from amaranth.hdl import C, Cat, Mux, Signal, Value
+
+__all__ = ["SpramShare", "EW_BASE", "EW_HALF", "ew_word"]
 
 #: First SPRAM word of the element-wise data (the entries stay below: at most 8192 per PE).
 EW_BASE = 8192
+#: Offset of the upper half of an element-wise area (the output buffer, h): 4096 words.
+EW_HALF = 4096
+
+
+def ew_word(addr, upper: bool = False) -> Value:
+    """SPRAM word ``EW_BASE + addr`` (``EW_BASE + EW_HALF + addr`` when ``upper``), 14 bit, by
+    wiring: ``addr`` (unsigned, below 8192; below 4096 when ``upper``) in the low bits, the
+    offsets as constant high bits.  An ``EW_BASE + addr`` adder would do the same, but Yosys
+    moves such adders behind the request multiplexer (one adder for all requests), which puts
+    a carry chain between the requests and the SPRAM address."""
+    a = Value.cast(addr)
+    low = 12 if upper else 13
+    return Cat(a[:low], C(0, max(0, low - len(a))), *([C(1, 1)] if upper else []), C(1, 1))
 
 
 class SpramShare:
@@ -56,16 +77,16 @@ class SpramShare:
         self._requests.append((en, addr, 1, data, mask))
 
     def finish(self, enable, default_addr=None, others=()) -> Signal:
-        """Drive the port: ``aux_en = enable`` (static through a phase; the PE idle), the first
+        """Drive the port: ``aux_en = enable`` (static through a phase; the PE idle), the
         request that is on, else a read of ``default_addr`` (``None``: nobody uses the word
-        read without a request; the port then reads the last request's address, one
-        multiplexer level less).  ``others``: signals that use the SPRAM outside this port in
-        a cycle (a loader entry write, a read-back), counted by the check.  Returns the
-        sticky conflict flag (1 from the first cycle with two accesses, or a request while
-        ``enable`` is off, until reset).
+        read without a request; the port then reads address 0, one multiplexer level less).
+        ``others``: signals that use the SPRAM outside this port in a cycle (a loader entry
+        write, a read-back), counted by the check.  Returns the sticky conflict flag (1 from
+        the first cycle with two accesses, or a request while ``enable`` is off, until reset).
 
-        The write data are selected among the write requests only (they matter only with
-        ``aux_we``): one write request drives ``aux_wdata`` directly."""
+        The requests are merged as one-hot (AND-OR: the check proves that at most one is on).
+        The write data and mask are merged among the write requests only (they matter only
+        with ``aux_we``): one write request drives ``aux_wdata`` directly."""
         m, pe = self.m, self.pe
         on = Signal(name=f"{self.name}_enable")
         m.d.comb += on.eq(enable)
@@ -73,29 +94,44 @@ class SpramShare:
         addr = Signal(14, name=f"{self.name}_addr")
         we = Signal(name=f"{self.name}_we")
         wdata = Signal(16, name=f"{self.name}_wdata")
-        mask = Signal(4, name=f"{self.name}_mask", init=0b1111)
-        m.d.comb += addr.eq(self._requests[-1][1] if default_addr is None else default_addr)
-        writes = [d for _, _, w, d, _ in self._requests if w]
+        mask = Signal(4, name=f"{self.name}_mask")
+
+        def merge(requests, width, pick):
+            """AND-OR of ``pick(request)`` over ``requests`` (0 when none is on)."""
+            gated = [Mux(r[0], pick(r), C(0, width)) for r in requests]
+            return reduce(or_, gated[1:], gated[0]) if len(gated) > 1 else pick(requests[0])
+
+        requests = self._requests
+        writes = [r for r in requests if r[2]]
+        merged = merge(requests, 14, lambda r: r[1])
+        if default_addr is None:
+            m.d.comb += addr.eq(merged)
+        else:
+            any_on = Signal(name=f"{self.name}_requested")
+            m.d.comb += [any_on.eq(Cat(*(en for en, *_ in requests)).any()),
+                         addr.eq(Mux(any_on, merged, default_addr))]
         if writes:
-            m.d.comb += wdata.eq(writes[-1])
-        for en, a, w, d, k in reversed(self._requests):    # the first request wins
-            with m.If(en):
-                m.d.comb += [addr.eq(a), we.eq(w)]
-                if w:
-                    m.d.comb += wdata.eq(d)
-                if k is not None:
-                    m.d.comb += mask.eq(k)
+            m.d.comb += [we.eq(Cat(*(en for en, *_ in writes)).any()),
+                         wdata.eq(merge(writes, 16, lambda r: r[3]))]
+        # the nibble mask: a masked write's own, 0b1111 for the others
+        masked = [r for r in writes if r[4] is not None]
+        if masked:
+            own = Signal(name=f"{self.name}_masked")
+            m.d.comb += [own.eq(Cat(*(en for en, *_ in masked)).any()),
+                         mask.eq(Mux(own, merge(masked, 4, lambda r: r[4]), 0b1111))]
+        else:
+            m.d.comb += mask.eq(0b1111)
         m.d.comb += [pe.aux_en.eq(enable), pe.aux_addr.eq(addr), pe.aux_we.eq(we),
                      pe.aux_wdata.eq(wdata)]
         if hasattr(pe, "aux_mask"):
             m.d.comb += pe.aux_mask.eq(mask)
         # the check (simulation reads it; unused on the board, where it is optimised away)
         conflict = Signal(name=f"{self.name}_conflict")
-        ons = [en for en, *_ in self._requests] + list(others)
+        ons = [en for en, *_ in requests] + list(others)
         count = Signal(range(len(ons) + 1), name=f"{self.name}_accesses")
         m.d.comb += count.eq(sum(Cat(on).as_unsigned() for on in ons))
-        requests = Cat(*(en for en, *_ in self._requests)).any()
-        with m.If((count > 1) | (requests & ~enable)):
+        requested = Cat(*(en for en, *_ in requests)).any()
+        with m.If((count > 1) | (requested & ~enable)):
             m.d.sync += conflict.eq(1)
         return conflict
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -55,8 +55,10 @@ ADAPTER_READ_LATENCY = 2
 #: on the read request (the bus's ``re``, ``region``, ``index``, ``addr`` -> the engine's
 #: read-back port and ``out_addr`` / ``h_addr``): the request's path from the decoder to the
 #: element-wise data's SPRAMs, through the engine's SPRAM request multiplexers, is too long
-#: for the iCE40 clock in one cycle.
-LSTM_ADAPTER_READ_LATENCY = ADAPTER_READ_LATENCY + 1
+#: for the iCE40 clock in one cycle; and a register on the words read, before the final
+#: OUTPUT / STATE multiplexer (the engine's read-back multiplexers, 8 PEs by 5 regions, fill a
+#: clock cycle on their own at 36 MHz).
+LSTM_ADAPTER_READ_LATENCY = ADAPTER_READ_LATENCY + 2
 """``leds``: 0 heartbeat, 1 frame in progress, 2 last answer was an error, 3 engine busy."""
 
 
@@ -126,10 +128,11 @@ def _matrix_regions(e, sizes=None) -> list:
     ]
 
 
-def _drive_loader(m, e, bus, *, valid):
-    """Bus writes straight into engine ``e``'s loader: region numbers 0..4 are shared, ENTRY and
-    POINTER words go to PE ``bus.index`` only (its lane), ``valid`` says which writes count."""
-    load = e.load
+def _drive_loader(m, e, bus, *, valid, load=None):
+    """Bus writes straight into engine ``e``'s loader (or into ``load``, a
+    :func:`_registered_load` request): region numbers 0..4 are shared, ENTRY and POINTER words
+    go to PE ``bus.index`` only (its lane), ``valid`` says which writes count."""
+    load = e.load if load is None else load
     m.d.comb += [
         load.region.eq(bus.region[:3]),
         load.addr.eq(bus.addr),
@@ -138,31 +141,53 @@ def _drive_loader(m, e, bus, *, valid):
         # one-hot PE select: bit p is index == p (a decoder, not a barrel shifter)
         load.mask.eq(Cat(*(bus.index == p for p in range(e.n_pe)))),
     ]
-    for p in range(e.n_pe):
-        m.d.comb += load.lanes[p].eq(bus.wdata)
+    if load is e.load:
+        for p in range(e.n_pe):
+            m.d.comb += load.lanes[p].eq(bus.wdata)
 
 
-def _registered_request(m, bus, index_bits):
+def _registered_load(m, e):
+    """A loader request (``region``, ``addr``, ``data``, ``mask``, ``valid``, the widths of
+    ``e.load``) that reaches engine ``e``'s loader one cycle later, from registers: the
+    adapter's write decode and the engine's loader are then a register apart (iCE40 timing,
+    docs/ice40-resources.md, section 10).  Every PE lane carries ``data``, as
+    :func:`_drive_loader` drives them."""
+    load = e.load
+    req = SimpleNamespace(region=Signal.like(load.region, name="ld_req_region"),
+                          addr=Signal.like(load.addr, name="ld_req_addr"),
+                          data=Signal.like(load.data, name="ld_req_data"),
+                          mask=Signal.like(load.mask, name="ld_req_mask"),
+                          valid=Signal(name="ld_req_valid"))
+    m.d.sync += [load.region.eq(req.region), load.addr.eq(req.addr), load.data.eq(req.data),
+                 load.mask.eq(req.mask), load.valid.eq(req.valid)]
+    m.d.comb += [load.lanes[p].eq(load.data) for p in range(e.n_pe)]
+    return req
+
+
+def _registered_request(m, bus, index_bits, *, idle=1):
     """The read request of ``bus`` (``re``, ``region``, the low ``index_bits`` of ``index``,
     ``addr``) a cycle later, from registers, with ``rdata`` the bus's own: a bus-like object
-    for :func:`_drive_readback` (one cycle more of read latency)."""
+    for :func:`_drive_readback` (one cycle more of read latency).  ``re`` is registered only
+    when ``idle`` (a request in a cycle that is not idle is dropped)."""
     req = SimpleNamespace(re=Signal(name="rq_re"),
                           region=Signal.like(bus.region, name="rq_region", reset_less=True),
                           index=Signal(max(1, index_bits), name="rq_index", reset_less=True),
                           addr=Signal.like(bus.addr, name="rq_addr", reset_less=True),
                           rdata=bus.rdata)
-    m.d.sync += [req.re.eq(bus.re), req.region.eq(bus.region), req.index.eq(bus.index),
+    m.d.sync += [req.re.eq(bus.re & idle), req.region.eq(bus.region), req.index.eq(bus.index),
                  req.addr.eq(bus.addr)]
     return req
 
 
-def _drive_readback(m, e, bus, *, state=False):
+def _drive_readback(m, e, bus, *, state=False, word_register=False):
     """Bus reads of regions 0..4 (ENTRY .. DESCRIPTOR) go to engine ``e``'s read-back port,
     OUTPUT reads to its output buffer (``out_addr``), and with ``state`` STATE reads to the LSTM
     engine's final-output port (``h_addr`` / ``h_data``, same width as ``out_data``);
     ``bus.rdata`` is the one read, registered: latency 2 (:data:`ADAPTER_READ_LATENCY`; the
     read-back multiplexers of the engine and this OUTPUT / STATE multiplexer are a register
     away from the decoder, for the clock; 3 when ``bus`` is :func:`_registered_request`'s).
+    ``word_register``: the engine's words are registered once more before the OUTPUT / STATE
+    multiplexer (one cycle more).
     The decoder reads only while the engine is idle (INFER waits for the run to end)."""
     rb = e.rb
     m.d.comb += [rb.en.eq(bus.re & (bus.region <= RegionId.DESCRIPTOR)),
@@ -180,9 +205,17 @@ def _drive_readback(m, e, bus, *, state=False):
     if state:
         m.d.comb += e.h_addr.eq(bus.addr)
         act = Mux(from_state, e.h_data.as_signed(), act)
+    engine_word, from_act = rb.data, from_output | from_state
+    if word_register:
+        engine_word = Signal(len(rb.data), name="rb_word", reset_less=True)
+        act_word = Signal(signed(low), name="act_word", reset_less=True)
+        from_act = Signal(name="from_act")
+        m.d.sync += [engine_word.eq(rb.data), act_word.eq(act),
+                     from_act.eq(from_output | from_state)]
+        act = act_word
     word = Signal(len(bus.rdata))
-    m.d.comb += [word.eq(rb.data),
-                 word[:low].eq(Mux(from_output | from_state, act, rb.data[:low]))]
+    m.d.comb += [word.eq(engine_word),
+                 word[:low].eq(Mux(from_act, act, engine_word[:low]))]
     m.d.sync += bus.rdata.eq(word)
 
 
@@ -356,9 +389,12 @@ class LstmAdapter(_EngineBusAdapter):
     ``column << act.width | value`` (engine region XLIST), and after column ``I - 1`` of step
     ``t`` the list length goes to XEND[t] one cycle later (the decoder leaves at least two idle
     bus cycles between writes).  STEPS is a descriptor field written when the model is loaded.
-    ``ctl.start`` is delayed by one cycle (the last XEND write lands first) and ``ctl.done`` is
-    masked in that cycle.  Reads (latency 3, :data:`LSTM_ADAPTER_READ_LATENCY`: the request
-    is registered first): regions 0-4 through the engine's read-back port
+    Every loader write is registered first (:func:`_registered_load`: it reaches the engine a
+    cycle after the bus write).  ``ctl.start`` is delayed by two cycles (the last XEND write
+    lands first) and ``ctl.done`` is masked in those cycles.  Reads (latency 4,
+    :data:`LSTM_ADAPTER_READ_LATENCY`: the request is registered first, and only while the
+    engine is idle; the words read are registered before the last multiplexer): regions 0-4
+    through the engine's read-back port
     (:func:`_drive_readback`), OUTPUT (classifier scores, sign-extended), STATE (read-only,
     ``state_max`` words: the last layer's final output h_T, r_T with a projection, of the last
     run, from the engine's ``h_addr`` / ``h_data`` port, sign-extended).  TABLE (the activation
@@ -415,13 +451,20 @@ class LstmAdapter(_EngineBusAdapter):
         end_pending = Signal()
         end_step = Signal.like(step)
         end_value = Signal.like(ptr)
-        start_d = Signal()
+        start_d = Signal(2)                            # ctl.start, 1 and 2 cycles later
 
-        # Defaults: the bus straight to the loader (regions 0-4 have the engine's numbers).
-        _drive_loader(m, e, bus, valid=bus.we & (bus.region <= RegionId.DESCRIPTOR))
+        # Defaults: the bus to the loader, registered (regions 0-4 have the engine's numbers).
+        load = _registered_load(m, e)
+        _drive_loader(m, e, bus, valid=bus.we & (bus.region <= RegionId.DESCRIPTOR), load=load)
         seq_input = (2 << 3) | int(LstmField.INPUT)
+        # in_last: a step's first column is its last (I <= 1); col_last: column col is
+        # (col + 1 >= I), kept beside col (iCE40 timing: no adder and compare between the bus
+        # and the step registers' enables)
+        in_last = Signal()
+        col_last = Signal()
         with m.If(bus.we & (bus.region == RegionId.DESCRIPTOR) & (bus.addr == seq_input)):
-            m.d.sync += in_size.eq(bus.wdata[:len(in_size)])
+            m.d.sync += [in_size.eq(bus.wdata[:len(in_size)]),
+                         in_last.eq(bus.wdata[:len(in_size)] <= 1)]
 
         # INPUT: the dense sequence -> x list + per-step ends.
         first = bus.addr == 0
@@ -439,11 +482,12 @@ class LstmAdapter(_EngineBusAdapter):
             m.d.comb += [load.region.eq(LstmRegion.XLIST), load.addr.eq(cur_ptr),
                          load.data.eq((cur_col << aw) | value), load.valid.eq(nonzero)]
             m.d.sync += ptr.eq(next_ptr)
-            with m.If(cur_col + 1 >= in_size):
-                m.d.sync += [col.eq(0), step.eq(cur_step + 1), end_pending.eq(1),
-                             end_step.eq(cur_step), end_value.eq(next_ptr)]
+            with m.If(Mux(first, in_last, col_last)):
+                m.d.sync += [col.eq(0), col_last.eq(in_last), step.eq(cur_step + 1),
+                             end_pending.eq(1), end_step.eq(cur_step), end_value.eq(next_ptr)]
             with m.Else():
-                m.d.sync += [col.eq(cur_col + 1), step.eq(cur_step)]
+                m.d.sync += [col.eq(cur_col + 1), step.eq(cur_step),
+                             col_last.eq(Mux(first, in_size <= 2, col + 2 >= in_size))]
         with m.Elif(end_pending):
             m.d.comb += [load.region.eq(LstmRegion.XEND), load.addr.eq(end_step),
                          load.data.eq(end_value), load.valid.eq(1)]
@@ -451,14 +495,24 @@ class LstmAdapter(_EngineBusAdapter):
         # TABLE (the activation tables): engine region TABLE, written and read back
         with m.If(bus.we & (bus.region == RegionId.TABLE)):
             m.d.comb += [load.region.eq(LstmRegion.TABLE), load.valid.eq(1)]
-        # reads: the request registered first (LSTM_ADAPTER_READ_LATENCY)
-        req = _registered_request(m, bus, len(e.rb.pe))
-        _drive_readback(m, e, req, state=True)
-        with m.If(req.region == RegionId.TABLE):
-            m.d.comb += [e.rb.en.eq(req.re), e.rb.region.eq(LstmRegion.TABLE)]
-        m.d.sync += start_d.eq(ctl.start)
-        m.d.comb += [e.start.eq(start_d), ctl.busy.eq(e.busy | start_d),
-                     ctl.done.eq(e.done & ~start_d), ctl.cycles.eq(e.cycles)]
+        # reads: the request registered first (LSTM_ADAPTER_READ_LATENCY), only while the
+        # engine is idle (the engine relies on it: hdl.lstm.LstmEngine, "Notes")
+        idle = Signal()
+        m.d.comb += idle.eq(~(ctl.busy | ctl.start))
+        req = _registered_request(m, bus, len(e.rb.pe), idle=idle)
+        _drive_readback(m, e, req, state=True, word_register=True)
+        # the engine's read-back enable and region straight from registers (iCE40 timing: they
+        # select the SPRAM request), TABLE as the engine's region TABLE
+        rb_en = Signal(name="rq_rb_en")
+        rb_region = Signal(3, name="rq_rb_region", reset_less=True)
+        is_table = bus.region == RegionId.TABLE
+        m.d.sync += [rb_en.eq(bus.re & idle & ((bus.region <= RegionId.DESCRIPTOR) | is_table)),
+                     rb_region.eq(Mux(is_table, LstmRegion.TABLE, bus.region[:3]))]
+        m.d.comb += [e.rb.en.eq(rb_en), e.rb.region.eq(rb_region)]
+        # the start two cycles later: the last XEND write (registered) lands first
+        m.d.sync += start_d.eq(Cat(ctl.start, start_d[0]))
+        m.d.comb += [e.start.eq(start_d[1]), ctl.busy.eq(e.busy | start_d.any()),
+                     ctl.done.eq(e.done & ~start_d.any()), ctl.cycles.eq(e.cycles)]
         return m
 
 

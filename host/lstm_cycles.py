@@ -36,12 +36,13 @@ non-zero columns run beside the unit, the rest beside the output stage::
 
 **Serial schedule** (``overlap=False``, no projection): nothing overlaps; a step is::
 
-    SETUP 1;  MAC mac + 1 (mac = spmv_cycles(W, cols), nothing to wait for);
+    SETUP 1;  MAC mac + 1 (mac = spmv_cycles(W, cols) + SERIAL_MAC_REGISTERS, nothing to
+                           wait for);
     unit E = serial_ew_cycles(H, L, appends) (reads the accumulators directly, clears them)
 
 and the next step's (or layer's, or the classifier's) SETUP follows the unit's last cycle;
 its classifier output phase takes ``SERIAL_REQUANT_LATENCY`` cycles more (the pipelined
-requantizer).
+requantizer), its classifier MAC ``SERIAL_MAC_REGISTERS`` more.
 
 After the last step: wait for the unit (FWAIT), then the classifier of ``R`` rows::
 
@@ -64,7 +65,7 @@ from .encoding import EncodedMatrix
 __all__ = ["LstmCycleReport", "LayerTrace", "lstm_cycles", "stack_cycles", "ew_cycles",
            "serial_ew_cycles", "drain_cycles", "save_cycles",
            "MAC_OVERHEAD", "EW_LATENCY", "OUTPUT_OVERHEAD", "SERIAL_REQUANT_LATENCY",
-           "SERIAL_EW_REGISTERS", "GATES"]
+           "SERIAL_EW_REGISTERS", "SERIAL_MAC_REGISTERS", "GATES"]
 
 GATES = 4
 #: Non-MAC cycles around every MAC phase: one descriptor-load cycle + the done-detection cycle.
@@ -87,6 +88,11 @@ SERIAL_REQUANT_LATENCY = 3
 #: DSP), two for h (the product -> round / saturate -> SPRAM data path; the h write then
 #: falls in a free cycle), and the unit's done flag (registered before the sequencer).
 SERIAL_EW_REGISTERS = 8
+#: Register stages of the serial engine's MAC-done flag: the end of a MAC phase (the list
+#: pointers' compares, the PEs' busy flags) is registered before the sequencer acts on it
+#: (iCE40 timing), so every serial MAC phase, the classifier's included, takes this many
+#: cycles more (``stat_mac`` and ``cls_cycles`` count them).
+SERIAL_MAC_REGISTERS = 1
 
 
 def ew_cycles(hidden: int, lanes: int = 1) -> int:
@@ -309,17 +315,19 @@ def _serial_cycles(layers, timing, classifier, lanes) -> LstmCycleReport:
             cols = np.concatenate([active_columns(x_seq[t]),
                                    layer.input_size + active_columns(state)])
             rep = spmv_cycles(layer.matrix, cols, timing)
+            mac_cycles = rep.cycles + SERIAL_MAC_REGISTERS
             # SETUP at now, MAC now+1 .. now+1+mac (done cycle: the unit starts), unit
             # now+2+mac .. now+1+mac+E (its last cycle: the sequencer moves on)
-            now += 2 + rep.cycles + e_cycles
-            mac.append(rep.cycles)
+            now += 2 + mac_cycles + e_cycles
+            mac.append(mac_cycles)
             ideal.append(rep.ideal)
             ew.append(e_cycles)
             columns.append(cols)
             state = states[t]
     cls_mac = cls = 0
     if classifier is not None:
-        cls_mac = spmv_cycles(classifier, active_columns(state), timing).cycles
+        cls_mac = (spmv_cycles(classifier, active_columns(state), timing).cycles
+                   + SERIAL_MAC_REGISTERS)
         cls = (cls_mac + MAC_OVERHEAD + classifier.rows + OUTPUT_OVERHEAD
                + SERIAL_REQUANT_LATENCY)
     steps = np.diff(np.array(starts + [now], dtype=np.int64))

@@ -440,11 +440,12 @@ def test_serial_mode_uses_pe_multipliers(pe_group):
 
 def test_serial_cycle_model():
     """host.lstm_cycles: the serial unit's cycles (registered product: + 1; lower layers
-    write every h twice: + lanes) and the serial schedule's step = SETUP + MAC + done + unit
-    (the RTL tests compare every step and the totals)."""
+    write every h twice: + lanes) and the serial schedule's step = SETUP + MAC (+ its
+    registered done flag) + done + unit (the RTL tests compare every step and the totals)."""
     from host.cyclemodel import Timing, spmv_cycles
-    from host.lstm_cycles import (SERIAL_EW_REGISTERS, SERIAL_REQUANT_LATENCY, LayerTrace,
-                                  ew_cycles, serial_ew_cycles, stack_cycles)
+    from host.lstm_cycles import (SERIAL_EW_REGISTERS, SERIAL_MAC_REGISTERS,
+                                  SERIAL_REQUANT_LATENCY, LayerTrace, ew_cycles,
+                                  serial_ew_cycles, stack_cycles)
     extra = 1 + SERIAL_REQUANT_LATENCY + SERIAL_EW_REGISTERS
     assert serial_ew_cycles(13, 2) == ew_cycles(13, 2) + extra
     assert serial_ew_cycles(13, 2, appends=True) == ew_cycles(13, 2) + extra + 2
@@ -454,8 +455,9 @@ def test_serial_cycle_model():
     h = np.array([[0, 3, 0, 1, 0], [1, 1, 0, 0, 0]])
     timing = Timing(fifo_depth=2)
     rep = stack_cycles([LayerTrace(lstm.matrix.encoded, 3, 5, x, h)], timing, overlap=False)
-    mac = [spmv_cycles(lstm.matrix.encoded, [0, 2], timing).cycles,
-           spmv_cycles(lstm.matrix.encoded, [3 + 1, 3 + 3], timing).cycles]
+    mac = [spmv_cycles(lstm.matrix.encoded, [0, 2], timing).cycles + SERIAL_MAC_REGISTERS,
+           spmv_cycles(lstm.matrix.encoded, [3 + 1, 3 + 3], timing).cycles
+           + SERIAL_MAC_REGISTERS]
     assert list(rep.mac) == mac
     assert rep.total == sum(2 + m + serial_ew_cycles(5) for m in mac)
     proj, _ = random_lstm(rng, 3, 5, 0.6, 2, proj=2)

@@ -411,6 +411,31 @@ def test_spram_share_merges_requests_and_flags_conflicts():
     simulate(m, both)
 
 
+
+def test_ew_word_is_the_offset_address():
+    """hdl.spram_share.ew_word wires EW_BASE + addr (EW_BASE + EW_HALF + addr with ``upper``)
+    for every address below 8192 (4096), as plain integer addition gives it."""
+    from amaranth.hdl import Module, Signal
+    from hdl.spram_share import EW_BASE, EW_HALF, ew_word
+
+    m = Module()
+    low, high, narrow = Signal(13), Signal(13), Signal(5)
+    out_low, out_high, out_narrow = Signal(14), Signal(14), Signal(14)
+    m.d.comb += [out_low.eq(ew_word(low)), out_high.eq(ew_word(high, upper=True)),
+                 out_narrow.eq(ew_word(narrow))]
+    rng = np.random.default_rng(5)
+
+    async def bench(ctx):
+        for a in [0, 1, 4095, 4096, 8191, *rng.integers(0, 8192, 40)]:
+            ctx.set(low, int(a))
+            ctx.set(high, int(a) % 4096)
+            ctx.set(narrow, int(a) % 32)
+            assert ctx.get(out_low) == EW_BASE + int(a)
+            assert ctx.get(out_high) == EW_BASE + EW_HALF + int(a) % 4096
+            assert ctx.get(out_narrow) == EW_BASE + int(a) % 32
+    simulate(m, bench, clock=False)
+
+
 # --- whole engine (small, in amaranth.sim) ----------------------------------------------------
 
 
