@@ -5,8 +5,9 @@ Budget: 5280 logic cells, 30 EBR blocks of 4 kbit, 4 SPRAM blocks of 256 kbit, 8
 Default clock: 36 MHz (12 MHz x 48 / 16) from the oscillator through the SB_PLL40_PAD
 (``--freq 16 .. 275`` picks another; ``--freq 12`` runs from the oscillator without the
 PLL).  The default build reaches 39.8 MHz at seed 1 (docs/ice40-resources.md has the
-measured critical paths).  LSTM model builds default to 24 MHz (12 MHz x 64 / 32): the LSTM
-engine in the board's layout reaches 24.6 MHz.  Default UART 1 Mbaud (the
+measured critical paths).  LSTM model builds default to 27 MHz (12 MHz x 72 / 32): the LSTM
+engine in the board's layout reaches 32.45 MHz there (31.24 MHz at ``--freq 30``, 31-34 MHz
+at ``--freq 36``).  Default UART 1 Mbaud (the
 FT2232H does up to 12 Mbaud; pass ``--baud 115200`` for terminals that cannot do 1 Mbaud).
 """
 
@@ -46,14 +47,14 @@ FIFO_DEPTH = 4
 #: only the PE side, the lists and the shell.  Per-step cycle statistics (a test aid) are off.
 #: The broadcast FIFO is one deep (no per-PE read multiplexer: ~-400 LCs against 4 deep) for
 #: +1.1 % cycles on digits-lstm (6901.4 -> 6977.4 per sequence; docs/ice40-resources.md,
-#: section 7; 7001.4 since the timing registers of section 9).
+#: section 7; 7001.4 since the timing registers of section 9, 7010.4 since section 10's).
 LSTM_LAYOUT = dict(overlap=False, step_stats=False, memory="spram", ew_lanes=1, fifo_depth=1)
 
-#: Engine clock of LSTM model builds: the digits-lstm build (4799 of 5280 LCs) reaches
-#: Fmax 29.90 MHz at seed 1 (38.11 MHz on the paths through the DSPs), so 24 MHz from the PLL
-#: meets timing and 36 MHz does not (~70 % of the delay routing; docs/ice40-resources.md,
-#: sections 7 and 9).
-LSTM_CLOCK_HZ = 24_000_000
+#: Engine clock of LSTM model builds: the digits-lstm build (4878 of 5280 LCs) reaches
+#: Fmax 32.45 MHz at 27 MHz, seed 1 (39.28 MHz on the paths through the DSPs): 20 % of margin.
+#: 30 MHz also meets (31.24 MHz, ``--freq 30``); 36 MHz does not (31-34 MHz, depending on the
+#: placement; ~70 % of the delay is routing; docs/ice40-resources.md, sections 9 and 10).
+LSTM_CLOCK_HZ = 27_000_000
 
 BOARD = Board(
     name="icebreaker", family="ice40", device="iCE40UP5K", package="SG48",
@@ -61,5 +62,5 @@ BOARD = Board(
     budget=BUDGET, default_engine=DEFAULT_ENGINE, fifo_depth=FIFO_DEPTH,
     lstm_layout=LSTM_LAYOUT, lstm_clock_hz=LSTM_CLOCK_HZ,
     notes="iCE40UP5K: 5280 LCs, 30 x 4 kbit EBR, 4 x 256 kbit SPRAM, 8 DSP; 12 MHz oscillator, "
-          "PLL to 36 MHz by default, 24 MHz for LSTM models (--freq 16-275 MHz); UART on the "
+          "PLL to 36 MHz by default, 27 MHz for LSTM models (--freq 16-275 MHz); UART on the "
           "FT2232H channel B at 1 Mbaud.")
