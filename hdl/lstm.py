@@ -312,7 +312,6 @@ class LstmEngine(wiring.Component):
         aw = self.act_format.width
         ib = self.table_spec.index_bits
         E = self.index_bits + self.run_bits
-        rb_active = rb.en                              # only while idle (class docstring)
         # the loader's write enables registered with ld (from the same load request): the
         # request multiplexers select from registers (iCE40 timing)
         def at_ld(name, value):
@@ -357,7 +356,7 @@ class LstmEngine(wiring.Component):
                             Mux(is_entry, ent_addr, ew_load[1]),
                             Mux(is_entry, ent_data, ld_data), ent_mask)
         bias, gate, c_out, cell_h = sp
-        bias.read(obias_r.en & ~(rb_active & (rb.region != LstmRegion.BIAS)),
+        bias.read(obias_r.en & ~(rb.en & (rb.region != LstmRegion.BIAS)),
                   ew_word(obias_r.addr))
         m.d.comb += obias_r.data.eq(bias.rdata[:self.acc_bits])
         gate.read(bv | tab_rb, ew_word(gate_r.addr))
@@ -1638,7 +1637,7 @@ class LstmEngine(wiring.Component):
                 seq.update({LstmField.STEPS: steps, LstmField.CLASSIFY: classify})
             words.update({((4 * k + 2) << 3) | int(field): value
                           for field, value in seq.items()})
-        connect_readback(m, self.rb, C(0, 1), pes, obias_r, words)   # rb.en only while idle
+        connect_readback(m, self.rb, None, pes, obias_r, words)      # rb.en only while idle
         if ew_spram:
             self._connect_ew_spram(m, sp, pes, aux_pes, load, ld_addr, ld_data, ld_mask,
                                    ld_lanes, ew=ew, outp=outp,

@@ -66,8 +66,10 @@ def connect_readback(m, rb, busy, pes, bias_port, descriptor_words):
         The engine's module; call this after the engine's own logic, so that the bias read
         port assignments made here take precedence while reading back.
     rb : the engine's read-back interface
-    busy : Value
-        The engine is running (read-back is ignored).
+    busy : Value or None
+        The engine is running (read-back is ignored); ``None``: the initiator raises ``rb.en``
+        only while the engine is idle, and ``rb.en`` is used as it is (the LSTM engine:
+        ``busy`` kept off its SPRAM address paths).
     pes : list of ProcessingElement
         Each with the ``rb_en``/``rb_addr`` inputs and ``rb_entry``/``rb_ptr``/``rb_weight``
         outputs.
@@ -77,7 +79,7 @@ def connect_readback(m, rb, busy, pes, bias_port, descriptor_words):
         DESCRIPTOR address -> the stored field (registers); absent addresses read 0.
     """
     active = Signal()
-    m.d.comb += active.eq(rb.en & ~busy)
+    m.d.comb += active.eq(rb.en if busy is None else rb.en & ~busy)
     for pe in pes:
         m.d.comb += [pe.rb_en.eq(active), pe.rb_addr.eq(rb.addr)]
     with m.If(active):
